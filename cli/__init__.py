@@ -1,0 +1,1 @@
+"""The ``spann`` command line (installed as ``spann.cli``)."""

@@ -1,0 +1,57 @@
+"""``spann datasets list|prepare|register``."""
+
+from __future__ import annotations
+
+import click
+
+from spann.cli.common import common_options, echo_err, is_quiet
+from spann.metrics import METRICS
+
+
+@click.group("datasets")
+def datasets_group() -> None:
+    """List, prepare and register datasets."""
+
+
+@datasets_group.command("list")
+@common_options
+def list_cmd() -> None:
+    """Built-in and registered datasets."""
+    from spann.datasets import list_datasets
+    for name, desc in list_datasets():
+        click.echo(f"{name:<14} {desc}")
+
+
+@datasets_group.command("prepare")
+@click.argument("name")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--n", type=click.IntRange(1), help="synthetic: base rows.")
+@click.option("--dim", type=click.IntRange(1, 65536), help="synthetic: dimension.")
+@click.option("--dtype", type=click.Choice(["float32", "uint8"]), help="synthetic: element type.")
+@click.option("--n-queries", type=click.IntRange(1), help="Number of queries.")
+@click.option("--seed", type=int, help="Random seed.")
+@click.option("--metric", type=click.Choice(METRICS), help="synthetic: metric of the ground truth.")
+@click.option("--limit", type=click.IntRange(2), help="glove-50: use only the first LIMIT source rows.")
+@common_options
+def prepare_cmd(name: str, directory: str, **opts) -> None:
+    """Write dataset NAME (base, queries, ground truth, manifest.json) into DIRECTORY."""
+    from spann.datasets import prepare
+    options = {k: v for k, v in opts.items() if v is not None}
+    m = prepare(name, directory, progress=not is_quiet(), **options)
+    echo_err(f"prepared {m.name}: {m.n_base} x {m.dim} {m.dtype} base, {m.n_queries} queries, "
+             f"top-{m.gt_k} ground truth, metric {m.metric} -> {directory}")
+
+
+@datasets_group.command("register")
+@click.argument("name")
+@click.option("--base", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--queries", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--gt", type=click.Path(exists=True, dir_okay=False), help="Ground-truth ids file.")
+@click.option("--gt-distances", type=click.Path(exists=True, dir_okay=False))
+@click.option("--metric", required=True, type=click.Choice(METRICS))
+@common_options
+def register_cmd(name: str, base: str, queries: str, gt: str | None, gt_distances: str | None, metric: str) -> None:
+    """Register your own files as dataset NAME (no code needed)."""
+    from spann.datasets import register
+    m = register(name, base, queries, metric, gt, gt_distances)
+    echo_err(f"registered {name}: {m.n_base} x {m.dim} {m.dtype}, {m.n_queries} queries")

@@ -1,0 +1,36 @@
+"""``spann gt``: exact ground truth."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from spann.cli.common import common_options, echo_err, emit_json, is_quiet
+from spann.datasets.formats import FORMATS
+from spann.metrics import METRICS
+
+
+@click.command("gt")
+@click.argument("base", type=click.Path(dir_okay=False))
+@click.argument("queries", type=click.Path(dir_okay=False))
+@click.option("-k", type=click.IntRange(1, 100_000), default=100, show_default=True, help="Neighbours per query.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Ids file (.ibin/.ivecs/.npy); distances go beside it (gt.dist.fbin).")
+@click.option("--metric", type=click.Choice(METRICS), default="l2", show_default=True)
+@click.option("--base-format", type=click.Choice(list(FORMATS)), help="Override the base file's format.")
+@click.option("--queries-format", type=click.Choice(list(FORMATS)), help="Override the queries file's format.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True), help="Write a JSON summary.")
+@common_options
+def gt_cmd(base: str, queries: str, k: int, output: str, metric: str, base_format: str | None,
+           queries_format: str | None, json_out: str | None) -> None:
+    """Exact k-NN of QUERIES in BASE (blocked BLAS, bounded memory)."""
+    from spann.datasets.groundtruth import ground_truth_files
+    t0 = time.perf_counter()
+    ids_path, dist_path = ground_truth_files(base, queries, output, k, metric, base_fmt=base_format,
+                                             queries_fmt=queries_format, progress=not is_quiet())
+    secs = time.perf_counter() - t0
+    echo_err(f"wrote {ids_path} and {dist_path} in {secs:.1f} s")
+    if json_out:
+        emit_json({"ids": str(ids_path), "distances": str(dist_path), "k": k, "metric": metric,
+                   "seconds": secs}, json_out)

@@ -1,0 +1,413 @@
+"""Vector file formats: read (memory-mapped, block by block) and write (streamed, atomically).
+
+Formats, chosen from the file extension unless ``fmt`` is given:
+
+=========  ===========================================  ==================
+fmt        layout                                       dtypes
+=========  ===========================================  ==================
+fvecs      per row: int32 d, then d float32             float32
+ivecs      per row: int32 d, then d int32               int32 (ids)
+bvecs      per row: int32 d, then d uint8               uint8
+fbin       uint32 n, uint32 d, then n*d float32         float32
+u8bin      same header, uint8 rows                      uint8
+i8bin      same header, int8 rows                       int8
+ibin       same header, int32 rows                      int32 (ids)
+npy        NumPy 2-D array (C order)                    float32/64, uint8, int8, int32/64
+hdf5       ann-benchmarks file; ``path.hdf5:train``     any of the above
+=========  ===========================================  ==================
+
+Nothing is read whole: :func:`open_vectors` returns a :class:`VectorFile` whose rows are a
+memory map (or an h5py dataset), so a 100 GB file costs no RAM until blocks are read.
+Every problem with a file raises :class:`~spann.errors.VectorFileError` naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from spann.errors import DataError, FormatNotSupportedError, VectorFileError
+
+__all__ = [
+    "FORMATS",
+    "MAX_DIM",
+    "VectorFile",
+    "VectorWriter",
+    "detect_format",
+    "open_vectors",
+    "read_vectors",
+    "write_vectors",
+    "check_finite",
+]
+
+#: Dimensions above this are treated as a corrupt header rather than real data.
+MAX_DIM = 1 << 16
+
+
+@dataclass(frozen=True)
+class _Format:
+    name: str
+    kind: str  # "vecs" (per-row dim header), "bin" (n, d header), "npy", "hdf5"
+    dtype: np.dtype | None  # fixed element dtype; None = taken from the file
+
+
+FORMATS: dict[str, _Format] = {
+    "fvecs": _Format("fvecs", "vecs", np.dtype("<f4")),
+    "ivecs": _Format("ivecs", "vecs", np.dtype("<i4")),
+    "bvecs": _Format("bvecs", "vecs", np.dtype("u1")),
+    "fbin": _Format("fbin", "bin", np.dtype("<f4")),
+    "u8bin": _Format("u8bin", "bin", np.dtype("u1")),
+    "i8bin": _Format("i8bin", "bin", np.dtype("i1")),
+    "ibin": _Format("ibin", "bin", np.dtype("<i4")),
+    "npy": _Format("npy", "npy", None),
+    "hdf5": _Format("hdf5", "hdf5", None),
+}
+_EXTENSIONS = {**{k: k for k in FORMATS}, "h5": "hdf5", "bin": "fbin"}
+
+#: dtypes accepted for vectors (float64 is read as float32); int32/int64 only for id files.
+_VECTOR_DTYPES = {np.dtype("float32"), np.dtype("float64"), np.dtype("uint8"), np.dtype("int8")}
+_ID_DTYPES = {np.dtype("int32"), np.dtype("int64"), np.dtype("uint32")}
+
+
+def _split_hdf5(path: str | os.PathLike[str]) -> tuple[Path, str | None]:
+    s = os.fspath(path)
+    for ext in (".hdf5:", ".h5:"):
+        i = s.find(ext)
+        if i >= 0:
+            return Path(s[: i + len(ext) - 1]), s[i + len(ext):]
+    return Path(s), None
+
+
+def detect_format(path: str | os.PathLike[str], fmt: str | None = None) -> str:
+    """The format name for ``path``: ``fmt`` if given, else from the extension."""
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise FormatNotSupportedError(
+                f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+        return fmt
+    p, _ = _split_hdf5(path)
+    ext = p.suffix.lower().lstrip(".")
+    if ext not in _EXTENSIONS:
+        raise FormatNotSupportedError(
+            f"{p}: cannot tell the format from extension {p.suffix or '(none)'!r}; "
+            f"use one of .{', .'.join(_EXTENSIONS)} or pass a format explicitly")
+    return _EXTENSIONS[ext]
+
+
+class VectorFile:
+    """Rows of a vector file, memory mapped.
+
+    Attributes: ``path``, ``fmt``, ``n`` (rows), ``dim``, ``dtype`` (the dtype blocks are
+    returned in: float64 sources come back as float32). ``rows`` is the raw (n, dim) view
+    (a numpy memmap, possibly strided for *vecs files, or an h5py dataset).
+    """
+
+    def __init__(self, path: Path, fmt: str, rows, source_dtype: np.dtype, vecs_dims=None):
+        self.path = path
+        self.fmt = fmt
+        self.rows = rows
+        self.n, self.dim = int(rows.shape[0]), int(rows.shape[1])
+        self.source_dtype = np.dtype(source_dtype)
+        self.dtype = np.dtype("float32") if self.source_dtype == np.float64 else self.source_dtype
+        self._vecs_dims = vecs_dims  # int32 memmap of per-row dims (vecs formats only)
+
+    def __len__(self) -> int:
+        return self.n
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.n, self.dim)
+
+    def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows ``[start, stop)`` as a C-contiguous in-RAM array of ``self.dtype``, shape (m, dim)."""
+        stop = self.n if stop is None else min(stop, self.n)
+        start = max(0, start)
+        if self._vecs_dims is not None and stop > start:
+            dims = np.asarray(self._vecs_dims[start:stop])
+            bad = np.flatnonzero(dims != self.dim)
+            if bad.size:
+                r = start + int(bad[0])
+                raise VectorFileError(
+                    f"{self.path}: row {r} has dimension {int(dims[bad[0]])}, but row 0 has "
+                    f"{self.dim} (inconsistent .{self.fmt} rows)")
+        block = np.asarray(self.rows[start:stop])
+        return np.ascontiguousarray(block, dtype=self.dtype)
+
+    def take(self, ids: np.ndarray) -> np.ndarray:
+        """Rows at sorted or unsorted positions ``ids`` (int array), shape (len(ids), dim)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if self.fmt == "hdf5":  # h5py wants increasing, unique indices
+            uniq, inv = np.unique(ids, return_inverse=True)
+            return np.ascontiguousarray(np.asarray(self.rows[uniq], dtype=self.dtype)[inv])
+        return np.ascontiguousarray(self.rows[ids], dtype=self.dtype)
+
+    def iter_blocks(self, block_rows: int = 65536) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(start, block)`` pairs covering all rows in order; blocks are in RAM."""
+        for s in range(0, self.n, block_rows):
+            yield s, self.read(s, s + block_rows)
+
+    def close(self) -> None:
+        f = getattr(self, "_h5file", None)
+        if f is not None:
+            f.close()
+        self.rows = None
+
+    def __enter__(self) -> "VectorFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"VectorFile({str(self.path)!r}, fmt={self.fmt}, n={self.n}, dim={self.dim}, dtype={self.dtype})"
+
+
+def _check_dim(path: Path, d: int) -> None:
+    if d <= 0 or d > MAX_DIM:
+        raise VectorFileError(
+            f"{path}: header gives dimension {d}, expected 1..{MAX_DIM} (corrupt or wrong format?)")
+
+
+def _open_bin(path: Path, f: _Format, size: int) -> VectorFile:
+    if size < 8:
+        raise VectorFileError(f"{path}: truncated .{f.name} header ({size} bytes, need 8)")
+    n, d = (int(v) for v in np.fromfile(path, dtype="<u4", count=2))
+    _check_dim(path, d)
+    want = 8 + n * d * f.dtype.itemsize
+    if want != size:
+        what = "truncated" if size < want else "has trailing bytes"
+        raise VectorFileError(
+            f"{path}: header says {n} x {d} {f.dtype.name} ({want} bytes) but the file has "
+            f"{size} bytes ({what})")
+    if n == 0:
+        raise VectorFileError(f"{path}: contains no vectors (n = 0)")
+    rows = np.memmap(path, dtype=f.dtype, mode="r", offset=8, shape=(n, d))
+    return VectorFile(path, f.name, rows, f.dtype)
+
+
+def _open_vecs(path: Path, f: _Format, size: int) -> VectorFile:
+    if size < 4:
+        raise VectorFileError(f"{path}: truncated .{f.name} file ({size} bytes)")
+    d = int(np.fromfile(path, dtype="<i4", count=1)[0])
+    _check_dim(path, d)
+    row_bytes = 4 + d * f.dtype.itemsize
+    if size % row_bytes:
+        raise VectorFileError(
+            f"{path}: size {size} is not a multiple of the row size {row_bytes} implied by "
+            f"dimension {d} (truncated file or inconsistent row dimensions)")
+    n = size // row_bytes
+    raw = np.memmap(path, dtype="u1", mode="r", shape=(n, row_bytes))
+    rows = raw[:, 4:].view(f.dtype)
+    dims = raw[:, :4].view("<i4")[:, 0]
+    # cheap consistency check at open: first, last and a spread of rows
+    probe = np.unique(np.linspace(0, n - 1, num=min(n, 1025)).astype(np.int64))
+    bad = probe[np.asarray(dims[probe]) != d]
+    if bad.size:
+        raise VectorFileError(
+            f"{path}: row {int(bad[0])} has dimension {int(dims[bad[0]])}, but row 0 has {d} "
+            f"(inconsistent .{f.name} rows)")
+    return VectorFile(path, f.name, rows, f.dtype, vecs_dims=dims)
+
+
+def _check_npy_dtype(path: Path, dt: np.dtype, ids: bool) -> None:
+    ok = _ID_DTYPES | _VECTOR_DTYPES if ids else _VECTOR_DTYPES
+    if dt not in ok:
+        raise VectorFileError(
+            f"{path}: dtype {dt} is not supported (vectors: float32, float64, uint8, int8"
+            f"{'; ids: int32, int64' if ids else ''})")
+
+
+def _open_npy(path: Path, size: int, ids: bool) -> VectorFile:
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as e:  # object arrays, bad header
+        raise VectorFileError(f"{path}: not a readable .npy array ({e})") from None
+    except EOFError:
+        raise VectorFileError(f"{path}: truncated .npy header") from None
+    if arr.ndim != 2:
+        raise VectorFileError(f"{path}: expected a 2-D array (n, dim), got shape {arr.shape}")
+    _check_npy_dtype(path, arr.dtype, ids)
+    if arr.shape[0] == 0:
+        raise VectorFileError(f"{path}: contains no vectors (n = 0)")
+    _check_dim(path, arr.shape[1])
+    return VectorFile(path, "npy", arr, arr.dtype)
+
+
+def _open_hdf5(path: Path, key: str | None, ids: bool) -> VectorFile:
+    try:
+        import h5py
+    except ImportError:
+        raise FormatNotSupportedError(
+            f"{path}: reading HDF5 needs h5py; install it with: pip install 'spann-ann[hdf5]'") from None
+    try:
+        h = h5py.File(path, "r")
+    except OSError as e:
+        raise VectorFileError(f"{path}: not a readable HDF5 file ({e})") from None
+    key = key or "train"
+    if key not in h:
+        keys = ", ".join(h.keys())
+        h.close()
+        raise VectorFileError(f"{path}: no dataset {key!r} in the file (has: {keys or 'nothing'})")
+    ds = h[key]
+    if ds.ndim != 2 or ds.shape[0] == 0:
+        h.close()
+        raise VectorFileError(f"{path}:{key}: expected a non-empty 2-D dataset, got shape {ds.shape}")
+    _check_npy_dtype(path, ds.dtype, ids)
+    vf = VectorFile(path, "hdf5", ds, ds.dtype)
+    vf._h5file = h
+    return vf
+
+
+def open_vectors(path: str | os.PathLike[str], fmt: str | None = None, *, ids: bool = False) -> VectorFile:
+    """Open a vector file for block reads without loading it.
+
+    ``path`` may name an HDF5 dataset as ``file.hdf5:test`` (default ``train``). ``ids=True``
+    also accepts integer id files (.ibin, .ivecs, int npy). Raises :class:`VectorFileError`
+    for a missing, empty, truncated or inconsistent file, or an unsupported dtype.
+    """
+    name = detect_format(path, fmt)
+    f = FORMATS[name]
+    p, key = _split_hdf5(path)
+    if not p.exists():
+        raise VectorFileError(f"{p}: no such file")
+    if p.is_dir():
+        raise VectorFileError(f"{p}: is a directory, expected a vector file")
+    size = p.stat().st_size
+    if size == 0:
+        raise VectorFileError(f"{p}: file is empty")
+    if not ids and f.dtype is not None and f.dtype.kind == "i" and f.dtype.itemsize == 4:
+        raise VectorFileError(f"{p}: .{f.name} holds int32 ids, not vectors")
+    if f.kind == "bin":
+        return _open_bin(p, f, size)
+    if f.kind == "vecs":
+        return _open_vecs(p, f, size)
+    if f.kind == "npy":
+        return _open_npy(p, size, ids)
+    return _open_hdf5(p, key, ids)
+
+
+def read_vectors(path: str | os.PathLike[str], fmt: str | None = None, *, ids: bool = False) -> np.ndarray:
+    """Read a whole (small) vector file into RAM, shape (n, dim)."""
+    with open_vectors(path, fmt, ids=ids) as vf:
+        return vf.read()
+
+
+class VectorWriter:
+    """Streamed, atomic writer: rows are appended block by block to ``<path>.tmp-<pid>`` and the
+    file is renamed into place by :meth:`close` (a failure leaves nothing at ``path``).
+
+    ``dtype`` must be one the format allows (float32 for fvecs/fbin, uint8 for bvecs/u8bin,
+    int8 for i8bin, int32 for ivecs/ibin; npy takes any supported dtype).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], dim: int, dtype, fmt: str | None = None):
+        self.fmt = detect_format(path, fmt)
+        self.path = Path(os.fspath(path))
+        f = FORMATS[self.fmt]
+        self.dtype = np.dtype(dtype)
+        if self.dtype == np.float64 and f.dtype is not None and f.dtype.kind == "f":
+            self.dtype = np.dtype("float32")
+        if f.dtype is not None and self.dtype.newbyteorder("<") != f.dtype.newbyteorder("<"):
+            raise DataError(f"{self.path}: .{self.fmt} stores {f.dtype.name}, cannot write {self.dtype.name}")
+        if f.kind == "hdf5":
+            raise FormatNotSupportedError(f"{self.path}: writing HDF5 is not supported; use .npy, .fbin or .ibin")
+        if f.kind == "npy":
+            _check_npy_dtype(self.path, self.dtype, ids=True)
+        if not 0 < dim <= MAX_DIM:
+            raise DataError(f"{self.path}: dimension must be in 1..{MAX_DIM}, got {dim}")
+        self._f_dtype = f.dtype.newbyteorder("<") if f.dtype is not None else self.dtype.newbyteorder("<")
+        self.dim = int(dim)
+        self.n = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self._fh = open(self._tmp, "wb")
+        self._header_len = 0
+        if f.kind == "bin":
+            self._fh.write(np.zeros(2, "<u4").tobytes())
+            self._header_len = 8
+        elif f.kind == "npy":
+            self._header_len = len(self._npy_header(0))
+            self._fh.write(b"\0" * self._header_len)
+
+    def _npy_header(self, n: int, total: int | None = None) -> bytes:
+        """A .npy v1.0 header for (n, dim) rows, padded with spaces to ``total`` bytes."""
+        from numpy.lib import format as npf
+        d = repr({"descr": npf.dtype_to_descr(self._f_dtype), "fortran_order": False,
+                  "shape": (n, self.dim)}).encode("latin1")
+        body_len = total - 10 if total is not None else ((10 + len(d) + 1 + 24 + 63) // 64) * 64 - 10
+        body = d.ljust(body_len - 1, b" ") + b"\n"
+        return b"\x93NUMPY\x01\x00" + np.array([body_len], "<u2").tobytes() + body
+
+    def write(self, block: np.ndarray) -> None:
+        """Append rows, shape (m, dim)."""
+        block = np.asarray(block)
+        if block.ndim != 2 or block.shape[1] != self.dim:
+            raise DataError(f"{self.path}: expected rows of shape (m, {self.dim}), got {block.shape}")
+        if block.dtype != self.dtype and not (block.dtype == np.float64 and self.dtype == np.float32):
+            raise DataError(f"{self.path}: expected {self.dtype.name} rows, got {block.dtype.name}")
+        block = np.ascontiguousarray(block, dtype=self._f_dtype)
+        if FORMATS[self.fmt].kind == "vecs":
+            m = block.shape[0]
+            rows = np.empty((m, 4 + self.dim * block.itemsize), "u1")
+            rows[:, :4] = np.full((m, 1), self.dim, "<i4").view("u1")
+            rows[:, 4:] = block.view("u1").reshape(m, -1)
+            self._fh.write(rows.tobytes())
+        else:
+            self._fh.write(block.tobytes())
+        self.n += block.shape[0]
+
+    def close(self) -> Path:
+        """Finish the header and move the file into place; returns the final path."""
+        kind = FORMATS[self.fmt].kind
+        if kind == "bin":
+            if self.n >= 2**32:
+                raise DataError(f"{self.path}: {self.n} rows do not fit a .{self.fmt} header")
+            self._fh.seek(0)
+            self._fh.write(np.array([self.n, self.dim], "<u4").tobytes())
+        elif kind == "npy":
+            self._fh.seek(0)
+            self._fh.write(self._npy_header(self.n, self._header_len))
+        self._fh.close()
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the partial file."""
+        if not self._fh.closed:
+            self._fh.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "VectorWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_vectors(path: str | os.PathLike[str], data: np.ndarray, fmt: str | None = None,
+                  block_rows: int = 1 << 16) -> Path:
+    """Write a 2-D array (or memmap) to ``path`` in blocks, atomically; returns the path."""
+    data = np.asarray(data) if not isinstance(data, np.memmap) else data
+    if data.ndim != 2:
+        raise DataError(f"{path}: expected a 2-D array (n, dim), got shape {data.shape}")
+    with VectorWriter(path, data.shape[1], data.dtype, fmt) as w:
+        for s in range(0, data.shape[0], block_rows):
+            w.write(data[s:s + block_rows])
+    return Path(os.fspath(path))
+
+
+def check_finite(block: np.ndarray, what: str = "vectors", offset: int = 0) -> None:
+    """Raise :class:`DataError` naming the first row of ``block`` holding NaN or Inf."""
+    if block.dtype.kind != "f":
+        return
+    ok = np.isfinite(block).all(axis=1)
+    if not ok.all():
+        r = int(np.flatnonzero(~ok)[0])
+        raise DataError(f"{what}: row {offset + r} contains NaN or Inf")
