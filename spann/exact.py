@@ -38,7 +38,7 @@ def pairwise_distances(q: np.ndarray, x: np.ndarray, metric: str) -> np.ndarray:
 
 
 def exact_knn(base, queries: np.ndarray, k: int, metric: str = "l2", *,
-              base_block: int = 32768, query_block: int = 2048,
+              base_block: int = 32768, query_block: int = 1024,
               progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` of ``queries`` (nq, d) among ``base`` rows.
 
@@ -78,14 +78,17 @@ def exact_knn(base, queries: np.ndarray, k: int, metric: str = "l2", *,
                 dist = -dots
             else:
                 dist = 1 - dots
-            cand_d = np.concatenate([best_d[qs:qe], dist], axis=1)
-            if cand_d.shape[1] > kk:
-                part = np.argpartition(cand_d, kk - 1, axis=1)[:, :kk]
+            if m > kk:  # this block's own top-kk first: keeps the merge small
+                part = np.argpartition(dist, kk - 1, axis=1)[:, :kk]
+                blk_d = np.take_along_axis(dist, part, 1)
+                blk_i = ids_b[part]
             else:
-                part = np.broadcast_to(np.arange(cand_d.shape[1]), cand_d.shape)
-            all_i = np.concatenate([best_i[qs:qe], np.broadcast_to(ids_b, (qe - qs, m))], axis=1)
+                blk_d, blk_i = dist, np.broadcast_to(ids_b, dist.shape)
+            cand_d = np.concatenate([best_d[qs:qe], blk_d], axis=1)
+            cand_i = np.concatenate([best_i[qs:qe], blk_i], axis=1)
+            part = np.argpartition(cand_d, kk - 1, axis=1)[:, :kk]
             best_d[qs:qe] = np.take_along_axis(cand_d, part, 1)
-            best_i[qs:qe] = np.take_along_axis(all_i, part, 1)
+            best_i[qs:qe] = np.take_along_axis(cand_i, part, 1)
         if progress is not None:
             progress(m)
     # exact float64 re-rank of the candidates, then order by (distance, id)

@@ -1,0 +1,98 @@
+"""Replica assignment: each vector goes to its nearest head and to boundary heads.
+
+For vector x with candidate heads c_1..c_m (nearest first, from the head graph):
+- closure rule: c_j is eligible only if ``d(x, c_j) <= (1 + eps) * d(x, c_1)`` (true L2 in the
+  head space, i.e. squared distances compared with (1 + eps)^2);
+- RNG rule: c_j is skipped if an accepted c_i has ``rng_factor * d(c_i, c_j) < d(x, c_j)``
+  (squared distances): c_i already "covers" the direction of c_j;
+- at most ``replica_count`` heads are accepted.
+Blocks of vectors are processed in parallel chunks (numba ``prange``), each chunk with its own
+visited array for the graph search.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from spann.head_index import beam_search, head_distance
+
+__all__ = ["assign_block", "select_replicas"]
+
+
+@numba.njit(cache=True, fastmath=True, nogil=True)
+def select_replicas(cand_i, cand_d, heads, ext, replica_count, eps, rng_factor, out_i, out_d):
+    """Apply closure + RNG rules to sorted candidates; writes accepted heads, returns their count."""
+    if cand_i[0] < 0:
+        return 0
+    limit = cand_d[0] * (1.0 + eps) * (1.0 + eps)
+    out_i[0] = cand_i[0]
+    out_d[0] = cand_d[0]
+    n = 1
+    for j in range(1, cand_i.shape[0]):
+        if n >= replica_count:
+            break
+        c = cand_i[j]
+        if c < 0 or cand_d[j] > limit:
+            break
+        ok = True
+        for s in range(n):
+            a = out_i[s]
+            if rng_factor * head_distance(heads[a], ext[a], heads, ext, c) < cand_d[j]:
+                ok = False
+                break
+        if ok:
+            out_i[n] = c
+            out_d[n] = cand_d[j]
+            n += 1
+    return n
+
+
+@numba.njit(cache=True, fastmath=True, nogil=True, parallel=True)
+def assign_block(x, x_ext, skip, heads, ext, neighbors, entries, ef, candidates, replica_count, eps,
+                 rng_factor, n_chunks):
+    """Replica heads for float32 rows ``x`` (b, d) with extra coordinates ``x_ext`` (b,).
+
+    Rows with ``skip[i]`` (the heads themselves) get none. Returns ``(heads int32 (b, R),
+    squared head-space distances float32 (b, R), counts int32 (b,))``, -1 / inf padded.
+    """
+    b = x.shape[0]
+    rep_i = np.full((b, replica_count), -1, np.int32)
+    rep_d = np.full((b, replica_count), np.inf, np.float32)
+    cnt = np.zeros(b, np.int32)
+    step = (b + n_chunks - 1) // n_chunks
+    for ch in numba.prange(n_chunks):
+        visited = np.zeros(heads.shape[0], np.uint32)
+        ci = np.empty(candidates, np.int32)
+        cd = np.empty(candidates, np.float32)
+        tag = np.uint32(0)
+        for i in range(ch * step, min(b, (ch + 1) * step)):
+            if skip[i]:
+                continue
+            tag += np.uint32(1)
+            beam_search(x[i], x_ext[i], heads, ext, neighbors, entries, ef, visited, tag, ci, cd)
+            cnt[i] = select_replicas(ci, cd, heads, ext, replica_count, eps, rng_factor, rep_i[i], rep_d[i])
+    return rep_i, rep_d, cnt
+
+
+@numba.njit(cache=True, fastmath=True, nogil=True)
+def rescue(x, x_ext, heads, ext, neighbors, entries, ef, candidates, room):
+    """Place vectors that lost every replica to the posting cap: each goes to its nearest head
+    (among ``candidates`` from the graph) that still has ``room``; ``room`` is decremented.
+    Returns ``(heads int32 (b,), squared distances float32 (b,))``, -1 where nothing had room."""
+    b = x.shape[0]
+    out_i = np.full(b, -1, np.int32)
+    out_d = np.full(b, np.inf, np.float32)
+    visited = np.zeros(heads.shape[0], np.uint32)
+    ci = np.empty(candidates, np.int32)
+    cd = np.empty(candidates, np.float32)
+    for i in range(b):
+        beam_search(x[i], x_ext[i], heads, ext, neighbors, entries, ef, visited, np.uint32(i + 1), ci, cd)
+        for j in range(candidates):
+            h = ci[j]
+            if h >= 0 and room[h] > 0:
+                room[h] -= 1
+                out_i[i] = h
+                out_d[i] = cd[j]
+                break
+    return out_i, out_d

@@ -1,0 +1,40 @@
+"""Top-k kernels on plain arrays: a sorted insertion list (ids int64 = -1, dists float32 = inf).
+
+For the k used in ANN search (10-100) a sorted array with insertion beats a binary heap:
+most candidates are rejected by one comparison with the current worst.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+__all__ = ["topk_insert", "topk_insert_unique"]
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def topk_insert(dists, ids, d, i) -> bool:
+    """Insert (d, i) into ascending ``dists``/``ids`` if d beats the last; returns True if inserted."""
+    k = dists.shape[0]
+    if not d < dists[k - 1]:
+        return False
+    j = k - 1
+    while j > 0 and dists[j - 1] > d:
+        dists[j] = dists[j - 1]
+        ids[j] = ids[j - 1]
+        j -= 1
+    dists[j] = d
+    ids[j] = i
+    return True
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def topk_insert_unique(dists, ids, d, i) -> bool:
+    """As :func:`topk_insert`, but an id already present is not inserted again (replica de-dup)."""
+    k = dists.shape[0]
+    if not d < dists[k - 1]:
+        return False
+    for j in range(k):
+        if ids[j] == i:
+            return False
+    return topk_insert(dists, ids, d, i)
