@@ -8,6 +8,11 @@ from spann import __version__
 from spann.cli.common import SpannGroup
 from spann.cli.datasets_cmd import datasets_group
 from spann.cli.gt import gt_cmd
+from spann.cli.build import build_cmd
+from spann.cli.search import search_cmd
+from spann.cli.info import info_cmd
+from spann.cli.eval_cmd import eval_cmd
+from spann.cli.demo import demo_cmd
 
 
 @click.group(cls=SpannGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -18,6 +23,8 @@ def cli() -> None:
 
 cli.add_command(datasets_group)
 cli.add_command(gt_cmd)
+for _cmd in (build_cmd, search_cmd, info_cmd, eval_cmd, demo_cmd):
+    cli.add_command(_cmd)
 
 
 def main() -> None:

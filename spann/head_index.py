@@ -34,18 +34,62 @@ def head_distance(q, q_ext, heads, ext, h):
     return sq_l2(q, heads[h]) + e * e
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _heap_push(hd, hi, n, d, i, sign):
+    """Push (d, i) onto the binary heap hd/hi of size n (min-heap if sign = 1, max-heap if -1)."""
+    j = n
+    while j > 0:
+        p = (j - 1) >> 1
+        if sign * hd[p] <= sign * d:
+            break
+        hd[j] = hd[p]
+        hi[j] = hi[p]
+        j = p
+    hd[j] = d
+    hi[j] = i
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _heap_pop(hd, hi, n, sign):
+    """Remove the top of the heap of size n (the new size is n - 1)."""
+    n -= 1
+    d = hd[n]
+    i = hi[n]
+    j = 0
+    while True:
+        c = 2 * j + 1
+        if c >= n:
+            break
+        if c + 1 < n and sign * hd[c + 1] < sign * hd[c]:
+            c += 1
+        if sign * hd[c] >= sign * d:
+            break
+        hd[j] = hd[c]
+        hi[j] = hi[c]
+        j = c
+    hd[j] = d
+    hi[j] = i
+
+
 @numba.njit(cache=True, fastmath=True, nogil=True)
 def beam_search(q, q_ext, heads, ext, neighbors, entries, ef, visited, tag, out_i, out_d):
     """Best-first beam search of the head graph for query ``q`` (float32 (d,)).
 
-    ``visited`` (uint32 (H,)) marks nodes seen in this query with ``tag`` (callers bump it per
-    query). Writes the ``len(out_i)`` nearest heads found into ``out_i`` (int32) / ``out_d``
-    (float32), ascending; returns the number of distance evaluations.
+    A min-heap of candidates to expand and a max-heap of the ``ef`` best heads found (HNSW's
+    search layer); the walk stops when the nearest unexpanded candidate is worse than the worst
+    of the ``ef`` best. ``visited`` (uint32 (H,)) marks nodes seen in this query with ``tag``
+    (callers bump it per query). Writes the ``len(out_i)`` nearest heads found into ``out_i``
+    (int32) / ``out_d`` (float32), ascending, -1 / inf padded; returns the number of distance
+    evaluations.
     """
-    pool_d = np.empty(ef, np.float32)
-    pool_i = np.empty(ef, np.int32)
-    pool_x = np.zeros(ef, np.bool_)
-    size = 0
+    deg = neighbors.shape[1]
+    cap = ef * deg + entries.shape[0] + 1
+    cd = np.empty(cap, np.float32)
+    ci = np.empty(cap, np.int32)
+    rd = np.empty(ef + 1, np.float32)
+    ri = np.empty(ef + 1, np.int32)
+    nc = 0
+    nr = 0
     n_eval = 0
     for e in entries:
         if visited[e] == tag:
@@ -53,27 +97,21 @@ def beam_search(q, q_ext, heads, ext, neighbors, entries, ef, visited, tag, out_
         visited[e] = tag
         d = head_distance(q, q_ext, heads, ext, e)
         n_eval += 1
-        if size < ef or d < pool_d[size - 1]:
-            j = size if size < ef else ef - 1
-            while j > 0 and pool_d[j - 1] > d:
-                pool_d[j] = pool_d[j - 1]
-                pool_i[j] = pool_i[j - 1]
-                pool_x[j] = pool_x[j - 1]
-                j -= 1
-            pool_d[j] = d
-            pool_i[j] = e
-            pool_x[j] = False
-            if size < ef:
-                size += 1
-    cur = 0
-    deg = neighbors.shape[1]
-    while cur < size:
-        if pool_x[cur]:
-            cur += 1
-            continue
-        pool_x[cur] = True
-        node = pool_i[cur]
-        nxt = size
+        if nr < ef or d < rd[0]:
+            _heap_push(cd, ci, nc, d, e, 1.0)
+            nc += 1
+            _heap_push(rd, ri, nr, d, e, -1.0)
+            nr += 1
+            if nr > ef:
+                _heap_pop(rd, ri, nr, -1.0)
+                nr -= 1
+    while nc > 0:
+        d0 = cd[0]
+        node = ci[0]
+        _heap_pop(cd, ci, nc, 1.0)
+        nc -= 1
+        if nr >= ef and d0 > rd[0]:
+            break
         for t in range(deg):
             nb = neighbors[node, t]
             if nb < 0:
@@ -83,26 +121,21 @@ def beam_search(q, q_ext, heads, ext, neighbors, entries, ef, visited, tag, out_
             visited[nb] = tag
             d = head_distance(q, q_ext, heads, ext, nb)
             n_eval += 1
-            if size < ef or d < pool_d[size - 1]:
-                j = size if size < ef else ef - 1
-                while j > 0 and pool_d[j - 1] > d:
-                    pool_d[j] = pool_d[j - 1]
-                    pool_i[j] = pool_i[j - 1]
-                    pool_x[j] = pool_x[j - 1]
-                    j -= 1
-                pool_d[j] = d
-                pool_i[j] = nb
-                pool_x[j] = False
-                if size < ef:
-                    size += 1
-                if j < nxt:
-                    nxt = j
-        cur = nxt if nxt < cur else cur + 1
+            if nr < ef or d < rd[0]:
+                if nc < cap:
+                    _heap_push(cd, ci, nc, d, nb, 1.0)
+                    nc += 1
+                _heap_push(rd, ri, nr, d, nb, -1.0)
+                nr += 1
+                if nr > ef:
+                    _heap_pop(rd, ri, nr, -1.0)
+                    nr -= 1
+    o = np.argsort(rd[:nr])
     m = out_i.shape[0]
     for j in range(m):
-        if j < size:
-            out_i[j] = pool_i[j]
-            out_d[j] = pool_d[j]
+        if j < nr:
+            out_i[j] = ri[o[j]]
+            out_d[j] = rd[o[j]]
         else:
             out_i[j] = -1
             out_d[j] = np.inf

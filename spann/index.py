@@ -16,7 +16,7 @@ from spann.errors import ParameterError, QueryError
 from spann.metrics import normalize_rows, result_distances_from_l2
 from spann.params import BuildParams, SearchParams
 from spann.search import prefetch_lists, scan_batch, search_batch, search_one, select_batch
-from spann.storage import IndexFiles, PostingStore, directory_bytes, evict_from_page_cache
+from spann.storage import IndexFiles, PostingStore, directory_bytes
 
 __all__ = ["Index", "SearchResult", "build", "open_index"]
 
@@ -67,8 +67,10 @@ class Index:
         self._metric_code = METRIC_CODES[self.metric]
         self._lock = threading.Lock()
         self._visited = np.zeros(H, np.uint32)
+        self._zero_ext = np.zeros(1, np.float32)
         self._tag = np.uint32(0)
         self.default_params = SearchParams()
+        self._param_cache: dict[tuple, SearchParams] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
     def close(self) -> None:
@@ -91,6 +93,18 @@ class Index:
         return self
 
     # -- search --------------------------------------------------------------------------------
+    def _params(self, max_postings, prune_eps, ef, prefetch) -> SearchParams:
+        """SearchParams for these overrides, cached (validation is not free on a 0.1 ms path)."""
+        key = (max_postings, prune_eps, ef, prefetch)
+        p = self._param_cache.get(key)
+        if p is None:
+            changes = {k_: v for k_, v in zip(("max_postings", "prune_eps", "ef", "prefetch"), key) if v is not None}
+            p = self.default_params.replace(**changes) if changes else self.default_params
+            if len(self._param_cache) > 256:
+                self._param_cache.clear()
+            self._param_cache[key] = p
+        return p
+
     def _check_queries(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self.store is None:
             raise QueryError(f"{self.path}: index is closed")
@@ -112,12 +126,16 @@ class Index:
         if k > self.n:
             raise QueryError(f"k = {k} exceeds the {self.n} vectors in the index")
         qf = np.ascontiguousarray(q, dtype=np.float32)
-        if not np.isfinite(qf).all():
+        if not np.isfinite(qf.sum()) and not np.isfinite(qf).all():
             bad = int(np.flatnonzero(~np.isfinite(qf).all(1))[0])
             raise QueryError(f"query {bad} contains NaN or Inf")
         if self.metric == "cosine":
-            qf = normalize_rows(qf)
-        q_ext = np.zeros(qf.shape[0], np.float32)
+            if qf.shape[0] == 1:
+                nrm = float(np.sqrt(np.dot(qf[0], qf[0])))
+                qf = qf / nrm if nrm > 0 else qf
+            else:
+                qf = normalize_rows(qf)
+        q_ext = self._zero_ext if qf.shape[0] == 1 else np.zeros(qf.shape[0], np.float32)
         return qf, q_ext, q
 
     def search(self, queries: np.ndarray, k: int = 10, *, max_postings: int | None = None,
@@ -128,11 +146,7 @@ class Index:
         One query takes a low-overhead single-thread path; a batch runs on ``threads`` cores
         (default: all). Returns a :class:`SearchResult` (unpacks as ``ids, distances``).
         """
-        p = params or self.default_params
-        changes = {k_: v for k_, v in (("max_postings", max_postings), ("prune_eps", prune_eps), ("ef", ef),
-                                       ("prefetch", prefetch)) if v is not None}
-        if changes:
-            p = p.replace(**changes)
+        p = params or self._params(max_postings, prune_eps, ef, prefetch)
         if threads is not None and threads < 0:
             raise ParameterError(f"threads must be >= 0, got {threads}")
         qf, q_ext, _ = self._check_queries(queries, k)
@@ -184,17 +198,20 @@ class Index:
                         dists[a:b], ids[a:b], st[a:b] = d_, i_, st_
             finally:
                 numba.set_num_threads(old)
-        dists = result_distances_from_l2(dists, self.metric)
-        return SearchResult(ids=ids, distances=dists, lists_read=st[:, 0].copy(), bytes_read=st[:, 1].copy(),
-                            distance_evals=st[:, 2].copy())
+        if self.metric == "cosine":
+            dists = result_distances_from_l2(dists, self.metric)
+        return SearchResult(ids=ids, distances=dists, lists_read=st[:, 0], bytes_read=st[:, 1],
+                            distance_evals=st[:, 2])
 
     # -- information ---------------------------------------------------------------------------
     def posting_files(self) -> list[Path]:
         return self.store.files() if self.store is not None else []
 
     def evict(self) -> None:
-        """Drop this index's posting files from the page cache (for cold-cache measurements)."""
-        evict_from_page_cache(self.posting_files())
+        """Drop this index's posting lists from memory and the page cache (cold-cache measurement):
+        the next read of every list goes to the device."""
+        if self.store is not None:
+            self.store.drop_cache()
 
     def info(self) -> dict[str, Any]:
         """Attributes (metric, dims, build parameters and statistics) plus sizes on disk and in RAM."""
@@ -212,7 +229,7 @@ def build(data, index_dir: str | os.PathLike[str], *, metric: str, params: Build
           fmt: str | None = None, overwrite: bool = False, progress: bool = True, **param_overrides: Any) -> Index:
     """Build an index from ``data`` (array (n, d) float32/uint8/int8, or a vector file path) and
     open it. Keyword overrides are :class:`BuildParams` fields (``head_ratio=0.1`` ...)."""
-    from spann.build import build_index
+    from spann.builder import build_index
     p = params or BuildParams()
     if param_overrides:
         p = p.replace(**param_overrides)

@@ -214,6 +214,7 @@ class _ShardedArray:
         self.chunk_bytes = self.row_elems * self.dtype.itemsize
         n_shards = -(-n_lists // self.shard_lists)
         self.maps: list[mmap.mmap] = []
+        self.paths: list[Path] = []
         self.views: list[np.ndarray] = []
         self.offsets = np.zeros(n_lists, np.int64)  # in elements of self.dtype
         self.list_shard = (np.arange(n_lists) // self.shard_lists).astype(np.int32)
@@ -259,13 +260,21 @@ class _ShardedArray:
             except (AttributeError, OSError):
                 pass
             self.maps.append(mm)
+            self.paths.append(f)
             self.views.append(np.frombuffer(mm, dtype=self.dtype, count=(size - n_idx) // self.dtype.itemsize))
 
     def addresses(self) -> np.ndarray:
         return np.array([v.ctypes.data for v in self.views], dtype=np.int64)
 
     def files(self) -> list[Path]:
-        return sorted(p for p in (self.dir / "c").rglob("*") if p.is_file())
+        return list(self.paths)
+
+    def drop_cache(self) -> None:
+        """Unmap our pages (MADV_DONTNEED) and drop the files from the page cache, so the next
+        read of any list comes from the device."""
+        for mm in self.maps:
+            mm.madvise(mmap.MADV_DONTNEED)
+        evict_from_page_cache(self.paths)
 
     def close(self) -> None:
         self.views = []
@@ -301,6 +310,10 @@ class PostingStore:
     def files(self) -> list[Path]:
         return self.vectors.files() + self.ids.files()
 
+    def drop_cache(self) -> None:
+        self.vectors.drop_cache()
+        self.ids.drop_cache()
+
     def close(self) -> None:
         self.vec_views = self.id_views = None
         self.vectors.close()
@@ -309,7 +322,7 @@ class PostingStore:
 
 def evict_from_page_cache(files: list[Path]) -> None:
     """Drop these files' pages from the page cache (``POSIX_FADV_DONTNEED``; no root needed).
-    Mapped pages still in use by a live mapping may stay resident: close maps first."""
+    Pages still mapped by a process stay resident: unmap (or MADV_DONTNEED) them first."""
     for f in files:
         fd = os.open(f, os.O_RDONLY)
         try:

@@ -1,0 +1,90 @@
+"""``spann eval``: recall / latency / QPS / I/O of an index over a parameter sweep."""
+
+from __future__ import annotations
+
+import click
+
+from spann.cli.common import common_options, echo_err, emit_json, is_quiet
+
+
+def format_table(records) -> str:
+    """A readable table of evaluation records."""
+    keys = list(dict.fromkeys(k for r in records for k in r.params))
+    head = ["system"] + keys + ["recall", "mean ms", "p50 ms", "p99 ms", "QPS", "lists", "KiB", "dists"]
+    rows = []
+    for r in records:
+        rows.append([r.system] + [str(r.params.get(k, "")) for k in keys] + [
+            f"{r.recall:.4f}", f"{r.latency_mean_ms:.3f}", f"{r.latency_p50_ms:.3f}", f"{r.latency_p99_ms:.3f}",
+            f"{r.qps:,.0f}", "-" if r.lists_read is None else f"{r.lists_read:.1f}",
+            "-" if r.kib_read is None else f"{r.kib_read:.1f}",
+            "-" if r.distance_evals is None else f"{r.distance_evals:.0f}"])
+    w = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
+    lines = ["  ".join(h.rjust(w[i]) for i, h in enumerate(head))]
+    lines += ["  ".join(c.rjust(w[i]) for i, c in enumerate(row)) for row in rows]
+    return "\n".join(lines)
+
+
+@click.command("eval")
+@click.argument("index", type=click.Path(file_okay=False))
+@click.argument("queries", required=False, type=click.Path(dir_okay=False))
+@click.argument("gt", required=False, type=click.Path(dir_okay=False))
+@click.option("--dataset", help="Prepared dataset directory or registered name (gives QUERIES and GT).")
+@click.option("-k", type=click.IntRange(1), default=10, show_default=True)
+@click.option("--sweep", "sweep", multiple=True, default=("max_postings=8,16,32,64,128",), show_default=True,
+              help="name=v1,v2,... (repeatable; the cartesian product is run).")
+@click.option("--prune-eps", help="Comma-separated prune_eps values to add to the sweep (e.g. 0.5,1,inf).")
+@click.option("--threads", type=click.IntRange(0), default=0, help="Threads for batch QPS (0 = all cores).")
+@click.option("--runs", type=click.IntRange(1), default=3, show_default=True, help="Batch runs (best is kept).")
+@click.option("--latency-queries", type=click.IntRange(1), default=2000, show_default=True,
+              help="Queries timed one by one for latency percentiles.")
+@click.option("--cold", is_flag=True, help="Evict the index from the page cache before every timed query.")
+@click.option("--prefetch/--no-prefetch", default=None, help="Force prefetching on or off (default: on with --cold).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True), help="Write records as JSON.")
+@click.option("--csv", "csv_out", type=click.Path(dir_okay=False), help="Write records as CSV.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Write a recall-QPS plot (PNG).")
+@common_options
+def eval_cmd(index: str, queries: str | None, gt: str | None, dataset: str | None, k: int, sweep: tuple[str, ...],
+             prune_eps: str | None, threads: int, runs: int, latency_queries: int, cold: bool, prefetch: bool | None,
+             json_out: str | None, csv_out: str | None, plot: str | None) -> None:
+    """Evaluate INDEX on QUERIES against ground truth GT (or --dataset)."""
+    import time
+    import numpy as np
+    import spann
+    from spann.datasets import load, read_vectors
+    from spann.datasets.groundtruth import distances_path_for
+    from spann.eval import evaluate, parse_sweep, plot_recall_qps, write_csv
+    from spann.errors import ParameterError
+    gt_d = None
+    if dataset:
+        m = load(dataset)
+        q = m.load_queries()
+        gt_i, gt_d = m.load_gt()
+    elif queries and gt:
+        q = read_vectors(queries)
+        gt_i = read_vectors(gt, ids=True).astype(np.int64)
+        dp = distances_path_for(gt)
+        gt_d = read_vectors(dp) if dp.exists() else None
+    else:
+        raise ParameterError("give QUERIES and GT, or --dataset")
+    specs = list(sweep) + ([f"prune_eps={prune_eps}"] if prune_eps else [])
+    points = parse_sweep(specs)
+    pf = cold if prefetch is None else prefetch
+    points = [{**p, "prefetch": pf} for p in points]
+    t0 = time.perf_counter()
+    with spann.open(index) as idx:
+        open_s = time.perf_counter() - t0
+        records = evaluate(idx, q, gt_i, k, sweep=points, gt_dists=gt_d, runs=runs, threads=threads or None,
+                           latency_queries=latency_queries, cold=cold, progress=not is_quiet())
+    for r in records:
+        r.open_seconds = open_s
+        r.params.pop("prefetch", None)
+        r.extra["prefetch"] = pf
+    click.echo(format_table(records))
+    echo_err(f"({len(q)} queries, k={k}, {records[0].threads if records else 0} threads for QPS, "
+             f"{'cold' if cold else 'warm'} cache, index opened in {open_s:.2f}s)")
+    if json_out:
+        emit_json([r.to_dict() for r in records], json_out)
+    if csv_out:
+        write_csv(records, csv_out)
+    if plot:
+        plot_recall_qps(records, plot, title=f"{index} (k={k})")

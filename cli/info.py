@@ -1,0 +1,26 @@
+"""``spann info``: what an index holds and how it was built."""
+
+from __future__ import annotations
+
+import click
+
+from spann.cli.common import common_options, emit_json
+
+
+@click.command("info")
+@click.argument("index", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print all attributes as JSON.")
+@common_options
+def info_cmd(index: str, as_json: bool) -> None:
+    """Print INDEX's attributes, build parameters and statistics."""
+    import spann
+    from spann.cli.build import build_summary
+    with spann.open(index) as idx:
+        info = idx.info()
+    if as_json:
+        emit_json(info, "-")
+        return
+    click.echo(f"index {info['path']} (format {info['format_version']})")
+    click.echo(build_summary(info))
+    click.echo(f"in RAM after open: {info['ram_bytes'] / 2**20:.1f} MiB; on disk {info['disk_bytes'] / 2**20:.1f} MiB")
+    click.echo("build parameters: " + ", ".join(f"{k}={v}" for k, v in info["params"].items()))

@@ -1,0 +1,67 @@
+"""``spann search``: k-NN of a query file against an index."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from spann.cli.common import common_options, echo_err, emit_json
+from spann.datasets.formats import FORMATS
+from spann.params import SearchParams
+
+_DEFAULTS = SearchParams()
+
+
+def search_options(f):
+    """Options shared by search and eval."""
+    f = click.option("--ef", type=click.IntRange(0), default=0, help="Head-graph beam width (0 = auto).")(f)
+    f = click.option("--prefetch/--no-prefetch", default=False, show_default=True,
+                     help="Issue all of a query's posting reads at once (helps a cold page cache).")(f)
+    f = click.option("--threads", type=click.IntRange(0), default=0, help="Search threads (0 = all cores).")(f)
+    return f
+
+
+@click.command("search")
+@click.argument("index", type=click.Path(file_okay=False))
+@click.argument("queries", type=click.Path(dir_okay=False))
+@click.option("-k", type=click.IntRange(1), default=10, show_default=True)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Ids file (.ibin/.ivecs/.npy); distances go beside it (out.dist.fbin).")
+@click.option("--max-postings", type=click.IntRange(1), default=_DEFAULTS.max_postings, show_default=True,
+              help="Nearest heads (posting lists) considered per query.")
+@click.option("--prune-eps", type=click.FloatRange(0), default=_DEFAULTS.prune_eps, show_default=True,
+              help="Read list j only if d(q, c_j) <= (1 + eps) d(q, c_1).")
+@click.option("--queries-format", type=click.Choice(list(FORMATS)), help="Override the queries file's format.")
+@search_options
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True), help="Write a JSON summary.")
+@common_options
+def search_cmd(index: str, queries: str, k: int, output: str, max_postings: int, prune_eps: float, ef: int,
+               prefetch: bool, threads: int, queries_format: str | None, json_out: str | None) -> None:
+    """Search INDEX for the k nearest neighbours of every vector in QUERIES."""
+    import spann
+    from spann.datasets.formats import read_vectors, write_vectors, detect_format
+    from spann.datasets.groundtruth import distances_path_for
+    q = read_vectors(queries, queries_format)
+    fmt = detect_format(output)
+    with spann.open(index) as idx:
+        t0 = time.perf_counter()
+        idx.prepare()
+        t1 = time.perf_counter()
+        r = idx.search(q, k, max_postings=max_postings, prune_eps=prune_eps, ef=ef, prefetch=prefetch,
+                       threads=threads or None)
+        secs = time.perf_counter() - t1
+    ids = r.ids if fmt == "npy" else r.ids.astype(np.int32)
+    write_vectors(output, ids)
+    dpath = distances_path_for(output)
+    write_vectors(dpath, r.distances)
+    summary = {"queries": len(q), "k": k, "seconds": secs, "qps": len(q) / secs if secs > 0 else None,
+               "prepare_seconds": t1 - t0, "mean_lists_read": float(r.lists_read.mean()),
+               "mean_kib_read": float(r.bytes_read.mean() / 1024), "mean_distance_evals": float(r.distance_evals.mean()),
+               "ids": str(Path(output)), "distances": str(dpath)}
+    echo_err(f"{len(q)} queries in {secs:.3f}s ({summary['qps']:.0f} QPS), {summary['mean_lists_read']:.1f} lists "
+             f"and {summary['mean_kib_read']:.1f} KiB read per query -> {output}")
+    if json_out:
+        emit_json(summary, json_out)

@@ -1,0 +1,95 @@
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from spann import __version__
+from spann.cli.main import cli
+from spann.datasets import read_vectors, synthetic_array, write_vectors
+from spann.exact import exact_knn
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    x = synthetic_array(8000, 16, seed=9)
+    q = synthetic_array(50, 16, seed=9, stream=1, n_hint=8000)
+    write_vectors(d / "base.fbin", x)
+    write_vectors(d / "q.fbin", q)
+    return d, x, q
+
+
+def run(*args, ok=True):
+    r = CliRunner().invoke(cli, [str(a) for a in args])
+    if ok:
+        assert r.exit_code == 0, r.output + str(r.exception)
+    return r
+
+
+def test_version_and_help():
+    assert __version__ in run("--version").output
+    for cmd in ("build", "search", "info", "eval", "gt", "demo", "datasets"):
+        assert "Usage" in run(cmd, "--help").output
+
+
+def test_gt_build_search_info_eval(files):
+    d, x, q = files
+    run("gt", d / "base.fbin", d / "q.fbin", "-k", 20, "-o", d / "gt.ibin", "--metric", "l2", "-q")
+    gi = read_vectors(d / "gt.ibin", ids=True)
+    np.testing.assert_array_equal(gi, exact_knn(x, q, 20, "l2")[0])
+    assert (d / "gt.dist.fbin").exists()
+
+    r = run("build", d / "base.fbin", d / "idx", "--metric", "l2", "--json", d / "build.json", "-q")
+    summary = json.loads((d / "build.json").read_text())
+    assert summary["stats"]["heads"] > 0 and summary["params"]["replica_count"] == 8
+
+    run("search", d / "idx", d / "q.fbin", "-k", 10, "-o", d / "res.ibin", "--max-postings", 32, "--json", d / "s.json", "-q")
+    res = read_vectors(d / "res.ibin", ids=True)
+    assert res.shape == (50, 10)
+    assert (res[:, :, None] == gi[:, None, :10]).any(2).mean() > 0.9
+    assert json.loads((d / "s.json").read_text())["mean_lists_read"] <= 32
+
+    out = run("info", d / "idx").output
+    assert "heads" in out and "replicas/vector" in out
+    assert json.loads(run("info", d / "idx", "--json").output)["metric"] == "l2"
+
+    r = run("eval", d / "idx", d / "q.fbin", d / "gt.ibin", "--sweep", "max_postings=2,16", "--prune-eps", "0.5,inf",
+            "--runs", 1, "--latency-queries", 10, "--json", d / "e.json", "--csv", d / "e.csv", "-q")
+    recs = json.loads((d / "e.json").read_text())
+    assert len(recs) == 4
+    assert {(r_["params"]["max_postings"], r_["params"]["prune_eps"]) for r_ in recs} == {
+        (2, 0.5), (2, float("inf")), (16, 0.5), (16, float("inf"))}
+    for r_ in recs:
+        assert 0 <= r_["recall"] <= 1 and r_["qps"] > 0 and r_["latency_p99_ms"] >= r_["latency_p50_ms"]
+        assert "max_postings" in r_["params"] and "prune_eps" in r_["params"]
+    assert "recall" in r.output and "QPS" in r.output
+    assert (d / "e.csv").read_text().startswith("system")
+
+
+def test_errors_are_one_line(files, tmp_path):
+    d, x, q = files
+    (tmp_path / "empty.fbin").write_bytes(b"")
+    r = run("build", tmp_path / "empty.fbin", tmp_path / "i", "--metric", "l2", ok=False)
+    assert r.exit_code != 0 and "file is empty" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "i").exists()
+    write_vectors(tmp_path / "q8.fbin", q[:, :8])
+    r = run("search", d / "idx", tmp_path / "q8.fbin", "-o", tmp_path / "o.ibin", ok=False)
+    assert r.exit_code != 0 and "dimension 8" in r.output
+    r = run("search", tmp_path / "nope", d / "q.fbin", "-o", tmp_path / "o.ibin", ok=False)
+    assert r.exit_code != 0 and "no such index" in r.output
+    r = run("build", d / "base.fbin", tmp_path / "j", "--metric", "cosine", "--head-ratio", "0.9", ok=False)
+    assert r.exit_code != 0
+    r = run("gt", d / "base.fbin", d / "q.fbin", "-o", tmp_path / "g.txt", ok=False)
+    assert r.exit_code != 0 and "extension" in r.output
+
+
+def test_datasets_commands(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPANN_HOME", str(tmp_path / "home"))
+    assert "glove-50" in run("datasets", "list").output
+    run("datasets", "prepare", "synthetic", tmp_path / "s", "--n", 2000, "--dim", 8, "--n-queries", 10, "-q")
+    m = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert m["n_base"] == 2000
+    run("datasets", "register", "mine", "--base", tmp_path / "s" / m["base"], "--queries",
+        tmp_path / "s" / m["queries"], "--metric", "l2")
+    assert "mine" in run("datasets", "list").output

