@@ -20,6 +20,7 @@ import numpy as np
 
 from spann.clustering import balanced_kmeans, sq_dists
 from spann.distances import sq_l2
+from spann.prefetch import prefetch_element
 
 __all__ = ["EXACT_KNN_MAX", "build_graph", "beam_search", "head_distance", "knn_candidates"]
 
@@ -83,6 +84,7 @@ def beam_search(q, q_ext, heads, ext, neighbors, entries, ef, visited, tag, out_
     evaluations.
     """
     deg = neighbors.shape[1]
+    line2 = min(heads.shape[1] - 1, 128 // heads.itemsize)  # a row spans several cache lines
     cap = ef * deg + entries.shape[0] + 1
     cd = np.empty(cap, np.float32)
     ci = np.empty(cap, np.int32)
@@ -112,6 +114,13 @@ def beam_search(q, q_ext, heads, ext, neighbors, entries, ef, visited, tag, out_
         nc -= 1
         if nr >= ef and d0 > rd[0]:
             break
+        for t in range(deg):  # issue every unvisited neighbour's loads first: misses overlap
+            nb = neighbors[node, t]
+            if nb < 0:
+                break
+            if visited[nb] != tag:
+                prefetch_element(heads, nb, 0)
+                prefetch_element(heads, nb, line2)
         for t in range(deg):
             nb = neighbors[node, t]
             if nb < 0:

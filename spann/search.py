@@ -18,6 +18,7 @@ import numpy as np
 
 from spann.distances import L2, neg_dot, pair_distance
 from spann.head_index import beam_search
+from spann.prefetch import prefetch_element
 from spann.topk import topk_insert_unique
 
 __all__ = ["select_lists", "scan_lists", "search_one", "search_batch", "select_batch", "scan_batch",
@@ -44,7 +45,11 @@ def scan_lists(q, metric, heads, head_ids, sel_i, sel_d, kept, counts, list_shar
     with inf / -1). Adds lists read, bytes read and distance evaluations to ``stats``."""
     dim = heads.shape[1]
     k = top_d.shape[0]
+    for j in range(min(kept, 2)):
+        _prefetch_list(sel_i[j], counts, list_shard, vec_off, vec_views, dim)
     for j in range(kept):
+        if j + 2 < kept:  # the lists two ahead are loading while this one is scanned
+            _prefetch_list(sel_i[j + 2], counts, list_shard, vec_off, vec_views, dim)
         h = sel_i[j]
         if metric == L2:
             d = sel_d[j]
@@ -59,14 +64,23 @@ def scan_lists(q, metric, heads, head_ids, sel_i, sel_d, kept, counts, list_shar
         iv = id_views[sh]
         vo = vec_off[h]
         io = id_off[h]
-        block = vv[vo:vo + c * dim]
+        block = vv[vo:vo + c * dim].reshape(c, dim)
         for t in range(c):
-            d = pair_distance(q, block[t * dim:(t + 1) * dim], metric)
+            d = pair_distance(q, block[t], metric)
             if d < top_d[k - 1]:
                 topk_insert_unique(top_d, top_i, d, iv[io + t])
         stats[0] += 1
         stats[1] += c * (dim * vv.itemsize + iv.itemsize)
         stats[2] += c + 1
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _prefetch_list(h, counts, list_shard, vec_off, vec_views, dim):
+    """Software-prefetch every cache line of posting list ``h``'s vectors."""
+    vv = vec_views[list_shard[h]]
+    step = 64 // vv.itemsize
+    for e in range(0, counts[h] * dim, step):
+        prefetch_element(vv, vec_off[h], e)
 
 
 @numba.njit(cache=True, fastmath=True, nogil=True)

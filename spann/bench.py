@@ -1,0 +1,163 @@
+"""Run several ANN systems on one dataset in one invocation, each in its own child process.
+
+Each system is built ("fit") and swept in a fresh spawned process, so its memory is measured
+the same way for everyone: growth of the child's anonymous RSS from just before ``fit`` to the
+end of its sweep (index + search structures, not the interpreter or the loaded queries). Same
+data, same k, same thread count, single-query latencies on the same queries.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from spann.eval import EvalRecord, operating_point, recall_at_k
+
+__all__ = ["run_system", "run_bench", "summary_table", "rss_anon_bytes"]
+
+
+def rss_anon_bytes() -> int:
+    """Anonymous resident memory of this process (RssAnon, bytes): heap and arrays, not mapped files."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _measure(peer, queries: np.ndarray, gt: np.ndarray, k: int, point: dict[str, Any], threads: int, runs: int,
+             latency_queries: int, cold: bool) -> EvalRecord:
+    peer.set_query_arguments(**point)
+    peer.batch_query(queries[: min(256, len(queries))], k, threads)  # warm-up
+    best, ids = float("inf"), None
+    for _ in range(runs):
+        t = time.perf_counter()
+        ids = peer.batch_query(queries, k, threads)
+        best = min(best, time.perf_counter() - t)
+    extra = peer.get_additional()
+    rec = recall_at_k(np.asarray(ids), gt, k)
+    nl = min(latency_queries, len(queries))
+    peer.query(queries[0], k)
+    lat = np.empty(nl)
+    for i in range(nl):
+        if cold:
+            peer.index.evict()
+        t = time.perf_counter()
+        peer.query(queries[i], k)
+        lat[i] = time.perf_counter() - t
+    lat *= 1e3
+    if cold:
+        extra = peer.get_additional() or extra
+    return EvalRecord(system=peer.name + ("-cold" if cold else ""), params=dict(point), k=k, recall=rec,
+                      latency_mean_ms=float(lat.mean()), latency_p50_ms=float(np.median(lat)),
+                      latency_p95_ms=float(np.percentile(lat, 95)), latency_p99_ms=float(np.percentile(lat, 99)),
+                      qps=len(queries) / best, threads=threads, lists_read=extra.get("lists_read"),
+                      kib_read=extra.get("kib_read"), distance_evals=extra.get("distance_evals"), cold=cold)
+
+
+def run_system(name: str, dataset: str, k: int, threads: int, runs: int, latency_queries: int, workdir: str,
+               peer_kwargs: dict[str, Any] | None = None, sweep: Sequence[dict[str, Any]] | None = None,
+               cold_queries: int = 0) -> dict[str, Any]:
+    """Fit and sweep one system in this process; returns a plain dict (records as dicts)."""
+    from spann.datasets import load
+    from spann.peers import PeerUnavailable, make_peer
+    out: dict[str, Any] = {"system": name}
+    try:
+        peer = make_peer(name, **(peer_kwargs or {}))
+    except PeerUnavailable as e:
+        return {**out, "skipped": str(e)}
+    m = load(dataset)
+    q = m.load_queries()
+    gt, _ = m.load_gt()
+    work = Path(workdir) / name
+    work.mkdir(parents=True, exist_ok=True)
+    peer.warm_up(work)
+    base_rss = rss_anon_bytes()
+    t = time.perf_counter()
+    peer.fit(str(m.path("base")), m.metric, work)
+    out["build_seconds"] = time.perf_counter() - t
+    import resource
+    out["build_peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    recs = [_measure(peer, q, gt, k, p, threads, runs, latency_queries, False) for p in (sweep or peer.sweep())]
+    if cold_queries and name == "spann":
+        for p in (sweep or peer.sweep()):
+            recs.append(_measure(peer, q[:cold_queries], gt[:cold_queries], k, {**p, "prefetch": True}, threads, 1,
+                                 cold_queries, True))
+    ram = rss_anon_bytes() - base_rss
+    disk = peer.index_bytes()
+    for r in recs:
+        r.ram_bytes = ram
+        r.index_bytes = disk
+        r.extra["build_seconds"] = out["build_seconds"]
+    out["records"] = [r.to_dict() for r in recs]
+    peer.done()
+    return out
+
+
+def _child(conn, args: tuple, kwargs: dict) -> None:
+    try:
+        conn.send(run_system(*args, **kwargs))
+    except BaseException as e:  # report, never hang the parent
+        conn.send({"system": args[0], "failed": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
+    finally:
+        conn.close()
+
+
+def run_bench(algorithms: Sequence[str], dataset: str, *, k: int = 10, threads: int = 1, runs: int = 3,
+              latency_queries: int = 2000, workdir: str = "bench-work", cold_queries: int = 0,
+              peer_kwargs: dict[str, dict[str, Any]] | None = None, log=print) -> list[dict[str, Any]]:
+    """Each algorithm in its own spawned process, one after another; returns their results."""
+    ctx = mp.get_context("spawn")
+    results = []
+    for name in algorithms:
+        log(f"[bench] {name} ...")
+        parent, child = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=_child, args=(child, (name, dataset, k, threads, runs, latency_queries, workdir),
+                                             {"peer_kwargs": (peer_kwargs or {}).get(name),
+                                              "cold_queries": cold_queries}))
+        p.start()
+        child.close()
+        try:
+            res = parent.recv()
+        except EOFError:
+            res = {"system": name, "failed": f"process died (exit code {p.exitcode})"}
+        p.join()
+        if "skipped" in res:
+            log(f"[bench] {name}: skipped: {res['skipped']}")
+        elif "failed" in res:
+            log(f"[bench] {name}: FAILED: {res['failed']}")
+        else:
+            log(f"[bench] {name}: built in {res['build_seconds']:.1f}s, {len(res['records'])} operating points")
+        results.append(res)
+    return results
+
+
+def summary_table(results: Sequence[dict[str, Any]], targets: Sequence[float] = (0.90, 0.95, 0.99)) -> str:
+    """Operating points per system at each recall target: the lowest mean latency reaching it."""
+    names = set(EvalRecord.__dataclass_fields__)
+    lines = [f"{'system':<18} {'target':>6} {'recall':>7} {'params':<24} {'mean ms':>8} {'p99 ms':>8} {'QPS':>9} "
+             f"{'RAM MiB':>8} {'disk MiB':>9} {'build s':>8}"]
+    for res in results:
+        if "records" not in res:
+            lines.append(f"{res['system']:<18} {'skipped' if 'skipped' in res else 'failed'}: "
+                         f"{res.get('skipped') or res.get('failed')}")
+            continue
+        recs = [EvalRecord(**{k_: v for k_, v in r.items() if k_ in names}) for r in res["records"]]
+        for system in dict.fromkeys(r.system for r in recs):
+            mine = [r for r in recs if r.system == system]
+            for tgt in targets:
+                op = operating_point(mine, tgt)
+                if op is None:
+                    lines.append(f"{system:<18} {tgt:>6.2f}   (not reached; best recall {max(r.recall for r in mine):.3f})")
+                    continue
+                params = ",".join(f"{k_}={v}" for k_, v in op.params.items() if k_ != "prefetch")
+                disk = "-" if op.index_bytes is None else f"{op.index_bytes / 2**20:.0f}"
+                lines.append(f"{system:<18} {tgt:>6.2f} {op.recall:>7.3f} {params:<24} {op.latency_mean_ms:>8.3f} "
+                             f"{op.latency_p99_ms:>8.3f} {op.qps:>9,.0f} {op.ram_bytes / 2**20:>8.1f} {disk:>9} "
+                             f"{res['build_seconds']:>8.1f}")
+    return "\n".join(lines)

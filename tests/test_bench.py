@@ -1,0 +1,52 @@
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from spann.bench import run_bench, run_system, summary_table
+from spann.cli.main import cli
+from spann.datasets import prepare
+from spann.peers import PeerUnavailable, make_peer
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bench") / "syn"
+    prepare("synthetic", d, n=4000, dim=12, n_queries=40, progress=False)
+    return d
+
+
+def test_unknown_or_missing_peer_is_reported():
+    with pytest.raises(PeerUnavailable, match="unknown algorithm"):
+        make_peer("annoy-3000")
+
+
+def test_run_system_in_process(small_dataset, tmp_path):
+    res = run_system("spann", str(small_dataset), 10, 1, 1, 10, str(tmp_path),
+                     sweep=[{"max_postings": 4}, {"max_postings": 64}])
+    recs = res["records"]
+    assert len(recs) == 2 and recs[1]["recall"] >= recs[0]["recall"] and recs[1]["recall"] > 0.9
+    assert all(r["ram_bytes"] is not None and r["index_bytes"] > 0 and r["lists_read"] > 0 for r in recs)
+    bf = run_system("bruteforce", str(small_dataset), 10, 1, 1, 5, str(tmp_path))
+    assert bf["records"][0]["recall"] == 1.0
+
+
+def test_run_bench_processes_and_skips(small_dataset, tmp_path):
+    out = run_bench(["bruteforce", "nope"], str(small_dataset), latency_queries=5, runs=1, workdir=str(tmp_path),
+                    log=lambda s: None)
+    assert out[0]["records"][0]["recall"] == 1.0
+    assert "unknown algorithm" in out[1]["skipped"]
+    table = summary_table(out)
+    assert "bruteforce" in table and "skipped" in table
+
+
+def test_cli_bench_reports_skipped_peer(small_dataset, tmp_path):
+    r = CliRunner().invoke(cli, ["bench", str(small_dataset), "--algorithms", "spann,diskann", "--latency-queries", "5",
+                                 "--runs", "1", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    assert "spann" in r.output and "0.90" in r.output
+    lines = [json.loads(line) for line in (tmp_path / "o" / "results.jsonl").read_text().splitlines()]
+    assert any(line.get("system") == "diskann" and ("skipped" in line or "records" in line or "failed" in line)
+               for line in lines)
+    assert (tmp_path / "o" / "summary.txt").exists()
