@@ -44,12 +44,12 @@ def _measure(peer, queries: np.ndarray, gt: np.ndarray, k: int, point: dict[str,
     nl = min(latency_queries, len(queries))
     peer.query(queries[0], k)
     lat = np.empty(nl)
-    for i in range(nl):
+    for j, i in enumerate(np.linspace(0, len(queries) - 1, num=nl).astype(np.int64)):
         if cold:
             peer.index.evict()
         t = time.perf_counter()
         peer.query(queries[i], k)
-        lat[i] = time.perf_counter() - t
+        lat[j] = time.perf_counter() - t
     lat *= 1e3
     if cold:
         extra = peer.get_additional() or extra
@@ -85,9 +85,9 @@ def run_system(name: str, dataset: str, k: int, threads: int, runs: int, latency
     out["build_peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     recs = [_measure(peer, q, gt, k, p, threads, runs, latency_queries, False) for p in (sweep or peer.sweep())]
     if cold_queries and name == "spann":
+        cs = np.linspace(0, len(q) - 1, num=min(cold_queries, len(q))).astype(np.int64)
         for p in (sweep or peer.sweep()):
-            recs.append(_measure(peer, q[:cold_queries], gt[:cold_queries], k, {**p, "prefetch": True}, threads, 1,
-                                 cold_queries, True))
+            recs.append(_measure(peer, q[cs], gt[cs], k, {**p, "prefetch": True}, threads, 1, len(cs), True))
     ram = rss_anon_bytes() - base_rss
     disk = peer.index_bytes()
     for r in recs:

@@ -15,7 +15,7 @@ from typing import Callable
 import numba
 import numpy as np
 
-__all__ = ["capacity_assign", "balanced_kmeans", "select_heads", "sq_dists"]
+__all__ = ["capacity_assign", "kmeans_plusplus", "balanced_kmeans", "select_heads", "sq_dists"]
 
 
 def sq_dists(x: np.ndarray, c: np.ndarray, cn: np.ndarray | None = None) -> np.ndarray:
@@ -34,28 +34,81 @@ def capacity_assign(dist, cap):
 
     Points with the largest regret (second-best minus best distance) choose first, each taking
     its nearest column that still has room. Requires ``cap * k >= n``. Returns int32 (n,).
+    O(n k) plus O(k) extra for each point whose first choice is already full.
     """
     n, k = dist.shape
-    order = np.empty((n, k), np.int32)
+    best = np.empty(n, np.int32)
     regret = np.empty(n, np.float32)
     for i in range(n):
-        o = np.argsort(dist[i])
-        for j in range(k):
-            order[i, j] = o[j]
-        if k > 1:
-            regret[i] = dist[i, o[1]] - dist[i, o[0]]
-        else:
-            regret[i] = 0.0
+        b1 = 0
+        d1 = dist[i, 0]
+        d2 = np.inf
+        for j in range(1, k):
+            d = dist[i, j]
+            if d < d1:
+                d2 = d1
+                d1 = d
+                b1 = j
+            elif d < d2:
+                d2 = d
+        best[i] = b1
+        regret[i] = d2 - d1 if k > 1 else 0.0
     counts = np.zeros(k, np.int64)
     labels = np.empty(n, np.int32)
     for p in np.argsort(-regret):
-        for j in range(k):
-            c = order[p, j]
-            if counts[c] < cap:
-                labels[p] = c
-                counts[c] += 1
-                break
+        c = best[p]
+        if counts[c] >= cap:
+            c = -1
+            dc = np.inf
+            for j in range(k):
+                if counts[j] < cap and dist[p, j] < dc:
+                    dc = dist[p, j]
+                    c = j
+        labels[p] = c
+        counts[c] += 1
     return labels
+
+
+@numba.njit(cache=True, nogil=True)
+def kmeans_plusplus(x, k, seed):
+    """k-means++ seeding: k rows of float32 x (n, d) chosen with probability ~ D(x)^2."""
+    np.random.seed(seed)
+    n, d = x.shape
+    centers = np.empty((k, d), np.float32)
+    first = np.random.randint(n)
+    centers[0] = x[first]
+    closest = np.empty(n, np.float64)
+    total = 0.0
+    for i in range(n):
+        s = 0.0
+        for j in range(d):
+            t = x[i, j] - centers[0, j]
+            s += t * t
+        closest[i] = s
+        total += s
+    for c in range(1, k):
+        if total <= 0.0:
+            pick = np.random.randint(n)
+        else:
+            r = np.random.random() * total
+            acc = 0.0
+            pick = n - 1
+            for i in range(n):
+                acc += closest[i]
+                if acc >= r:
+                    pick = i
+                    break
+        centers[c] = x[pick]
+        total = 0.0
+        for i in range(n):
+            s = 0.0
+            for j in range(d):
+                t = x[i, j] - centers[c, j]
+                s += t * t
+            if s < closest[i]:
+                closest[i] = s
+            total += closest[i]
+    return centers
 
 
 @numba.njit(cache=True, nogil=True)
@@ -108,12 +161,9 @@ def balanced_kmeans(x: np.ndarray, k: int, *, iters: int = 12, slack: float = 0.
         return np.zeros(n, np.int32), x.mean(axis=0, keepdims=True).astype(np.float32)
     m = min(n, train_points * k)
     sample = x if m == n else x[np.sort(rng.choice(n, size=m, replace=False))]
-    centers = sample[rng.choice(m, size=k, replace=False)].copy()
     # k-means++ seeding on a small subset: better starts than uniform, cheap
-    from sklearn.cluster import kmeans_plusplus
     seed_rows = sample if m <= 20 * k else sample[rng.choice(m, size=20 * k, replace=False)]
-    centers, _ = kmeans_plusplus(seed_rows, k, random_state=int(rng.integers(2**31 - 1)))
-    centers = np.ascontiguousarray(centers, dtype=np.float32)
+    centers = kmeans_plusplus(np.ascontiguousarray(seed_rows, dtype=np.float32), k, int(rng.integers(2**31 - 1)))
     cap_train = int(math.ceil(m / k * (1.0 + slack)))
     for _ in range(iters):
         labels = capacity_assign(sq_dists(sample, centers), cap_train)
@@ -121,10 +171,10 @@ def balanced_kmeans(x: np.ndarray, k: int, *, iters: int = 12, slack: float = 0.
         empty = np.flatnonzero(cnt == 0)
         if empty.size:
             new[empty] = sample[rng.choice(m, size=empty.size, replace=False)]
-        if np.allclose(new, centers, rtol=0, atol=1e-7):
-            centers = new
-            break
+        moved = float(np.abs(new - centers).max())
         centers = new
+        if moved < 1e-7:
+            break
     cap = int(math.ceil(n / k * (1.0 + slack)))
     labels = _assign_blocked(x, centers, cap)
     return labels, centers

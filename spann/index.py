@@ -37,12 +37,13 @@ class SearchResult:
 
 
 class Index:
-    """An opened SPANN index: heads, head graph and posting counts in RAM, postings mapped.
+    """An opened SPANN index: heads, head graph, posting counts and ids in RAM; posting vectors
+    memory-mapped from the zarr shards.
 
     Use as a context manager (or call :meth:`close`) to release the maps.
     """
 
-    def __init__(self, path: str | os.PathLike[str]):
+    def __init__(self, path: str | os.PathLike[str], *, ids_in_ram: bool = True):
         self.path = Path(path)
         f = IndexFiles(self.path)
         self.attrs: dict[str, Any] = f.attrs
@@ -63,7 +64,7 @@ class Index:
                 or self.entries.size == 0 or self.entries.max() >= H):
             from spann.errors import IndexCorruptError
             raise IndexCorruptError(f"{self.path}: index arrays have inconsistent shapes")
-        self.store = PostingStore(self.path, self.counts, self.dim)
+        self.store = PostingStore(self.path, self.counts, self.dim, ids_in_ram=ids_in_ram)
         self._metric_code = METRIC_CODES[self.metric]
         self._lock = threading.Lock()
         self._visited = np.zeros(H, np.uint32)
@@ -216,7 +217,7 @@ class Index:
     def info(self) -> dict[str, Any]:
         """Attributes (metric, dims, build parameters and statistics) plus sizes on disk and in RAM."""
         ram = sum(a.nbytes for a in (self.heads, self.head_ids, self.head_ext, self.neighbors, self.entries,
-                                     self.counts, self.store.list_shard, self.store.vec_off, self.store.id_off))
+                                     self.counts)) + self.store.ram_bytes()
         return {**self.attrs, "path": str(self.path), "disk_bytes": directory_bytes(self.path),
                 "ram_bytes": int(ram)}
 
@@ -237,6 +238,10 @@ def build(data, index_dir: str | os.PathLike[str], *, metric: str, params: Build
     return Index(index_dir)
 
 
-def open_index(index_dir: str | os.PathLike[str]) -> Index:
-    """Open an index built by :func:`build` (or ``spann build``)."""
-    return Index(index_dir)
+def open_index(index_dir: str | os.PathLike[str], *, ids_in_ram: bool = True) -> Index:
+    """Open an index built by :func:`build` (or ``spann build``).
+
+    ``ids_in_ram``: copy the posting ids (4 bytes per stored vector) into RAM so a cold query
+    reads one range per posting list instead of two; False keeps them memory-mapped too.
+    """
+    return Index(index_dir, ids_in_ram=ids_in_ram)

@@ -66,18 +66,18 @@ class BuildParams(_Params):
     threads: build threads (0 = all cores).
     """
 
-    head_ratio: float = 0.1
+    head_ratio: float = 0.05
     posting_size: int = 0
     branching: int = 32
     balance_slack: float = 0.2
     cluster_sample: int = 2_000_000
     kmeans_iters: int = 12
     replica_count: int = 8
-    closure_eps: float = 0.15
+    closure_eps: float = 0.1
     rng_factor: float = 1.0
     assign_candidates: int = 64
     posting_cap: int = 0
-    cap_slack: float = 0.3
+    cap_slack: float = 0.15
     graph_degree: int = 32
     graph_candidates: int = 64
     graph_alpha: float = 1.2

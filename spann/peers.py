@@ -72,6 +72,11 @@ class _Peer:
         return f"{self.name}({', '.join(f'{k}={v}' for k, v in self.args.items())})"
 
 
+def _build_spann(base_path: str, path: str, metric: str, params: dict[str, Any]) -> None:
+    import spann
+    spann.build(base_path, path, metric=metric, progress=False, **params).close()
+
+
 class SpannPeer(_Peer):
     """spann itself; sweep over max_postings (and prune_eps)."""
 
@@ -98,8 +103,15 @@ class SpannPeer(_Peer):
         path = workdir / "spann.index"
         if path.exists():
             shutil.rmtree(path)
-        spann.build(base_path, path, metric=metric, progress=False, **self.build_params).close()
-        self.index = spann.open(path)  # what a user's search process holds: opened, not built
+        # build in a child process: the measuring process then holds only what a search
+        # process holds (the opened index), not the build's freed-but-kept heap
+        import multiprocessing as mp
+        p = mp.get_context("spawn").Process(target=_build_spann, args=(base_path, str(path), metric, self.build_params))
+        p.start()
+        p.join()
+        if p.exitcode != 0:
+            raise RuntimeError(f"spann build failed (exit code {p.exitcode})")
+        self.index = spann.open(path)
         self.index.prepare()
 
     def query(self, q: np.ndarray, k: int) -> np.ndarray:

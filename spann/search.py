@@ -166,8 +166,10 @@ def prefetch_lists(sel_i: np.ndarray, kept: np.ndarray, counts: np.ndarray, stor
             if c == 0:
                 continue
             sh = int(store.list_shard[h])
-            for addr, off, nbytes in ((store.vec_addr[sh], store.vec_off[h] * store.vectors.dtype.itemsize, c * dim_bytes),
-                                      (store.id_addr[sh], store.id_off[h] * store.ids.dtype.itemsize, c * store.ids.dtype.itemsize)):
+            ranges = [(store.vec_addr[sh], store.vec_off[h] * store.vectors.dtype.itemsize, c * dim_bytes)]
+            if not store.ids_in_ram:
+                ranges.append((store.id_addr[sh], store.id_off[h] * store.ids.dtype.itemsize, c * store.ids.dtype.itemsize))
+            for addr, off, nbytes in ranges:
                 start = int(addr + off)
                 aligned = start - start % PAGE
                 madvise_fn(aligned, nbytes + (start - aligned), MADV_WILLNEED)

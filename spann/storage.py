@@ -289,7 +289,7 @@ class _ShardedArray:
 class PostingStore:
     """Memory-mapped posting lists: vectors and ids as numba-ready views plus offsets."""
 
-    def __init__(self, path: Path, counts: np.ndarray, dim: int):
+    def __init__(self, path: Path, counts: np.ndarray, dim: int, ids_in_ram: bool = True):
         from numba.typed import List
         n = counts.shape[0]
         self.vectors = _ShardedArray(path, "postings/vectors", n, counts)
@@ -300,7 +300,10 @@ class PostingStore:
         if np.any(counts > self.cap) or np.any(counts < 0):
             raise IndexCorruptError(f"{path}: posting counts exceed the list capacity {self.cap}")
         self.vec_views = List(self.vectors.views)
-        self.id_views = List(self.ids.views)
+        # ids are 4-8 bytes per entry (a few % of the vectors): copied to RAM they cost no
+        # second random read per posting list on a cold query
+        self.ids_in_ram = ids_in_ram
+        self.id_views = List([np.array(v) for v in self.ids.views] if ids_in_ram else self.ids.views)
         self.list_shard = self.vectors.list_shard
         self.vec_off = self.vectors.offsets
         self.id_off = self.ids.offsets
@@ -312,7 +315,13 @@ class PostingStore:
 
     def drop_cache(self) -> None:
         self.vectors.drop_cache()
-        self.ids.drop_cache()
+        if not self.ids_in_ram:
+            self.ids.drop_cache()
+
+    def ram_bytes(self) -> int:
+        """Bytes this store holds in anonymous memory (ids copied to RAM, offsets)."""
+        ids = sum(v.nbytes for v in self.id_views) if self.ids_in_ram else 0
+        return ids + sum(a.nbytes for a in (self.list_shard, self.vec_off, self.id_off))
 
     def close(self) -> None:
         self.vec_views = self.id_views = None

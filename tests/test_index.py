@@ -8,7 +8,7 @@ import zarr
 import spann
 from spann.datasets import synthetic_array, write_vectors
 from spann.errors import (DataError, IndexCorruptError, IndexNotFoundError, ParameterError, QueryError)
-from spann.exact import exact_knn
+from spann.exact import exact_knn, pairwise_distances
 
 from spann.eval import recall_at_k as recall
 
@@ -116,7 +116,10 @@ def test_metrics_and_dtypes(tmp_path, metric, dtype):
     with spann.build(x, tmp_path / "i", metric=metric, progress=False) as idx:
         r = idx.search(q, 10)
         assert recall(r.ids, gi, 10) >= 0.9
-        np.testing.assert_allclose(r.distances[:, 0], gd[:, 0], rtol=1e-3, atol=1e-3 * max(1, np.abs(gd).max()))
+        # reported distances are the metric's true distances of the returned ids
+        true = np.take_along_axis(pairwise_distances(q, x, metric), r.ids, 1)
+        np.testing.assert_allclose(r.distances, true, rtol=1e-3, atol=1e-3 * max(1, np.abs(gd).max()))
+        assert np.mean(r.ids[:, 0] == gi[:, 0]) >= 0.9
         assert idx.info()["dtype"] == ("float32" if metric == "cosine" else dtype)
 
 
@@ -254,3 +257,15 @@ def test_info_and_evict(synth_index):
     assert info["disk_bytes"] > 0 and info["ram_bytes"] > 0 and info["stats"]["heads"] > 0
     synth_index.evict()  # must not break later searches
     assert synth_index.search(np.zeros(24, np.float32), 3).ids.shape == (1, 3)
+
+
+def test_ids_mapped_instead_of_in_ram(synth, synth_index):
+    _, q, _, _ = synth
+    with spann.open(synth_index.path, ids_in_ram=False) as mapped:
+        a = mapped.search(q[:30], 10, prefetch=True)
+        mapped.evict()
+        b = mapped.search(q[:30], 10)
+    ref = synth_index.search(q[:30], 10)
+    np.testing.assert_array_equal(a.ids, ref.ids)
+    np.testing.assert_array_equal(b.ids, ref.ids)
+    assert mapped.store is None  # closed by the context manager
