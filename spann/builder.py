@@ -30,6 +30,7 @@ from spann.vectors import as_vector_source, head_space, stored_rows
 __all__ = ["build_index"]
 
 
+
 class _Threads:
     """Set numba's thread count for a block and restore it after."""
 
@@ -57,8 +58,9 @@ def _max_norm(src, block_rows: int, progress: bool) -> float:
 
 
 def _auto_cap(lengths: np.ndarray, slack: float) -> int:
-    """Mean list length * (1 + slack): slots are fixed-size on disk, so the cap bounds the disk
-    overhead of padding to ``slack``; longer lists lose their farthest replicas."""
+    """Mean list length * (1 + slack). Slots are fixed-size on disk, so the cap bounds padding to
+    ``slack``; a longer list keeps its primaries, then its nearest replicas, and a vector cut
+    from every list it had is re-placed in the nearest list with room (see ``rescue``)."""
     return max(1, int(math.ceil(lengths.mean() * (1.0 + slack))))
 
 
@@ -172,7 +174,8 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
             if lost_ids.size:  # re-place them in the nearest list with room
                 room = (cap - np.minimum(lengths, cap)).astype(np.int64)
                 x, xe = head_space(src.take(lost_ids), metric, max_norm)
-                r_head, r_dist = rescue(x, xe, heads_hs, heads_ext, neighbors, entries, ef, ef, room)
+                wide = max(4 * ef, 256)
+                r_head, r_dist = rescue(x, xe, heads_hs, heads_ext, neighbors, entries, wide, wide, room)
                 ok = r_head >= 0
                 rescued = int(ok.sum())
                 e_head = np.concatenate([e_head, r_head[ok]])

@@ -72,6 +72,23 @@ def _heap_pop(hd, hi, n, sign):
     hi[j] = i
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _offer(d, node, cd, ci, nc, rd, ri, nr, ef):
+    """A newly evaluated head: if it beats the worst of the ``ef`` best (or there is room), it
+    joins the results (max-heap rd/ri) and the candidates to expand (min-heap cd/ci).
+    Returns the new heap sizes (nc, nr)."""
+    if nr < ef or d < rd[0]:
+        if nc < cd.shape[0]:
+            _heap_push(cd, ci, nc, d, node, 1.0)
+            nc += 1
+        _heap_push(rd, ri, nr, d, node, -1.0)
+        nr += 1
+        if nr > ef:
+            _heap_pop(rd, ri, nr, -1.0)
+            nr -= 1
+    return nc, nr
+
+
 @numba.njit(cache=True, fastmath=True, nogil=True)
 def beam_search(q, q_ext, heads, ext, neighbors, entries, ef, visited, tag, out_i, out_d):
     """Best-first beam search of the head graph for query ``q`` (float32 (d,)).
@@ -97,16 +114,8 @@ def beam_search(q, q_ext, heads, ext, neighbors, entries, ef, visited, tag, out_
         if visited[e] == tag:
             continue
         visited[e] = tag
-        d = head_distance(q, q_ext, heads, ext, e)
         n_eval += 1
-        if nr < ef or d < rd[0]:
-            _heap_push(cd, ci, nc, d, e, 1.0)
-            nc += 1
-            _heap_push(rd, ri, nr, d, e, -1.0)
-            nr += 1
-            if nr > ef:
-                _heap_pop(rd, ri, nr, -1.0)
-                nr -= 1
+        nc, nr = _offer(head_distance(q, q_ext, heads, ext, e), e, cd, ci, nc, rd, ri, nr, ef)
     while nc > 0:
         d0 = cd[0]
         node = ci[0]
@@ -128,17 +137,8 @@ def beam_search(q, q_ext, heads, ext, neighbors, entries, ef, visited, tag, out_
             if visited[nb] == tag:
                 continue
             visited[nb] = tag
-            d = head_distance(q, q_ext, heads, ext, nb)
             n_eval += 1
-            if nr < ef or d < rd[0]:
-                if nc < cap:
-                    _heap_push(cd, ci, nc, d, nb, 1.0)
-                    nc += 1
-                _heap_push(rd, ri, nr, d, nb, -1.0)
-                nr += 1
-                if nr > ef:
-                    _heap_pop(rd, ri, nr, -1.0)
-                    nr -= 1
+            nc, nr = _offer(head_distance(q, q_ext, heads, ext, nb), nb, cd, ci, nc, rd, ri, nr, ef)
     o = np.argsort(rd[:nr])
     m = out_i.shape[0]
     for j in range(m):

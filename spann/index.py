@@ -15,7 +15,7 @@ from spann.distances import METRIC_CODES
 from spann.errors import ParameterError, QueryError
 from spann.metrics import normalize_rows, result_distances_from_l2
 from spann.params import BuildParams, SearchParams
-from spann.search import prefetch_lists, scan_batch, search_batch, search_one, select_batch
+from spann.search import prefetch_lists, scan_batch, search_one, select_batch
 from spann.storage import IndexFiles, PostingStore, directory_bytes
 
 __all__ = ["Index", "SearchResult", "build", "open_index"]
@@ -176,27 +176,24 @@ class Index:
             old = numba.get_num_threads()
             numba.set_num_threads(n_threads)
             try:
-                chunks = max(1, min(nq, n_threads * 8))
-                if not p.prefetch:
-                    dists, ids, st = search_batch(qf, q_ext, self._metric_code, *common, efv, m, eps, self.counts,
-                                                  s.list_shard, s.vec_off, s.id_off, s.vec_views, s.id_views, k,
-                                                  chunks)
-                else:
-                    dists = np.empty((nq, k), np.float32)
-                    ids = np.empty((nq, k), np.int64)
-                    st = np.empty((nq, 3), np.int64)
-                    group = max(1, n_threads * 4)
-                    for a in range(0, nq, group):
-                        b = min(nq, a + group)
-                        sel_i, sel_d, kept, evals = select_batch(qf[a:b], q_ext[a:b], self.heads, self.head_ext,
-                                                                 self.neighbors, self.entries, efv, m, eps,
-                                                                 max(1, min(b - a, n_threads)))
+                # phase 1 (heads) for a group of queries, optionally prefetch all their lists,
+                # then phase 2 (scan); without prefetch one group holds the whole batch
+                dists = np.empty((nq, k), np.float32)
+                ids = np.empty((nq, k), np.int64)
+                st = np.empty((nq, 3), np.int64)
+                group = max(1, n_threads * 4) if p.prefetch else nq
+                for a in range(0, nq, group):
+                    b = min(nq, a + group)
+                    sel_i, sel_d, kept, evals = select_batch(qf[a:b], q_ext[a:b], self.heads, self.head_ext,
+                                                             self.neighbors, self.entries, efv, m, eps,
+                                                             max(1, min(b - a, n_threads * 8)))
+                    if p.prefetch:
                         prefetch_lists(sel_i, kept, self.counts, s)
-                        d_, i_, st_ = scan_batch(qf[a:b], self._metric_code, self.heads, self.head_ids, sel_i,
-                                                 sel_d, kept, self.counts, s.list_shard, s.vec_off, s.id_off,
-                                                 s.vec_views, s.id_views, k)
-                        st_[:, 2] += evals
-                        dists[a:b], ids[a:b], st[a:b] = d_, i_, st_
+                    d_, i_, st_ = scan_batch(qf[a:b], self._metric_code, self.heads, self.head_ids, sel_i,
+                                             sel_d, kept, self.counts, s.list_shard, s.vec_off, s.id_off,
+                                             s.vec_views, s.id_views, k)
+                    st_[:, 2] += evals
+                    dists[a:b], ids[a:b], st[a:b] = d_, i_, st_
             finally:
                 numba.set_num_threads(old)
         if self.metric == "cosine":

@@ -70,7 +70,7 @@ class BuildParams(_Params):
     posting_size: int = 0
     branching: int = 32
     balance_slack: float = 0.2
-    cluster_sample: int = 2_000_000
+    cluster_sample: int = 500_000
     kmeans_iters: int = 12
     replica_count: int = 8
     closure_eps: float = 0.1

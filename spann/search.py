@@ -21,7 +21,7 @@ from spann.head_index import beam_search
 from spann.prefetch import prefetch_element
 from spann.topk import topk_insert_unique
 
-__all__ = ["select_lists", "scan_lists", "search_one", "search_batch", "select_batch", "scan_batch",
+__all__ = ["select_lists", "scan_lists", "search_one", "select_batch", "scan_batch",
            "prefetch_lists"]
 
 
@@ -100,29 +100,9 @@ def search_one(q, q_ext, metric, heads, ext, head_ids, neighbors, entries, ef, m
 
 
 @numba.njit(cache=True, fastmath=True, nogil=True, parallel=True)
-def search_batch(qs, q_ext, metric, heads, ext, head_ids, neighbors, entries, ef, m, prune_eps, counts,
-                 list_shard, vec_off, id_off, vec_views, id_views, k, n_chunks):
-    """All queries ``qs`` (nq, d) float32 in parallel chunks; returns (dists (nq, k), ids (nq, k),
-    stats (nq, 3))."""
-    nq = qs.shape[0]
-    out_d = np.full((nq, k), np.inf, np.float32)
-    out_i = np.full((nq, k), -1, np.int64)
-    stats = np.zeros((nq, 3), np.int64)
-    step = (nq + n_chunks - 1) // n_chunks
-    for ch in numba.prange(n_chunks):
-        visited = np.zeros(heads.shape[0], np.uint32)
-        tag = np.uint32(0)
-        for i in range(ch * step, min(nq, (ch + 1) * step)):
-            tag += np.uint32(1)
-            search_one(qs[i], q_ext[i], metric, heads, ext, head_ids, neighbors, entries, ef, m, prune_eps,
-                       counts, list_shard, vec_off, id_off, vec_views, id_views, visited, tag, out_d[i],
-                       out_i[i], stats[i])
-    return out_d, out_i, stats
-
-
-@numba.njit(cache=True, fastmath=True, nogil=True, parallel=True)
 def select_batch(qs, q_ext, heads, ext, neighbors, entries, ef, m, prune_eps, n_chunks):
-    """Phase 1 of prefetching search: selected heads per query (nq, m), kept counts, evaluations."""
+    """Batch phase 1: the pruned nearest heads of every query, in parallel chunks (one visited
+    array per chunk). Returns sel_i (nq, m) int32, sel_d (nq, m) float32, kept (nq,), evals (nq,)."""
     nq = qs.shape[0]
     sel_i = np.full((nq, m), -1, np.int32)
     sel_d = np.full((nq, m), np.inf, np.float32)
@@ -142,7 +122,8 @@ def select_batch(qs, q_ext, heads, ext, neighbors, entries, ef, m, prune_eps, n_
 @numba.njit(cache=True, fastmath=True, nogil=True, parallel=True)
 def scan_batch(qs, metric, heads, head_ids, sel_i, sel_d, kept, counts, list_shard, vec_off, id_off,
                vec_views, id_views, k):
-    """Phase 2 of prefetching search: scan the selected lists of every query."""
+    """Batch phase 2: scan the selected lists of every query in parallel; returns (dists (nq, k),
+    ids (nq, k), stats (nq, 3)). Between the phases the caller may prefetch all the lists."""
     nq = qs.shape[0]
     out_d = np.full((nq, k), np.inf, np.float32)
     out_i = np.full((nq, k), -1, np.int64)

@@ -8,56 +8,24 @@ float32 rows (unit-normalised for cosine) plus one extra coordinate (inner produ
 from __future__ import annotations
 
 import os
-from typing import Iterator
 
 import numpy as np
 
 from spann.errors import DataError
 from spann.metrics import normalize_rows
 
-__all__ = ["ArrayVectors", "as_vector_source", "head_space", "stored_rows", "SUPPORTED_DTYPES"]
+__all__ = ["array_source", "as_vector_source", "head_space", "stored_rows", "SUPPORTED_DTYPES"]
 
 SUPPORTED_DTYPES = ("float32", "uint8", "int8")
 
 
-class ArrayVectors:
-    """An in-RAM (or memmap) array with the :class:`VectorFile` reading interface."""
-
-    def __init__(self, arr: np.ndarray):
-        if arr.ndim != 2:
-            raise DataError(f"vectors must be a 2-D array (n, dim), got shape {arr.shape}")
-        if arr.dtype == np.float64:
-            arr = arr.astype(np.float32)
-        self.rows = arr
-        self.n, self.dim = arr.shape
-        self.dtype = arr.dtype
-        self.path = "<array>"
-
-    def __len__(self) -> int:
-        return self.n
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.n, self.dim)
-
-    def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        return np.ascontiguousarray(self.rows[start:stop])
-
-    def take(self, ids: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(self.rows[ids])
-
-    def iter_blocks(self, block_rows: int = 65536) -> Iterator[tuple[int, np.ndarray]]:
-        for s in range(0, self.n, block_rows):
-            yield s, self.read(s, s + block_rows)
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
+def array_source(arr: np.ndarray):
+    """An in-RAM (or memmap) array behind the :class:`VectorFile` reading interface."""
+    from pathlib import Path
+    from spann.datasets.formats import VectorFile
+    if arr.ndim != 2:
+        raise DataError(f"vectors must be a 2-D array (n, dim), got shape {arr.shape}")
+    return VectorFile(Path("<array>"), "array", arr, arr.dtype)
 
 
 def as_vector_source(data, fmt: str | None = None):
@@ -66,7 +34,7 @@ def as_vector_source(data, fmt: str | None = None):
         from spann.datasets.formats import open_vectors
         src = open_vectors(data, fmt)
     elif isinstance(data, np.ndarray):
-        src = ArrayVectors(data)
+        src = array_source(data)
     elif hasattr(data, "iter_blocks"):
         src = data
     else:
