@@ -185,6 +185,11 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
                 e_head, e_id, e_dist = e_head[order], e_id[order], e_dist[order]
                 del order
             lost = int(lost_ids.size - rescued)
+            if lost:
+                import warnings
+                warnings.warn(f"{lost} vectors ({lost / n:.2%}) are in no posting list (posting cap {cap} left no "
+                              f"room near them) and cannot be returned; raise cap_slack or posting_cap",
+                              RuntimeWarning, stacklevel=2)
             counts = np.bincount(e_head, minlength=H).astype(np.int32)
             starts = np.concatenate([[0], np.cumsum(counts)])
             times["group"] = time.perf_counter() - t0

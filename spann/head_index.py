@@ -233,8 +233,9 @@ def knn_candidates(x: np.ndarray, k: int, *, seed: int = 0, probe: int = 12,
     out_d = np.empty((n, k), np.float32)
     if n <= EXACT_KNN_MAX:
         all_ids = np.arange(n)
-        for s in range(0, n, 2048):
-            e = min(n, s + 2048)
+        rows = max(16, (1 << 23) // n)  # ~32 MB of distances (+ 64 MB argpartition) per block
+        for s in range(0, n, rows):
+            e = min(n, s + rows)
             out_i[s:e], out_d[s:e] = _topk_rows(sq_dists(x[s:e], x, xn), all_ids, k)
             if progress:
                 progress(e - s)
