@@ -147,7 +147,7 @@ def main() -> None:
     print(json.dumps(report, indent=2))
 
     eps = [float(e) for e in args.prune_eps.split(",")]
-    sweep = [{"max_postings": mp_, "prune_eps": e} for e in eps for mp_ in (8, 16, 32, 64, 128)]
+    sweep = [{"max_postings": mp_, "prune_eps": e} for e in eps for mp_ in (8, 16, 32, 64, 96, 128, 192)]
 
     # Latency, interleaved: for every sampled query, each spann point and each faiss point are
     # timed back to back, so load from other jobs on the machine hits both alike. Medians.
@@ -187,7 +187,7 @@ def main() -> None:
                                    qps=len(q) / best, threads=args.threads, lists_read=float(r.lists_read.mean()),
                                    kib_read=float(r.bytes_read.mean() / 1024), distance_evals=float(r.distance_evals.mean())))
         cs = np.linspace(0, len(q) - 1, num=min(args.cold_queries, len(q))).astype(int)
-        cold = evaluate(idx, q[cs], gi[cs], 10, sweep=[{"max_postings": mp_, "prefetch": True} for mp_ in (8, 16, 32, 64, 128)],
+        cold = evaluate(idx, q[cs], gi[cs], 10, sweep=[{"max_postings": mp_, "prefetch": True} for mp_ in (8, 16, 32, 64, 96, 128, 192)],
                         runs=1, threads=args.threads, latency_queries=len(cs), cold=True)
     faiss_recs = []
     for a, p in enumerate(f_points):

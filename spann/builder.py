@@ -260,5 +260,5 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
         writer.abort()
         raise
     finally:
-        if hasattr(src, "close") and not isinstance(data, np.ndarray) and not hasattr(data, "iter_blocks"):
+        if isinstance(data, (str, os.PathLike)):  # we opened it, we close it
             src.close()

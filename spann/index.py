@@ -120,8 +120,6 @@ class Index:
             raise QueryError(f"queries have dtype {q.dtype}; expected float32, float64, uint8 or int8")
         if self.dtype.kind == "f" and q.dtype.kind in "iu" and self.attrs.get("source_dtype") == "float32":
             raise QueryError(f"queries are {q.dtype} but the index holds float32 vectors")
-        if self.dtype.kind in "iu" and q.dtype.kind == "f" and self.metric != "cosine":
-            pass  # float queries against integer data are fine (distances in float32)
         if not isinstance(k, (int, np.integer)) or k <= 0:
             raise QueryError(f"k must be a positive integer, got {k!r}")
         if k > self.n:

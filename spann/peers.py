@@ -129,7 +129,7 @@ class SpannPeer(_Peer):
                 "distance_evals": float(self._last.distance_evals.mean())}
 
     def sweep(self) -> list[dict[str, Any]]:
-        return [{"max_postings": m} for m in (4, 8, 16, 24, 32, 48, 64, 96, 128, 192)]
+        return [{"max_postings": m} for m in (4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256)]
 
     def index_bytes(self) -> int | None:
         return self.index.info()["disk_bytes"] if self.index is not None else None
