@@ -96,3 +96,22 @@ def rescue(x, x_ext, heads, ext, neighbors, entries, ef, candidates, room):
                 out_d[i] = cd[j]
                 break
     return out_i, out_d
+
+
+@numba.njit(cache=True, nogil=True)
+def nearest_with_room(dist, cols, room):
+    """Rows of ``dist`` (b, c) in order: each takes the nearest column ``cols[j]`` whose
+    ``room`` is still > 0 (room decremented). Returns int32 (b,) head ids, -1 if none had room."""
+    b, c = dist.shape
+    out = np.full(b, -1, np.int32)
+    for i in range(b):
+        best = -1
+        bd = np.inf
+        for j in range(c):
+            if room[cols[j]] > 0 and dist[i, j] < bd:
+                bd = dist[i, j]
+                best = j
+        if best >= 0:
+            out[i] = cols[best]
+            room[cols[best]] -= 1
+    return out

@@ -17,7 +17,7 @@ import numba
 import numpy as np
 from tqdm.auto import tqdm
 
-from spann.assign import assign_block, rescue
+from spann.assign import assign_block, nearest_with_room, rescue
 from spann.clustering import select_heads
 from spann.datasets.formats import check_finite
 from spann.errors import DataError, ParameterError
@@ -170,12 +170,26 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
             kept_per_vec[head_ids] = 1
             lost_ids = np.flatnonzero(kept_per_vec == 0)
             del kept_per_vec
-            rescued = 0
+            rescued = rescued_far = 0
             if lost_ids.size:  # re-place them in the nearest list with room
                 room = (cap - np.minimum(lengths, cap)).astype(np.int64)
                 x, xe = head_space(src.take(lost_ids), metric, max_norm)
                 wide = max(4 * ef, 256)
                 r_head, r_dist = rescue(x, xe, heads_hs, heads_ext, neighbors, entries, wide, wide, room)
+                left = np.flatnonzero(r_head < 0)
+                if left.size:  # nothing near had room: exact search over every list that has
+                    cols = np.flatnonzero(room > 0).astype(np.int32)
+                    if cols.size:
+                        from spann.clustering import sq_dists
+                        hx_c = np.ascontiguousarray(np.hstack([heads_hs, heads_ext[:, None]])[cols])
+                        xx = np.hstack([x[left], xe[left, None]])
+                        for s in range(0, left.size, 4096):
+                            blk = left[s:s + 4096]
+                            dist = sq_dists(xx[s:s + 4096], hx_c)
+                            got = nearest_with_room(dist, cols, room)
+                            rescued_far += int((got >= 0).sum())
+                            r_head[blk] = got
+                            r_dist[blk] = np.where(got >= 0, dist[np.arange(blk.size), np.searchsorted(cols, np.maximum(got, 0))], np.inf)
                 ok = r_head >= 0
                 rescued = int(ok.sum())
                 e_head = np.concatenate([e_head, r_head[ok]])
@@ -234,6 +248,7 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
             "capped_entries": dropped,
             "capped_primaries": dropped_primary,
             "rescued_vectors": rescued,
+            "rescued_beyond_graph": rescued_far,
             "lost_vectors": lost,
             "graph_degree_mean": float((neighbors >= 0).sum(1).mean()),
             "graph_entries": int(entries.size),

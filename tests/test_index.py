@@ -269,3 +269,30 @@ def test_ids_mapped_instead_of_in_ram(synth, synth_index):
     np.testing.assert_array_equal(a.ids, ref.ids)
     np.testing.assert_array_equal(b.ids, ref.ids)
     assert mapped.store is None  # closed by the context manager
+
+
+def test_tight_cap_loses_no_vector(tmp_path):
+    """A cap far below the natural list lengths: vectors cut from every list are re-placed, first
+    among the nearest heads the graph finds, then (here, for a few) by exact search over every
+    list with room; none is lost."""
+    x = synthetic_array(20000, 16, seed=5)
+    with spann.build(x, tmp_path / "i", metric="l2", progress=False, posting_cap=22) as idx:
+        st = idx.attrs["stats"]
+        assert st["posting_cap"] == 22 and st["capped_entries"] > 0
+        assert st["rescued_vectors"] > st["rescued_beyond_graph"] > 0
+        assert st["lost_vectors"] == 0
+        s = idx.store
+        seen = np.zeros(len(x), bool)
+        seen[idx.head_ids] = True
+        for h in range(idx.heads.shape[0]):
+            seen[s.id_views[s.list_shard[h]][s.id_off[h]: s.id_off[h] + idx.counts[h]]] = True
+        assert seen.all()
+        assert (idx.search(x[:300], 1, max_postings=256).ids[:, 0] == np.arange(300)).mean() > 0.9
+
+
+def test_impossible_cap_warns(tmp_path):
+    x = synthetic_array(3000, 8, seed=5)
+    with pytest.warns(RuntimeWarning, match="in no posting list"):
+        spann.build(x, tmp_path / "i", metric="l2", progress=False, posting_cap=2).close()
+    with spann.open(tmp_path / "i") as idx:
+        assert idx.attrs["stats"]["lost_vectors"] > 0
