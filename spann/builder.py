@@ -183,9 +183,10 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
                         from spann.clustering import sq_dists
                         hx_c = np.ascontiguousarray(np.hstack([heads_hs, heads_ext[:, None]])[cols])
                         xx = np.hstack([x[left], xe[left, None]])
-                        for s in range(0, left.size, 4096):
-                            blk = left[s:s + 4096]
-                            dist = sq_dists(xx[s:s + 4096], hx_c)
+                        rows = max(16, (1 << 24) // cols.size)  # <= 64 MB of distances at a time
+                        for s in range(0, left.size, rows):
+                            blk = left[s:s + rows]
+                            dist = sq_dists(xx[s:s + rows], hx_c)
                             got = nearest_with_room(dist, cols, room)
                             rescued_far += int((got >= 0).sum())
                             r_head[blk] = got
