@@ -48,9 +48,7 @@ def _memory_child(index: str, queries: str, conn) -> None:
     with spann.build(synthetic_array(3000, q.shape[1]), tmp, metric="l2", progress=False, overwrite=True) as t:
         t.prepare()  # kernels compiled / loaded: not the index's memory
     shutil.rmtree(tmp)
-    import resource
     a0 = rss_anon_bytes()
-    r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t = time.perf_counter()
     idx = spann.open(index)
     open_s = time.perf_counter() - t

@@ -92,8 +92,8 @@ def glove_source() -> Path:
 
 def _finish(directory: Path, name: str, metric: str, base_path: Path, q: np.ndarray, progress: bool,
             extra: dict) -> Manifest:
-    write_vectors(directory / ("queries.fbin" if q.dtype == np.float32 else "queries.u8bin"), q)
     qname = "queries.fbin" if q.dtype == np.float32 else "queries.u8bin"
+    write_vectors(directory / qname, q)
     with open_vectors(base_path) as base:
         ids, dists = compute_ground_truth(base, q, min(GT_K, base.n), metric, progress=progress)
         n_base, dim, dtype = base.n, base.dim, base.dtype.name

@@ -13,7 +13,6 @@ big-ann-benchmarks: ``fit(dataset)`` / ``load_index(dataset)`` on a dataset obje
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path

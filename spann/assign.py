@@ -101,9 +101,11 @@ def rescue(x, x_ext, heads, ext, neighbors, entries, ef, candidates, room):
 @numba.njit(cache=True, nogil=True)
 def nearest_with_room(dist, cols, room):
     """Rows of ``dist`` (b, c) in order: each takes the nearest column ``cols[j]`` whose
-    ``room`` is still > 0 (room decremented). Returns int32 (b,) head ids, -1 if none had room."""
+    ``room`` is still > 0 (room decremented). Returns (head ids int32 (b,), -1 if none had room;
+    their distances float32 (b,))."""
     b, c = dist.shape
     out = np.full(b, -1, np.int32)
+    out_d = np.full(b, np.inf, np.float32)
     for i in range(b):
         best = -1
         bd = np.inf
@@ -113,5 +115,6 @@ def nearest_with_room(dist, cols, room):
                 best = j
         if best >= 0:
             out[i] = cols[best]
+            out_d[i] = bd
             room[cols[best]] -= 1
-    return out
+    return out, out_d

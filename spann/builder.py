@@ -20,7 +20,6 @@ from tqdm.auto import tqdm
 from spann.assign import assign_block, nearest_with_room, rescue
 from spann.clustering import select_heads
 from spann.datasets.formats import check_finite
-from spann.errors import DataError, ParameterError
 from spann.head_index import build_graph
 from spann.metrics import check_metric
 from spann.params import BuildParams
@@ -186,11 +185,9 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
                         rows = max(16, (1 << 24) // cols.size)  # <= 64 MB of distances at a time
                         for s in range(0, left.size, rows):
                             blk = left[s:s + rows]
-                            dist = sq_dists(xx[s:s + rows], hx_c)
-                            got = nearest_with_room(dist, cols, room)
+                            got, got_d = nearest_with_room(sq_dists(xx[s:s + rows], hx_c), cols, room)
                             rescued_far += int((got >= 0).sum())
-                            r_head[blk] = got
-                            r_dist[blk] = np.where(got >= 0, dist[np.arange(blk.size), np.searchsorted(cols, np.maximum(got, 0))], np.inf)
+                            r_head[blk], r_dist[blk] = got, got_d
                 ok = r_head >= 0
                 rescued = int(ok.sum())
                 e_head = np.concatenate([e_head, r_head[ok]])

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from spann.datasets.formats import open_vectors, read_vectors
+from spann.datasets.formats import read_vectors
 from spann.metrics import normalize_rows
 
 __all__ = ["PeerUnavailable", "PEERS", "make_peer", "SpannPeer", "FaissIVF", "FaissIVFOnDisk", "Hnswlib",

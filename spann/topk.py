@@ -7,7 +7,6 @@ most candidates are rejected by one comparison with the current worst.
 from __future__ import annotations
 
 import numba
-import numpy as np
 
 __all__ = ["topk_insert", "topk_insert_unique"]
 

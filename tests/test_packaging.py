@@ -1,9 +1,7 @@
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
-import spann
 
 REPO = Path(__file__).resolve().parents[1]
 
