@@ -23,7 +23,7 @@ from spann.datasets.formats import check_finite
 from spann.head_index import build_graph
 from spann.metrics import check_metric
 from spann.params import BuildParams
-from spann.storage import FORMAT_VERSION, IndexWriter, directory_bytes
+from spann.storage import FORMAT_VERSION, IndexWriter, check_target, directory_bytes
 from spann.vectors import as_vector_source, head_space, stored_rows
 
 __all__ = ["build_index"]
@@ -73,8 +73,7 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
     metric = check_metric(metric)
     params = params or BuildParams()
     index_dir = Path(index_dir)
-    if index_dir.exists() and not overwrite:
-        raise FileExistsError(f"{index_dir}: already exists (use overwrite=True / --overwrite)")
+    check_target(index_dir, overwrite)
     src = as_vector_source(data, fmt)
     n, dim = src.n, src.dim
     store_dtype = np.dtype("float32") if metric == "cosine" else src.dtype

@@ -14,6 +14,7 @@ __all__ = [
     "ParameterError",
     "DataError",
     "IndexNotFoundError",
+    "IndexExistsError",
     "IndexCorruptError",
     "QueryError",
 ]
@@ -41,6 +42,10 @@ class DataError(SpannError, ValueError):
 
 class IndexNotFoundError(SpannError, FileNotFoundError):
     """The path is not a (complete) spann index."""
+
+
+class IndexExistsError(SpannError, FileExistsError):
+    """The target path exists and may not (or cannot safely) be replaced."""
 
 
 class IndexCorruptError(SpannError, OSError):

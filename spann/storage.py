@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from spann.errors import IndexCorruptError, IndexNotFoundError
+from spann.errors import IndexCorruptError, IndexExistsError, IndexNotFoundError
 
-__all__ = ["FORMAT_VERSION", "IndexWriter", "IndexFiles", "PostingStore", "evict_from_page_cache",
+__all__ = ["FORMAT_VERSION", "IndexWriter", "check_target", "IndexFiles", "PostingStore", "evict_from_page_cache",
            "directory_bytes"]
 
 FORMAT_VERSION = 1
@@ -45,6 +45,34 @@ def _raw_array(group, name: str, data: np.ndarray, chunk_rows: int | None = None
                        filters=None, config={"write_empty_chunks": True})
 
 
+#: the only entries a spann index directory holds (any format version)
+INDEX_ENTRIES = frozenset({"zarr.json", "heads", "graph", "postings", "lists", "vectors", "idmap", "labels"})
+
+
+def check_target(path: Path, overwrite: bool) -> None:
+    """Refuse to build into ``path`` unless it is absent, or ``overwrite`` is set and it is a
+    spann index (metadata present, nothing else inside). Nothing is touched either way."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        return
+    if not overwrite:
+        raise IndexExistsError(f"{path}: already exists (use overwrite=True / --overwrite to replace a spann index)")
+    if path.is_symlink() or not path.is_dir():
+        raise IndexExistsError(f"{path}: is not a spann index directory; refusing to replace it")
+    meta = path / "zarr.json"
+    try:
+        attrs = json.loads(meta.read_text()).get("attributes", {}).get("spann") if meta.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        attrs = None
+    if not isinstance(attrs, dict) or "format_version" not in attrs:
+        raise IndexExistsError(f"{path}: is not a spann index (no spann metadata in zarr.json); refusing to replace it")
+    foreign = sorted(e for e in os.listdir(path) if e not in INDEX_ENTRIES)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise IndexExistsError(f"{path}: holds files that are not part of a spann index ({shown}); refusing to "
+                               f"replace it")
+
+
 class IndexWriter:
     """Writes an index into ``tmp`` (a fresh directory); :meth:`commit` renames it to ``final``.
     :meth:`abort` removes the temporary directory, so a failed build leaves nothing behind."""
@@ -52,8 +80,7 @@ class IndexWriter:
     def __init__(self, final: Path, overwrite: bool = False):
         import zarr
         self.final = Path(final)
-        if self.final.exists() and not overwrite:
-            raise FileExistsError(f"{self.final}: already exists (pass overwrite to replace it)")
+        check_target(self.final, overwrite)
         self.tmp = self.final.with_name(f".{self.final.name}.building-{os.getpid()}")
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.parent.mkdir(parents=True, exist_ok=True)
@@ -97,9 +124,8 @@ class IndexWriter:
         """Store the attributes (written last: their presence marks a complete index) and move the
         directory into place."""
         self.group.attrs["spann"] = attrs
-        if self.final.exists():
-            if not overwrite:
-                raise FileExistsError(f"{self.final}: already exists")
+        if os.path.lexists(self.final):
+            check_target(self.final, overwrite)  # again: it may have changed during the build
             old = self.final.with_name(f".{self.final.name}.old-{os.getpid()}")
             os.replace(self.final, old)
             os.replace(self.tmp, self.final)
