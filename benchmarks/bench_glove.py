@@ -41,7 +41,7 @@ def _build_child(base: str, index: str, metric: str, params: dict, conn) -> None
 
 def _memory_child(index: str, queries: str, conn) -> None:
     import spann
-    from spann.bench import rss_anon_bytes
+    from spann.bench.runner import rss_anon_bytes
     from spann.datasets import read_vectors, synthetic_array
     q = read_vectors(queries)
     tmp = Path(index).with_name("memprobe.spann")
@@ -150,7 +150,7 @@ def main() -> None:
     # Latency, interleaved: for every sampled query, each spann point and each faiss point are
     # timed back to back, so load from other jobs on the machine hits both alike. Medians.
     from spann.eval import recall_at_k
-    from spann.peers import FaissIVF
+    from spann.bench.peers import FaissIVF
     q = m.load_queries()
     gi, gd = m.load_gt()
     sample = np.linspace(0, len(q) - 1, num=min(args.latency_queries, len(q))).astype(int)

@@ -27,7 +27,7 @@ from spann.cli.common import common_options, echo_err
 def bench_cmd(dataset: str, algorithms: str, k: int, threads: int, runs: int, latency_queries: int, cold_queries: int,
               out: str, workdir: str | None) -> None:
     """Measure spann and peers on DATASET (a prepared directory or registered name)."""
-    from spann.bench import run_bench, summary_table
+    from spann.bench.runner import run_bench, summary_table
     from spann.datasets import load
     from spann.eval import EvalRecord, plot_recall_qps, write_csv
     load(dataset)  # fail fast on a bad dataset name

@@ -19,18 +19,18 @@ def build_summary(attrs: dict) -> str:
     return "\n".join([
         f"vectors {attrs['n']:,} x {attrs['dim']} {attrs['source_dtype']}, metric {attrs['metric']}",
         f"heads {st['heads']:,} ({st['head_ratio']:.1%}), head graph degree {st['graph_degree_mean']:.1f}",
-        f"postings: mean {st['posting_mean']:.1f}, max {st['posting_max']}, cap {st['posting_cap']}, "
-        f"replicas/vector {st['replicas_per_vector']:.2f}, capped entries {st['capped_entries']:,}, "
-        f"re-placed vectors {st['rescued_vectors']:,}, lost {st['lost_vectors']:,}",
-        f"index {st['index_bytes'] / 2**20:.1f} MiB on disk ({st['index_bytes'] / st['raw_bytes']:.2f}x raw)",
-        f"time {st['build_seconds']:.1f}s ({secs})",
+        f"posting lists: mean {st['posting_mean']:.1f}, max {st['posting_max']}, empty {st['posting_empty']}, "
+        f"replicas/vector {st['replicas_per_vector']:.2f}",
+        f"index {st['index_bytes'] / 2**20:.1f} MiB on disk ({st['index_bytes'] / st['raw_bytes']:.2f}x raw), "
+        f"{st['shards']} posting shard(s)",
+        f"time {st['build_seconds']:.1f}s ({secs}), peak RSS {st['peak_rss_bytes'] / 2**20:.0f} MiB",
     ])
 
 
 @click.command("build")
 @click.argument("input", type=click.Path(dir_okay=False))
 @click.argument("index_dir", type=click.Path(file_okay=False))
-@click.option("--metric", type=click.Choice(METRICS), required=True)
+@click.option("--metric", type=click.Choice(list(METRICS)), required=True)
 @click.option("--format", "fmt", type=click.Choice(list(FORMATS)), help="Override the input format.")
 @click.option("--head-ratio", type=click.FloatRange(0, 0.5, min_open=True), default=_DEFAULTS.head_ratio,
               show_default=True, help="Heads / N.")
@@ -38,7 +38,6 @@ def build_summary(attrs: dict) -> str:
 @click.option("--replica-count", type=click.IntRange(1, 64), default=_DEFAULTS.replica_count, show_default=True)
 @click.option("--closure-eps", type=click.FloatRange(0), default=_DEFAULTS.closure_eps, show_default=True)
 @click.option("--rng-factor", type=click.FloatRange(0, min_open=True), default=_DEFAULTS.rng_factor, show_default=True)
-@click.option("--posting-cap", type=click.IntRange(0), default=0, help="Max vectors per list (0 = auto).")
 @click.option("--graph-degree", type=click.IntRange(4, 256), default=_DEFAULTS.graph_degree, show_default=True)
 @click.option("--threads", type=click.IntRange(0), default=0, help="Build threads (0 = all cores).")
 @click.option("--seed", type=int, default=0, show_default=True)

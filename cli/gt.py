@@ -17,7 +17,7 @@ from spann.metrics import METRICS
 @click.option("-k", type=click.IntRange(1, 100_000), default=100, show_default=True, help="Neighbours per query.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Ids file (.ibin/.ivecs/.npy); distances go beside it (gt.dist.fbin).")
-@click.option("--metric", type=click.Choice(METRICS), default="l2", show_default=True)
+@click.option("--metric", type=click.Choice(list(METRICS)), default="l2", show_default=True)
 @click.option("--base-format", type=click.Choice(list(FORMATS)), help="Override the base file's format.")
 @click.option("--queries-format", type=click.Choice(list(FORMATS)), help="Override the queries file's format.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True), help="Write a JSON summary.")

@@ -4,10 +4,12 @@ For vector x with candidate heads c_1..c_m (nearest first, from the head graph):
 - closure rule: c_j is eligible only if ``d(x, c_j) <= (1 + eps) * d(x, c_1)`` (true L2 in the
   head space, i.e. squared distances compared with (1 + eps)^2);
 - RNG rule: c_j is skipped if an accepted c_i has ``rng_factor * d(c_i, c_j) < d(x, c_j)``
-  (squared distances): c_i already "covers" the direction of c_j;
+  (squared distances): c_i already "covers" the direction of c_j. A factor above 1 keeps more
+  boundary replicas;
 - at most ``replica_count`` heads are accepted.
 Blocks of vectors are processed in parallel chunks (numba ``prange``), each chunk with its own
-visited array for the graph search.
+visited array for the graph search. Nothing is ever cut afterwards: posting lists are as long as
+this assignment makes them.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from spann.head_index import beam_search, head_distance
+from spann.distances import FASTMATH, sq_l2
+from spann.head_index import beam_search
 
 __all__ = ["assign_block", "select_replicas"]
 
 
-@numba.njit(cache=True, fastmath=True, nogil=True)
-def select_replicas(cand_i, cand_d, heads, ext, replica_count, eps, rng_factor, out_i, out_d):
+@numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
+def select_replicas(cand_i, cand_d, heads, replica_count, eps, rng_factor, out_i, out_d):
     """Apply closure + RNG rules to sorted candidates; writes accepted heads, returns their count."""
     if cand_i[0] < 0:
         return 0
@@ -37,8 +40,7 @@ def select_replicas(cand_i, cand_d, heads, ext, replica_count, eps, rng_factor, 
             break
         ok = True
         for s in range(n):
-            a = out_i[s]
-            if rng_factor * head_distance(heads[a], ext[a], heads, ext, c) < cand_d[j]:
+            if rng_factor * sq_l2(heads[out_i[s]], heads[c]) < cand_d[j]:
                 ok = False
                 break
         if ok:
@@ -48,13 +50,12 @@ def select_replicas(cand_i, cand_d, heads, ext, replica_count, eps, rng_factor, 
     return n
 
 
-@numba.njit(cache=True, fastmath=True, nogil=True, parallel=True)
-def assign_block(x, x_ext, skip, heads, ext, neighbors, entries, ef, candidates, replica_count, eps,
-                 rng_factor, n_chunks):
-    """Replica heads for float32 rows ``x`` (b, d) with extra coordinates ``x_ext`` (b,).
+@numba.njit(cache=True, fastmath=FASTMATH, nogil=True, parallel=True)
+def assign_block(x, heads, neighbors, entries, ef, candidates, replica_count, eps, rng_factor, n_chunks):
+    """Replica heads for head-space rows ``x`` (float32 (b, Dh)).
 
-    Rows with ``skip[i]`` (the heads themselves) get none. Returns ``(heads int32 (b, R),
-    squared head-space distances float32 (b, R), counts int32 (b,))``, -1 / inf padded.
+    Returns ``(heads int32 (b, R), squared head-space distances float32 (b, R), counts int32
+    (b,))``, nearest first, -1 / inf padded.
     """
     b = x.shape[0]
     rep_i = np.full((b, replica_count), -1, np.int32)
@@ -67,54 +68,7 @@ def assign_block(x, x_ext, skip, heads, ext, neighbors, entries, ef, candidates,
         cd = np.empty(candidates, np.float32)
         tag = np.uint32(0)
         for i in range(ch * step, min(b, (ch + 1) * step)):
-            if skip[i]:
-                continue
             tag += np.uint32(1)
-            beam_search(x[i], x_ext[i], heads, ext, neighbors, entries, ef, visited, tag, ci, cd)
-            cnt[i] = select_replicas(ci, cd, heads, ext, replica_count, eps, rng_factor, rep_i[i], rep_d[i])
+            beam_search(x[i], heads, neighbors, entries, ef, visited, tag, ci, cd)
+            cnt[i] = select_replicas(ci, cd, heads, replica_count, eps, rng_factor, rep_i[i], rep_d[i])
     return rep_i, rep_d, cnt
-
-
-@numba.njit(cache=True, fastmath=True, nogil=True)
-def rescue(x, x_ext, heads, ext, neighbors, entries, ef, candidates, room):
-    """Place vectors that lost every replica to the posting cap: each goes to its nearest head
-    (among ``candidates`` from the graph) that still has ``room``; ``room`` is decremented.
-    Returns ``(heads int32 (b,), squared distances float32 (b,))``, -1 where nothing had room."""
-    b = x.shape[0]
-    out_i = np.full(b, -1, np.int32)
-    out_d = np.full(b, np.inf, np.float32)
-    visited = np.zeros(heads.shape[0], np.uint32)
-    ci = np.empty(candidates, np.int32)
-    cd = np.empty(candidates, np.float32)
-    for i in range(b):
-        beam_search(x[i], x_ext[i], heads, ext, neighbors, entries, ef, visited, np.uint32(i + 1), ci, cd)
-        for j in range(candidates):
-            h = ci[j]
-            if h >= 0 and room[h] > 0:
-                room[h] -= 1
-                out_i[i] = h
-                out_d[i] = cd[j]
-                break
-    return out_i, out_d
-
-
-@numba.njit(cache=True, nogil=True)
-def nearest_with_room(dist, cols, room):
-    """Rows of ``dist`` (b, c) in order: each takes the nearest column ``cols[j]`` whose
-    ``room`` is still > 0 (room decremented). Returns (head ids int32 (b,), -1 if none had room;
-    their distances float32 (b,))."""
-    b, c = dist.shape
-    out = np.full(b, -1, np.int32)
-    out_d = np.full(b, np.inf, np.float32)
-    for i in range(b):
-        best = -1
-        bd = np.inf
-        for j in range(c):
-            if room[cols[j]] > 0 and dist[i, j] < bd:
-                bd = dist[i, j]
-                best = j
-        if best >= 0:
-            out[i] = cols[best]
-            out_d[i] = bd
-            room[cols[best]] -= 1
-    return out, out_d

@@ -10,17 +10,17 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["sq_l2", "neg_dot", "METRIC_CODES", "L2", "NEG_DOT", "pair_distance"]
+__all__ = ["FASTMATH", "sq_l2", "neg_dot", "L2", "NEG_DOT", "pair_distance"]
 
 L2 = 0        #: squared Euclidean
 NEG_DOT = 1   #: negative inner product
 
-#: scan-metric code used by the posting kernels, per user-facing metric (cosine scans as L2 on
-#: unit vectors)
-METRIC_CODES = {"l2": L2, "cosine": L2, "ip": NEG_DOT}
+#: LLVM fast-math flags of every kernel: reassociation (vectorised sums) and contraction (FMA),
+#: but not nnan/ninf: kernels compare against inf sentinels.
+FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 
 
-@numba.njit(cache=True, fastmath=True, nogil=True, inline="always")
+@numba.njit(cache=True, fastmath=FASTMATH, nogil=True, inline="always")
 def sq_l2(a, b) -> float:
     """sum_i (a_i - b_i)^2"""
     s = np.float32(0.0)
@@ -30,7 +30,7 @@ def sq_l2(a, b) -> float:
     return s
 
 
-@numba.njit(cache=True, fastmath=True, nogil=True, inline="always")
+@numba.njit(cache=True, fastmath=FASTMATH, nogil=True, inline="always")
 def neg_dot(a, b) -> float:
     """-sum_i a_i b_i"""
     s = np.float32(0.0)
@@ -39,7 +39,7 @@ def neg_dot(a, b) -> float:
     return -s
 
 
-@numba.njit(cache=True, fastmath=True, nogil=True, inline="always")
+@numba.njit(cache=True, fastmath=FASTMATH, nogil=True, inline="always")
 def pair_distance(a, b, metric: int) -> float:
     """Distance of metric code ``metric`` (L2 or NEG_DOT) between 1-D vectors a and b."""
     if metric == L2:

@@ -1,8 +1,8 @@
 """In-memory index over the heads: an RNG-pruned neighbour graph searched by beam search.
 
-Head space: squared L2 between head vectors plus an optional extra coordinate per head
-(``ext``), which carries the MIPS-to-L2 transform for inner product (zeros otherwise):
-``dist(q, h) = ||q - h||^2 + (q_ext - ext[h])^2``.
+Head space: squared L2 between float32 rows of ``heads`` (H, Dh); for inner product the rows
+carry one extra coordinate (the MIPS-to-L2 transform, see :mod:`spann.metrics`) and queries a 0
+there, so every kernel here is plain squared L2.
 
 Build: candidate neighbours by exact blocked kNN (BLAS) for up to ``EXACT_KNN_MAX`` heads,
 above that within a balanced partition of the heads (each partition compares against its
@@ -19,110 +19,64 @@ import numba
 import numpy as np
 
 from spann.clustering import balanced_kmeans, sq_dists
+from spann.distances import FASTMATH as _FM
 from spann.distances import sq_l2
 from spann.prefetch import prefetch_element
 
-__all__ = ["EXACT_KNN_MAX", "build_graph", "beam_search", "head_distance", "knn_candidates"]
+__all__ = ["EXACT_KNN_MAX", "build_graph", "beam_search", "knn_candidates"]
 
 #: up to this many heads the candidate kNN is exact (O(H^2 d) BLAS work); above, partitioned.
 EXACT_KNN_MAX = 30_000
 
 
-@numba.njit(cache=True, fastmath=True, nogil=True, inline="always")
-def head_distance(q, q_ext, heads, ext, h):
-    """||q - heads[h]||^2 + (q_ext - ext[h])^2"""
-    e = q_ext - ext[h]
-    return sq_l2(q, heads[h]) + e * e
-
-
 @numba.njit(cache=True, nogil=True, inline="always")
-def _heap_push(hd, hi, n, d, i, sign):
-    """Push (d, i) onto the binary heap hd/hi of size n (min-heap if sign = 1, max-heap if -1)."""
-    j = n
-    while j > 0:
-        p = (j - 1) >> 1
-        if sign * hd[p] <= sign * d:
-            break
-        hd[j] = hd[p]
-        hi[j] = hi[p]
-        j = p
-    hd[j] = d
-    hi[j] = i
+def _pool_insert(pd, pi, done, size, cap, d, node):
+    """Insert (d, node) into the ascending pool pd/pi (unexpanded) if it is among the ``cap``
+    best; returns (new size, insert position or cap if rejected)."""
+    if size == cap and d >= pd[size - 1]:
+        return size, cap
+    j = size if size < cap else cap - 1
+    while j > 0 and pd[j - 1] > d:
+        pd[j] = pd[j - 1]
+        pi[j] = pi[j - 1]
+        done[j] = done[j - 1]
+        j -= 1
+    pd[j] = d
+    pi[j] = node
+    done[j] = False
+    if size < cap:
+        size += 1
+    return size, j
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
-def _heap_pop(hd, hi, n, sign):
-    """Remove the top of the heap of size n (the new size is n - 1)."""
-    n -= 1
-    d = hd[n]
-    i = hi[n]
-    j = 0
-    while True:
-        c = 2 * j + 1
-        if c >= n:
-            break
-        if c + 1 < n and sign * hd[c + 1] < sign * hd[c]:
-            c += 1
-        if sign * hd[c] >= sign * d:
-            break
-        hd[j] = hd[c]
-        hi[j] = hi[c]
-        j = c
-    hd[j] = d
-    hi[j] = i
+@numba.njit(cache=True, fastmath=_FM, nogil=True)
+def beam_search(q, heads, neighbors, entries, ef, visited, tag, out_i, out_d):
+    """Greedy best-first search of the head graph for query ``q`` (float32 (Dh,)).
 
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _offer(d, node, cd, ci, nc, rd, ri, nr, ef):
-    """A newly evaluated head: if it beats the worst of the ``ef`` best (or there is room), it
-    joins the results (max-heap rd/ri) and the candidates to expand (min-heap cd/ci).
-    Returns the new heap sizes (nc, nr)."""
-    if nr < ef or d < rd[0]:
-        if nc < cd.shape[0]:
-            _heap_push(cd, ci, nc, d, node, 1.0)
-            nc += 1
-        _heap_push(rd, ri, nr, d, node, -1.0)
-        nr += 1
-        if nr > ef:
-            _heap_pop(rd, ri, nr, -1.0)
-            nr -= 1
-    return nc, nr
-
-
-@numba.njit(cache=True, fastmath=True, nogil=True)
-def beam_search(q, q_ext, heads, ext, neighbors, entries, ef, visited, tag, out_i, out_d):
-    """Best-first beam search of the head graph for query ``q`` (float32 (d,)).
-
-    A min-heap of candidates to expand and a max-heap of the ``ef`` best heads found (HNSW's
-    search layer); the walk stops when the nearest unexpanded candidate is worse than the worst
-    of the ``ef`` best. ``visited`` (uint32 (H,)) marks nodes seen in this query with ``tag``
-    (callers bump it per query). Writes the ``len(out_i)`` nearest heads found into ``out_i``
-    (int32) / ``out_d`` (float32), ascending, -1 / inf padded; returns the number of distance
-    evaluations.
+    The pool holds the ``ef`` nearest heads seen so far, sorted, each marked once expanded
+    (DiskANN's search list): expand the nearest unexpanded head, offer its neighbours, stop
+    when every head in the pool is expanded. ``visited`` (uint32 (H,)) marks heads seen in this
+    query with ``tag`` (callers change it per query). Writes the ``len(out_i)`` nearest heads
+    into ``out_i`` (int32) / ``out_d`` (float32), ascending, -1 / inf padded; returns the
+    number of distance evaluations.
     """
     deg = neighbors.shape[1]
     line2 = min(heads.shape[1] - 1, 128 // heads.itemsize)  # a row spans several cache lines
-    cap = ef * deg + entries.shape[0] + 1
-    cd = np.empty(cap, np.float32)
-    ci = np.empty(cap, np.int32)
-    rd = np.empty(ef + 1, np.float32)
-    ri = np.empty(ef + 1, np.int32)
-    nc = 0
-    nr = 0
+    pd = np.empty(ef, np.float32)
+    pi = np.empty(ef, np.int32)
+    done = np.zeros(ef, np.bool_)
+    size = 0
     n_eval = 0
     for e in entries:
         if visited[e] == tag:
             continue
         visited[e] = tag
         n_eval += 1
-        nc, nr = _offer(head_distance(q, q_ext, heads, ext, e), e, cd, ci, nc, rd, ri, nr, ef)
-    while nc > 0:
-        d0 = cd[0]
-        node = ci[0]
-        _heap_pop(cd, ci, nc, 1.0)
-        nc -= 1
-        if nr >= ef and d0 > rd[0]:
-            break
+        size, _ = _pool_insert(pd, pi, done, size, ef, sq_l2(q, heads[e]), e)
+    cur = 0
+    while cur < size:
+        node = pi[cur]
+        done[cur] = True
         for t in range(deg):  # issue every unvisited neighbour's loads first: misses overlap
             nb = neighbors[node, t]
             if nb < 0:
@@ -130,6 +84,7 @@ def beam_search(q, q_ext, heads, ext, neighbors, entries, ef, visited, tag, out_
             if visited[nb] != tag:
                 prefetch_element(heads, nb, 0)
                 prefetch_element(heads, nb, line2)
+        nxt = cur + 1
         for t in range(deg):
             nb = neighbors[node, t]
             if nb < 0:
@@ -138,20 +93,24 @@ def beam_search(q, q_ext, heads, ext, neighbors, entries, ef, visited, tag, out_
                 continue
             visited[nb] = tag
             n_eval += 1
-            nc, nr = _offer(head_distance(q, q_ext, heads, ext, nb), nb, cd, ci, nc, rd, ri, nr, ef)
-    o = np.argsort(rd[:nr])
+            size, j = _pool_insert(pd, pi, done, size, ef, sq_l2(q, heads[nb]), nb)
+            if j < nxt:
+                nxt = j
+        while nxt < size and done[nxt]:
+            nxt += 1
+        cur = nxt
     m = out_i.shape[0]
     for j in range(m):
-        if j < nr:
-            out_i[j] = ri[o[j]]
-            out_d[j] = rd[o[j]]
+        if j < size:
+            out_i[j] = pi[j]
+            out_d[j] = pd[j]
         else:
             out_i[j] = -1
             out_d[j] = np.inf
     return n_eval
 
 
-@numba.njit(cache=True, fastmath=True, nogil=True, parallel=True)
+@numba.njit(cache=True, fastmath=_FM, nogil=True, parallel=True)
 def _rng_prune(x, cand_i, cand_d, degree, alpha2):
     """Per node: keep candidate c (nearest first) unless a kept r has alpha^2 * d(r, c) <= d(p, c)."""
     n = cand_i.shape[0]
@@ -177,7 +136,7 @@ def _rng_prune(x, cand_i, cand_d, degree, alpha2):
     return out
 
 
-@numba.njit(cache=True, fastmath=True, nogil=True, parallel=True)
+@numba.njit(cache=True, fastmath=_FM, nogil=True, parallel=True)
 def _merge_reverse(x, fwd, rev_ptr, rev_src, width):
     """Candidates per node = forward edges + reverse edges, sorted by distance, deduplicated."""
     n, deg = fwd.shape
@@ -260,7 +219,7 @@ def knn_candidates(x: np.ndarray, k: int, *, seed: int = 0, probe: int = 12,
 def build_graph(x: np.ndarray, *, degree: int = 32, candidates: int = 64, alpha: float = 1.2,
                 n_entries: int = 48, seed: int = 0,
                 progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Graph over head-space vectors ``x`` (float32 (H, d'), the ext coordinate appended).
+    """Graph over head-space rows ``x`` (float32 (H, Dh)).
 
     Returns ``(neighbors int32 (H, degree), -1 padded; entries int32 (E,))``.
     """

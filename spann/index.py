@@ -11,12 +11,11 @@ from typing import Any
 import numba
 import numpy as np
 
-from spann.distances import METRIC_CODES
 from spann.errors import ParameterError, QueryError
-from spann.metrics import normalize_rows, result_distances_from_l2
 from spann.params import BuildParams, SearchParams
-from spann.search import prefetch_lists, scan_batch, search_one, select_batch
-from spann.storage import IndexFiles, PostingStore, directory_bytes
+from spann.postings import MappedPostings, prefetch_lists
+from spann.search import N_STATS, scan_batch, search_one, select_batch
+from spann.storage import IndexFiles, directory_bytes
 
 __all__ = ["Index", "SearchResult", "build", "open_index"]
 
@@ -24,7 +23,9 @@ __all__ = ["Index", "SearchResult", "build", "open_index"]
 @dataclass
 class SearchResult:
     """Results of a batch: ``ids`` int64 (nq, k) and ``distances`` float32 (nq, k), ascending,
-    -1 / inf padded; per-query ``lists_read``, ``bytes_read``, ``distance_evals`` (int64 (nq,))."""
+    -1 / inf padded; per query (int64 (nq,)): ``lists_read`` posting lists, ``bytes_read``
+    bytes of the 4 KiB pages those lists span (what a cold query reads from the device),
+    ``distance_evals`` (heads + entries)."""
 
     ids: np.ndarray
     distances: np.ndarray
@@ -36,48 +37,57 @@ class SearchResult:
         return iter((self.ids, self.distances))
 
 
-class Index:
-    """An opened SPANN index: heads, head graph, posting counts and ids in RAM; posting vectors
-    memory-mapped from the zarr shards.
+class _ThreadState(threading.local):
+    """Per-thread scratch of the single-query path (graph visited marks)."""
 
-    Use as a context manager (or call :meth:`close`) to release the maps.
+    visited: np.ndarray | None = None
+    tag: int = 0
+
+
+class Index:
+    """An opened SPANN index: heads, head graph and the list directory in RAM; posting lists
+    memory-mapped from the zarr shards (see :mod:`spann.postings`).
+
+    Thread-safe for searching. Use as a context manager (or call :meth:`close`).
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, ids_in_ram: bool = True):
+    def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
         f = IndexFiles(self.path)
+        try:
+            self.store = MappedPostings(f.dir_fd, str(self.path), f.postings_path, f.offsets, f.counts, f.layout)
+        finally:
+            f.close()
         self.attrs: dict[str, Any] = f.attrs
-        self.metric: str = f.attrs["metric"]
+        self._metric = f.metric
+        self.metric: str = f.metric.name
+        self.layout = f.layout
         self.dim: int = int(f.attrs["dim"])
         self.n: int = int(f.attrs["n"])
-        self.dtype = np.dtype(f.attrs["dtype"])
+        self.dtype = np.dtype(f.layout.dtype)
         self.build_params = BuildParams.from_dict(f.attrs["params"])
-        self.heads = f.head_vectors
-        self.head_ids = f.head_ids
-        self.head_ext = f.head_ext
+        self.heads = f.heads
         self.neighbors = f.neighbors
         self.entries = f.entries
         self.counts = f.counts
-        H = self.heads.shape[0]
-        if (self.heads.shape != (H, self.dim) or self.head_ids.shape != (H,) or self.counts.shape != (H,)
-                or self.neighbors.shape[0] != H or self.neighbors.max(initial=-1) >= H
-                or self.entries.size == 0 or self.entries.max() >= H):
-            from spann.errors import IndexCorruptError
-            raise IndexCorruptError(f"{self.path}: index arrays have inconsistent shapes")
-        self.store = PostingStore(self.path, self.counts, self.dim, ids_in_ram=ids_in_ram)
-        self._metric_code = METRIC_CODES[self.metric]
-        self._lock = threading.Lock()
-        self._visited = np.zeros(H, np.uint32)
-        self._zero_ext = np.zeros(1, np.float32)
-        self._tag = np.uint32(0)
+        self.offsets = f.offsets
+        self._local = _ThreadState()
+        self._state = threading.Condition()
+        self._active = 0
+        self._closed = False
         self.default_params = SearchParams()
         self._param_cache: dict[tuple, SearchParams] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
     def close(self) -> None:
-        if self.store is not None:
-            self.store.close()
-            self.store = None
+        """Release the maps (waits for searches in flight). Idempotent."""
+        with self._state:
+            self._closed = True
+            while self._active:
+                self._state.wait()
+            if self.store is not None:
+                self.store.close()
+                self.store = None
 
     def __enter__(self) -> "Index":
         return self
@@ -85,19 +95,34 @@ class Index:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def _enter(self):
+        with self._state:
+            if self._closed or self.store is None:
+                raise QueryError(f"{self.path}: index is closed")
+            self._active += 1
+            return self.store
+
+    def _leave(self) -> None:
+        with self._state:
+            self._active -= 1
+            if self._active == 0:
+                self._state.notify_all()
+
     def prepare(self) -> "Index":
         """Compile (or load from numba's cache) every search kernel with one dummy query."""
-        q = np.asarray(self.heads[:1], dtype=np.float32)
-        self.search(q, 1)
+        q = np.zeros((1, self.dim), np.float32)
+        self.search(q[0], 1)
         self.search(np.repeat(q, 2, axis=0), 1, threads=1)
-        self.search(q, 1, prefetch=True)
         return self
 
     # -- search --------------------------------------------------------------------------------
     def _params(self, max_postings, prune_eps, ef, prefetch) -> SearchParams:
         """SearchParams for these overrides, cached (validation is not free on a 0.1 ms path)."""
         key = (max_postings, prune_eps, ef, prefetch)
-        p = self._param_cache.get(key)
+        try:
+            p = self._param_cache.get(key)
+        except TypeError:  # unhashable argument: validate (and fail) below
+            p = None
         if p is None:
             changes = {k_: v for k_, v in zip(("max_postings", "prune_eps", "ef", "prefetch"), key) if v is not None}
             p = self.default_params.replace(**changes) if changes else self.default_params
@@ -106,9 +131,7 @@ class Index:
             self._param_cache[key] = p
         return p
 
-    def _check_queries(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if self.store is None:
-            raise QueryError(f"{self.path}: index is closed")
+    def _check_queries(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = np.asarray(queries)
         if q.ndim == 1:
             q = q[None, :]
@@ -116,26 +139,25 @@ class Index:
             raise QueryError(f"queries must be a 2-D array (nq, {self.dim}), got shape {q.shape}")
         if q.shape[1] != self.dim:
             raise QueryError(f"queries have dimension {q.shape[1]}, the index has {self.dim}")
+        if q.shape[0] == 0:
+            raise QueryError("queries are empty (0 rows)")
         if q.dtype.kind not in "fiu" or q.dtype.itemsize > 8:
             raise QueryError(f"queries have dtype {q.dtype}; expected float32, float64, uint8 or int8")
         if self.dtype.kind == "f" and q.dtype.kind in "iu" and self.attrs.get("source_dtype") == "float32":
             raise QueryError(f"queries are {q.dtype} but the index holds float32 vectors")
-        if not isinstance(k, (int, np.integer)) or k <= 0:
+        if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k <= 0:
             raise QueryError(f"k must be a positive integer, got {k!r}")
         if k > self.n:
             raise QueryError(f"k = {k} exceeds the {self.n} vectors in the index")
-        qf = np.ascontiguousarray(q, dtype=np.float32)
-        if not np.isfinite(qf.sum()) and not np.isfinite(qf).all():
-            bad = int(np.flatnonzero(~np.isfinite(qf).all(1))[0])
-            raise QueryError(f"query {bad} contains NaN or Inf")
-        if self.metric == "cosine":
-            if qf.shape[0] == 1:
-                nrm = float(np.sqrt(np.dot(qf[0], qf[0])))
-                qf = qf / nrm if nrm > 0 else qf
-            else:
-                qf = normalize_rows(qf)
-        q_ext = self._zero_ext if qf.shape[0] == 1 else np.zeros(qf.shape[0], np.float32)
-        return qf, q_ext, q
+        with np.errstate(over="ignore", invalid="ignore"):
+            qf = np.asarray(q, dtype=np.float32)
+            bad = ~np.isfinite(qf).all(1)
+        if bad.any():
+            raise QueryError(f"query {int(np.flatnonzero(bad)[0])} contains NaN or Inf (or overflows float32)")
+        qs, qh = self._metric.query_space(qf)
+        if not (np.isfinite(qs).all() and np.isfinite(qh).all()):
+            raise QueryError("queries are too large in magnitude for float32 distances")
+        return qs, qh
 
     def search(self, queries: np.ndarray, k: int = 10, *, max_postings: int | None = None,
                prune_eps: float | None = None, ef: int | None = None, prefetch: bool | None = None,
@@ -145,76 +167,94 @@ class Index:
         One query takes a low-overhead single-thread path; a batch runs on ``threads`` cores
         (default: all). Returns a :class:`SearchResult` (unpacks as ``ids, distances``).
         """
-        p = params or self._params(max_postings, prune_eps, ef, prefetch)
-        if threads is not None and threads < 0:
-            raise ParameterError(f"threads must be >= 0, got {threads}")
-        qf, q_ext, _ = self._check_queries(queries, k)
-        m = min(p.max_postings, self.heads.shape[0])
+        p = params if params is not None else self._params(max_postings, prune_eps, ef, prefetch)
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
+                                    or threads < 0):
+            raise ParameterError(f"threads must be an integer >= 0, got {threads!r}")
+        qs, qh = self._check_queries(queries, k)
+        store = self._enter()
+        try:
+            return self._search(store, qs, qh, int(k), p, threads)
+        finally:
+            self._leave()
+
+    def _search(self, store, qs, qh, k, p, threads) -> SearchResult:
+        pv = store.view
+        H = self.heads.shape[0]
+        m = min(p.max_postings, H)
         efv = max(p.effective_ef(), m)
         eps = np.float32(min(p.prune_eps, 1e18))
-        s = self.store
-        common = (self.heads, self.head_ext, self.head_ids, self.neighbors, self.entries)
-        nq = qf.shape[0]
-        if nq == 1 and not p.prefetch:
+        code = self._metric.scan_code
+        nq = qs.shape[0]
+        if nq == 1:
+            st = self._local
+            if st.visited is None or st.visited.shape[0] != H:
+                st.visited = np.zeros(H, np.uint32)
+                st.tag = 0
+            st.tag += 1
+            if st.tag >= 2**32 - 1:
+                st.visited[:] = 0
+                st.tag = 1
             top_d = np.empty(k, np.float32)
             top_i = np.empty(k, np.int64)
-            stats = np.zeros(3, np.int64)
-            with self._lock:
-                self._tag = np.uint32(self._tag + 1)
-                if self._tag == 0:
-                    self._visited[:] = 0
-                    self._tag = np.uint32(1)
-                search_one(qf[0], q_ext[0], self._metric_code, *common, efv, m, eps, self.counts,
-                           s.list_shard, s.vec_off, s.id_off, s.vec_views, s.id_views, self._visited, self._tag,
-                           top_d, top_i, stats)
-            dists, ids, st = top_d[None], top_i[None], stats[None]
+            stats = np.zeros(N_STATS, np.int64)
+            search_one(qs[0], qh[0], code, self.heads, self.neighbors, self.entries, efv, m, eps, pv,
+                       bool(p.prefetch), st.visited, np.uint32(st.tag), top_d, top_i, stats)
+            dists, ids, stt = top_d[None], top_i[None], stats[None]
         else:
             n_threads = threads or numba.config.NUMBA_NUM_THREADS
             n_threads = max(1, min(n_threads, numba.config.NUMBA_NUM_THREADS))
             old = numba.get_num_threads()
             numba.set_num_threads(n_threads)
             try:
-                # phase 1 (heads) for a group of queries, optionally prefetch all their lists,
-                # then phase 2 (scan); without prefetch one group holds the whole batch
+                sel_i, _sel_d, kept, evals = select_batch(qh, self.heads, self.neighbors, self.entries, efv, m, eps,
+                                                          max(1, min(nq, n_threads * 8)))
                 dists = np.empty((nq, k), np.float32)
                 ids = np.empty((nq, k), np.int64)
-                st = np.empty((nq, 3), np.int64)
-                group = max(1, n_threads * 4) if p.prefetch else nq
+                stt = np.empty((nq, N_STATS), np.int64)
+                # scan in groups; with prefetch, the next group's lists are requested before this
+                # group is scanned, so the device works while the CPU scans
+                group = max(16, n_threads * 8) if p.prefetch else nq
+                if p.prefetch:
+                    prefetch_lists(pv, sel_i[:group], kept[:group])
                 for a in range(0, nq, group):
                     b = min(nq, a + group)
-                    sel_i, sel_d, kept, evals = select_batch(qf[a:b], q_ext[a:b], self.heads, self.head_ext,
-                                                             self.neighbors, self.entries, efv, m, eps,
-                                                             max(1, min(b - a, n_threads * 8)))
-                    if p.prefetch:
-                        prefetch_lists(sel_i, kept, self.counts, s)
-                    d_, i_, st_ = scan_batch(qf[a:b], self._metric_code, self.heads, self.head_ids, sel_i,
-                                             sel_d, kept, self.counts, s.list_shard, s.vec_off, s.id_off,
-                                             s.vec_views, s.id_views, k)
-                    st_[:, 2] += evals
-                    dists[a:b], ids[a:b], st[a:b] = d_, i_, st_
+                    if p.prefetch and b < nq:
+                        prefetch_lists(pv, sel_i[b:b + group], kept[b:b + group])
+                    d_, i_, s_ = scan_batch(qs[a:b], code, pv, sel_i[a:b], kept[a:b], k)
+                    dists[a:b], ids[a:b], stt[a:b] = d_, i_, s_
+                stt[:, 2] += evals
             finally:
                 numba.set_num_threads(old)
-        if self.metric == "cosine":
-            dists = result_distances_from_l2(dists, self.metric)
-        return SearchResult(ids=ids, distances=dists, lists_read=st[:, 0], bytes_read=st[:, 1],
-                            distance_evals=st[:, 2])
+        dists = self._metric.report(dists)
+        return SearchResult(ids=ids, distances=dists, lists_read=stt[:, 0], bytes_read=stt[:, 1],
+                            distance_evals=stt[:, 2])
 
     # -- information ---------------------------------------------------------------------------
-    def posting_files(self) -> list[Path]:
+    def posting_files(self) -> list[str]:
         return self.store.files() if self.store is not None else []
 
     def evict(self) -> None:
         """Drop this index's posting lists from memory and the page cache (cold-cache measurement):
         the next read of every list goes to the device."""
-        if self.store is not None:
-            self.store.drop_cache()
+        store = self._enter()
+        try:
+            store.evict()
+        finally:
+            self._leave()
+
+    def ram_bytes(self) -> int:
+        """Bytes the open index holds in RAM: heads, graph, list directory (no per-vector term)."""
+        return int(sum(a.nbytes for a in (self.heads, self.neighbors, self.entries, self.counts, self.offsets)))
 
     def info(self) -> dict[str, Any]:
         """Attributes (metric, dims, build parameters and statistics) plus sizes on disk and in RAM."""
-        ram = sum(a.nbytes for a in (self.heads, self.head_ids, self.head_ext, self.neighbors, self.entries,
-                                     self.counts)) + self.store.ram_bytes()
-        return {**self.attrs, "path": str(self.path), "disk_bytes": directory_bytes(self.path),
-                "ram_bytes": int(ram)}
+        if self._closed:
+            raise QueryError(f"{self.path}: index is closed")
+        H = self.heads.shape[0]
+        ram = self.ram_bytes()
+        return {**self.attrs, "path": str(self.path), "disk_bytes": directory_bytes(self.path), "ram_bytes": ram,
+                "ram_bytes_per_head": ram / H, "heads_in_ram": H}
 
     def __repr__(self) -> str:
         return (f"Index({str(self.path)!r}, metric={self.metric}, n={self.n}, dim={self.dim}, "
@@ -233,10 +273,6 @@ def build(data, index_dir: str | os.PathLike[str], *, metric: str, params: Build
     return Index(index_dir)
 
 
-def open_index(index_dir: str | os.PathLike[str], *, ids_in_ram: bool = True) -> Index:
-    """Open an index built by :func:`build` (or ``spann build``).
-
-    ``ids_in_ram``: copy the posting ids (4 bytes per stored vector) into RAM so a cold query
-    reads one range per posting list instead of two; False keeps them memory-mapped too.
-    """
-    return Index(index_dir, ids_in_ram=ids_in_ram)
+def open_index(index_dir: str | os.PathLike[str]) -> Index:
+    """Open an index built by :func:`build` (or ``spann build``)."""
+    return Index(index_dir)

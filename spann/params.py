@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+import numpy as np
+
 from spann.errors import ParameterError
 
 __all__ = ["BuildParams", "SearchParams"]
@@ -17,6 +19,19 @@ __all__ = ["BuildParams", "SearchParams"]
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ParameterError(msg)
+
+
+def _int(v: Any) -> bool:
+    """An integer (numpy integers included), not a bool."""
+    import numbers
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _real(v: Any) -> bool:
+    """A finite or infinite real number (not NaN, not a bool)."""
+    import math
+    import numbers
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and not math.isnan(v)
 
 
 class _Params:
@@ -41,8 +56,8 @@ class _Params:
 class BuildParams(_Params):
     """How an index is built.
 
-    head_ratio: heads / N (SPANN uses 0.1-0.2). Ignored when ``posting_size`` is set.
-    posting_size: target primary vectors per head (N / heads); overrides ``head_ratio``.
+    head_ratio: heads / N. Ignored when ``posting_size`` is set.
+    posting_size: target vectors per head (N / heads); overrides ``head_ratio``.
     branching: max children per node of the balanced k-means tree.
     balance_slack: a cluster holds at most ``ceil(n/k * (1 + slack))`` points.
     cluster_sample: max points the head selection clusters (in RAM as float32).
@@ -50,17 +65,15 @@ class BuildParams(_Params):
     replica_count: max posting lists per vector (its nearest head plus boundary replicas).
     closure_eps: replica j needs ``d(x, c_j) <= (1 + eps) * d(x, c_1)`` (true L2 distances).
     rng_factor: skip replica c_j if an accepted c_i has ``rng_factor * d(c_i, c_j) < d(x, c_j)``
-        (squared distances, as SPTAG).
+        (squared distances); above 1 keeps more boundary replicas.
     assign_candidates: nearest heads examined per vector when choosing replicas.
-    posting_cap: max vectors per posting list; 0 = automatic (see ``cap_slack``).
-    cap_slack: automatic cap = mean list length * (1 + cap_slack). Lists are fixed-size slots
-        on disk, so this bounds padding; a longer list keeps its primaries and nearest replicas,
-        and a vector left with no list is re-placed in the nearest list with room.
     graph_degree: out-degree of the head graph.
     graph_candidates: kNN candidates per head before RNG pruning.
     graph_alpha: RNG pruning slack of the head graph (1.0 = strict RNG; larger keeps more
         long edges).
-    shard_lists: posting lists per zarr shard file.
+    shard_bytes: bytes per posting shard file (raised to hold the longest list).
+    chunk_bytes: zarr inner chunk of the posting array (what a generic zarr client reads at
+        once; spann itself reads exact list ranges).
     block_rows: vectors per streamed block during assignment.
     seed: random seed.
     threads: build threads (0 = all cores).
@@ -73,40 +86,53 @@ class BuildParams(_Params):
     cluster_sample: int = 500_000
     kmeans_iters: int = 12
     replica_count: int = 8
-    closure_eps: float = 0.1
-    rng_factor: float = 1.0
+    closure_eps: float = 0.5
+    rng_factor: float = 1.3
     assign_candidates: int = 64
-    posting_cap: int = 0
-    cap_slack: float = 0.15
     graph_degree: int = 32
     graph_candidates: int = 64
     graph_alpha: float = 1.2
-    shard_lists: int = 1024
+    shard_bytes: int = 64 << 20
+    chunk_bytes: int = 256 << 10
     block_rows: int = 65536
     seed: int = 0
     threads: int = 0
 
     def __post_init__(self) -> None:
-        _check(0.0 < self.head_ratio <= 0.5, f"head_ratio must be in (0, 0.5], got {self.head_ratio}")
-        _check(self.posting_size >= 0, f"posting_size must be >= 0, got {self.posting_size}")
-        _check(2 <= self.branching <= 1024, f"branching must be in 2..1024, got {self.branching}")
-        _check(0.0 <= self.balance_slack <= 10, f"balance_slack must be in [0, 10], got {self.balance_slack}")
-        _check(self.cluster_sample >= 1000, f"cluster_sample must be >= 1000, got {self.cluster_sample}")
-        _check(1 <= self.kmeans_iters <= 1000, f"kmeans_iters must be in 1..1000, got {self.kmeans_iters}")
-        _check(1 <= self.replica_count <= 64, f"replica_count must be in 1..64, got {self.replica_count}")
-        _check(self.closure_eps >= 0, f"closure_eps must be >= 0, got {self.closure_eps}")
-        _check(self.rng_factor > 0, f"rng_factor must be > 0, got {self.rng_factor}")
-        _check(self.replica_count <= self.assign_candidates <= 1024,
-               f"assign_candidates must be in replica_count..1024, got {self.assign_candidates}")
-        _check(self.posting_cap >= 0, f"posting_cap must be >= 0 (0 = auto), got {self.posting_cap}")
-        _check(self.cap_slack >= 0, f"cap_slack must be >= 0, got {self.cap_slack}")
-        _check(4 <= self.graph_degree <= 256, f"graph_degree must be in 4..256, got {self.graph_degree}")
-        _check(self.graph_degree <= self.graph_candidates <= 1024,
-               f"graph_candidates must be in graph_degree..1024, got {self.graph_candidates}")
-        _check(self.graph_alpha >= 1.0, f"graph_alpha must be >= 1.0, got {self.graph_alpha}")
-        _check(1 <= self.shard_lists <= 1 << 20, f"shard_lists must be in 1..1048576, got {self.shard_lists}")
-        _check(self.block_rows >= 256, f"block_rows must be >= 256, got {self.block_rows}")
-        _check(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
+        _check(_real(self.head_ratio) and 0.0 < self.head_ratio <= 0.5,
+               f"head_ratio must be in (0, 0.5], got {self.head_ratio!r}")
+        _check(_int(self.posting_size) and 0 <= self.posting_size <= 10**7,
+               f"posting_size must be in 0..10000000, got {self.posting_size!r}")
+        _check(_int(self.branching) and 2 <= self.branching <= 1024, f"branching must be in 2..1024, got {self.branching!r}")
+        _check(_real(self.balance_slack) and 0.0 <= self.balance_slack <= 10,
+               f"balance_slack must be in [0, 10], got {self.balance_slack!r}")
+        _check(_int(self.cluster_sample) and 1000 <= self.cluster_sample <= 10**9,
+               f"cluster_sample must be in 1000..1000000000, got {self.cluster_sample!r}")
+        _check(_int(self.kmeans_iters) and 1 <= self.kmeans_iters <= 1000,
+               f"kmeans_iters must be in 1..1000, got {self.kmeans_iters!r}")
+        _check(_int(self.replica_count) and 1 <= self.replica_count <= 64,
+               f"replica_count must be in 1..64, got {self.replica_count!r}")
+        _check(_real(self.closure_eps) and 0 <= self.closure_eps <= 1e6,
+               f"closure_eps must be in [0, 1e6], got {self.closure_eps!r}")
+        _check(_real(self.rng_factor) and 0 < self.rng_factor <= 1e6,
+               f"rng_factor must be in (0, 1e6], got {self.rng_factor!r}")
+        _check(_int(self.assign_candidates) and self.replica_count <= self.assign_candidates <= 1024,
+               f"assign_candidates must be in replica_count..1024, got {self.assign_candidates!r}")
+        _check(_int(self.graph_degree) and 4 <= self.graph_degree <= 256,
+               f"graph_degree must be in 4..256, got {self.graph_degree!r}")
+        _check(_int(self.graph_candidates) and self.graph_degree <= self.graph_candidates <= 1024,
+               f"graph_candidates must be in graph_degree..1024, got {self.graph_candidates!r}")
+        _check(_real(self.graph_alpha) and 1.0 <= self.graph_alpha <= 100,
+               f"graph_alpha must be in [1, 100], got {self.graph_alpha!r}")
+        _check(_int(self.chunk_bytes) and self.chunk_bytes >= 4096 and self.chunk_bytes % 4096 == 0
+               and self.chunk_bytes <= 1 << 30, f"chunk_bytes must be a multiple of 4096 up to 1 GiB, got {self.chunk_bytes!r}")
+        _check(_int(self.shard_bytes) and self.shard_bytes % self.chunk_bytes == 0
+               and self.chunk_bytes <= self.shard_bytes <= 1 << 36,
+               f"shard_bytes must be a multiple of chunk_bytes ({self.chunk_bytes}) up to 64 GiB, got {self.shard_bytes!r}")
+        _check(_int(self.block_rows) and 256 <= self.block_rows <= 1 << 24,
+               f"block_rows must be in 256..16777216, got {self.block_rows!r}")
+        _check(_int(self.seed) and 0 <= self.seed < 2**63, f"seed must be in 0..2**63-1, got {self.seed!r}")
+        _check(_int(self.threads) and 0 <= self.threads <= 4096, f"threads must be in 0..4096, got {self.threads!r}")
 
 
 @dataclass(frozen=True)
@@ -117,22 +143,26 @@ class SearchParams(_Params):
         at most this many posting lists are read per query.
     prune_eps: query-aware pruning: read the list of head j only if
         ``d(q, c_j) <= (1 + prune_eps) * d(q, c_1)`` (true L2 in the head space; for inner
-        product the L2 of the MIPS-to-L2 transform, which is non-negative). ``inf`` = off.
+        product the L2 of the MIPS-to-L2 transform). ``inf`` = off.
     ef: beam width of the head-graph search (0 = automatic: max(max_postings, 32) * 1.5).
-    prefetch: before scanning, ask the kernel to read all selected posting ranges at once
-        (madvise WILLNEED); pays off when the index is not in the page cache.
+    prefetch: before scanning, ask the kernel to read every selected list at once
+        (madvise WILLNEED, one call per run of adjacent pages): all of a query's reads are
+        in flight together when the index is not in the page cache; about 1 us per list when
+        it is.
     """
 
     max_postings: int = 64
     prune_eps: float = float("inf")
     ef: int = 0
-    prefetch: bool = False
+    prefetch: bool = True
 
     def __post_init__(self) -> None:
-        _check(1 <= self.max_postings <= 65536, f"max_postings must be in 1..65536, got {self.max_postings}")
-        _check(self.prune_eps >= 0, f"prune_eps must be >= 0, got {self.prune_eps}")
-        _check(self.ef == 0 or self.ef >= self.max_postings,
-               f"ef must be 0 (auto) or >= max_postings ({self.max_postings}), got {self.ef}")
+        _check(_int(self.max_postings) and 1 <= self.max_postings <= 65536,
+               f"max_postings must be an integer in 1..65536, got {self.max_postings!r}")
+        _check(_real(self.prune_eps) and self.prune_eps >= 0, f"prune_eps must be >= 0, got {self.prune_eps!r}")
+        _check(_int(self.ef) and (self.ef == 0 or self.max_postings <= self.ef <= 1 << 20),
+               f"ef must be 0 (auto) or in max_postings ({self.max_postings})..1048576, got {self.ef!r}")
+        _check(isinstance(self.prefetch, (bool, np.bool_)), f"prefetch must be True or False, got {self.prefetch!r}")
 
     def effective_ef(self) -> int:
         return self.ef or int(max(self.max_postings, 32) * 1.5)

@@ -1,52 +1,67 @@
-"""The on-disk index: one zarr v3 group. The only module that imports zarr.
+"""The on-disk index: one zarr v3 group, written atomically, opened with everything validated.
 
-Layout (``FORMAT_VERSION`` 1)::
+Layout (``FORMAT_VERSION`` 2)::
 
-    <index>/zarr.json            group; attributes["spann"] = format, metric, dims, params, stats
-    heads/vectors   (H, D)       head vectors (data dtype; float32 for cosine)
-    heads/ids       (H,)         int64 base ids of the heads (heads are real vectors)
-    heads/ext       (H,)         float32 extra head-space coordinate (inner product; else zeros)
-    graph/neighbors (H, R)       int32 head graph, -1 padded
-    graph/entries   (E,)         int32 entry heads
-    postings/counts (H,)         int32 vectors in each posting list
-    postings/vectors (H, CAP, D) one inner chunk (1, CAP, D) per list, sharded, raw little-endian
-    postings/ids    (H, CAP)     int32/int64 ids, same chunking, fill -1
+    <index>/zarr.json              group; attributes["spann"]: format version, build id, metric,
+                                   dims, entry layout, build parameters and statistics, and the
+                                   names of the current generation and posting array
+    <index>/postings/              uint8 (B,): every posting list, contiguous (see spann.layout),
+                                   sharded by bytes, raw; one file per shard
+    <index>/gen-000001/            the in-RAM parts of this generation of the index:
+        heads      (H, Dh) float32 head-space centroids (Dh = dim, +1 for inner product)
+        neighbors  (H, R)  int32   head graph, -1 padded
+        entries    (E,)    int32   graph entry heads
+        offsets    (H,)    int64   byte offset of list h in postings
+        counts     (H,)    int32   entries in list h
 
-Reading: heads, graph and counts are loaded through zarr-python once. Posting lists are read
-directly: every shard file is memory mapped, its index (``16 * n`` bytes + crc32c, at the end)
-is checked, and the kernels get numpy views of the chunk bytes (zero copy; see STORAGE.md).
+Reading list h with plain zarr-python (also in the README, and tested)::
+
+    g = zarr.open_group(path, mode="r")
+    a = g.attrs["spann"]; lay = a["layout"]; gen = g[a["generation_path"]]
+    off, c = int(gen["offsets"][h]), int(gen["counts"][h])
+    dt, D, L = np.dtype(lay["dtype"]), lay["dim"], lay["label_width"]
+    pay = -(-(8 * c + 4 * L * c) // 8) * 8           # sections start 8-byte aligned
+    raw = g[a["postings_path"]][off:off + pay + c * D * dt.itemsize]
+    ids, vectors = raw[:8 * c].view("<i8"), raw[pay:].view(dt).reshape(c, D)
+
+Every array carries ``attributes["build_id"]``; opening checks them against the group's, reads
+everything relative to one directory handle (a concurrent rebuild that swaps the directory
+cannot mix two builds), verifies every chunk's crc32c and every value the kernels index with.
+A build writes to a hidden sibling directory and swaps it into place at the end.
 """
 
 from __future__ import annotations
 
 import ctypes
-import json
-import mmap
 import os
 import shutil
+import socket
+import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from spann.errors import IndexCorruptError, IndexExistsError, IndexNotFoundError
+from spann.layout import EntryLayout
+from spann.zarr_io import (group_meta, postings_meta, read_json, read_small_array, write_json, write_shard,
+                           write_small_array)
 
-__all__ = ["FORMAT_VERSION", "IndexWriter", "check_target", "IndexFiles", "PostingStore", "evict_from_page_cache",
-           "directory_bytes"]
+__all__ = ["FORMAT_VERSION", "IndexWriter", "IndexFiles", "check_target", "directory_bytes", "stale_builds",
+           "swap_directories"]
 
-FORMAT_VERSION = 1
-_ABSENT = np.uint64(2**64 - 1)
-
-
-def _raw_array(group, name: str, data: np.ndarray, chunk_rows: int | None = None) -> None:
-    rows = data.shape[0]
-    chunk_rows = chunk_rows or max(1, min(rows, (1 << 24) // max(1, data[:1].nbytes)))
-    group.create_array(name, data=data, chunks=(chunk_rows,) + data.shape[1:], compressors=None,
-                       filters=None, config={"write_empty_chunks": True})
+FORMAT_VERSION = 2
+POSTINGS = "postings"
+BUILD_MARK = ".spann-build"  #: file inside a build's temporary directory: pid, host, target
 
 
-#: the only entries a spann index directory holds (any format version)
-INDEX_ENTRIES = frozenset({"zarr.json", "heads", "graph", "postings", "lists", "vectors", "idmap", "labels"})
+def generation_path(g: int) -> str:
+    return f"gen-{g:06d}"
+
+
+def _is_index_entry(name: str) -> bool:
+    return name in ("zarr.json", POSTINGS, "heads", "graph") or name.startswith("gen-") \
+        or name.startswith("postings-")
 
 
 def check_target(path: Path, overwrite: bool) -> None:
@@ -59,321 +74,268 @@ def check_target(path: Path, overwrite: bool) -> None:
         raise IndexExistsError(f"{path}: already exists (use overwrite=True / --overwrite to replace a spann index)")
     if path.is_symlink() or not path.is_dir():
         raise IndexExistsError(f"{path}: is not a spann index directory; refusing to replace it")
-    meta = path / "zarr.json"
     try:
-        attrs = json.loads(meta.read_text()).get("attributes", {}).get("spann") if meta.is_file() else None
-    except (OSError, ValueError, AttributeError):
+        attrs = read_json(str(path / "zarr.json")).get("attributes", {}).get("spann")
+    except (IndexCorruptError, AttributeError, OSError):
         attrs = None
     if not isinstance(attrs, dict) or "format_version" not in attrs:
         raise IndexExistsError(f"{path}: is not a spann index (no spann metadata in zarr.json); refusing to replace it")
-    foreign = sorted(e for e in os.listdir(path) if e not in INDEX_ENTRIES)
+    foreign = sorted(e for e in os.listdir(path) if not _is_index_entry(e))
     if foreign:
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
         raise IndexExistsError(f"{path}: holds files that are not part of a spann index ({shown}); refusing to "
                                f"replace it")
 
 
-class IndexWriter:
-    """Writes an index into ``tmp`` (a fresh directory); :meth:`commit` renames it to ``final``.
-    :meth:`abort` removes the temporary directory, so a failed build leaves nothing behind."""
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
-    def __init__(self, final: Path, overwrite: bool = False):
-        import zarr
+
+def stale_builds(final: Path) -> list[tuple[Path, bool]]:
+    """Temporary directories of earlier builds of ``final``: (path, is_ours_and_dead). A
+    directory is ours if it holds our build mark; dead if its process is gone (same host)."""
+    final = Path(final)
+    out = []
+    parent = final.parent if final.parent.exists() else None
+    if parent is None:
+        return out
+    prefix = f".{final.name}.building-"
+    for e in os.listdir(parent):
+        if not e.startswith(prefix):
+            continue
+        p = parent / e
+        try:
+            mark = read_json(str(p / BUILD_MARK))
+            ours = mark.get("target") == str(final.resolve()) and mark.get("host") == socket.gethostname()
+            dead = ours and not _pid_alive(int(mark.get("pid", -1)))
+        except (IndexCorruptError, OSError, ValueError, TypeError):
+            ours = dead = False
+        out.append((p, bool(ours and dead)))
+    return out
+
+
+_RENAME_EXCHANGE = 2
+
+
+def swap_directories(a: Path, b: Path) -> bool:
+    """Atomically exchange two directory entries (Linux renameat2 RENAME_EXCHANGE). Returns
+    False where the system cannot (the caller then falls back to two renames)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        f = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    f.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    f.restype = ctypes.c_int
+    AT_FDCWD = -100
+    r = f(AT_FDCWD, os.fsencode(str(a)), AT_FDCWD, os.fsencode(str(b)), _RENAME_EXCHANGE)
+    return r == 0
+
+
+class IndexWriter:
+    """Writes an index into a hidden temporary sibling of ``final``; :meth:`commit` swaps it into
+    place; :meth:`abort` removes it (a failed build leaves nothing behind)."""
+
+    def __init__(self, final: Path, overwrite: bool = False, *, log=None):
         self.final = Path(final)
         check_target(self.final, overwrite)
-        self.tmp = self.final.with_name(f".{self.final.name}.building-{os.getpid()}")
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.parent.mkdir(parents=True, exist_ok=True)
-        self.group = zarr.open_group(str(self.tmp), mode="w-", zarr_format=3)
-        self._vec = self._ids = None
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        for p, dead in stale_builds(self.final):
+            if dead:
+                shutil.rmtree(p, ignore_errors=True)
+                if log:
+                    log(f"removed {p}: temporary directory of an interrupted build")
+            elif log:
+                log(f"note: {p} looks like the temporary directory of another build; left alone")
+        self.build_id = uuid.uuid4().hex
+        self.tmp = self.final.with_name(f".{self.final.name}.building-{os.getpid()}-{self.build_id[:8]}")
+        self.tmp.mkdir()
+        write_json(str(self.tmp / BUILD_MARK), {"pid": os.getpid(), "host": socket.gethostname(),
+                                                "target": str(self.final.resolve()), "build_id": self.build_id})
+        self.generation = 1
+        self.gen_dir = self.tmp / generation_path(self.generation)
+        self.gen_dir.mkdir()
+        self._postings: tuple[int, int, int] | None = None
 
-    def write_heads(self, vectors: np.ndarray, ids: np.ndarray, ext: np.ndarray) -> None:
-        _raw_array(self.group, "heads/vectors", np.ascontiguousarray(vectors))
-        _raw_array(self.group, "heads/ids", ids.astype(np.int64))
-        _raw_array(self.group, "heads/ext", ext.astype(np.float32))
+    def write_array(self, name: str, data: np.ndarray) -> None:
+        """A small (in-RAM) array of the current generation."""
+        write_small_array(str(self.gen_dir / name), data, {"build_id": self.build_id})
 
-    def write_graph(self, neighbors: np.ndarray, entries: np.ndarray) -> None:
-        _raw_array(self.group, "graph/neighbors", neighbors.astype(np.int32))
-        _raw_array(self.group, "graph/entries", entries.astype(np.int32))
+    def begin_postings(self, total_bytes: int, shard_bytes: int, chunk_bytes: int) -> None:
+        self._postings = (total_bytes, shard_bytes, chunk_bytes)
+        d = self.tmp / POSTINGS
+        d.mkdir()
+        write_json(str(d / "zarr.json"), postings_meta(total_bytes, shard_bytes, chunk_bytes,
+                                                       {"build_id": self.build_id}), fsync=False)
 
-    def create_postings(self, n_lists: int, cap: int, dim: int, dtype: np.dtype, id_dtype: np.dtype,
-                        shard_lists: int) -> None:
-        s = int(min(shard_lists, n_lists))
-        self.shard_lists = s
-        cfg = {"write_empty_chunks": True}
-        self._vec = self.group.create_array(
-            "postings/vectors", shape=(n_lists, cap, dim), dtype=dtype, chunks=(1, cap, dim),
-            shards=(s, cap, dim), compressors=None, filters=None, fill_value=0, config=cfg)
-        self._ids = self.group.create_array(
-            "postings/ids", shape=(n_lists, cap), dtype=id_dtype, chunks=(1, cap), shards=(s, cap),
-            compressors=None, filters=None, fill_value=-1, config=cfg)
-
-    def write_shard(self, start: int, vectors: np.ndarray, ids: np.ndarray) -> None:
-        """Lists ``[start, start + len(vectors))``, one whole shard (``start`` a multiple of the
-        shard size), written at once as the shard file zarr would write: the raw inner chunks in
-        order, then the index of (offset, nbytes) little-endian uint64 pairs and its crc32c.
-        (zarr-python's own path costs ~1 ms per inner chunk; this is a plain file write.)"""
-        for arr, block in ((self._vec, vectors), (self._ids, ids)):
-            _write_raw_shard(self.tmp / arr.path, start // self.shard_lists, self.shard_lists,
-                             np.ascontiguousarray(block, dtype=arr.dtype))
-
-    def write_counts(self, counts: np.ndarray) -> None:
-        _raw_array(self.group, "postings/counts", counts.astype(np.int32))
+    def write_shard(self, shard: int, data: np.ndarray) -> int:
+        """Shard ``shard`` of the posting array: its used bytes (uint8, from the shard start)."""
+        assert self._postings is not None
+        _, shard_bytes, chunk_bytes = self._postings
+        return write_shard(str(self.tmp / POSTINGS / "c" / str(shard)), data, shard_bytes, chunk_bytes)
 
     def commit(self, attrs: dict[str, Any], overwrite: bool = False) -> Path:
-        """Store the attributes (written last: their presence marks a complete index) and move the
-        directory into place."""
-        self.group.attrs["spann"] = attrs
+        """Write the group metadata (last: its presence marks a complete index), make it durable,
+        and swap the directory into place."""
+        attrs = {**attrs, "format_version": FORMAT_VERSION, "build_id": self.build_id,
+                 "generation": self.generation, "generation_path": generation_path(self.generation),
+                 "postings_path": POSTINGS}
+        write_json(str(self.gen_dir / "zarr.json"), group_meta({"build_id": self.build_id}), fsync=False)
+        _fsync_tree(self.tmp)
+        os.remove(self.tmp / BUILD_MARK)
+        write_json(str(self.tmp / "zarr.json"), group_meta({"spann": attrs}))
         if os.path.lexists(self.final):
             check_target(self.final, overwrite)  # again: it may have changed during the build
-            old = self.final.with_name(f".{self.final.name}.old-{os.getpid()}")
-            os.replace(self.final, old)
-            os.replace(self.tmp, self.final)
-            shutil.rmtree(old, ignore_errors=True)
+            if swap_directories(self.tmp, self.final):
+                shutil.rmtree(self.tmp, ignore_errors=True)  # now holds the old index
+            else:
+                old = self.final.with_name(f".{self.final.name}.old-{os.getpid()}")
+                os.replace(self.final, old)
+                os.replace(self.tmp, self.final)
+                shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(self.tmp, self.final)
+        _fsync_dir(self.final.parent)
         return self.final
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def _write_raw_shard(array_dir: Path, shard: int, shard_lists: int, block: np.ndarray) -> None:
-    import google_crc32c
-    m = block.shape[0]
-    chunk_bytes = block[:1].nbytes
-    index = np.full((shard_lists, 2), _ABSENT, dtype="<u8")
-    index[:m, 0] = np.arange(m, dtype=np.uint64) * np.uint64(chunk_bytes)
-    index[:m, 1] = chunk_bytes
-    idx = index.tobytes()
-    f = array_dir.joinpath("c", str(shard), *(["0"] * (block.ndim - 1)))
-    f.parent.mkdir(parents=True, exist_ok=True)
-    with open(f, "wb") as fh:
-        fh.write(memoryview(block.astype(block.dtype.newbyteorder("<"), copy=False)).cast("B"))
-        fh.write(idx)
-        fh.write(google_crc32c.value(idx).to_bytes(4, "little"))
-
-
-def _read_json(p: Path) -> dict:
+def _fsync_dir(p: Path) -> None:
     try:
-        return json.loads(p.read_text())
-    except FileNotFoundError:
-        raise IndexCorruptError(f"{p}: missing (incomplete index)") from None
-    except json.JSONDecodeError as e:
-        raise IndexCorruptError(f"{p}: unreadable metadata ({e})") from None
+        fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _dirs, files in os.walk(root):
+        for f in files:
+            fd = os.open(os.path.join(dirpath, f), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _need(attrs: dict, key: str, kind: type | tuple[type, ...], where: str):
+    v = attrs.get(key)
+    if not isinstance(v, kind) or isinstance(v, bool) and kind is not bool:
+        raise IndexCorruptError(f"{where}: metadata field {key!r} is missing or has the wrong type")
+    return v
 
 
 class IndexFiles:
-    """The in-RAM parts of an index, read through zarr-python, plus its attributes."""
+    """The in-RAM parts of an index and its attributes, validated; ``dir_fd`` stays open (the
+    posting reader maps shard files relative to it) until :meth:`close`."""
 
     def __init__(self, path: str | os.PathLike[str]):
-        import zarr
+        from spann.metrics import METRICS
         self.path = Path(path)
-        if not self.path.exists():
+        if not os.path.lexists(self.path):
             raise IndexNotFoundError(f"{self.path}: no such index directory")
-        meta = self.path / "zarr.json"
-        if not meta.exists():
-            raise IndexNotFoundError(f"{self.path}: not a spann index (no zarr.json)")
-        attrs = _read_json(meta).get("attributes", {}).get("spann")
-        if not attrs:
-            raise IndexNotFoundError(f"{self.path}: not a complete spann index (no 'spann' attributes)")
-        if attrs.get("format_version") != FORMAT_VERSION:
-            raise IndexCorruptError(f"{self.path}: index format {attrs.get('format_version')} is not "
-                                    f"supported (this spann reads {FORMAT_VERSION})")
-        self.attrs = attrs
+        if not self.path.is_dir():
+            raise IndexNotFoundError(f"{self.path}: not a spann index (not a directory)")
+        self.dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            g = zarr.open_group(str(self.path), mode="r")
-            self.head_vectors = self._load(g, "heads/vectors")
-            self.head_ids = self._load(g, "heads/ids")
-            self.head_ext = self._load(g, "heads/ext")
-            self.neighbors = self._load(g, "graph/neighbors")
-            self.entries = self._load(g, "graph/entries")
-            self.counts = self._load(g, "postings/counts")
-        except IndexCorruptError:
+            self._load(METRICS)
+        except BaseException:
+            os.close(self.dir_fd)
             raise
-        except Exception as e:  # zarr raises various errors on damaged metadata/chunks
-            raise IndexCorruptError(f"{self.path}: cannot read index arrays ({type(e).__name__}: {e})") from None
 
-    def _load(self, g, name: str) -> np.ndarray:
-        if name not in g:
-            raise IndexCorruptError(f"{self.path}: missing index part {name}")
-        a = g[name]
-        chunks = a.nchunks
-        stored = sum(1 for _ in (self.path / name / "c").rglob("*") if _.is_file()) if (self.path / name / "c").exists() else 0
-        if stored < chunks:
-            raise IndexCorruptError(f"{self.path}: index part {name} is incomplete ({stored} of {chunks} chunks)")
-        return np.ascontiguousarray(a[...])
-
-
-def _check_sharding(meta: dict, where: Path) -> tuple[list[int], list[int]]:
-    """Shard and inner chunk shapes, if the codecs are the raw layout the fast path reads."""
-    try:
-        shard = meta["chunk_grid"]["configuration"]["chunk_shape"]
-        (codec,) = meta["codecs"]
-        cfg = codec["configuration"]
-        ok = (codec["name"] == "sharding_indexed" and cfg.get("index_location", "end") == "end"
-              and [c["name"] for c in cfg["codecs"]] == ["bytes"]
-              and cfg["codecs"][0].get("configuration", {}).get("endian", "little") == "little"
-              and [c["name"] for c in cfg["index_codecs"]] == ["bytes", "crc32c"]
-              and meta["chunk_key_encoding"]["name"] == "default"
-              and meta["chunk_key_encoding"].get("configuration", {}).get("separator", "/") == "/")
-        inner = cfg["chunk_shape"]
-    except (KeyError, ValueError, TypeError):
-        ok = False
-    if not ok:
-        raise IndexCorruptError(f"{where}: postings are not in spann's raw sharded layout")
-    return shard, inner
-
-
-class _ShardedArray:
-    """Direct reader of one sharded posting array: mmaps + per-list element offsets."""
-
-    def __init__(self, root: Path, name: str, n_lists: int, counts: np.ndarray):
-        self.dir = root / name
-        meta = _read_json(self.dir / "zarr.json")
-        shard, inner = _check_sharding(meta, self.dir)
-        self.dtype = np.dtype(meta["data_type"]).newbyteorder("<")
-        if inner[0] != 1 or shard[1:] != inner[1:]:
-            raise IndexCorruptError(f"{self.dir}: unexpected chunking {inner} in shards {shard}")
-        self.shard_lists = int(shard[0])
-        self.row_elems = int(np.prod(inner[1:]))  # elements per list slot (CAP * D or CAP)
-        self.chunk_bytes = self.row_elems * self.dtype.itemsize
-        n_shards = -(-n_lists // self.shard_lists)
-        self.maps: list[mmap.mmap] = []
-        self.paths: list[Path] = []
-        self.views: list[np.ndarray] = []
-        self.offsets = np.zeros(n_lists, np.int64)  # in elements of self.dtype
-        self.list_shard = (np.arange(n_lists) // self.shard_lists).astype(np.int32)
-        import google_crc32c
-        for s in range(n_shards):
-            f = self.dir.joinpath("c", str(s), *(["0"] * (len(inner) - 1)))
-            try:
-                fd = os.open(f, os.O_RDONLY)
-            except FileNotFoundError:
-                raise IndexCorruptError(f"{f}: posting shard {s} is missing") from None
-            try:
-                size = os.fstat(fd).st_size
-                n_idx = self.shard_lists * 16 + 4
-                if size < n_idx:
-                    raise IndexCorruptError(f"{f}: shard file is truncated ({size} bytes)")
-                mm = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
-            finally:
-                os.close(fd)
-            idx_bytes = mm[size - n_idx:size - 4]
-            crc = int.from_bytes(mm[size - 4:size], "little")
-            if google_crc32c.value(idx_bytes) != crc:
-                mm.close()
-                raise IndexCorruptError(f"{f}: shard index checksum mismatch (corrupt posting shard {s})")
-            pairs = np.frombuffer(idx_bytes, dtype="<u8").reshape(-1, 2)
-            lo = s * self.shard_lists
-            hi = min(n_lists, lo + self.shard_lists)
-            pr = pairs[: hi - lo]
-            absent = (pr[:, 0] == _ABSENT) & (pr[:, 1] == _ABSENT)
-            if np.any(absent & (counts[lo:hi] > 0)):
-                mm.close()
-                raise IndexCorruptError(f"{f}: non-empty posting list missing from shard {s}")
-            present = ~absent
-            if np.any(pr[present, 1] != self.chunk_bytes) or np.any(pr[present, 0] + pr[present, 1] > size - n_idx):
-                mm.close()
-                raise IndexCorruptError(f"{f}: shard index points outside the file or has wrong chunk sizes")
-            if np.any(pr[present, 0] % self.dtype.itemsize):
-                mm.close()
-                raise IndexCorruptError(f"{f}: chunk offsets are not aligned to {self.dtype.itemsize} bytes")
-            offs = np.where(present, pr[:, 0], 0).astype(np.int64) // self.dtype.itemsize
-            self.offsets[lo:hi] = offs
-            try:
-                mm.madvise(mmap.MADV_RANDOM)
-            except (AttributeError, OSError):
-                pass
-            self.maps.append(mm)
-            self.paths.append(f)
-            self.views.append(np.frombuffer(mm, dtype=self.dtype, count=(size - n_idx) // self.dtype.itemsize))
-
-    def addresses(self) -> np.ndarray:
-        return np.array([v.ctypes.data for v in self.views], dtype=np.int64)
-
-    def files(self) -> list[Path]:
-        return list(self.paths)
-
-    def drop_cache(self) -> None:
-        """Unmap our pages (MADV_DONTNEED) and drop the files from the page cache, so the next
-        read of any list comes from the device."""
-        for mm in self.maps:
-            mm.madvise(mmap.MADV_DONTNEED)
-        evict_from_page_cache(self.paths)
-
-    def close(self) -> None:
-        self.views = []
-        for mm in self.maps:
-            try:
-                mm.close()
-            except BufferError:  # a caller still holds a view; the map closes with it
-                pass
-        self.maps = []
-
-
-class PostingStore:
-    """Memory-mapped posting lists: vectors and ids as numba-ready views plus offsets."""
-
-    def __init__(self, path: Path, counts: np.ndarray, dim: int, ids_in_ram: bool = True):
-        from numba.typed import List
-        n = counts.shape[0]
-        self.vectors = _ShardedArray(path, "postings/vectors", n, counts)
-        self.ids = _ShardedArray(path, "postings/ids", n, counts)
-        self.cap = self.vectors.row_elems // dim
-        if self.vectors.row_elems != self.cap * dim or self.ids.row_elems != self.cap:
-            raise IndexCorruptError(f"{path}: posting arrays disagree on the list capacity")
-        if np.any(counts > self.cap) or np.any(counts < 0):
-            raise IndexCorruptError(f"{path}: posting counts exceed the list capacity {self.cap}")
-        self.vec_views = List(self.vectors.views)
-        # ids are 4-8 bytes per entry (a few % of the vectors): copied to RAM they cost no
-        # second random read per posting list on a cold query
-        self.ids_in_ram = ids_in_ram
-        self.id_views = List([np.array(v) for v in self.ids.views] if ids_in_ram else self.ids.views)
-        self.list_shard = self.vectors.list_shard
-        self.vec_off = self.vectors.offsets
-        self.id_off = self.ids.offsets
-        self.vec_addr = self.vectors.addresses()
-        self.id_addr = self.ids.addresses()
-
-    def files(self) -> list[Path]:
-        return self.vectors.files() + self.ids.files()
-
-    def drop_cache(self) -> None:
-        self.vectors.drop_cache()
-        if not self.ids_in_ram:
-            self.ids.drop_cache()
-
-    def ram_bytes(self) -> int:
-        """Bytes this store holds in anonymous memory (ids copied to RAM, offsets)."""
-        ids = sum(v.nbytes for v in self.id_views) if self.ids_in_ram else 0
-        return ids + sum(a.nbytes for a in (self.list_shard, self.vec_off, self.id_off))
-
-    def close(self) -> None:
-        self.vec_views = self.id_views = None
-        self.vectors.close()
-        self.ids.close()
-
-
-def evict_from_page_cache(files: list[Path]) -> None:
-    """Drop these files' pages from the page cache (``POSIX_FADV_DONTNEED``; no root needed).
-    Pages still mapped by a process stay resident: unmap (or MADV_DONTNEED) them first."""
-    for f in files:
-        fd = os.open(f, os.O_RDONLY)
+    def _load(self, METRICS) -> None:
+        where = str(self.path)
         try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
+            root = read_json("zarr.json", self.dir_fd)
+        except IndexCorruptError as e:
+            if "missing" in str(e):
+                raise IndexNotFoundError(f"{where}: not a spann index (no zarr.json)") from None
+            raise
+        attrs = root.get("attributes")
+        attrs = attrs.get("spann") if isinstance(attrs, dict) else None
+        if not attrs:
+            raise IndexNotFoundError(f"{where}: not a complete spann index (no 'spann' attributes)")
+        if not isinstance(attrs, dict):
+            raise IndexCorruptError(f"{where}: spann attributes are not a JSON object")
+        version = attrs.get("format_version")
+        if version != FORMAT_VERSION:
+            raise IndexCorruptError(f"{where}: index format {version!r} is not supported by this spann (it reads "
+                                    f"format {FORMAT_VERSION}); rebuild the index with `spann build`")
+        metric = _need(attrs, "metric", str, where)
+        if metric not in METRICS:
+            raise IndexCorruptError(f"{where}: unknown metric {metric!r} in the metadata")
+        dim = _need(attrs, "dim", int, where)
+        n = _need(attrs, "n", int, where)
+        if not (1 <= dim <= 1 << 16) or n < 1:
+            raise IndexCorruptError(f"{where}: metadata gives dim {dim}, n {n}")
+        build_id = _need(attrs, "build_id", str, where)
+        layout = EntryLayout.from_dict(_need(attrs, "layout", dict, where))
+        if layout.dim != dim:
+            raise IndexCorruptError(f"{where}: posting layout dimension {layout.dim} differs from dim {dim}")
+        gen = _need(attrs, "generation_path", str, where)
+        post = _need(attrs, "postings_path", str, where)
+        for p in (gen, post):
+            if "/" in p or p.startswith("."):
+                raise IndexCorruptError(f"{where}: bad path {p!r} in the metadata")
+        _need(attrs, "params", dict, where)
+        m = METRICS[metric]
+        dh = m.head_dim(dim)
+
+        def load(name, dtype, shape):
+            rel = os.path.join(gen, name)
+            try:
+                meta = read_json(os.path.join(rel, "zarr.json"), self.dir_fd)
+            except IndexCorruptError as e:
+                raise IndexCorruptError(f"{where}: index part {rel} is missing or unreadable ({e})") from None
+            a = meta.get("attributes")
+            if not isinstance(a, dict) or a.get("build_id") != build_id:
+                raise IndexCorruptError(f"{where}: index part {rel} belongs to another build (build ids differ)")
+            return read_small_array(rel, dtype=dtype, shape=shape, dir_fd=self.dir_fd)
+
+        self.heads = load("heads", np.float32, (None, dh))
+        H = self.heads.shape[0]
+        if H < 1:
+            raise IndexCorruptError(f"{where}: index has no heads")
+        self.neighbors = load("neighbors", np.int32, (H, None))
+        self.entries = load("entries", np.int32, (None,))
+        self.offsets = load("offsets", np.int64, (H,))
+        self.counts = load("counts", np.int32, (H,))
+        if not np.isfinite(self.heads).all():
+            raise IndexCorruptError(f"{where}: head vectors contain NaN or Inf")
+        if self.neighbors.shape[1] < 1 or self.neighbors.shape[1] > 1024:
+            raise IndexCorruptError(f"{where}: head graph degree {self.neighbors.shape[1]} out of range")
+        if self.neighbors.size and (self.neighbors.min() < -1 or self.neighbors.max() >= H):
+            raise IndexCorruptError(f"{where}: head graph points outside the {H} heads")
+        if self.entries.size == 0 or self.entries.size > H or self.entries.min() < 0 or self.entries.max() >= H:
+            raise IndexCorruptError(f"{where}: graph entry heads are empty or out of range")
+        if self.counts.min() < 0:
+            raise IndexCorruptError(f"{where}: negative posting list counts")
+        self.attrs = attrs
+        self.layout = layout
+        self.metric = m
+        self.postings_path = post
+        self.build_id = build_id
+
+    def close(self) -> None:
+        if self.dir_fd >= 0:
+            os.close(self.dir_fd)
+            self.dir_fd = -1
 
 
 def directory_bytes(path: Path) -> int:
     """Total size of the files under ``path``."""
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-madvise_fn = _libc.madvise
-madvise_fn.argtypes = [ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int]
-madvise_fn.restype = ctypes.c_int
-MADV_WILLNEED = 3
-PAGE = mmap.PAGESIZE

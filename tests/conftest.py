@@ -25,3 +25,17 @@ def synth_index(synth, tmp_path_factory):
     idx = spann.build(x, path, metric="l2", progress=False)
     yield idx
     idx.close()
+
+
+def list_entries(idx, h):
+    """(ids, vectors) of posting list h of an open index, read through its own posting view."""
+    v = idx.store.view
+    c, o = int(idx.counts[h]), int(idx.offsets[h])
+    pay = idx.layout.payload_offset(c)
+    p = (o + pay) // v.vec.itemsize
+    return v.i64[o // 8: o // 8 + c], v.vec[p:p + c * idx.dim].reshape(c, idx.dim)
+
+
+@pytest.fixture
+def read_list():
+    return list_entries

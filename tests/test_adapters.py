@@ -1,6 +1,6 @@
 import numpy as np
 
-from spann.adapters import AnnBenchmarksSpann, BigAnnSpann
+from spann.bench.adapters import AnnBenchmarksSpann, BigAnnSpann
 from spann.datasets import synthetic_array, write_vectors
 from spann.exact import exact_knn
 from spann.eval import recall_at_k

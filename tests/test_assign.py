@@ -5,12 +5,11 @@ from spann.assign import select_replicas
 
 def _run(x, heads, cand, eps, rng_factor, R=8):
     heads = np.asarray(heads, np.float32)
-    ext = np.zeros(len(heads), np.float32)
     d = np.array([((x - heads[c]) ** 2).sum() for c in cand], np.float32)
     order = np.argsort(d)
     ci, cd = np.asarray(cand, np.int32)[order], d[order]
     oi, od = np.full(R, -1, np.int32), np.full(R, np.inf, np.float32)
-    n = select_replicas(ci, cd, heads, ext, R, np.float32(eps), np.float32(rng_factor), oi, od)
+    n = select_replicas(ci, cd, heads, R, np.float32(eps), np.float32(rng_factor), oi, od)
     return list(oi[:n])
 
 

@@ -3,10 +3,10 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from spann.bench import run_bench, run_system, summary_table
+from spann.bench.runner import run_bench, run_system, summary_table
 from spann.cli.main import cli
 from spann.datasets import prepare
-from spann.peers import PeerUnavailable, make_peer
+from spann.bench.peers import PeerUnavailable, make_peer
 
 
 @pytest.fixture(scope="module")

@@ -26,13 +26,18 @@ def test_balanced_kmeans_balances_skewed_data():
         assert cen.shape == (k, 16)
 
 
-def test_select_heads_count_and_leaf_balance():
+def test_select_heads_are_balanced_centroids_in_tree_order():
     x = synthetic_array(20000, 12, seed=4)
     heads = select_heads(x, 2000, branching=16, slack=0.2, seed=0)
-    assert 1900 <= heads.size <= 2000
-    assert np.unique(heads).size == heads.size and heads.min() >= 0 and heads.max() < len(x)
-    # each head is a real vector; nearest-head cells stay within a few times the mean
+    assert heads.dtype == np.float32 and heads.shape[1] == 12 and 1900 <= heads.shape[0] <= 2000
+    assert np.isfinite(heads).all()
     from spann.exact import exact_knn
-    near, _ = exact_knn(x[heads], x, 1, "l2")
-    sizes = np.bincount(near[:, 0], minlength=heads.size)
+    near, _ = exact_knn(heads, x, 1, "l2")
+    sizes = np.bincount(near[:, 0], minlength=heads.shape[0])
+    # centroids: every head is the nearest head of some vectors, and no cell is a hub
+    assert (sizes > 0).mean() > 0.98
     assert sizes.max() <= 6 * sizes.mean()
+    # depth-first order: consecutive heads are much nearer than random pairs
+    step = np.linalg.norm(heads[1:] - heads[:-1], axis=1).mean()
+    rnd = np.linalg.norm(heads[np.random.default_rng(0).permutation(len(heads))] - heads, axis=1).mean()
+    assert step < 0.8 * rnd

@@ -13,11 +13,11 @@ def test_graph_search_finds_nearest_heads():
     q = synthetic_array(200, 16, seed=7, stream=1, n_hint=5000)
     gi, gd = exact_knn(x, q, 32, "l2")
     vis = np.zeros(5000, np.uint32)
-    ext = np.zeros(5000, np.float32)
     oi, od = np.empty(32, np.int32), np.empty(32, np.float32)
     hits = first = 0
     for i in range(len(q)):
-        beam_search(q[i], np.float32(0), x, ext, nb, entries, 64, vis, np.uint32(i + 1), oi, od)
+        n_eval = beam_search(q[i], x, nb, entries, 64, vis, np.uint32(i + 1), oi, od)
+        assert 0 < n_eval < 5000
         assert np.all(np.diff(od) >= 0)
         hits += len(np.intersect1d(oi, gi[i]))
         first += oi[0] == gi[i, 0]

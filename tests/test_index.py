@@ -59,44 +59,29 @@ def test_pruning_reads_fewer_lists_and_never_drops_nearest_head(synth, synth_ind
 def test_statistics(synth, synth_index):
     _, q, _, _ = synth
     r = synth_index.search(q, 10, max_postings=8)
-    cap_bytes = synth_index.store.cap * (24 * 4 + 4)
-    assert (r.lists_read <= 8).all() and (r.bytes_read <= r.lists_read * cap_bytes).all()
-    assert (r.distance_evals > r.bytes_read // (24 * 4 + 4)).all()
+    assert (r.lists_read <= 8).all() and (r.lists_read >= 1).all()
+    # bytes read are whole 4 KiB pages, at least one per list read, never more than the lists span
+    assert (r.bytes_read % 4096 == 0).all() and (r.bytes_read >= 4096).all()
+    nb = synth_index.store.list_nbytes
+    assert (r.bytes_read <= r.lists_read * (nb.max() + 8192)).all()
+    assert (r.distance_evals > 0).all()
     st = synth_index.attrs["stats"]
-    assert st["lost_vectors"] == 0
     assert 1.0 <= st["replicas_per_vector"] <= 8
     assert st["heads"] == synth_index.heads.shape[0]
+    assert sum(st["replica_histogram"]) == len(synth[0]) and st["replica_histogram"][0] == 0
 
 
-def test_every_vector_is_findable(synth, synth_index):
-    """Each base vector is a head or sits in at least one posting list."""
+def test_every_vector_is_in_a_list_with_its_own_vector(synth, synth_index, read_list):
+    """Nothing is cut: each base vector sits in at least one posting list, and every entry holds
+    the vector its id names."""
     x = synth[0]
-    s = synth_index.store
-    seen = np.zeros(len(x), bool)
-    seen[synth_index.head_ids] = True
+    seen = np.zeros(len(x), np.int64)
     for h in range(synth_index.heads.shape[0]):
-        c = synth_index.counts[h]
-        seen[s.id_views[s.list_shard[h]][s.id_off[h]: s.id_off[h] + c]] = True
-    assert seen.all()
-
-
-def test_zarr_python_reads_the_same_postings(synth, synth_index):
-    x = synth[0]
-    g = zarr.open_group(str(synth_index.path), mode="r")
-    vec, ids, counts = g["postings/vectors"], g["postings/ids"], g["postings/counts"][:]
-    s = synth_index.store
-    for h in range(0, synth_index.heads.shape[0], 97):
-        c = counts[h]
-        fast_v = s.vec_views[s.list_shard[h]][s.vec_off[h]: s.vec_off[h] + c * 24].reshape(c, 24)
-        fast_i = s.id_views[s.list_shard[h]][s.id_off[h]: s.id_off[h] + c]
-        np.testing.assert_array_equal(vec[h, :c], fast_v)
-        np.testing.assert_array_equal(ids[h, :c], fast_i)
-        np.testing.assert_array_equal(x[fast_i], fast_v)
-        assert (ids[h, c:] == -1).all()
-    np.testing.assert_array_equal(g["heads/ids"][:], synth_index.head_ids)
-    attrs = g.attrs["spann"]
-    assert attrs["metric"] == "l2" and attrs["params"]["replica_count"] == 8
-    assert vec.metadata.codecs[0].__class__.__name__ == "ShardingCodec"
+        ids, vec = read_list(synth_index, h)
+        np.testing.assert_array_equal(vec, x[ids])
+        seen[ids] += 1
+    assert (seen >= 1).all()
+    assert seen.sum() == synth_index.counts.sum()
 
 
 @pytest.mark.parametrize("metric,dtype", [("ip", "float32"), ("cosine", "float32"), ("l2", "uint8"), ("l2", "int8"),
@@ -198,52 +183,6 @@ def test_k_larger_than_candidates_is_padded(tmp_path):
         assert len(set(valid)) == len(valid)
 
 
-def _copy_index(src, dst):
-    import shutil
-    shutil.copytree(src, dst)
-    return dst
-
-
-def test_corrupt_and_missing_parts(synth_index, tmp_path):
-    good = synth_index.path
-    with pytest.raises(IndexNotFoundError):
-        spann.open(tmp_path / "nothing")
-    with pytest.raises(IndexNotFoundError, match="not a spann index"):
-        spann.open(tmp_path)
-    # flipped byte in a shard index -> checksum error
-    d = _copy_index(good, tmp_path / "crc")
-    shard = d / "postings" / "vectors" / "c" / "0" / "0" / "0"
-    raw = bytearray(shard.read_bytes())
-    raw[-10] ^= 0xFF
-    shard.write_bytes(bytes(raw))
-    with pytest.raises(IndexCorruptError, match="checksum"):
-        spann.open(d)
-    # missing shard file
-    d = _copy_index(good, tmp_path / "noshard")
-    os.remove(d / "postings" / "ids" / "c" / "0" / "0")
-    with pytest.raises(IndexCorruptError, match="missing"):
-        spann.open(d)
-    # missing head graph
-    d = _copy_index(good, tmp_path / "nograph")
-    import shutil
-    shutil.rmtree(d / "graph" / "neighbors")
-    with pytest.raises(IndexCorruptError, match="graph/neighbors"):
-        spann.open(d)
-    # truncated shard
-    d = _copy_index(good, tmp_path / "trunc")
-    shard = d / "postings" / "ids" / "c" / "0" / "0"
-    shard.write_bytes(shard.read_bytes()[:100])
-    with pytest.raises(IndexCorruptError):
-        spann.open(d)
-    # an interrupted build (no attributes yet) does not open as an index
-    d = _copy_index(good, tmp_path / "noattrs")
-    meta = json.loads((d / "zarr.json").read_text())
-    meta["attributes"] = {}
-    (d / "zarr.json").write_text(json.dumps(meta))
-    with pytest.raises(IndexNotFoundError, match="not a complete"):
-        spann.open(d)
-
-
 def test_closed_index(synth, tmp_path):
     x = synth[0][:2000]
     idx = spann.build(x, tmp_path / "i", metric="l2", progress=False)
@@ -257,42 +196,3 @@ def test_info_and_evict(synth_index):
     assert info["disk_bytes"] > 0 and info["ram_bytes"] > 0 and info["stats"]["heads"] > 0
     synth_index.evict()  # must not break later searches
     assert synth_index.search(np.zeros(24, np.float32), 3).ids.shape == (1, 3)
-
-
-def test_ids_mapped_instead_of_in_ram(synth, synth_index):
-    _, q, _, _ = synth
-    with spann.open(synth_index.path, ids_in_ram=False) as mapped:
-        a = mapped.search(q[:30], 10, prefetch=True)
-        mapped.evict()
-        b = mapped.search(q[:30], 10)
-    ref = synth_index.search(q[:30], 10)
-    np.testing.assert_array_equal(a.ids, ref.ids)
-    np.testing.assert_array_equal(b.ids, ref.ids)
-    assert mapped.store is None  # closed by the context manager
-
-
-def test_tight_cap_loses_no_vector(tmp_path):
-    """A cap far below the natural list lengths: vectors cut from every list are re-placed, first
-    among the nearest heads the graph finds, then (here, for a few) by exact search over every
-    list with room; none is lost."""
-    x = synthetic_array(20000, 16, seed=5)
-    with spann.build(x, tmp_path / "i", metric="l2", progress=False, posting_cap=22) as idx:
-        st = idx.attrs["stats"]
-        assert st["posting_cap"] == 22 and st["capped_entries"] > 0
-        assert st["rescued_vectors"] > st["rescued_beyond_graph"] > 0
-        assert st["lost_vectors"] == 0
-        s = idx.store
-        seen = np.zeros(len(x), bool)
-        seen[idx.head_ids] = True
-        for h in range(idx.heads.shape[0]):
-            seen[s.id_views[s.list_shard[h]][s.id_off[h]: s.id_off[h] + idx.counts[h]]] = True
-        assert seen.all()
-        assert (idx.search(x[:300], 1, max_postings=256).ids[:, 0] == np.arange(300)).mean() > 0.9
-
-
-def test_impossible_cap_warns(tmp_path):
-    x = synthetic_array(3000, 8, seed=5)
-    with pytest.warns(RuntimeWarning, match="in no posting list"):
-        spann.build(x, tmp_path / "i", metric="l2", progress=False, posting_cap=2).close()
-    with spann.open(tmp_path / "i") as idx:
-        assert idx.attrs["stats"]["lost_vectors"] > 0

@@ -65,7 +65,7 @@ def run_system(name: str, dataset: str, k: int, threads: int, runs: int, latency
                cold_queries: int = 0) -> dict[str, Any]:
     """Fit and sweep one system in this process; returns a plain dict (records as dicts)."""
     from spann.datasets import load
-    from spann.peers import PeerUnavailable, make_peer
+    from spann.bench.peers import PeerUnavailable, make_peer
     out: dict[str, Any] = {"system": name}
     try:
         peer = make_peer(name, **(peer_kwargs or {}))

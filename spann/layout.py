@@ -1,0 +1,168 @@
+"""The byte layout of posting lists (pure functions: no I/O).
+
+All posting lists live in one flat byte array (``postings``, zarr ``uint8``). List ``h`` is the
+contiguous byte range ``[offsets[h], offsets[h] + list_bytes(counts[h]))``, laid out as
+consecutive sections, each starting 8-byte aligned::
+
+    ids      int64  (c,)          the vectors' ids
+    labels   int32  (c, L)        optional (L = label_width), -1 padded
+    payload  dtype  (c, dim)      the vectors, little-endian (full-precision encoding)
+
+A plain zarr client reads list h as::
+
+    raw = postings[off : off + nbytes]            # off = offsets[h], nbytes = list_bytes(c)
+    ids = raw[:8 * c].view("<i8")
+    vec = raw[payload_offset(c):].view(dtype)[:c * dim].reshape(c, dim)
+
+Packing (:func:`pack_lists`): lists keep head order (neighbouring heads end up in neighbouring
+bytes, so a query's reads often merge), never cross a shard, and never span more 4 KiB pages
+than their size needs (``ceil(b / 4096)``): when the next list would straddle one page too many,
+a list further ahead in a small window whose tail fits is placed first, else the rest of the
+page is left empty.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numba
+import numpy as np
+
+from spann.errors import IndexCorruptError
+
+__all__ = ["PAGE", "ALIGN", "EntryLayout", "pack_lists", "pages_spanned"]
+
+PAGE = 4096   #: device page the packing avoids straddling
+ALIGN = 16    #: every list starts at a multiple of this
+
+
+def _up(x: int, a: int) -> int:
+    return -(-x // a) * a
+
+
+@dataclass(frozen=True)
+class EntryLayout:
+    """What one posting entry holds and where each section of a list starts.
+
+    dim: vector dimension; dtype: stored element dtype (float32, uint8 or int8);
+    label_width: int32 labels per entry (0 = none).
+    """
+
+    dim: int
+    dtype: str
+    label_width: int = 0
+    encoding: str = "full"
+
+    def __post_init__(self) -> None:
+        if self.encoding != "full":
+            raise IndexCorruptError(f"posting encoding {self.encoding!r} is not known to this spann")
+        if np.dtype(self.dtype).name not in ("float32", "uint8", "int8"):
+            raise IndexCorruptError(f"posting dtype {self.dtype!r} is not float32, uint8 or int8")
+        if not (1 <= self.dim <= 1 << 16) or not (0 <= self.label_width <= 64):
+            raise IndexCorruptError(f"posting layout out of range (dim {self.dim}, labels {self.label_width})")
+
+    @property
+    def itemsize(self) -> int:
+        return np.dtype(self.dtype).itemsize
+
+    @property
+    def entry_bytes(self) -> int:
+        """Bytes per entry before section padding."""
+        return 8 + 4 * self.label_width + self.dim * self.itemsize
+
+    def labels_offset(self, count: int) -> int:
+        return 8 * count
+
+    def payload_offset(self, count: int) -> int:
+        return _up(8 * count + 4 * self.label_width * count, 8)
+
+    def list_bytes(self, count: int) -> int:
+        """Bytes list of ``count`` entries occupies (0 for an empty list)."""
+        if count == 0:
+            return 0
+        return _up(self.payload_offset(count) + count * self.dim * self.itemsize, ALIGN)
+
+    def list_bytes_array(self, counts: np.ndarray) -> np.ndarray:
+        c = counts.astype(np.int64)
+        pay = (8 * c + 4 * self.label_width * c + 7) // 8 * 8
+        b = (pay + c * self.dim * self.itemsize + ALIGN - 1) // ALIGN * ALIGN
+        return np.where(c == 0, 0, b)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EntryLayout":
+        try:
+            return cls(dim=int(d["dim"]), dtype=str(d["dtype"]), label_width=int(d.get("label_width", 0)),
+                       encoding=str(d.get("encoding", "full")))
+        except (KeyError, TypeError, ValueError) as e:
+            raise IndexCorruptError(f"unreadable posting layout {d!r} ({e})") from None
+
+
+@numba.njit(cache=True, nogil=True)
+def pages_spanned(offset, nbytes):
+    """Number of PAGE-sized pages the byte range [offset, offset + nbytes) touches."""
+    if nbytes <= 0:
+        return 0
+    return (offset + nbytes - 1) // PAGE - offset // PAGE + 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _pack(nbytes, shard_bytes, window):
+    """Offsets (int64 (H,)) for lists of ``nbytes`` in head order; see :func:`pack_lists`."""
+    H = nbytes.shape[0]
+    off = np.zeros(H, np.int64)
+    placed = np.zeros(H, np.bool_)
+    pos = np.int64(0)
+    shard_end = np.int64(shard_bytes)
+    nxt = 0  # first unplaced list
+    while nxt < H:
+        if placed[nxt]:
+            nxt += 1
+            continue
+        chosen = -1
+        for j in range(nxt, min(H, nxt + window)):
+            if placed[j]:
+                continue
+            b = nbytes[j]
+            if b == 0:
+                chosen = j
+                break
+            need = (b + PAGE - 1) // PAGE
+            if pages_spanned(pos, b) == need and pos + b <= shard_end:
+                chosen = j
+                break
+        if chosen < 0:
+            b = nbytes[nxt]
+            if pos + b > shard_end or pos % PAGE == 0:
+                # the list does not fit this shard (or even a page-aligned start straddles the
+                # shard end): start the next shard
+                if pos + b > shard_end:
+                    pos = shard_end
+                    shard_end += shard_bytes
+                chosen = nxt
+            else:
+                pos = (pos // PAGE + 1) * PAGE  # leave the rest of the page empty
+                continue
+        off[chosen] = pos
+        pos += nbytes[chosen]
+        placed[chosen] = True
+    return off
+
+
+def pack_lists(nbytes: np.ndarray, shard_bytes: int, window: int = 16) -> tuple[np.ndarray, int]:
+    """Byte offsets of lists of ``nbytes`` (int64 (H,), multiples of ALIGN) in the flat
+    posting array, and the array's total length (a multiple of ``shard_bytes``).
+
+    No list crosses a multiple of ``shard_bytes`` (each shard is one file) and every list
+    spans exactly ``ceil(nbytes / PAGE)`` pages. Requires ``max(nbytes) <= shard_bytes``.
+    """
+    nbytes = np.ascontiguousarray(nbytes, dtype=np.int64)
+    if nbytes.size and int(nbytes.max()) > shard_bytes:
+        raise ValueError(f"a posting list of {int(nbytes.max())} bytes does not fit a shard of {shard_bytes}")
+    if np.any(nbytes % ALIGN):
+        raise ValueError("list sizes must be multiples of ALIGN")
+    off = _pack(nbytes, np.int64(shard_bytes), np.int64(window))
+    end = int((off + nbytes).max()) if nbytes.size else 0
+    return off, max(shard_bytes, _up(end, shard_bytes))

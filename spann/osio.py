@@ -1,0 +1,101 @@
+"""Operating-system calls the read path needs: address-space reservation, fixed file maps,
+madvise (from Python and from numba kernels), page-cache eviction.
+
+The numba side (:func:`madvise_nb`) calls libc's ``madvise`` by symbol name, so kernels that use
+it stay cacheable (no function address is baked into the compiled code).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+__all__ = ["PAGE", "MADV_NORMAL", "MADV_RANDOM", "MADV_WILLNEED", "MADV_DONTNEED", "reserve", "map_file_fixed",
+           "unmap", "madvise", "madvise_nb", "evict_files"]
+
+PAGE = mmap.PAGESIZE
+MADV_NORMAL, MADV_RANDOM, MADV_WILLNEED, MADV_DONTNEED = 0, 1, 3, 4
+_PROT_NONE, _PROT_READ = 0, 1
+_MAP_SHARED, _MAP_PRIVATE, _MAP_FIXED, _MAP_ANONYMOUS, _MAP_NORESERVE = 0x01, 0x02, 0x10, 0x20, 0x4000
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+_libc = None
+
+
+def _c():
+    global _libc
+    if _libc is None:
+        lib = ctypes.CDLL(None, use_errno=True)
+        lib.mmap.restype = ctypes.c_void_p
+        lib.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+        lib.munmap.restype = ctypes.c_int
+        lib.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        lib.madvise.restype = ctypes.c_int
+        lib.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        _libc = lib
+    return _libc
+
+
+def _fail(what: str) -> OSError:
+    e = ctypes.get_errno()
+    return OSError(e, f"{what}: {os.strerror(e)}")
+
+
+def reserve(nbytes: int) -> int:
+    """Reserve ``nbytes`` of address space (no memory, no access); returns its address."""
+    a = _c().mmap(None, nbytes, _PROT_NONE, _MAP_PRIVATE | _MAP_ANONYMOUS | _MAP_NORESERVE, -1, 0)
+    if a in (None, _MAP_FAILED):
+        raise _fail(f"reserving {nbytes} bytes of address space")
+    return int(a)
+
+
+def map_file_fixed(addr: int, nbytes: int, fd: int) -> None:
+    """Map the first ``nbytes`` of file ``fd`` read-only at ``addr`` (inside a reservation)."""
+    a = _c().mmap(ctypes.c_void_p(addr), nbytes, _PROT_READ, _MAP_SHARED | _MAP_FIXED, fd, 0)
+    if a in (None, _MAP_FAILED) or int(a) != addr:
+        raise _fail("mapping a posting shard")
+
+
+def unmap(addr: int, nbytes: int) -> None:
+    if _c().munmap(ctypes.c_void_p(addr), nbytes) != 0:
+        raise _fail("unmapping postings")
+
+
+def madvise(addr: int, nbytes: int, advice: int) -> None:
+    start = addr - addr % PAGE
+    if _c().madvise(ctypes.c_void_p(start), nbytes + (addr - start), advice) != 0:
+        raise _fail("madvise")
+
+
+@intrinsic
+def madvise_nb(typingctx, addr, length, advice):
+    """madvise_nb(addr, length, advice) -> int32 from numba code (addr page-aligned)."""
+    sig = types.int32(types.int64, types.int64, types.int32)
+
+    def codegen(context, builder, signature, args):
+        i8p = ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(ir.IntType(32), [i8p, ir.IntType(64), ir.IntType(32)])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "madvise")
+        a = context.cast(builder, args[0], signature.args[0], types.int64)
+        n = context.cast(builder, args[1], signature.args[1], types.int64)
+        v = context.cast(builder, args[2], signature.args[2], types.int32)
+        return builder.call(fn, [builder.inttoptr(a, i8p), n, v])
+
+    return sig, codegen
+
+
+def evict_files(paths) -> None:
+    """Drop these files' pages from the page cache (``POSIX_FADV_DONTNEED``; no root needed).
+    Pages still mapped by a process stay resident: MADV_DONTNEED them first."""
+    for f in paths:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)

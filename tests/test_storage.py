@@ -1,0 +1,119 @@
+"""The on-disk format: readable by plain zarr-python, validated at open, old formats refused."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import zarr
+
+import spann
+from spann.errors import IndexCorruptError, IndexNotFoundError
+
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def read_list_with_zarr(path, h):
+    """The README's recipe, verbatim: list h through plain zarr-python."""
+    g = zarr.open_group(str(path), mode="r")
+    a = g.attrs["spann"]
+    lay = a["layout"]
+    gen = g[a["generation_path"]]
+    off, c = int(gen["offsets"][h]), int(gen["counts"][h])
+    dt, D, L = np.dtype(lay["dtype"]), lay["dim"], lay["label_width"]
+    pay = -(-(8 * c + 4 * L * c) // 8) * 8
+    raw = g[a["postings_path"]][off:off + pay + c * D * dt.itemsize]
+    return raw[:8 * c].view("<i8"), raw[pay:].view(dt).reshape(c, D)
+
+
+def test_plain_zarr_reads_what_search_scans(synth, synth_index, read_list):
+    x = synth[0]
+    H = synth_index.heads.shape[0]
+    for h in list(range(0, H, 53)) + [int(np.argmax(synth_index.counts))]:
+        zi, zv = read_list_with_zarr(synth_index.path, h)
+        fi, fv = read_list(synth_index, h)
+        np.testing.assert_array_equal(zi, fi)
+        np.testing.assert_array_equal(zv, fv)
+        np.testing.assert_array_equal(zv, x[zi])
+    g = zarr.open_group(str(synth_index.path), mode="r")
+    a = g.attrs["spann"]
+    gen = g[a["generation_path"]]
+    np.testing.assert_array_equal(gen["heads"][:], synth_index.heads)
+    np.testing.assert_array_equal(gen["neighbors"][:], synth_index.neighbors)
+    assert a["metric"] == "l2" and a["format_version"] == 2
+    assert g[a["postings_path"]].metadata.codecs[0].__class__.__name__ == "ShardingCodec"
+
+
+def test_old_format_is_refused_in_one_line(synth_index, tmp_path):
+    d = _copy(synth_index.path, tmp_path / "v1")
+    meta = json.loads((d / "zarr.json").read_text())
+    meta["attributes"]["spann"]["format_version"] = 1
+    (d / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(IndexCorruptError, match=r"format 1 is not supported.*rebuild") as e:
+        spann.open(d)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_and_damaged_parts(synth_index, tmp_path):
+    good = synth_index.path
+    gen = json.loads((good / "zarr.json").read_text())["attributes"]["spann"]["generation_path"]
+    with pytest.raises(IndexNotFoundError):
+        spann.open(tmp_path / "nothing")
+    with pytest.raises(IndexNotFoundError, match="not a spann index"):
+        spann.open(tmp_path)
+    # a flipped byte in a shard index -> checksum error
+    d = _copy(good, tmp_path / "crc")
+    shard = d / "postings" / "c" / "0"
+    raw = bytearray(shard.read_bytes())
+    raw[-10] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(IndexCorruptError, match="checksum"):
+        spann.open(d)
+    # a flipped byte in an in-RAM array -> checksum error (every chunk carries a crc32c)
+    d = _copy(good, tmp_path / "crc2")
+    chunk = d / gen / "entries" / "c" / "0"
+    raw = bytearray(chunk.read_bytes())
+    raw[0] ^= 0x01
+    chunk.write_bytes(bytes(raw))
+    with pytest.raises(IndexCorruptError, match="checksum"):
+        spann.open(d)
+    # missing shard
+    d = _copy(good, tmp_path / "noshard")
+    os.remove(d / "postings" / "c" / "0")
+    with pytest.raises(IndexCorruptError, match="missing"):
+        spann.open(d)
+    # missing head graph
+    d = _copy(good, tmp_path / "nograph")
+    shutil.rmtree(d / gen / "neighbors")
+    with pytest.raises(IndexCorruptError, match="neighbors"):
+        spann.open(d)
+    # truncated shard
+    d = _copy(good, tmp_path / "trunc")
+    shard = d / "postings" / "c" / "0"
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(IndexCorruptError):
+        spann.open(d)
+    # an interrupted build (no attributes yet) does not open as an index
+    d = _copy(good, tmp_path / "noattrs")
+    meta = json.loads((d / "zarr.json").read_text())
+    meta["attributes"] = {}
+    (d / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(IndexNotFoundError, match="not a complete"):
+        spann.open(d)
+
+
+def test_arrays_of_another_build_are_refused(synth, tmp_path):
+    x = synth[0][:3000]
+    a = spann.build(x, tmp_path / "a", metric="l2", progress=False)
+    b = spann.build(x, tmp_path / "b", metric="l2", progress=False)
+    a.close()
+    b.close()
+    gen = json.loads((tmp_path / "a" / "zarr.json").read_text())["attributes"]["spann"]["generation_path"]
+    shutil.rmtree(tmp_path / "a" / gen / "counts")
+    shutil.copytree(tmp_path / "b" / gen / "counts", tmp_path / "a" / gen / "counts")
+    with pytest.raises(IndexCorruptError, match="another build"):
+        spann.open(tmp_path / "a")
