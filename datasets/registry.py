@@ -28,7 +28,8 @@ from spann.datasets.formats import VectorWriter, open_vectors, write_vectors, re
 from spann.datasets.groundtruth import compute_ground_truth
 from spann.datasets.synthetic import SyntheticSpec
 
-__all__ = ["Manifest", "BUILTIN", "list_datasets", "prepare", "load", "register", "glove_source"]
+__all__ = ["Manifest", "BUILTIN", "list_datasets", "prepare", "prepare_from_array", "load", "register",
+           "glove_source"]
 
 MANIFEST = "manifest.json"
 GT_K = 100
@@ -196,6 +197,39 @@ def prepare(name: str, directory: str | os.PathLike[str], *, progress: bool = Tr
     tmp.mkdir(parents=True)
     try:
         BUILTIN[name].prepare(tmp, progress=progress, **options)
+        if directory.exists():
+            directory.rmdir()
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return load(directory)
+
+
+def prepare_from_array(directory: str | os.PathLike[str], name: str, vectors: np.ndarray, *, metric: str,
+                       n_queries: int = 10_000, seed: int = 42, extra: dict | None = None,
+                       progress: bool = True) -> Manifest:
+    """A prepared dataset from an in-RAM array (n, d): ``n_queries`` seeded rows held out as
+    queries, the rest the base, exact top-100 ground truth. Written atomically like
+    :func:`prepare`."""
+    metric = check_metric(metric)
+    x = np.asarray(vectors)
+    if x.ndim != 2 or not 0 < n_queries < x.shape[0]:
+        raise ParameterError(f"need a 2-D array with more than n_queries ({n_queries}) rows, got {x.shape}")
+    directory = Path(directory)
+    if directory.exists() and any(directory.iterdir()):
+        raise SpannError(f"{directory}: exists and is not empty")
+    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        rng = np.random.default_rng(seed)
+        qidx = np.sort(rng.choice(x.shape[0], size=n_queries, replace=False))
+        keep = np.ones(x.shape[0], bool)
+        keep[qidx] = False
+        ext = {"float32": "fbin", "uint8": "u8bin", "int8": "i8bin"}[np.dtype(x.dtype).name]
+        write_vectors(tmp / f"base.{ext}", x[keep])
+        _finish(tmp, name, metric, tmp / f"base.{ext}", x[qidx], progress, {"seed": seed, **(extra or {})})
         if directory.exists():
             directory.rmdir()
         os.replace(tmp, directory)

@@ -1,4 +1,5 @@
-"""Index build as stages: sample -> heads -> head graph -> assignment -> posting plan -> write.
+"""Index build as stages: sample -> heads -> head graph -> assignment -> encoding -> posting
+plan -> write (postings, then the vector store for coded encodings).
 
 Each stage is a function with typed inputs and outputs, so a build that runs elsewhere
 (out of core, on a cluster) can reuse them one by one. :func:`build_index` runs them in order.
@@ -28,11 +29,14 @@ from spann.head_index import build_graph
 from spann.layout import EntryLayout, pack_lists
 from spann.metrics import Metric, get_metric
 from spann.params import BuildParams
-from spann.storage import IndexWriter, check_target, directory_bytes
+from spann.encodings import encode_rows, train_codebook
+from spann.storage import POSTINGS, VECTORS, IndexWriter, check_target, directory_bytes
+from spann.vector_store import StoreLayout, store_rows_bytes
 from spann.vectors import as_vector_source
 
-__all__ = ["Sample", "Heads", "HeadGraph", "Assignments", "PostingPlan", "sample_stage", "heads_stage",
-           "graph_stage", "assign_stage", "plan_stage", "write_stage", "build_index"]
+__all__ = ["Sample", "Heads", "HeadGraph", "Assignments", "Encoder", "PostingPlan", "sample_stage", "heads_stage",
+           "graph_stage", "assign_stage", "encoding_stage", "plan_stage", "write_stage", "store_stage",
+           "build_index"]
 
 
 class _Threads:
@@ -52,10 +56,11 @@ class _Threads:
 
 @dataclass(frozen=True)
 class Sample:
-    """Head-space rows the heads are clustered from: float32 (s, Dh); ``max_norm`` is the
-    largest base norm (inner product's transform; 0 otherwise)."""
+    """Head-space rows the heads are clustered from: float32 (s, Dh), their base ids int64 (s,);
+    ``max_norm`` is the largest base norm (inner product's transform; 0 otherwise)."""
 
     rows: np.ndarray
+    ids: np.ndarray
     max_norm: float
 
 
@@ -79,12 +84,13 @@ class Assignments:
     """Every (list, vector) pair, grouped by list and nearest first within a list.
 
     heads int32 (A,), ids int64 (A,), counts int64 (H,) entries per list, replica_histogram
-    int64 (R + 1,) vectors by number of lists."""
+    int64 (R + 1,) vectors by number of lists, primary int32 (n,) each vector's nearest head."""
 
     heads: np.ndarray
     ids: np.ndarray
     counts: np.ndarray
     replica_histogram: np.ndarray
+    primary: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -126,7 +132,7 @@ def sample_stage(src, metric: Metric, params: BuildParams, progress: bool = Fals
     ids = np.arange(n) if k == n else np.sort(rng.choice(n, k, replace=False))
     raw = src.read() if k == n else src.take(ids)
     check_finite(raw, f"{src.path}")
-    return Sample(rows=metric.head_space(raw, max_norm), max_norm=max_norm)
+    return Sample(rows=metric.head_space(raw, max_norm), ids=ids.astype(np.int64), max_norm=max_norm)
 
 
 def heads_stage(sample: Sample, n: int, params: BuildParams, progress: bool = False) -> Heads:
@@ -154,6 +160,7 @@ def assign_stage(src, metric: Metric, max_norm: float, heads: Heads, graph: Head
     R = params.replica_count
     ef = max(params.assign_candidates, 32)
     parts_h, parts_id, parts_d = [], [], []
+    primary = np.empty(src.n, np.int32)
     hist = np.zeros(R + 1, np.int64)
     with tqdm(total=src.n, desc="assign replicas", unit="vec", unit_scale=True, disable=not progress,
               leave=False) as bar:
@@ -166,6 +173,7 @@ def assign_stage(src, metric: Metric, max_norm: float, heads: Heads, graph: Head
             if cnt.min() < 1:  # the graph search always finds a head; anything else is a bug
                 raise RuntimeError("a vector found no head during assignment")
             hist += np.bincount(cnt, minlength=R + 1)
+            primary[s:s + blk.shape[0]] = rep_i[:, 0]
             valid = rep_i >= 0
             parts_h.append(rep_i[valid])
             parts_id.append(np.broadcast_to(np.arange(s, s + blk.shape[0], dtype=np.int64)[:, None],
@@ -179,7 +187,45 @@ def assign_stage(src, metric: Metric, max_norm: float, heads: Heads, graph: Head
     order = np.lexsort((d, h))
     h, i = h[order], i[order]
     counts = np.bincount(h, minlength=heads.vectors.shape[0]).astype(np.int64)
-    return Assignments(heads=h, ids=i, counts=counts, replica_histogram=hist)
+    return Assignments(heads=h, ids=i, counts=counts, replica_histogram=hist, primary=primary)
+
+
+def pruner_stage(metric: Metric, sample: Sample, dim: int, heads: Heads, graph: HeadGraph, asg: Assignments,
+                 params: BuildParams, n_queries: int = 600) -> np.ndarray | None:
+    """Fit the learned pruner (see :mod:`spann.pruner`) on sample rows used as queries, against
+    their exact 10 nearest neighbours within the sample. None if there are too few heads."""
+    from spann.exact import exact_knn
+    from spann.pruner import MIN_HEADS, fit_pruner, training_targets
+    from spann.search import select_batch
+    H = heads.vectors.shape[0]
+    s = sample.rows.shape[0]
+    if H < 2 * MIN_HEADS or s < 20 * n_queries // 10:
+        return None
+    rng = np.random.default_rng(params.seed + 7)
+    qi = np.sort(rng.choice(s, min(n_queries, s // 10), replace=False))
+    universe = np.ascontiguousarray(sample.rows[:, :dim])
+    gi, _ = exact_knn(universe, universe[qi], 11, "l2" if metric.name == "cosine" else metric.name)
+    nbr = np.empty((len(qi), 10), np.int64)
+    for i in range(len(qi)):  # drop the query itself
+        row = gi[i][gi[i] != qi[i]][:10]
+        nbr[i, :len(row)] = row
+        nbr[i, len(row):] = row[-1]
+    nbr_ids = sample.ids[nbr].ravel()
+    # the lists each neighbour is stored in (CSR over the query-major neighbour sequence)
+    need_ids = np.unique(nbr_ids)
+    hit = np.isin(asg.ids, need_ids)
+    e_id, e_h = asg.ids[hit], asg.heads[hit]
+    o = np.argsort(e_id, kind="stable")
+    e_id, e_h = e_id[o], e_h[o]
+    lo = np.searchsorted(e_id, nbr_ids, "left")
+    hi = np.searchsorted(e_id, nbr_ids, "right")
+    ptr = np.concatenate([[0], np.cumsum(hi - lo)]).astype(np.int64)
+    lists = np.concatenate([e_h[a:b] for a, b in zip(lo, hi)]).astype(np.int32)
+    M = min(128, H)
+    sel, sel_d, _, _ = select_batch(np.ascontiguousarray(sample.rows[qi]), heads.vectors, graph.neighbors,
+                                    graph.entries, 160, M, M, np.zeros(0, np.float64), np.float32(1e18), 16)
+    need = training_targets(sel, ptr, lists, 10, 9)
+    return fit_pruner(sel_d[:, :MIN_HEADS], need)
 
 
 def plan_stage(counts: np.ndarray, layout: EntryLayout, params: BuildParams) -> PostingPlan:
@@ -193,20 +239,61 @@ def plan_stage(counts: np.ndarray, layout: EntryLayout, params: BuildParams) -> 
 
 
 @numba.njit(cache=True, nogil=True)
-def _fill_shard(buf64, bufv, id_pos, vec_pos, ids, rows, row_of):
-    """Scatter entry e's id to buf64[id_pos[e]] and its vector rows[row_of[e]] to
-    bufv[vec_pos[e]:vec_pos[e] + dim]."""
-    dim = rows.shape[1]
+def _fill_shard(buf, id_pos, ids, id_bytes, aux_pos, aux, code_pos, codes):
+    """Scatter entry e: its id (int64, or int32 if id_bytes is 4) at byte id_pos[e], its aux
+    floats at aux_pos[e], its code bytes at code_pos[e]."""
+    buf64 = buf.view(np.int64)
+    buf32 = buf.view(np.float32)
+    bufi = buf.view(np.int32)
     for e in range(ids.shape[0]):
-        buf64[id_pos[e]] = ids[e]
-        r = rows[row_of[e]]
-        p = vec_pos[e]
-        for t in range(dim):
-            bufv[p + t] = r[t]
+        if id_bytes == 4:
+            bufi[id_pos[e] >> 2] = np.int32(ids[e])
+        else:
+            buf64[id_pos[e] >> 3] = ids[e]
+        for t in range(aux.shape[1]):
+            buf32[(aux_pos[e] >> 2) + t] = aux[e, t]
+        p = code_pos[e]
+        for t in range(codes.shape[1]):
+            buf[p + t] = codes[e, t]
 
 
-def write_stage(src, metric: Metric, asg: Assignments, plan: PostingPlan, writer: IndexWriter,
-                progress: bool = False) -> int:
+@dataclass(frozen=True)
+class Encoder:
+    """How entries are encoded: the layout, the trained code parameters, the vector store
+    layout (coded encodings) and each vector's row in it (None for ``full``)."""
+
+    layout: EntryLayout
+    arrays: dict
+    store: StoreLayout | None
+    row_of: np.ndarray | None
+    order: np.ndarray | None
+
+
+def choose_encoding(encoding: str, stored_dtype: np.dtype) -> str:
+    """``auto``: full vectors for 8-bit data (a code would not be smaller), else sq8."""
+    if encoding != "auto":
+        return encoding
+    return "full" if np.dtype(stored_dtype).itemsize == 1 else "sq8"
+
+
+def encoding_stage(src, metric: Metric, sample: Sample, asg: Assignments, params: BuildParams) -> Encoder:
+    """Choose and train the posting encoding; for coded encodings, the vector-store row order
+    (vectors sorted by nearest head, so a query's candidates share pages)."""
+    dtype = metric.stored_dtype(src.dtype).name
+    enc = choose_encoding(params.encoding, np.dtype(dtype))
+    layout = EntryLayout(dim=src.dim, dtype=dtype, encoding=enc,
+                         id_bytes=4 if enc != "full" and src.n < 2**31 else 8)
+    if enc == "full":
+        return Encoder(layout, {}, None, None, None)
+    arrays = train_codebook(enc, np.ascontiguousarray(sample.rows[:, :src.dim]), params.seed)
+    order = np.lexsort((np.arange(src.n), asg.primary)).astype(np.int64)
+    row_of = np.empty(src.n, np.int64)
+    row_of[order] = np.arange(src.n, dtype=np.int64)
+    return Encoder(layout, arrays, StoreLayout(n=src.n, dim=src.dim, dtype=dtype), row_of, order)
+
+
+def write_stage(src, metric: Metric, heads: Heads, asg: Assignments, plan: PostingPlan, enc: Encoder,
+                writer: IndexWriter, progress: bool = False) -> int:
     """Write the posting array shard by shard (each shard file written once); returns bytes."""
     lay = plan.layout
     dt = np.dtype(lay.dtype)
@@ -216,7 +303,7 @@ def write_stage(src, metric: Metric, asg: Assignments, plan: PostingPlan, writer
     nonempty = plan.counts > 0
     order = np.argsort(shard_of, kind="stable")
     bounds = np.searchsorted(shard_of[order], np.arange(plan.n_shards + 1))
-    writer.begin_postings(plan.total_bytes, S, plan.chunk_bytes)
+    writer.begin_array(POSTINGS, plan.total_bytes, S, plan.chunk_bytes)
     written = 0
     with tqdm(total=len(asg.ids), desc="write postings", unit="entry", unit_scale=True, disable=not progress,
               leave=False) as bar:
@@ -228,30 +315,67 @@ def write_stage(src, metric: Metric, asg: Assignments, plan: PostingPlan, writer
             c = asg.counts[hs]
             used = int((plan.offsets[hs] + plan.nbytes[hs]).max() - s * S)
             buf = np.zeros(-(-used // 8) * 8, np.uint8)
-            # entry e of list h, position t: id at off + 8 t, vector at off + payload + t * dim
             ent = np.concatenate([np.arange(starts[h], starts[h + 1]) for h in hs])
             t = np.concatenate([np.arange(n) for n in c])
             off = np.repeat(plan.offsets[hs] - s * S, c)
-            pay = np.repeat(np.array([lay.payload_offset(int(n)) for n in c], np.int64), c)
+            aux_o = np.repeat(np.array([lay.aux_offset(int(n)) for n in c], np.int64), c)
+            cod_o = np.repeat(np.array([lay.codes_offset(int(n)) for n in c], np.int64), c)
             ids = asg.ids[ent]
-            uniq, row_of = np.unique(ids, return_inverse=True)
+            uniq, inv = np.unique(ids, return_inverse=True)
             rows = metric.stored_rows(src.take(uniq)).astype(dt, copy=False)
-            _fill_shard(buf.view(np.int64), buf.view(dt), (off + 8 * t) // 8,
-                        (off + pay) // dt.itemsize + t * lay.dim, ids, np.ascontiguousarray(rows),
-                        row_of.astype(np.int64))
-            written += writer.write_shard(s, buf[:used])
+            if lay.encoding == "full":
+                codes = np.ascontiguousarray(rows).view(np.uint8).reshape(len(uniq), -1)[inv]
+                aux = np.zeros((len(ids), 0), np.float32)
+                stored_ids = ids
+            elif lay.encoding == "sq8":
+                cu, _ = encode_rows("sq8", enc.arrays, rows.astype(np.float32, copy=False))
+                codes, aux = cu[inv], np.zeros((len(ids), 0), np.float32)
+                stored_ids = enc.row_of[ids]
+            else:
+                centers = heads.vectors[asg.heads[ent], :lay.dim]
+                codes, aux = encode_rows(lay.encoding, enc.arrays, rows.astype(np.float32, copy=False)[inv], centers)
+                stored_ids = enc.row_of[ids]
+            _fill_shard(buf, off + lay.id_bytes * t, np.ascontiguousarray(stored_ids, dtype=np.int64), lay.id_bytes,
+                        off + aux_o + 4 * aux.shape[1] * t,
+                        np.ascontiguousarray(aux, dtype=np.float32), off + cod_o + lay.code_bytes * t,
+                        np.ascontiguousarray(codes))
+            written += writer.write_shard(POSTINGS, s, buf[:used])
             bar.update(int(c.sum()))
     return written
 
 
+def store_stage(src, metric: Metric, enc: Encoder, params: BuildParams, writer: IndexWriter,
+                progress: bool = False) -> int:
+    """Write the vector store (coded encodings): rows in ``enc.order``, shard by shard."""
+    lay = enc.store
+    S = lay.shard_bytes(params.shard_bytes, params.chunk_bytes)
+    writer.begin_array(VECTORS, -(-lay.total_bytes // S) * S, S, params.chunk_bytes)
+    rows_per_shard = S // lay.page_bytes * lay.rows_per_page
+    written = 0
+    dt = np.dtype(lay.dtype)
+    with tqdm(total=lay.n, desc="write vectors", unit="vec", unit_scale=True, disable=not progress,
+              leave=False) as bar:
+        for s, r0 in enumerate(range(0, lay.n, rows_per_shard)):
+            ids = enc.order[r0:r0 + rows_per_shard]
+            vec = metric.stored_rows(src.take(ids)).astype(dt, copy=False)
+            written += writer.write_shard(VECTORS, s, store_rows_bytes(lay, vec, ids))
+            bar.update(len(ids))
+    return written
+
+
 def _write_all(src, m: Metric, heads: Heads, graph: HeadGraph, asg: Assignments, plan: PostingPlan,
-               writer: IndexWriter, progress: bool) -> int:
+               enc: Encoder, params: BuildParams, writer: IndexWriter, progress: bool) -> int:
     writer.write_array("heads", heads.vectors)
     writer.write_array("neighbors", graph.neighbors.astype(np.int32))
     writer.write_array("entries", graph.entries.astype(np.int32))
     writer.write_array("offsets", plan.offsets.astype(np.int64))
     writer.write_array("counts", plan.counts.astype(np.int32))
-    return write_stage(src, m, asg, plan, writer, progress)
+    for name, arr in enc.arrays.items():
+        writer.write_array(f"code_{name}", arr)
+    n = write_stage(src, m, heads, asg, plan, enc, writer, progress)
+    if enc.store is not None:
+        n += store_stage(src, m, enc, params, writer, progress)
+    return n
 
 
 def _peak_rss() -> int:
@@ -271,6 +395,7 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
     index_dir = Path(index_dir)
     check_target(index_dir, overwrite)
     src = as_vector_source(data, fmt)
+    params = params.resolved(choose_encoding(params.encoding, m.stored_dtype(src.dtype)))
     say = log if (log and progress) else (lambda _msg: None)
     times: dict[str, float] = {}
     writer = IndexWriter(index_dir, overwrite=overwrite, log=say)
@@ -286,12 +411,16 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
             sample = stage("sample", sample_stage, src, m, params, progress)
             heads = stage("heads", heads_stage, sample, src.n, params, progress)
             max_norm = sample.max_norm
-            del sample
             graph = stage("graph", graph_stage, heads, params, progress)
             asg = stage("assign", assign_stage, src, m, max_norm, heads, graph, params, threads, progress)
-            layout = EntryLayout(dim=src.dim, dtype=m.stored_dtype(src.dtype).name)
+            enc = stage("encoding", encoding_stage, src, m, sample, asg, params)
+            model = stage("pruner", pruner_stage, m, sample, src.dim, heads, graph, asg, params)
+            del sample
+            layout = enc.layout
             plan = stage("plan", plan_stage, asg.counts, layout, params)
-            stage("write", _write_all, src, m, heads, graph, asg, plan, writer, progress)
+            if model is not None:
+                writer.write_array("pruner", model)
+            stage("write", _write_all, src, m, heads, graph, asg, plan, enc, params, writer, progress)
         H = heads.vectors.shape[0]
         counts = asg.counts
         stats = {
@@ -314,7 +443,9 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
             "index_bytes": directory_bytes(writer.tmp),
         }
         attrs = {"metric": m.name, "dim": src.dim, "n": src.n, "dtype": layout.dtype, "source_dtype": src.dtype.name,
-                 "layout": layout.to_dict(), "max_norm": max_norm, "params": params.to_dict(), "stats": stats}
+                 "layout": layout.to_dict(), "store": enc.store.to_dict() if enc.store else None,
+                 "pruner": model is not None,
+                 "max_norm": max_norm, "params": params.to_dict(), "stats": stats}
         writer.commit(attrs, overwrite=overwrite)
         return attrs
     except BaseException:

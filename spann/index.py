@@ -13,8 +13,10 @@ import numpy as np
 
 from spann.errors import ParameterError, QueryError
 from spann.params import BuildParams, SearchParams
-from spann.postings import MappedPostings, prefetch_lists
-from spann.search import N_STATS, scan_batch, search_one, select_batch
+from spann.encodings import codebook_view
+from spann.postings import LocalPostings, prefetch_lists
+from spann.search import N_STATS, prefetch_rows_batch, rerank_batch, scan_batch, search_one, select_batch
+from spann.vector_store import LocalVectors, VectorsView
 from spann.storage import IndexFiles, directory_bytes
 
 __all__ = ["Index", "SearchResult", "build", "open_index"]
@@ -54,10 +56,20 @@ class Index:
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
         f = IndexFiles(self.path)
+        self.vectors = None
         try:
-            self.store = MappedPostings(f.dir_fd, str(self.path), f.postings_path, f.offsets, f.counts, f.layout)
+            self.store = LocalPostings(f.dir_fd, str(self.path), f.postings_path, f.offsets, f.counts, f.layout)
+            if f.layout.coded:
+                try:
+                    self.vectors = LocalVectors(f.dir_fd, str(self.path), f.vectors_path, f.store)
+                except BaseException:
+                    self.store.close()
+                    raise
         finally:
             f.close()
+        self.codebook = codebook_view(f.layout.encoding, f.codebook)
+        self.pruner = f.pruner
+        self._no_model = np.zeros(0, np.float64)
         self.attrs: dict[str, Any] = f.attrs
         self._metric = f.metric
         self.metric: str = f.metric.name
@@ -88,6 +100,9 @@ class Index:
             if self.store is not None:
                 self.store.close()
                 self.store = None
+            if self.vectors is not None:
+                self.vectors.close()
+                self.vectors = None
 
     def __enter__(self) -> "Index":
         return self
@@ -116,15 +131,16 @@ class Index:
         return self
 
     # -- search --------------------------------------------------------------------------------
-    def _params(self, max_postings, prune_eps, ef, prefetch) -> SearchParams:
+    def _params(self, max_postings, prune_eps, ef, rerank, prefetch, pruner) -> SearchParams:
         """SearchParams for these overrides, cached (validation is not free on a 0.1 ms path)."""
-        key = (max_postings, prune_eps, ef, prefetch)
+        key = (max_postings, prune_eps, ef, rerank, prefetch, pruner)
         try:
             p = self._param_cache.get(key)
         except TypeError:  # unhashable argument: validate (and fail) below
             p = None
         if p is None:
-            changes = {k_: v for k_, v in zip(("max_postings", "prune_eps", "ef", "prefetch"), key) if v is not None}
+            changes = {k_: v for k_, v in zip(("max_postings", "prune_eps", "ef", "rerank", "prefetch", "pruner"), key)
+                       if v is not None}
             p = self.default_params.replace(**changes) if changes else self.default_params
             if len(self._param_cache) > 256:
                 self._param_cache.clear()
@@ -160,14 +176,15 @@ class Index:
         return qs, qh
 
     def search(self, queries: np.ndarray, k: int = 10, *, max_postings: int | None = None,
-               prune_eps: float | None = None, ef: int | None = None, prefetch: bool | None = None,
-               threads: int | None = None, params: SearchParams | None = None) -> SearchResult:
+               prune_eps: float | None = None, ef: int | None = None, rerank: int | None = None,
+               prefetch: bool | None = None, pruner: bool | None = None, threads: int | None = None,
+               params: SearchParams | None = None) -> SearchResult:
         """k nearest neighbours of ``queries`` (nq, dim) or (dim,).
 
         One query takes a low-overhead single-thread path; a batch runs on ``threads`` cores
         (default: all). Returns a :class:`SearchResult` (unpacks as ``ids, distances``).
         """
-        p = params if params is not None else self._params(max_postings, prune_eps, ef, prefetch)
+        p = params if params is not None else self._params(max_postings, prune_eps, ef, rerank, prefetch, pruner)
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
                                     or threads < 0):
             raise ParameterError(f"threads must be an integer >= 0, got {threads!r}")
@@ -178,12 +195,28 @@ class Index:
         finally:
             self._leave()
 
+    def _vectors_view(self) -> VectorsView:
+        if self.vectors is not None:
+            return self.vectors.view
+        if getattr(self, "_no_vectors", None) is None:  # a typed empty view for full encodings
+            u8 = np.zeros(8, np.uint8)
+            self._no_vectors = VectorsView(u8=u8, i64=u8.view(np.int64), vec=u8.view(self.dtype), base=np.int64(0),
+                                           n=np.int64(0), dim=np.int64(self.dim), rows_per_page=np.int64(1),
+                                           page_bytes=np.int64(4096), row_bytes=np.int64(8), id_offset=np.int64(0),
+                                           prefetchable=False)
+        return self._no_vectors
+
     def _search(self, store, qs, qh, k, p, threads) -> SearchResult:
         pv = store.view
+        vv = self._vectors_view()
+        cb = self.codebook
         H = self.heads.shape[0]
-        m = min(p.max_postings, H)
-        efv = max(p.effective_ef(), m)
+        model = self.pruner if (p.pruner and self.pruner is not None) else self._no_model
+        budget = min(p.max_postings, H)
+        m = min(max(2 * budget if model.size else budget, 32), H)  # heads retrieved
+        efv = p.effective_ef(m)
         eps = np.float32(min(p.prune_eps, 1e18))
+        R = p.effective_rerank(k, self.layout.encoding)
         code = self._metric.scan_code
         nq = qs.shape[0]
         if nq == 1:
@@ -198,17 +231,18 @@ class Index:
             top_d = np.empty(k, np.float32)
             top_i = np.empty(k, np.int64)
             stats = np.zeros(N_STATS, np.int64)
-            search_one(qs[0], qh[0], code, self.heads, self.neighbors, self.entries, efv, m, eps, pv,
-                       bool(p.prefetch), st.visited, np.uint32(st.tag), top_d, top_i, stats)
+            search_one(qs[0], qh[0], code, self.heads, self.neighbors, self.entries, efv, m, budget, model, eps, pv, cb,
+                       vv, R, bool(p.prefetch), st.visited, np.uint32(st.tag), top_d, top_i, stats)
             dists, ids, stt = top_d[None], top_i[None], stats[None]
         else:
             n_threads = threads or numba.config.NUMBA_NUM_THREADS
             n_threads = max(1, min(n_threads, numba.config.NUMBA_NUM_THREADS))
             old = numba.get_num_threads()
             numba.set_num_threads(n_threads)
+            coded = self.layout.coded
             try:
-                sel_i, _sel_d, kept, evals = select_batch(qh, self.heads, self.neighbors, self.entries, efv, m, eps,
-                                                          max(1, min(nq, n_threads * 8)))
+                sel_i, _sel_d, kept, evals = select_batch(qh, self.heads, self.neighbors, self.entries, efv, m, budget,
+                                                          model, eps, max(1, min(nq, n_threads * 8)))
                 dists = np.empty((nq, k), np.float32)
                 ids = np.empty((nq, k), np.int64)
                 stt = np.empty((nq, N_STATS), np.int64)
@@ -219,9 +253,14 @@ class Index:
                     prefetch_lists(pv, sel_i[:group], kept[:group])
                 for a in range(0, nq, group):
                     b = min(nq, a + group)
+                    d_, i_, s_ = scan_batch(qs[a:b], code, pv, cb, sel_i[a:b], kept[a:b], R if coded else k)
+                    if coded:
+                        if p.prefetch:
+                            prefetch_rows_batch(vv, i_)
                     if p.prefetch and b < nq:
                         prefetch_lists(pv, sel_i[b:b + group], kept[b:b + group])
-                    d_, i_, s_ = scan_batch(qs[a:b], code, pv, sel_i[a:b], kept[a:b], k)
+                    if coded:
+                        d_, i_ = rerank_batch(qs[a:b], code, vv, i_, k, s_)
                     dists[a:b], ids[a:b], stt[a:b] = d_, i_, s_
                 stt[:, 2] += evals
             finally:
@@ -232,7 +271,10 @@ class Index:
 
     # -- information ---------------------------------------------------------------------------
     def posting_files(self) -> list[str]:
-        return self.store.files() if self.store is not None else []
+        """The files a query reads from (posting shards, and vector-store shards when coded)."""
+        if self.store is None:
+            return []
+        return self.store.files() + (self.vectors.files() if self.vectors is not None else [])
 
     def evict(self) -> None:
         """Drop this index's posting lists from memory and the page cache (cold-cache measurement):
@@ -240,6 +282,8 @@ class Index:
         store = self._enter()
         try:
             store.evict()
+            if self.vectors is not None:
+                self.vectors.evict()
         finally:
             self._leave()
 

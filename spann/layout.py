@@ -4,15 +4,18 @@ All posting lists live in one flat byte array (``postings``, zarr ``uint8``). Li
 contiguous byte range ``[offsets[h], offsets[h] + list_bytes(counts[h]))``, laid out as
 consecutive sections, each starting 8-byte aligned::
 
-    ids      int64  (c,)          the vectors' ids
-    labels   int32  (c, L)        optional (L = label_width), -1 padded
-    payload  dtype  (c, dim)      the vectors, little-endian (full-precision encoding)
+    ids      int64    (c,)           full: the vectors' ids; coded: their rows in the vector store
+                                     (int32 when the store has fewer than 2**31 rows: id_bytes 4)
+    labels   int32    (c, L)         optional (L = label_width), -1 padded
+    aux      float32  (c, A)         per-entry code factors (A = aux_floats; rabitq: 2)
+    codes    uint8    (c, B)         full: the vector itself (dim x dtype, little-endian);
+                                     sq8: one byte per dimension; rabitq: one bit per dimension
 
 A plain zarr client reads list h as::
 
-    raw = postings[off : off + nbytes]            # off = offsets[h], nbytes = list_bytes(c)
-    ids = raw[:8 * c].view("<i8")
-    vec = raw[payload_offset(c):].view(dtype)[:c * dim].reshape(c, dim)
+    raw = postings[off : off + list_bytes(c)]      # off = offsets[h], c = counts[h]
+    ids = raw[:id_bytes * c].view("<i8" if id_bytes == 8 else "<i4")
+    codes = raw[codes_offset(c):][:c * B].reshape(c, B)   # full: .view(dtype).reshape(c, dim)
 
 Packing (:func:`pack_lists`): lists keep head order (neighbouring heads end up in neighbouring
 bytes, so a query's reads often merge), never cross a shard, and never span more 4 KiB pages
@@ -30,13 +33,14 @@ import numpy as np
 
 from spann.errors import IndexCorruptError
 
-__all__ = ["PAGE", "ALIGN", "EntryLayout", "pack_lists", "pages_spanned"]
+__all__ = ["PAGE", "ALIGN", "ENCODINGS", "EntryLayout", "pack_lists", "pages_spanned"]
 
 PAGE = 4096   #: device page the packing avoids straddling
 ALIGN = 16    #: every list starts at a multiple of this
+ENCODINGS = ("full", "sq8", "rabitq")
 
 
-def _up(x: int, a: int) -> int:
+def _up(x, a):
     return -(-x // a) * a
 
 
@@ -44,22 +48,50 @@ def _up(x: int, a: int) -> int:
 class EntryLayout:
     """What one posting entry holds and where each section of a list starts.
 
-    dim: vector dimension; dtype: stored element dtype (float32, uint8 or int8);
-    label_width: int32 labels per entry (0 = none).
+    dim: vector dimension; dtype: the vectors' stored dtype (float32, uint8 or int8);
+    label_width: int32 labels per entry (0 = none); encoding: ``full`` (the vector itself),
+    ``sq8`` or ``rabitq`` (compact codes; full vectors then live in the vector store);
+    code_bytes: bytes of an entry's code; aux_floats: float32 factors per entry;
+    id_bytes: 8 (int64 ids) or 4 (int32 rows of a coded index with fewer than 2**31 vectors).
     """
 
     dim: int
     dtype: str
     label_width: int = 0
     encoding: str = "full"
+    code_bytes: int = 0
+    aux_floats: int = 0
+    id_bytes: int = 8
 
     def __post_init__(self) -> None:
-        if self.encoding != "full":
+        if self.encoding not in ENCODINGS:
             raise IndexCorruptError(f"posting encoding {self.encoding!r} is not known to this spann")
         if np.dtype(self.dtype).name not in ("float32", "uint8", "int8"):
             raise IndexCorruptError(f"posting dtype {self.dtype!r} is not float32, uint8 or int8")
-        if not (1 <= self.dim <= 1 << 16) or not (0 <= self.label_width <= 64):
+        if not (1 <= self.dim <= 1 << 16) or not (0 <= self.label_width <= 64) or not (0 <= self.aux_floats <= 16):
             raise IndexCorruptError(f"posting layout out of range (dim {self.dim}, labels {self.label_width})")
+        if self.id_bytes not in (4, 8) or (self.id_bytes == 4 and self.encoding == "full"):
+            raise IndexCorruptError(f"posting id size {self.id_bytes} is not 8 (or 4 for coded postings)")
+        if self.encoding == "rabitq" and self.aux_floats == 0:
+            object.__setattr__(self, "aux_floats", 2)  # |x - c| and <x_bar, x'> per entry
+        if self.code_bytes == 0:
+            object.__setattr__(self, "code_bytes", self.default_code_bytes(self.encoding, self.dim, self.dtype))
+        if self.code_bytes != self.default_code_bytes(self.encoding, self.dim, self.dtype):
+            raise IndexCorruptError(f"posting code size {self.code_bytes} does not fit encoding {self.encoding} "
+                                    f"at dim {self.dim}")
+
+    @staticmethod
+    def default_code_bytes(encoding: str, dim: int, dtype: str) -> int:
+        if encoding == "full":
+            return dim * np.dtype(dtype).itemsize
+        if encoding == "sq8":
+            return dim
+        return _up(dim, 64) // 8  # rabitq: one bit per (padded) dimension, whole 64-bit words
+
+    @property
+    def coded(self) -> bool:
+        """Entries hold codes; the full vectors are in the vector store."""
+        return self.encoding != "full"
 
     @property
     def itemsize(self) -> int:
@@ -68,24 +100,30 @@ class EntryLayout:
     @property
     def entry_bytes(self) -> int:
         """Bytes per entry before section padding."""
-        return 8 + 4 * self.label_width + self.dim * self.itemsize
+        return self.id_bytes + 4 * self.label_width + 4 * self.aux_floats + self.code_bytes
 
     def labels_offset(self, count: int) -> int:
-        return 8 * count
+        return _up(self.id_bytes * count, 8)
 
-    def payload_offset(self, count: int) -> int:
-        return _up(8 * count + 4 * self.label_width * count, 8)
+    def aux_offset(self, count: int) -> int:
+        return _up(self.labels_offset(count) + 4 * self.label_width * count, 8)
+
+    def codes_offset(self, count: int) -> int:
+        return _up(self.aux_offset(count) + 4 * self.aux_floats * count, 8)
+
+    payload_offset = codes_offset
 
     def list_bytes(self, count: int) -> int:
         """Bytes list of ``count`` entries occupies (0 for an empty list)."""
         if count == 0:
             return 0
-        return _up(self.payload_offset(count) + count * self.dim * self.itemsize, ALIGN)
+        return _up(self.codes_offset(count) + count * self.code_bytes, ALIGN)
 
     def list_bytes_array(self, counts: np.ndarray) -> np.ndarray:
         c = counts.astype(np.int64)
-        pay = (8 * c + 4 * self.label_width * c + 7) // 8 * 8
-        b = (pay + c * self.dim * self.itemsize + ALIGN - 1) // ALIGN * ALIGN
+        aux = _up(_up(self.id_bytes * c, 8) + 4 * self.label_width * c, 8)
+        cod = _up(aux + 4 * self.aux_floats * c, 8)
+        b = _up(cod + c * self.code_bytes, ALIGN)
         return np.where(c == 0, 0, b)
 
     def to_dict(self) -> dict:
@@ -95,8 +133,9 @@ class EntryLayout:
     def from_dict(cls, d: dict) -> "EntryLayout":
         try:
             return cls(dim=int(d["dim"]), dtype=str(d["dtype"]), label_width=int(d.get("label_width", 0)),
-                       encoding=str(d.get("encoding", "full")))
-        except (KeyError, TypeError, ValueError) as e:
+                       encoding=str(d.get("encoding", "full")), code_bytes=int(d.get("code_bytes", 0)),
+                       aux_floats=int(d.get("aux_floats", 0)), id_bytes=int(d.get("id_bytes", 8)))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise IndexCorruptError(f"unreadable posting layout {d!r} ({e})") from None
 
 

@@ -62,15 +62,21 @@ class BuildParams(_Params):
     balance_slack: a cluster holds at most ``ceil(n/k * (1 + slack))`` points.
     cluster_sample: max points the head selection clusters (in RAM as float32).
     kmeans_iters: Lloyd iterations per tree node.
-    replica_count: max posting lists per vector (its nearest head plus boundary replicas).
     closure_eps: replica j needs ``d(x, c_j) <= (1 + eps) * d(x, c_1)`` (true L2 distances).
+        None = by encoding: 2.0 for coded postings (entries are small: more replicas, fewer
+        lists per query), 0.5 for full vectors (keeps the index near 3x the raw data).
     rng_factor: skip replica c_j if an accepted c_i has ``rng_factor * d(c_i, c_j) < d(x, c_j)``
-        (squared distances); above 1 keeps more boundary replicas.
+        (squared distances); above 1 keeps more boundary replicas. None = by encoding: 2.0
+        coded, 1.3 full.
+    replica_count: max posting lists per vector. None = by encoding: 6 coded, 8 full.
     assign_candidates: nearest heads examined per vector when choosing replicas.
     graph_degree: out-degree of the head graph.
     graph_candidates: kNN candidates per head before RNG pruning.
     graph_alpha: RNG pruning slack of the head graph (1.0 = strict RNG; larger keeps more
         long edges).
+    encoding: what posting entries hold: ``full`` vectors, ``sq8`` (one byte per dimension) or
+        ``rabitq`` (one bit per dimension) codes re-ranked from a full-precision vector store;
+        ``auto``: ``full`` for 8-bit data, else ``sq8``.
     shard_bytes: bytes per posting shard file (raised to hold the longest list).
     chunk_bytes: zarr inner chunk of the posting array (what a generic zarr client reads at
         once; spann itself reads exact list ranges).
@@ -85,13 +91,14 @@ class BuildParams(_Params):
     balance_slack: float = 0.2
     cluster_sample: int = 500_000
     kmeans_iters: int = 12
-    replica_count: int = 8
-    closure_eps: float = 0.5
-    rng_factor: float = 1.3
+    replica_count: int | None = None
+    closure_eps: float | None = None
+    rng_factor: float | None = None
     assign_candidates: int = 64
     graph_degree: int = 32
     graph_candidates: int = 64
     graph_alpha: float = 1.2
+    encoding: str = "auto"
     shard_bytes: int = 64 << 20
     chunk_bytes: int = 256 << 10
     block_rows: int = 65536
@@ -110,13 +117,13 @@ class BuildParams(_Params):
                f"cluster_sample must be in 1000..1000000000, got {self.cluster_sample!r}")
         _check(_int(self.kmeans_iters) and 1 <= self.kmeans_iters <= 1000,
                f"kmeans_iters must be in 1..1000, got {self.kmeans_iters!r}")
-        _check(_int(self.replica_count) and 1 <= self.replica_count <= 64,
-               f"replica_count must be in 1..64, got {self.replica_count!r}")
-        _check(_real(self.closure_eps) and 0 <= self.closure_eps <= 1e6,
-               f"closure_eps must be in [0, 1e6], got {self.closure_eps!r}")
-        _check(_real(self.rng_factor) and 0 < self.rng_factor <= 1e6,
-               f"rng_factor must be in (0, 1e6], got {self.rng_factor!r}")
-        _check(_int(self.assign_candidates) and self.replica_count <= self.assign_candidates <= 1024,
+        _check(self.replica_count is None or _int(self.replica_count) and 1 <= self.replica_count <= 64,
+               f"replica_count must be in 1..64 (or None: by encoding), got {self.replica_count!r}")
+        _check(self.closure_eps is None or _real(self.closure_eps) and 0 <= self.closure_eps <= 1e6,
+               f"closure_eps must be in [0, 1e6] (or None: by encoding), got {self.closure_eps!r}")
+        _check(self.rng_factor is None or _real(self.rng_factor) and 0 < self.rng_factor <= 1e6,
+               f"rng_factor must be in (0, 1e6] (or None: by encoding), got {self.rng_factor!r}")
+        _check(_int(self.assign_candidates) and (self.replica_count or 8) <= self.assign_candidates <= 1024,
                f"assign_candidates must be in replica_count..1024, got {self.assign_candidates!r}")
         _check(_int(self.graph_degree) and 4 <= self.graph_degree <= 256,
                f"graph_degree must be in 4..256, got {self.graph_degree!r}")
@@ -124,6 +131,8 @@ class BuildParams(_Params):
                f"graph_candidates must be in graph_degree..1024, got {self.graph_candidates!r}")
         _check(_real(self.graph_alpha) and 1.0 <= self.graph_alpha <= 100,
                f"graph_alpha must be in [1, 100], got {self.graph_alpha!r}")
+        _check(self.encoding in ("auto", "full", "sq8", "rabitq"),
+               f"encoding must be one of auto, full, sq8, rabitq, got {self.encoding!r}")
         _check(_int(self.chunk_bytes) and self.chunk_bytes >= 4096 and self.chunk_bytes % 4096 == 0
                and self.chunk_bytes <= 1 << 30, f"chunk_bytes must be a multiple of 4096 up to 1 GiB, got {self.chunk_bytes!r}")
         _check(_int(self.shard_bytes) and self.shard_bytes % self.chunk_bytes == 0
@@ -134,26 +143,44 @@ class BuildParams(_Params):
         _check(_int(self.seed) and 0 <= self.seed < 2**63, f"seed must be in 0..2**63-1, got {self.seed!r}")
         _check(_int(self.threads) and 0 <= self.threads <= 4096, f"threads must be in 0..4096, got {self.threads!r}")
 
+    def resolved(self, encoding: str) -> "BuildParams":
+        """These parameters with the encoding-dependent defaults filled in."""
+        coded = encoding != "full"
+        return self.replace(
+            encoding=encoding,
+            replica_count=self.replica_count if self.replica_count is not None else (6 if coded else 8),
+            closure_eps=self.closure_eps if self.closure_eps is not None else (2.0 if coded else 0.5),
+            rng_factor=self.rng_factor if self.rng_factor is not None else (2.0 if coded else 1.3))
+
 
 @dataclass(frozen=True)
 class SearchParams(_Params):
     """How a query is answered.
 
-    max_postings: nearest heads retrieved from the head index (SPANN's InternalResultNum);
-        at most this many posting lists are read per query.
+    max_postings: posting lists read per query. With the learned pruner (``pruner``, on when
+        the index has one) this is what the median query reads: easier queries read down to a
+        quarter of it, harder ones up to twice (see :mod:`spann.pruner`); without, every query
+        reads this many.
+    pruner: use the index's learned pruner.
     prune_eps: query-aware pruning: read the list of head j only if
         ``d(q, c_j) <= (1 + prune_eps) * d(q, c_1)`` (true L2 in the head space; for inner
         product the L2 of the MIPS-to-L2 transform). ``inf`` = off.
-    ef: beam width of the head-graph search (0 = automatic: max(max_postings, 32) * 1.5).
+    ef: beam width of the head-graph search (0 = automatic: 1.25 x the heads retrieved, at
+        least 40).
+    rerank: candidates re-ranked exactly from the vector store (coded encodings; at least k):
+        0 = automatic: ``k + k // 2`` (at least 12) for sq8, whose code distances are close to
+        the true ones; ``4 k`` (at least 40) for rabitq's coarser one-bit codes.
     prefetch: before scanning, ask the kernel to read every selected list at once
         (madvise WILLNEED, one call per run of adjacent pages): all of a query's reads are
         in flight together when the index is not in the page cache; about 1 us per list when
         it is.
     """
 
-    max_postings: int = 64
+    max_postings: int = 32
+    pruner: bool = True
     prune_eps: float = float("inf")
     ef: int = 0
+    rerank: int = 0
     prefetch: bool = True
 
     def __post_init__(self) -> None:
@@ -162,7 +189,16 @@ class SearchParams(_Params):
         _check(_real(self.prune_eps) and self.prune_eps >= 0, f"prune_eps must be >= 0, got {self.prune_eps!r}")
         _check(_int(self.ef) and (self.ef == 0 or self.max_postings <= self.ef <= 1 << 20),
                f"ef must be 0 (auto) or in max_postings ({self.max_postings})..1048576, got {self.ef!r}")
+        _check(_int(self.rerank) and 0 <= self.rerank <= 1 << 16, f"rerank must be in 0..65536, got {self.rerank!r}")
         _check(isinstance(self.prefetch, (bool, np.bool_)), f"prefetch must be True or False, got {self.prefetch!r}")
+        _check(isinstance(self.pruner, (bool, np.bool_)), f"pruner must be True or False, got {self.pruner!r}")
 
-    def effective_ef(self) -> int:
-        return self.ef or int(max(self.max_postings, 32) * 1.5)
+    def effective_ef(self, retrieved: int | None = None) -> int:
+        """Beam width for retrieving ``retrieved`` heads (default max_postings)."""
+        m = retrieved or self.max_postings
+        return max(self.ef or int(max(m, 32) * 1.25), m)
+
+    def effective_rerank(self, k: int, encoding: str = "sq8") -> int:
+        if self.rerank:
+            return max(self.rerank, k)
+        return max(k + k // 2, 12) if encoding == "sq8" else max(4 * k, 40)

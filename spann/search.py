@@ -1,16 +1,19 @@
-"""Search kernels: head search + query-aware pruning, posting scan with replica de-dup, top-k.
+"""Search kernels: head search + query-aware pruning, posting scan with replica de-dup, re-rank.
 
 Per query:
 1. beam search of the head graph -> the ``m`` nearest heads (head-space squared L2);
-2. prune: keep head j only while ``d(q, c_j) <= (1 + eps)^2 * d(q, c_1)`` (i.e. true distances
+2. prune: keep head j only while ``d(q, c_j) <= (1 + eps)^2 * d(q, c_1)`` (true distances
    within a factor 1 + eps; the nearest head always survives);
-3. optionally request every kept list's pages from the device at once (``union_pages`` with
-   advise), then scan each kept list through the :class:`~spann.postings.PostingsView`;
-4. ids already in the top-k are not inserted again (a vector's replicas share its distance).
+3. request every kept list's pages from the device at once (``union_pages`` with advise),
+   then scan each kept list through the :class:`~spann.postings.PostingsView`:
+   - ``full`` encoding: exact distances straight into the top-k;
+   - coded encodings: approximate distances into the best ``rerank`` candidates (their rows in
+     the vector store), whose pages are then requested at once and re-ranked exactly;
+4. a vector's replicas share its id (or row), which enters the top-k only once.
 
-Statistics per query (int64 (4,)): posting lists read, bytes of the 4 KiB pages they span
-(what a cold query reads from the device), distance evaluations (heads + entries), and bytes of
-the entries scanned.
+Statistics per query (int64 (4,)): posting lists read, bytes of the 4 KiB pages read (lists,
+plus vector-store rows when coded), distance evaluations (heads + entries + re-ranked rows),
+bytes of the entries scanned.
 """
 
 from __future__ import annotations
@@ -19,66 +22,68 @@ import numba
 import numpy as np
 
 from spann.distances import FASTMATH, pair_distance
+from spann.encodings import FULL, SQ8, sq8_distance, sq8_prepare
 from spann.head_index import beam_search
-from spann.postings import union_pages
+from spann.postings import codes_offset, entry_id, union_pages
+from spann.pruner import lists_for
 from spann.prefetch import prefetch_element
-from spann.topk import topk_insert_unique
+from spann.topk import topk_insert, topk_insert_unique
+from spann.vector_store import row_id, row_vector, union_row_pages
 
-__all__ = ["N_STATS", "select_lists", "scan_lists", "search_one", "select_batch", "scan_batch"]
+__all__ = ["N_STATS", "select_lists", "scan_full", "scan_coded", "rerank", "search_one", "select_batch",
+           "scan_batch"]
 
 N_STATS = 4  #: lists read, page bytes, distance evaluations, entry bytes
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
-def select_lists(qh, heads, neighbors, entries, ef, prune_eps, visited, tag, sel_i, sel_d):
-    """Nearest heads of head-space query ``qh`` into ``sel_i``/``sel_d`` (length m), pruned;
-    returns (kept, distance evaluations)."""
+def select_lists(qh, heads, neighbors, entries, ef, budget, model, prune_eps, visited, tag, sel_i, sel_d):
+    """Nearest heads of head-space query ``qh`` into ``sel_i``/``sel_d`` (ascending), then how
+    many of them to read: the pruner's choice for a ``budget`` (see :mod:`spann.pruner`; just
+    ``budget`` without a model), cut further by the distance-ratio rule ``prune_eps``.
+    Returns (kept, distance evaluations)."""
     n_eval = beam_search(qh, heads, neighbors, entries, ef, visited, tag, sel_i, sel_d)
+    found = 0
+    while found < sel_i.shape[0] and sel_i[found] >= 0:
+        found += 1
+    want = lists_for(sel_d, found, model, budget)
     limit = sel_d[0] * (1.0 + prune_eps) * (1.0 + prune_eps)
     kept = 0
-    for j in range(sel_i.shape[0]):
-        if sel_i[j] < 0 or sel_d[j] > limit:
-            break
+    while kept < want and sel_d[kept] <= limit:
         kept += 1
     return kept, n_eval
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _payload_offset(pv, c):
-    return (8 * c + 4 * pv.label_width * c + 7) // 8 * 8
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _prefetch_list(pv, h):
-    """Software-prefetch the cache lines of list h's vectors (warm path: overlaps misses)."""
+def _prefetch_codes(pv, h):
+    """Software-prefetch the cache lines of list h's codes (warm path: overlaps misses)."""
     c = pv.counts[h]
     if c == 0:
         return
-    start = (pv.offsets[h] + _payload_offset(pv, c)) // pv.vec.itemsize
-    step = 64 // pv.vec.itemsize
-    for e in range(0, c * pv.dim, step):
-        prefetch_element(pv.vec, start, e)
+    start = pv.offsets[h] + codes_offset(pv, c)
+    for e in range(0, c * pv.code_bytes, 64):
+        prefetch_element(pv.u8, start, e)
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
-def scan_lists(q, metric, pv, sel_i, kept, top_d, top_i, stats):
-    """Scan the first ``kept`` lists of ``sel_i`` into the top-k (``top_d``/``top_i``, pre-filled
-    with inf / -1). Adds lists, distance evaluations and entry bytes to ``stats``."""
+def scan_full(q, metric, pv, sel_i, kept, top_d, top_i, stats):
+    """Scan the first ``kept`` lists of ``sel_i`` (full vectors) into the top-k
+    (``top_d``/``top_i``, pre-filled with inf / -1)."""
     dim = pv.dim
     k = top_d.shape[0]
     isz = pv.vec.itemsize
     for j in range(min(kept, 2)):
-        _prefetch_list(pv, sel_i[j])
+        _prefetch_codes(pv, sel_i[j])
     for j in range(kept):
         if j + 2 < kept:  # the lists two ahead load while this one is scanned
-            _prefetch_list(pv, sel_i[j + 2])
+            _prefetch_codes(pv, sel_i[j + 2])
         h = sel_i[j]
         c = pv.counts[h]
         if c == 0:
             continue
         o = pv.offsets[h]
-        ids = pv.i64[o >> 3:(o >> 3) + c]
-        po = (o + _payload_offset(pv, c)) // isz
+        ids = pv.i64[o >> 3:(o >> 3) + c]  # full postings always hold int64 ids
+        po = (o + codes_offset(pv, c)) // isz
         block = pv.vec[po:po + c * dim].reshape(c, dim)
         for t in range(c):
             d = pair_distance(q, block[t], metric)
@@ -86,26 +91,83 @@ def scan_lists(q, metric, pv, sel_i, kept, top_d, top_i, stats):
                 topk_insert_unique(top_d, top_i, d, ids[t])
         stats[0] += 1
         stats[2] += c
-        stats[3] += _payload_offset(pv, c) + c * dim * isz
+        stats[3] += codes_offset(pv, c) + c * pv.code_bytes
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
-def search_one(q, qh, metric, heads, neighbors, entries, ef, m, prune_eps, pv, prefetch, visited, tag,
-               top_d, top_i, stats):
-    """One query end to end: fills ``top_d``/``top_i`` (length k, ascending) and ``stats``."""
+def scan_coded(q, metric, pv, cb, qa, sel_i, kept, cand_d, cand_r, stats):
+    """Scan the first ``kept`` lists' codes into the best ``len(cand_d)`` candidates (rows,
+    approximate distances; pre-filled with inf / -1). ``qa``: scratch (D,) float32."""
+    R = cand_d.shape[0]
+    B = pv.code_bytes
+    const = sq8_prepare(q, metric, cb.lo, cb.scale, qa)
+    for j in range(min(kept, 2)):
+        _prefetch_codes(pv, sel_i[j])
+    for j in range(kept):
+        if j + 2 < kept:
+            _prefetch_codes(pv, sel_i[j + 2])
+        h = sel_i[j]
+        c = pv.counts[h]
+        if c == 0:
+            continue
+        o = pv.offsets[h]
+        co = o + codes_offset(pv, c)
+        codes = pv.u8[co:co + c * B].reshape(c, B)
+        for t in range(c):
+            d = sq8_distance(qa, const, cb.scale, codes[t], metric)
+            if d < cand_d[R - 1]:
+                topk_insert_unique(cand_d, cand_r, d, entry_id(pv, o, t))
+        stats[0] += 1
+        stats[2] += c
+        stats[3] += codes_offset(pv, c) + c * B
+
+
+@numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
+def rerank(q, metric, vv, cand_r, top_d, top_i, stats):
+    """Exact distances of the candidate rows (from the vector store) into the top-k; ids are
+    the rows' stored ids."""
+    k = top_d.shape[0]
+    for j in range(cand_r.shape[0]):
+        r = cand_r[j]
+        if r < 0:
+            break
+        d = pair_distance(q, row_vector(vv, r), metric)
+        stats[2] += 1
+        if d < top_d[k - 1]:
+            topk_insert(top_d, top_i, d, row_id(vv, r))
+
+
+@numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
+def search_one(q, qh, metric, heads, neighbors, entries, ef, m, budget, model, prune_eps, pv, cb, vv, rerank_depth,
+               prefetch, visited, tag, top_d, top_i, stats):
+    """One query end to end: fills ``top_d``/``top_i`` (length k, ascending) and ``stats``.
+    ``m``: heads retrieved (>= the most lists the pruner may choose); ``budget``: lists for
+    the median query (see :func:`select_lists`)."""
     sel_i = np.empty(m, np.int32)
     sel_d = np.empty(m, np.float32)
-    kept, n_eval = select_lists(qh, heads, neighbors, entries, ef, prune_eps, visited, tag, sel_i, sel_d)
+    kept, n_eval = select_lists(qh, heads, neighbors, entries, ef, budget, model, prune_eps, visited, tag, sel_i,
+                                sel_d)
     stats[1] += 4096 * union_pages(pv, sel_i, kept, prefetch and pv.prefetchable)
     stats[2] += n_eval
     for j in range(top_d.shape[0]):
         top_d[j] = np.inf
         top_i[j] = -1
-    scan_lists(q, metric, pv, sel_i, kept, top_d, top_i, stats)
+    if cb.kind == FULL:
+        scan_full(q, metric, pv, sel_i, kept, top_d, top_i, stats)
+        return
+    cand_d = np.full(rerank_depth, np.inf, np.float32)
+    cand_r = np.full(rerank_depth, -1, np.int64)
+    qa = np.empty(q.shape[0], np.float32)
+    scan_coded(q, metric, pv, cb, qa, sel_i, kept, cand_d, cand_r, stats)
+    n_c = 0
+    while n_c < rerank_depth and cand_r[n_c] >= 0:
+        n_c += 1
+    stats[1] += 4096 * union_row_pages(vv, cand_r, n_c, prefetch and vv.prefetchable)
+    rerank(q, metric, vv, cand_r, top_d, top_i, stats)
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True, parallel=True)
-def select_batch(qh, heads, neighbors, entries, ef, m, prune_eps, n_chunks):
+def select_batch(qh, heads, neighbors, entries, ef, m, budget, model, prune_eps, n_chunks):
     """Batch phase 1: the pruned nearest heads of every query, in parallel chunks (one visited
     array per chunk). Returns sel_i (nq, m) int32, sel_d (nq, m) float32, kept (nq,), evals (nq,)."""
     nq = qh.shape[0]
@@ -119,20 +181,50 @@ def select_batch(qh, heads, neighbors, entries, ef, m, prune_eps, n_chunks):
         tag = np.uint32(0)
         for i in range(ch * step, min(nq, (ch + 1) * step)):
             tag += np.uint32(1)
-            kept[i], evals[i] = select_lists(qh[i], heads, neighbors, entries, ef, prune_eps, visited, tag,
-                                             sel_i[i], sel_d[i])
+            kept[i], evals[i] = select_lists(qh[i], heads, neighbors, entries, ef, budget, model, prune_eps, visited,
+                                             tag, sel_i[i], sel_d[i])
     return sel_i, sel_d, kept, evals
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True, parallel=True)
-def scan_batch(qs, metric, pv, sel_i, kept, k):
-    """Batch phase 2: scan the selected lists of every query in parallel; returns (dists (nq, k),
-    ids (nq, k), stats (nq, N_STATS)). Between the phases the caller may prefetch the lists."""
+def scan_batch(qs, metric, pv, cb, sel_i, kept, width):
+    """Batch phase 2: scan the selected lists of every query in parallel. Returns (dists
+    (nq, width), ids or rows (nq, width), stats (nq, N_STATS)): the top-k (full encoding,
+    width = k) or the re-rank candidates (coded, width = rerank depth)."""
     nq = qs.shape[0]
-    out_d = np.full((nq, k), np.inf, np.float32)
-    out_i = np.full((nq, k), -1, np.int64)
+    out_d = np.full((nq, width), np.inf, np.float32)
+    out_i = np.full((nq, width), -1, np.int64)
     stats = np.zeros((nq, N_STATS), np.int64)
     for i in numba.prange(nq):
         stats[i, 1] = 4096 * union_pages(pv, sel_i[i], kept[i], False)
-        scan_lists(qs[i], metric, pv, sel_i[i], kept[i], out_d[i], out_i[i], stats[i])
+        if cb.kind == FULL:
+            scan_full(qs[i], metric, pv, sel_i[i], kept[i], out_d[i], out_i[i], stats[i])
+        else:
+            qa = np.empty(qs.shape[1], np.float32)
+            scan_coded(qs[i], metric, pv, cb, qa, sel_i[i], kept[i], out_d[i], out_i[i], stats[i])
     return out_d, out_i, stats
+
+
+@numba.njit(cache=True, nogil=True)
+def prefetch_rows_batch(vv, cand_r):
+    """Request the vector-store pages of every query's candidates (advise)."""
+    for i in range(cand_r.shape[0]):
+        n = 0
+        while n < cand_r.shape[1] and cand_r[i, n] >= 0:
+            n += 1
+        union_row_pages(vv, cand_r[i], n, True)
+
+
+@numba.njit(cache=True, fastmath=FASTMATH, nogil=True, parallel=True)
+def rerank_batch(qs, metric, vv, cand_r, k, stats):
+    """Exact re-rank of every query's candidates; returns (dists (nq, k), ids (nq, k))."""
+    nq = qs.shape[0]
+    out_d = np.full((nq, k), np.inf, np.float32)
+    out_i = np.full((nq, k), -1, np.int64)
+    for i in numba.prange(nq):
+        n = 0
+        while n < cand_r.shape[1] and cand_r[i, n] >= 0:
+            n += 1
+        stats[i, 1] += 4096 * union_row_pages(vv, cand_r[i], n, False)
+        rerank(qs[i], metric, vv, cand_r[i], out_d[i], out_i[i], stats[i])
+    return out_d, out_i

@@ -52,6 +52,7 @@ __all__ = ["FORMAT_VERSION", "IndexWriter", "IndexFiles", "check_target", "direc
 
 FORMAT_VERSION = 2
 POSTINGS = "postings"
+VECTORS = "vectors"
 BUILD_MARK = ".spann-build"  #: file inside a build's temporary directory: pid, host, target
 
 
@@ -60,8 +61,8 @@ def generation_path(g: int) -> str:
 
 
 def _is_index_entry(name: str) -> bool:
-    return name in ("zarr.json", POSTINGS, "heads", "graph") or name.startswith("gen-") \
-        or name.startswith("postings-")
+    return name in ("zarr.json", POSTINGS, VECTORS, "heads", "graph") or name.startswith("gen-") \
+        or name.startswith("postings-") or name.startswith("vectors-")
 
 
 def check_target(path: Path, overwrite: bool) -> None:
@@ -161,24 +162,24 @@ class IndexWriter:
         self.generation = 1
         self.gen_dir = self.tmp / generation_path(self.generation)
         self.gen_dir.mkdir()
-        self._postings: tuple[int, int, int] | None = None
+        self._arrays: dict[str, tuple[int, int, int]] = {}
 
     def write_array(self, name: str, data: np.ndarray) -> None:
         """A small (in-RAM) array of the current generation."""
         write_small_array(str(self.gen_dir / name), data, {"build_id": self.build_id})
 
-    def begin_postings(self, total_bytes: int, shard_bytes: int, chunk_bytes: int) -> None:
-        self._postings = (total_bytes, shard_bytes, chunk_bytes)
-        d = self.tmp / POSTINGS
+    def begin_array(self, name: str, total_bytes: int, shard_bytes: int, chunk_bytes: int) -> None:
+        """Start the sharded byte array ``name`` (postings or vectors)."""
+        self._arrays[name] = (total_bytes, shard_bytes, chunk_bytes)
+        d = self.tmp / name
         d.mkdir()
         write_json(str(d / "zarr.json"), postings_meta(total_bytes, shard_bytes, chunk_bytes,
                                                        {"build_id": self.build_id}), fsync=False)
 
-    def write_shard(self, shard: int, data: np.ndarray) -> int:
-        """Shard ``shard`` of the posting array: its used bytes (uint8, from the shard start)."""
-        assert self._postings is not None
-        _, shard_bytes, chunk_bytes = self._postings
-        return write_shard(str(self.tmp / POSTINGS / "c" / str(shard)), data, shard_bytes, chunk_bytes)
+    def write_shard(self, name: str, shard: int, data: np.ndarray) -> int:
+        """Shard ``shard`` of byte array ``name``: its used bytes (uint8, from the shard start)."""
+        _, shard_bytes, chunk_bytes = self._arrays[name]
+        return write_shard(str(self.tmp / name / "c" / str(shard)), data, shard_bytes, chunk_bytes)
 
     def commit(self, attrs: dict[str, Any], overwrite: bool = False) -> Path:
         """Write the group metadata (last: its presence marks a complete index), make it durable,
@@ -186,6 +187,8 @@ class IndexWriter:
         attrs = {**attrs, "format_version": FORMAT_VERSION, "build_id": self.build_id,
                  "generation": self.generation, "generation_path": generation_path(self.generation),
                  "postings_path": POSTINGS}
+        if VECTORS in self._arrays:
+            attrs["vectors_path"] = VECTORS
         write_json(str(self.gen_dir / "zarr.json"), group_meta({"build_id": self.build_id}), fsync=False)
         _fsync_tree(self.tmp)
         os.remove(self.tmp / BUILD_MARK)
@@ -324,6 +327,29 @@ class IndexFiles:
             raise IndexCorruptError(f"{where}: graph entry heads are empty or out of range")
         if self.counts.min() < 0:
             raise IndexCorruptError(f"{where}: negative posting list counts")
+        from spann.encodings import CODEBOOK_ARRAYS
+        self.codebook = {}
+        for name, (dt, shape) in CODEBOOK_ARRAYS[layout.encoding].items():
+            a = load(f"code_{name}", dt, shape(dim))
+            if not np.isfinite(a).all():
+                raise IndexCorruptError(f"{where}: code parameters {name} contain NaN or Inf")
+            self.codebook[name] = a
+        self.pruner = None
+        if attrs.get("pruner"):
+            self.pruner = load("pruner", np.float64, (None,))
+            from spann.pruner import N_WEIGHTS
+            if self.pruner.shape != (N_WEIGHTS + 1,) or not np.isfinite(self.pruner).all():
+                raise IndexCorruptError(f"{where}: pruner model has shape {self.pruner.shape} or non-finite weights")
+        self.store = None
+        self.vectors_path = None
+        if layout.coded:
+            from spann.vector_store import StoreLayout
+            self.store = StoreLayout.from_dict(_need(attrs, "store", dict, where))
+            if self.store.n != n or self.store.dim != dim or self.store.dtype != layout.dtype:
+                raise IndexCorruptError(f"{where}: vector store layout disagrees with the index")
+            self.vectors_path = _need(attrs, "vectors_path", str, where)
+            if "/" in self.vectors_path or self.vectors_path.startswith("."):
+                raise IndexCorruptError(f"{where}: bad path {self.vectors_path!r} in the metadata")
         self.attrs = attrs
         self.layout = layout
         self.metric = m

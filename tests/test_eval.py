@@ -63,7 +63,7 @@ def test_evaluate_on_small_index(synth, synth_index):
     assert rec[-1] >= 0.9 and rec[-1] > rec[0]
     assert all(b >= a - 0.01 for a, b in zip(rec, rec[1:]))  # monotone up to noise
     for r in recs:
-        assert r.latency_p50_ms <= r.latency_p99_ms and r.qps > 0 and r.lists_read <= r.params["max_postings"]
+        assert r.latency_p50_ms <= r.latency_p99_ms and r.qps > 0 and r.lists_read <= 2 * r.params["max_postings"]
         assert r.tie_recall >= r.recall - 1e-9 and r.index_bytes > 0
     cold = evaluate(synth_index, q[:20], gi[:20], 10, sweep=[{"max_postings": 8, "prefetch": True}], runs=1,
                     latency_queries=5, cold=True)

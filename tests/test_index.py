@@ -45,21 +45,45 @@ def test_single_query_path_matches_batch(synth, synth_index):
 
 def test_pruning_reads_fewer_lists_and_never_drops_nearest_head(synth, synth_index):
     _, q, gi, _ = synth
-    full = synth_index.search(q, 10, max_postings=32)
-    tight = synth_index.search(q, 10, max_postings=32, prune_eps=0.0)
-    mid = synth_index.search(q, 10, max_postings=32, prune_eps=0.3)
-    assert (tight.lists_read <= full.lists_read).all() and tight.lists_read.mean() < full.lists_read.mean()
-    assert mid.lists_read.mean() < full.lists_read.mean()
-    # eps = 0 keeps exactly the nearest head (and its list): recall is that of max_postings=1
-    one = synth_index.search(q, 10, max_postings=1)
-    np.testing.assert_array_equal(tight.ids, one.ids)
-    assert (tight.lists_read <= 1).all()
+    for pruner in (False, True):
+        full = synth_index.search(q, 10, max_postings=32, pruner=pruner, ef=96)
+        tight = synth_index.search(q, 10, max_postings=32, prune_eps=0.0, pruner=pruner, ef=96)
+        mid = synth_index.search(q, 10, max_postings=32, prune_eps=0.3, pruner=pruner, ef=96)
+        assert (tight.lists_read <= full.lists_read).all() and tight.lists_read.mean() < full.lists_read.mean()
+        assert mid.lists_read.mean() < full.lists_read.mean()
+        # eps = 0 keeps exactly the nearest head (and its list): the results of one list read
+        one = synth_index.search(q, 10, max_postings=1, pruner=False, ef=96)
+        np.testing.assert_array_equal(tight.ids, one.ids)
+        assert (tight.lists_read == 1).all()
+
+
+def test_learned_pruner_adapts_lists_per_query(synth, synth_index):
+    """The model is part of the index; with it, queries read different numbers of lists around
+    the budget (a quarter to twice), and the nearest head's list is always among them."""
+    _, q, gi, _ = synth
+    assert synth_index.pruner is not None and synth_index.attrs["pruner"]
+    r = synth_index.search(q, 10, max_postings=16)
+    assert r.lists_read.min() >= 4 and r.lists_read.max() <= 32 and r.lists_read.std() > 0
+    off = synth_index.search(q, 10, max_postings=16, pruner=False)
+    assert (off.lists_read == 16).all()
+    from spann.search import select_lists
+    from spann.head_index import beam_search
+    qs, qh = synth_index._metric.query_space(q[:50])
+    vis = np.zeros(synth_index.heads.shape[0], np.uint32)
+    for i in range(50):
+        sel, sd = np.empty(32, np.int32), np.empty(32, np.float32)
+        kept, _ = select_lists(qh[i], synth_index.heads, synth_index.neighbors, synth_index.entries, 64, 16,
+                               synth_index.pruner, np.float32(1e18), vis, np.uint32(2 * i + 1), sel, sd)
+        ref, rd = np.empty(1, np.int32), np.empty(1, np.float32)
+        beam_search(qh[i], synth_index.heads, synth_index.neighbors, synth_index.entries, 64, vis,
+                    np.uint32(2 * i + 2), ref, rd)
+        assert kept >= 1 and sel[0] == ref[0]
 
 
 def test_statistics(synth, synth_index):
     _, q, _, _ = synth
-    r = synth_index.search(q, 10, max_postings=8)
-    assert (r.lists_read <= 8).all() and (r.lists_read >= 1).all()
+    r = synth_index.search(q, 10, max_postings=8, pruner=False)
+    assert (r.lists_read == 8).all()
     # bytes read are whole 4 KiB pages, at least one per list read, never more than the lists span
     assert (r.bytes_read % 4096 == 0).all() and (r.bytes_read >= 4096).all()
     nb = synth_index.store.list_nbytes
@@ -71,17 +95,24 @@ def test_statistics(synth, synth_index):
     assert sum(st["replica_histogram"]) == len(synth[0]) and st["replica_histogram"][0] == 0
 
 
-def test_every_vector_is_in_a_list_with_its_own_vector(synth, synth_index, read_list):
+@pytest.mark.parametrize("which", ["synth_index", "synth_full"])
+def test_every_vector_is_in_a_list_with_its_own_vector(synth, which, read_list, request):
     """Nothing is cut: each base vector sits in at least one posting list, and every entry holds
-    the vector its id names."""
+    (or, coded, points at a store row holding) the vector its id names; sq8 codes decode to it
+    within half a quantisation step."""
+    idx = request.getfixturevalue(which)
     x = synth[0]
     seen = np.zeros(len(x), np.int64)
-    for h in range(synth_index.heads.shape[0]):
-        ids, vec = read_list(synth_index, h)
+    for h in range(idx.heads.shape[0]):
+        ids, vec, codes = read_list(idx, h)
         np.testing.assert_array_equal(vec, x[ids])
+        if codes is not None:
+            lo, scale = idx.codebook.lo, idx.codebook.scale
+            err = np.abs(lo + scale * codes.astype(np.float32) - x[ids])
+            assert (err <= scale * 0.5 + 1e-5).all()
         seen[ids] += 1
     assert (seen >= 1).all()
-    assert seen.sum() == synth_index.counts.sum()
+    assert seen.sum() == idx.counts.sum()
 
 
 @pytest.mark.parametrize("metric,dtype", [("ip", "float32"), ("cosine", "float32"), ("l2", "uint8"), ("l2", "int8"),
@@ -143,7 +174,7 @@ def test_failed_build_leaves_nothing(tmp_path):
         spann.build(x.astype(np.int64), tmp_path / "j", metric="l2", progress=False)
     with pytest.raises(ParameterError, match="metric"):
         spann.build(x, tmp_path / "j", metric="hamming", progress=False)
-    with pytest.raises(ParameterError, match="replica_count must be in 1..64, got 0"):
+    with pytest.raises(ParameterError, match=r"replica_count must be in 1..64 \(or None: by encoding\), got 0"):
         spann.build(x, tmp_path / "j", metric="l2", progress=False, replica_count=0)
     assert list(tmp_path.iterdir()) == []
 

@@ -1,6 +1,7 @@
 """Search through the posting view: cold equals warm, hub lists are searched whole."""
 
 import numpy as np
+import pytest
 
 import spann
 from spann.datasets import synthetic_array
@@ -26,19 +27,31 @@ def test_cold_search_returns_exactly_what_warm_does(synth, synth_index):
     np.testing.assert_array_equal(cold_batch.ids, warm.ids)
 
 
-def test_hub_list_is_stored_and_searched_whole(tmp_path, read_list):
+@pytest.mark.parametrize("encoding", ["full", "sq8"])
+def test_hub_list_is_stored_and_searched_whole(tmp_path, read_list, monkeypatch, encoding):
     base = synthetic_array(20000, 16, seed=8)
-    hub = np.repeat(base[:1], 3000, axis=0)  # 3,000 copies of one vector: one head's list takes them all
+    hub = np.repeat(base[:1], 6000, axis=0)  # 6,000 copies of one vector
     x = np.vstack([base, hub])
-    with spann.build(x, tmp_path / "h", metric="l2", progress=False) as idx:
+    # heads clustered from the base alone (as when a region fills up after the heads were made):
+    # one head's list then takes every copy
+    import spann.builder as b
+    orig = b.sample_stage
+
+    def base_only(src, metric, params, progress=False):
+        s = orig(src, metric, params, progress)
+        keep = s.ids < 20000
+        return b.Sample(rows=s.rows[keep], ids=s.ids[keep], max_norm=s.max_norm)
+
+    monkeypatch.setattr(b, "sample_stage", base_only)
+    with spann.build(x, tmp_path / "h", metric="l2", progress=False, encoding=encoding) as idx:
         counts = idx.counts
         assert counts.max() >= 50 * counts.mean()
         h = int(np.argmax(counts))
-        ids, vec = read_list(idx, h)
+        ids, vec, _ = read_list(idx, h)
         np.testing.assert_array_equal(vec, x[ids])
-        copies = set(range(20000, 23000)) | {0}
+        copies = set(range(20000, 26000)) | {0}
         assert copies <= set(ids.tolist())
-        r = idx.search(base[0], 3001, max_postings=4)
+        r = idx.search(base[0], 6001, max_postings=4)
         assert set(r.ids[0].tolist()) == copies and (r.distances[0] == 0).all()
         q = synthetic_array(200, 16, seed=8, stream=1, n_hint=20000)
         gi, _ = exact_knn(x, q, 10, "l2")

@@ -18,32 +18,48 @@ def _copy(src, dst):
 
 
 def read_list_with_zarr(path, h):
-    """The README's recipe, verbatim: list h through plain zarr-python."""
+    """The README's recipe, verbatim: list h through plain zarr-python -> (ids, vectors, codes)."""
     g = zarr.open_group(str(path), mode="r")
     a = g.attrs["spann"]
-    lay = a["layout"]
-    gen = g[a["generation_path"]]
+    lay, gen = a["layout"], g[a["generation_path"]]
     off, c = int(gen["offsets"][h]), int(gen["counts"][h])
-    dt, D, L = np.dtype(lay["dtype"]), lay["dim"], lay["label_width"]
-    pay = -(-(8 * c + 4 * L * c) // 8) * 8
-    raw = g[a["postings_path"]][off:off + pay + c * D * dt.itemsize]
-    return raw[:8 * c].view("<i8"), raw[pay:].view(dt).reshape(c, D)
+    up8 = lambda v: -(-v // 8) * 8  # noqa: E731  (sections start 8-byte aligned)
+    ib, L, A, B = lay["id_bytes"], lay["label_width"], lay["aux_floats"], lay["code_bytes"]
+    cod = up8(up8(up8(ib * c) + 4 * L * c) + 4 * A * c)
+    raw = g[a["postings_path"]][off:off + cod + c * B]
+    ids = raw[:ib * c].view("<i8" if ib == 8 else "<i4").astype("<i8")
+    codes = raw[cod:cod + c * B].reshape(c, B)
+    if lay["encoding"] == "full":
+        return ids, codes.view(lay["dtype"]).reshape(c, lay["dim"]), None
+    # coded: ids are rows of the vector store; a row is [vector][pad to 8][int64 id]
+    dt, D = np.dtype(lay["dtype"]), lay["dim"]
+    rb = up8(D * dt.itemsize) + 8
+    rpp, pb = max(1, 4096 // rb), (4096 if rb <= 4096 else -(-rb // 4096) * 4096)
+    store = g[a["vectors_path"]]
+    starts = [(r // rpp) * pb + (r % rpp) * rb for r in ids]
+    recs = [store[o:o + rb] for o in starts]
+    vecs = np.stack([r[:D * dt.itemsize].view(dt) for r in recs])
+    return np.array([r[rb - 8:].view("<i8")[0] for r in recs]), vecs, codes
 
 
-def test_plain_zarr_reads_what_search_scans(synth, synth_index, read_list):
+@pytest.mark.parametrize("which", ["synth_index", "synth_full"])
+def test_plain_zarr_reads_what_search_scans(synth, which, read_list, request):
+    idx = request.getfixturevalue(which)
     x = synth[0]
-    H = synth_index.heads.shape[0]
-    for h in list(range(0, H, 53)) + [int(np.argmax(synth_index.counts))]:
-        zi, zv = read_list_with_zarr(synth_index.path, h)
-        fi, fv = read_list(synth_index, h)
+    H = idx.heads.shape[0]
+    for h in list(range(0, H, 97)) + [int(np.argmax(idx.counts))]:
+        zi, zv, zc = read_list_with_zarr(idx.path, h)
+        fi, fv, fc = read_list(idx, h)
         np.testing.assert_array_equal(zi, fi)
         np.testing.assert_array_equal(zv, fv)
         np.testing.assert_array_equal(zv, x[zi])
-    g = zarr.open_group(str(synth_index.path), mode="r")
+        if zc is not None:
+            np.testing.assert_array_equal(zc, fc)
+    g = zarr.open_group(str(idx.path), mode="r")
     a = g.attrs["spann"]
     gen = g[a["generation_path"]]
-    np.testing.assert_array_equal(gen["heads"][:], synth_index.heads)
-    np.testing.assert_array_equal(gen["neighbors"][:], synth_index.neighbors)
+    np.testing.assert_array_equal(gen["heads"][:], idx.heads)
+    np.testing.assert_array_equal(gen["neighbors"][:], idx.neighbors)
     assert a["metric"] == "l2" and a["format_version"] == 2
     assert g[a["postings_path"]].metadata.codecs[0].__class__.__name__ == "ShardingCodec"
 

@@ -1,0 +1,219 @@
+"""spann against faiss IVF-Flat (warm, in RAM) and DiskANN (cold, on disk), in one invocation.
+
+For one prepared dataset (``spann datasets prepare ...``) and one spann index, on the same
+spread sample of queries, one thread, k = 10:
+
+- spann warm: the index's files read once into the page cache first; latencies of single
+  queries, interleaved query by query with faiss IVF-Flat (nlist 1024 and 4096, in RAM) so a
+  shared machine's load hits both alike;
+- spann cold: the index's pages evicted (MADV_DONTNEED + POSIX_FADV_DONTNEED) before every
+  query, so every list and row comes from the device, as DiskANN's O_DIRECT reads always do;
+- DiskANN (diskannpy 0.7, R 64, L 100, PQ dim/2 bytes in RAM, beam width 2, no node cache) in
+  its own interpreter (``--diskann-python``: a venv with numpy==1.25.* and diskannpy==0.7.0);
+- for each system its operating points (recall on the sample, median and mean latency, lists
+  and KiB read per query for spann), and the latency interpolated at recall 0.90 and 0.95 with
+  the ratios spann / peer.
+
+Usage:
+    python benchmarks/bench_disk.py --data data/glove-50 --index bench-out/glove.spann \\
+        --diskann-python /path/to/diskann-venv/bin/python --out bench-out/disk-glove
+Needs: pip install -e ".[bench]"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def interp_latency(points: list[tuple[float, float]], target: float) -> float | None:
+    """Latency at ``target`` recall, linear between the two operating points that bracket it on
+    the latency-sorted Pareto front; None if the target is not reached."""
+    pts = sorted(points, key=lambda p: p[1])
+    front, best = [], -1.0
+    for rec, lat in pts:
+        if rec > best:
+            front.append((rec, lat))
+            best = rec
+    for (r0, l0), (r1, l1) in zip(front, front[1:]):
+        if r0 < target <= r1:
+            return l0 + (l1 - l0) * (target - r0) / (r1 - r0)
+    if front and front[0][0] >= target:
+        return front[0][1]
+    return None
+
+
+def _build(base: str, index: str, metric: str, params: dict) -> dict:
+    import spann
+    t = time.perf_counter()
+    spann.build(base, index, metric=metric, progress=True, overwrite=True, **params).close()
+    return {"build_seconds": time.perf_counter() - t}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--index", required=True)
+    ap.add_argument("--build-params", default="{}", help="JSON build parameters (if the index is built here)")
+    ap.add_argument("--rebuild", action="store_true")
+    ap.add_argument("--sweep", default="8,12,16,24,32,48,64", help="max_postings values, or max_postings/rerank")
+    ap.add_argument("--no-pruner-sweep", default="", help="max_postings values measured with the pruner off")
+    ap.add_argument("--queries", type=int, default=1000, help="spread sample of queries timed")
+    ap.add_argument("--faiss", default="1024,4096", help="IVF-Flat nlist values ('' = none)")
+    ap.add_argument("--nprobe", default="8,16,24,32,48,64,96,128")
+    ap.add_argument("--diskann-python", help="interpreter with diskannpy 0.7 (numpy 1.25)")
+    ap.add_argument("--diskann-workdir", help="where DiskANN's index goes (default OUT/diskann)")
+    ap.add_argument("--diskann-sweep", default="10,12,16,20,25,30,40,50,60,80")
+    ap.add_argument("--out", default="bench-out/disk")
+    a = ap.parse_args()
+
+    import spann
+    from spann.datasets import load, read_vectors
+    from spann.eval import recall_at_k
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    m = load(a.data)
+    q = m.load_queries()
+    gt, _ = m.load_gt()
+    sample = np.linspace(0, len(q) - 1, min(a.queries, len(q))).astype(np.int64)
+    qs, gs = q[sample], gt[sample]
+    report: dict = {"dataset": m.name, "n": m.n_base, "dim": m.dim, "queries_timed": len(sample), "k": 10}
+
+    if a.rebuild or not (Path(a.index) / "zarr.json").exists():
+        report["build"] = _build(str(m.path("base")), a.index, m.metric, json.loads(a.build_params))
+    idx = spann.open(a.index)
+    idx.prepare()
+    info = idx.info()
+    st = info["stats"]
+    report["spann_index"] = {"encoding": idx.layout.encoding, "heads": st["heads"],
+                             "replicas_per_vector": st["replicas_per_vector"], "disk_bytes": info["disk_bytes"],
+                             "raw_bytes": st["raw_bytes"], "ram_bytes": info["ram_bytes"], "pruner": idx.pruner is not None}
+    def point(v: str, **kw) -> dict:  # "24" or "24/12" (max_postings / rerank)
+        mp, _, rr = v.partition("/")
+        return {"max_postings": int(mp), **({"rerank": int(rr)} if rr else {}), **kw}
+
+    points = [point(v) for v in a.sweep.split(",")]
+    points += [point(v, pruner=False) for v in a.no_pruner_sweep.split(",") if v]
+
+    faiss_cfg = []
+    if a.faiss:
+        import faiss
+        faiss.omp_set_num_threads(1)
+        from spann.metrics import get_metric
+        met = get_metric(m.metric)
+        x = read_vectors(m.path("base")).astype(np.float32)
+        xq = met.query_space(qs)[0] if met.normalize else qs.astype(np.float32)
+        if met.normalize:
+            x = met.stored_rows(x)
+        for nl in (int(v) for v in a.faiss.split(",")):
+            quant = faiss.IndexFlatIP(x.shape[1]) if m.metric == "ip" else faiss.IndexFlatL2(x.shape[1])
+            ivf = faiss.IndexIVFFlat(quant, x.shape[1], nl, faiss.METRIC_INNER_PRODUCT if m.metric == "ip"
+                                     else faiss.METRIC_L2)
+            ivf.train(x)
+            ivf.add(x)
+            for npb in (int(v) for v in a.nprobe.split(",")):
+                if npb <= nl:
+                    faiss_cfg.append((f"faiss-ivf{nl}", {"nlist": nl, "nprobe": npb}, ivf))
+        del x
+
+    # recall and I/O on the sample (batch), then warm latencies interleaved with faiss
+    rec = {}
+    for p in points:
+        r = idx.search(qs, 10, **p)
+        rec[json.dumps(p)] = (recall_at_k(r.ids, gs, 10), float(r.lists_read.mean()), float(r.bytes_read.mean()) / 1024)
+    frec = {}
+    for name, p, ivf in faiss_cfg:
+        ivf.nprobe = p["nprobe"]
+        frec[(name, p["nprobe"])] = recall_at_k(ivf.search(xq, 10)[1], gs, 10)
+    for f in idx.posting_files():
+        with open(f, "rb") as fh:
+            while fh.read(1 << 24):
+                pass
+    lat = {json.dumps(p): [] for p in points}
+    flat = {(name, p["nprobe"]): [] for name, p, _ in faiss_cfg}
+    for j in range(len(sample)):
+        for p in points:
+            t = time.perf_counter()
+            idx.search(qs[j], 10, **p)
+            lat[json.dumps(p)].append(time.perf_counter() - t)
+        for name, p, ivf in faiss_cfg:
+            ivf.nprobe = p["nprobe"]
+            t = time.perf_counter()
+            ivf.search(xq[j:j + 1], 10)
+            flat[(name, p["nprobe"])].append(time.perf_counter() - t)
+    # cold: every query from the device
+    cold = {json.dumps(p): [] for p in points}
+    for p in points:
+        for j in range(len(sample)):
+            idx.evict()
+            t = time.perf_counter()
+            idx.search(qs[j], 10, **p)
+            cold[json.dumps(p)].append(time.perf_counter() - t)
+    rows = []
+    for p in points:
+        key = json.dumps(p)
+        r, lists, kib = rec[key]
+        w, c = np.array(lat[key]) * 1e3, np.array(cold[key]) * 1e3
+        rows.append({"system": "spann" + ("" if p.get("pruner", True) else " (pruner off)"), "params": p, "recall": r,
+                     "lists": lists, "kib": kib, "warm_median_ms": float(np.median(w)), "warm_mean_ms": float(w.mean()),
+                     "cold_median_ms": float(np.median(c)), "cold_mean_ms": float(c.mean()),
+                     "cold_p99_ms": float(np.percentile(c, 99))})
+    for name, p, _ in faiss_cfg:
+        w = np.array(flat[(name, p["nprobe"])]) * 1e3
+        rows.append({"system": name, "params": p, "recall": frec[(name, p["nprobe"])],
+                     "warm_median_ms": float(np.median(w)), "warm_mean_ms": float(w.mean())})
+    idx.close()
+    (out / "rows_spann_faiss.json").write_text(json.dumps(rows, indent=2))
+
+    if a.diskann_python:
+        wd = a.diskann_workdir or str(out / "diskann")
+        runner = Path(__import__("spann.bench.diskann_runner", fromlist=["x"]).__file__)
+        gt_path = m.path("gt")
+        cmd = [a.diskann_python, str(runner), "--base", str(m.path("base")), "--queries", str(m.path("queries")),
+               "--gt", str(gt_path), "--workdir", wd, "--metric", m.metric, "--sweep", a.diskann_sweep,
+               "--latency-queries", str(len(sample))]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            print(res.stderr[-2000:], file=sys.stderr)
+            raise SystemExit("DiskANN runner failed")
+        dk = json.loads(res.stdout)
+        report["diskann_index"] = {"index_bytes": dk["index_bytes"], "build_seconds": dk.get("build_seconds")}
+        for r in dk["records"]:
+            rows.append({"system": "diskann", "params": r["params"], "recall": r["recall"],
+                         "cold_median_ms": r["latency_p50_ms"], "cold_mean_ms": r["latency_mean_ms"],
+                         "cold_p99_ms": r["latency_p99_ms"]})
+    report["rows"] = rows
+
+    def curve(system, field):
+        return [(r["recall"], r[field]) for r in rows if r["system"] == system and field in r]
+
+    summary = {}
+    systems = list(dict.fromkeys(r["system"] for r in rows))
+    for tgt in (0.90, 0.95):
+        for s in systems:
+            for field in ("warm_median_ms", "cold_median_ms"):
+                v = interp_latency(curve(s, field), tgt)
+                if v is not None:
+                    summary[f"{s} {field} @{tgt}"] = v
+    report["summary"] = summary
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    print(f"{m.name}: {m.n_base:,} x {m.dim}, {len(sample)} queries timed, k=10, one thread")
+    print(f"{'system':<22} {'params':<34} {'recall':>6} {'lists':>6} {'KiB':>6} {'warm med':>9} {'cold med':>9} {'cold mean':>9}")
+    for r in rows:
+        ps = ",".join(f"{k}={v}" for k, v in r["params"].items())
+        f = lambda k, fmt: (fmt % r[k]) if k in r else "-"  # noqa: E731
+        print(f"{r['system']:<22} {ps:<34} {r['recall']:>6.3f} {f('lists', '%6.1f'):>6} {f('kib', '%6.0f'):>6} "
+              f"{f('warm_median_ms', '%9.3f'):>9} {f('cold_median_ms', '%9.3f'):>9} {f('cold_mean_ms', '%9.3f'):>9}")
+    print("interpolated latency (ms) at recall 0.90 / 0.95:")
+    for k_, v in summary.items():
+        print(f"  {k_:<48} {v:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""A sharded zarr byte array of an index, mapped into one contiguous address range.
+
+Both on-disk byte arrays (the posting lists and the vector store) are read this way: one
+address range is reserved for the whole array and every shard file is mapped at its place in
+it, so byte ``i`` of the array is byte ``i`` of the range. Zero copy when the pages are cached;
+``MADV_RANDOM`` so a fault never pulls megabytes of readahead; one map per shard file (shards
+are tens of MiB), whatever the number of lists or rows.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import stat
+
+import numpy as np
+
+from spann import osio
+from spann.errors import IndexCorruptError
+from spann.zarr_io import check_postings_meta, read_json, read_shard_index
+
+__all__ = ["MappedBytes"]
+
+
+class MappedBytes:
+    """Array ``name`` of the index opened at ``dir_fd``, mapped read-only.
+
+    ``need``: int64 (n_shards,) bytes each shard must hold for the caller's directory (lists
+    or rows) to be readable; shards with need 0 may be absent. Raises IndexCorruptError when a
+    file is missing, damaged, or shorter than needed.
+    """
+
+    def __init__(self, dir_fd: int, root: str, name: str, need_fn):
+        self.where = os.path.join(root, name)
+        meta = read_json(os.path.join(name, "zarr.json"), dir_fd)
+        self.total, self.shard_bytes, self.chunk_bytes = check_postings_meta(meta, self.where)
+        n_shards = self.total // self.shard_bytes
+        need = need_fn(self.total, self.shard_bytes)
+        self.paths: list[str] = []
+        self.size = max(self.total, osio.PAGE)
+        self.base = osio.reserve(self.size)
+        self._mapped = True
+        try:
+            for s in range(n_shards):
+                key = os.path.join(name, "c", str(s))
+                where = os.path.join(root, key)
+                try:
+                    fd = os.open(key, os.O_RDONLY | os.O_NONBLOCK, dir_fd=dir_fd)
+                except FileNotFoundError:
+                    if need[s]:
+                        raise IndexCorruptError(f"{where}: shard {s} is missing") from None
+                    continue
+                try:
+                    st = os.fstat(fd)
+                    if not stat.S_ISREG(st.st_mode):
+                        raise IndexCorruptError(f"{where}: not a regular file")
+                    data_len = read_shard_index(fd, st.st_size, self.shard_bytes, self.chunk_bytes, where)
+                    if data_len < need[s]:
+                        raise IndexCorruptError(f"{where}: shard holds {data_len} bytes, the index needs {need[s]} "
+                                                f"(truncated)")
+                    if data_len:
+                        osio.map_file_fixed(self.base + s * self.shard_bytes, min(data_len, self.shard_bytes), fd)
+                    self.paths.append(where)
+                finally:
+                    os.close(fd)
+            osio.madvise(self.base, self.size, osio.MADV_RANDOM)
+        except BaseException:
+            self.close()
+            raise
+        buf = (ctypes.c_uint8 * self.size).from_address(self.base)
+        self.u8 = np.frombuffer(buf, dtype=np.uint8)
+
+    def files(self) -> list[str]:
+        return list(self.paths)
+
+    def evict(self) -> None:
+        """Drop the array's pages from this process and from the page cache."""
+        if self._mapped:
+            osio.madvise(self.base, self.size, osio.MADV_DONTNEED)
+            osio.evict_files(self.paths)
+
+    def close(self) -> None:
+        self.u8 = None
+        if self._mapped:
+            self._mapped = False
+            osio.unmap(self.base, self.size)
+
+
+def need_for_ranges(offsets: np.ndarray, nbytes: np.ndarray, where: str):
+    """A ``need_fn`` for byte ranges [offsets, offsets + nbytes) (empty ranges ignored): checks
+    they lie inside the array without crossing a shard, returns bytes needed per shard."""
+    def fn(total: int, shard: int) -> np.ndarray:
+        ne = nbytes > 0
+        if np.any(offsets[ne] < 0) or np.any(offsets[ne] % 8):
+            raise IndexCorruptError(f"{where}: negative or misaligned offsets")
+        end = offsets + nbytes
+        if np.any(ne & ((end > total) | ((end - 1) // shard != offsets // shard))):
+            raise IndexCorruptError(f"{where}: a range lies outside the array or crosses a shard")
+        need = np.zeros(total // shard, np.int64)
+        sh = (offsets[ne] // shard).astype(np.int64)
+        np.maximum.at(need, sh, end[ne] - sh * shard)
+        return need
+    return fn
