@@ -147,10 +147,10 @@ def main() -> None:
             t = time.perf_counter()
             ivf.search(xq[j:j + 1], 10)
             flat[(name, p["nprobe"])].append(time.perf_counter() - t)
-    # cold: every query from the device
+    # cold: every query from the device; operating points interleaved query by query
     cold = {json.dumps(p): [] for p in points}
-    for p in points:
-        for j in range(len(sample)):
+    for j in range(len(sample)):
+        for p in points:
             idx.evict()
             t = time.perf_counter()
             idx.search(qs[j], 10, **p)

@@ -269,18 +269,26 @@ class Encoder:
     order: np.ndarray | None
 
 
-def choose_encoding(encoding: str, stored_dtype: np.dtype) -> str:
-    """``auto``: full vectors for 8-bit data (a code would not be smaller), else sq8."""
+#: ``auto`` encodes float data of at least this many dimensions with rabitq
+RABITQ_MIN_DIM = 384
+
+
+def choose_encoding(encoding: str, stored_dtype: np.dtype, dim: int = 0) -> str:
+    """``auto``: full vectors for 8-bit data (a code would not be smaller); rabitq for float
+    embeddings of RABITQ_MIN_DIM or more dimensions (one bit per dimension: 1/32 of float32,
+    and its estimator's error shrinks as 1/sqrt(dim)); sq8 for the rest."""
     if encoding != "auto":
         return encoding
-    return "full" if np.dtype(stored_dtype).itemsize == 1 else "sq8"
+    if np.dtype(stored_dtype).itemsize == 1:
+        return "full"
+    return "rabitq" if dim >= RABITQ_MIN_DIM else "sq8"
 
 
 def encoding_stage(src, metric: Metric, sample: Sample, asg: Assignments, params: BuildParams) -> Encoder:
     """Choose and train the posting encoding; for coded encodings, the vector-store row order
     (vectors sorted by nearest head, so a query's candidates share pages)."""
     dtype = metric.stored_dtype(src.dtype).name
-    enc = choose_encoding(params.encoding, np.dtype(dtype))
+    enc = choose_encoding(params.encoding, np.dtype(dtype), src.dim)
     layout = EntryLayout(dim=src.dim, dtype=dtype, encoding=enc,
                          id_bytes=4 if enc != "full" and src.n < 2**31 else 8)
     if enc == "full":
@@ -292,9 +300,28 @@ def encoding_stage(src, metric: Metric, sample: Sample, asg: Assignments, params
     return Encoder(layout, arrays, StoreLayout(n=src.n, dim=src.dim, dtype=dtype), row_of, order)
 
 
+def _entry_codes(src, metric: Metric, heads: Heads, asg: Assignments, ent: np.ndarray, enc: Encoder,
+                 dt: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(stored ids int64, aux float32 (e, A), codes uint8 (e, B)) of assignment entries ``ent``."""
+    lay = enc.layout
+    ids = asg.ids[ent]
+    uniq, inv = np.unique(ids, return_inverse=True)
+    rows = metric.stored_rows(src.take(uniq)).astype(dt, copy=False)
+    if lay.encoding == "full":
+        codes = np.ascontiguousarray(rows).view(np.uint8).reshape(len(uniq), -1)[inv]
+        return ids, np.zeros((len(ids), 0), np.float32), codes
+    if lay.encoding == "sq8":
+        cu, _ = encode_rows("sq8", enc.arrays, rows.astype(np.float32, copy=False))
+        return enc.row_of[ids], np.zeros((len(ids), 0), np.float32), cu[inv]
+    centers = heads.vectors[asg.heads[ent], :lay.dim]
+    codes, aux = encode_rows(lay.encoding, enc.arrays, rows.astype(np.float32, copy=False)[inv], centers)
+    return enc.row_of[ids], aux, codes
+
+
 def write_stage(src, metric: Metric, heads: Heads, asg: Assignments, plan: PostingPlan, enc: Encoder,
-                writer: IndexWriter, progress: bool = False) -> int:
-    """Write the posting array shard by shard (each shard file written once); returns bytes."""
+                writer: IndexWriter, progress: bool = False, chunk_entries: int = 1 << 16) -> int:
+    """Write the posting array shard by shard (each shard file written once, its entries encoded
+    in chunks of ``chunk_entries``); returns bytes written."""
     lay = plan.layout
     dt = np.dtype(lay.dtype)
     S = plan.shard_bytes
@@ -312,35 +339,25 @@ def write_stage(src, metric: Metric, heads: Heads, asg: Assignments, plan: Posti
             hs = hs[nonempty[hs]]
             if hs.size == 0:
                 continue
-            c = asg.counts[hs]
             used = int((plan.offsets[hs] + plan.nbytes[hs]).max() - s * S)
             buf = np.zeros(-(-used // 8) * 8, np.uint8)
-            ent = np.concatenate([np.arange(starts[h], starts[h + 1]) for h in hs])
-            t = np.concatenate([np.arange(n) for n in c])
-            off = np.repeat(plan.offsets[hs] - s * S, c)
-            aux_o = np.repeat(np.array([lay.aux_offset(int(n)) for n in c], np.int64), c)
-            cod_o = np.repeat(np.array([lay.codes_offset(int(n)) for n in c], np.int64), c)
-            ids = asg.ids[ent]
-            uniq, inv = np.unique(ids, return_inverse=True)
-            rows = metric.stored_rows(src.take(uniq)).astype(dt, copy=False)
-            if lay.encoding == "full":
-                codes = np.ascontiguousarray(rows).view(np.uint8).reshape(len(uniq), -1)[inv]
-                aux = np.zeros((len(ids), 0), np.float32)
-                stored_ids = ids
-            elif lay.encoding == "sq8":
-                cu, _ = encode_rows("sq8", enc.arrays, rows.astype(np.float32, copy=False))
-                codes, aux = cu[inv], np.zeros((len(ids), 0), np.float32)
-                stored_ids = enc.row_of[ids]
-            else:
-                centers = heads.vectors[asg.heads[ent], :lay.dim]
-                codes, aux = encode_rows(lay.encoding, enc.arrays, rows.astype(np.float32, copy=False)[inv], centers)
-                stored_ids = enc.row_of[ids]
-            _fill_shard(buf, off + lay.id_bytes * t, np.ascontiguousarray(stored_ids, dtype=np.int64), lay.id_bytes,
-                        off + aux_o + 4 * aux.shape[1] * t,
-                        np.ascontiguousarray(aux, dtype=np.float32), off + cod_o + lay.code_bytes * t,
-                        np.ascontiguousarray(codes))
+            # entry e = position t of list h: id at off + id_bytes t, aux at aux_off + 4 A t, code at
+            # codes_off + B t (see spann.layout)
+            c = asg.counts[hs]
+            ent_all = np.concatenate([np.arange(starts[h], starts[h + 1]) for h in hs])
+            t_all = np.concatenate([np.arange(n) for n in c])
+            off_all = np.repeat(plan.offsets[hs] - s * S, c)
+            aux_all = np.repeat(np.array([lay.aux_offset(int(n)) for n in c], np.int64), c)
+            cod_all = np.repeat(np.array([lay.codes_offset(int(n)) for n in c], np.int64), c)
+            for a in range(0, len(ent_all), chunk_entries):
+                sl = slice(a, a + chunk_entries)
+                ids, aux, codes = _entry_codes(src, metric, heads, asg, ent_all[sl], enc, dt)
+                t, off = t_all[sl], off_all[sl]
+                _fill_shard(buf, off + lay.id_bytes * t, np.ascontiguousarray(ids, dtype=np.int64), lay.id_bytes,
+                            off + aux_all[sl] + 4 * lay.aux_floats * t, np.ascontiguousarray(aux, dtype=np.float32),
+                            off + cod_all[sl] + lay.code_bytes * t, np.ascontiguousarray(codes))
+                bar.update(len(ids))
             written += writer.write_shard(POSTINGS, s, buf[:used])
-            bar.update(int(c.sum()))
     return written
 
 
@@ -363,9 +380,19 @@ def store_stage(src, metric: Metric, enc: Encoder, params: BuildParams, writer: 
     return written
 
 
+def stored_heads(heads: Heads, enc: Encoder) -> np.ndarray:
+    """Head vectors as the index keeps them: rabitq indexes keep them rotated (first D columns
+    times the rotation, the inner-product column after), so a query is rotated once."""
+    if enc.layout.encoding != "rabitq":
+        return heads.vectors
+    d = enc.layout.dim
+    rot = enc.arrays["rotation"]
+    return np.ascontiguousarray(np.hstack([heads.vectors[:, :d] @ rot, heads.vectors[:, d:]]), dtype=np.float32)
+
+
 def _write_all(src, m: Metric, heads: Heads, graph: HeadGraph, asg: Assignments, plan: PostingPlan,
                enc: Encoder, params: BuildParams, writer: IndexWriter, progress: bool) -> int:
-    writer.write_array("heads", heads.vectors)
+    writer.write_array("heads", stored_heads(heads, enc))
     writer.write_array("neighbors", graph.neighbors.astype(np.int32))
     writer.write_array("entries", graph.entries.astype(np.int32))
     writer.write_array("offsets", plan.offsets.astype(np.int64))
@@ -395,7 +422,7 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
     index_dir = Path(index_dir)
     check_target(index_dir, overwrite)
     src = as_vector_source(data, fmt)
-    params = params.resolved(choose_encoding(params.encoding, m.stored_dtype(src.dtype)))
+    params = params.resolved(choose_encoding(params.encoding, m.stored_dtype(src.dtype), src.dim))
     say = log if (log and progress) else (lambda _msg: None)
     times: dict[str, float] = {}
     writer = IndexWriter(index_dir, overwrite=overwrite, log=say)

@@ -171,6 +171,8 @@ class Index:
         if bad.any():
             raise QueryError(f"query {int(np.flatnonzero(bad)[0])} contains NaN or Inf (or overflows float32)")
         qs, qh = self._metric.query_space(qf)
+        if self.layout.encoding == "rabitq":  # heads live in the rotated space (see spann.rabitq)
+            qh = np.ascontiguousarray(np.hstack([qs @ self.codebook.rotation, qh[:, self.dim:]]), dtype=np.float32)
         if not (np.isfinite(qs).all() and np.isfinite(qh).all()):
             raise QueryError("queries are too large in magnitude for float32 distances")
         return qs, qh
@@ -253,7 +255,7 @@ class Index:
                     prefetch_lists(pv, sel_i[:group], kept[:group])
                 for a in range(0, nq, group):
                     b = min(nq, a + group)
-                    d_, i_, s_ = scan_batch(qs[a:b], code, pv, cb, sel_i[a:b], kept[a:b], R if coded else k)
+                    d_, i_, s_ = scan_batch(qs[a:b], qh[a:b], self.heads, code, pv, cb, sel_i[a:b], kept[a:b], R if coded else k)
                     if coded:
                         if p.prefetch:
                             prefetch_rows_batch(vv, i_)

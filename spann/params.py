@@ -76,7 +76,8 @@ class BuildParams(_Params):
         long edges).
     encoding: what posting entries hold: ``full`` vectors, ``sq8`` (one byte per dimension) or
         ``rabitq`` (one bit per dimension) codes re-ranked from a full-precision vector store;
-        ``auto``: ``full`` for 8-bit data, else ``sq8``.
+        ``auto``: ``full`` for 8-bit data, ``rabitq`` for float data of 384 or more dimensions,
+        else ``sq8``.
     shard_bytes: bytes per posting shard file (raised to hold the longest list).
     chunk_bytes: zarr inner chunk of the posting array (what a generic zarr client reads at
         once; spann itself reads exact list ranges).

@@ -102,10 +102,16 @@ def list_pages(pv, h):
     return o // PAGE, (o + list_nbytes(pv, c) - 1) // PAGE
 
 
+#: two page ranges closer than this many pages are read as one: a device request costs about as
+#: much as 5 pages of transfer on the machines measured (STORAGE.md, README "Cold queries")
+BRIDGE_PAGES = 4
+
+
 @numba.njit(cache=True, nogil=True)
 def merge_page_runs(first, last, m, advise):
-    """Pages of the ranges [first[j], last[j]] (j < m, in any order) counted once; with
-    ``advise``, one madvise(WILLNEED) per run of adjacent pages."""
+    """Pages of the ranges [first[j], last[j]] (j < m, in any order) counted once, gaps of up to
+    BRIDGE_PAGES pages between ranges read along (one request instead of two); with ``advise``,
+    one madvise(WILLNEED) per resulting run."""
     if m == 0:
         return 0
     o = np.argsort(first[:m])
@@ -113,7 +119,7 @@ def merge_page_runs(first, last, m, advise):
     run_a = first[o[0]]
     run_b = last[o[0]]
     for t in range(1, m + 1):
-        if t < m and first[o[t]] <= run_b + 1:
+        if t < m and first[o[t]] <= run_b + 1 + BRIDGE_PAGES:
             if last[o[t]] > run_b:
                 run_b = last[o[t]]
             continue

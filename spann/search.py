@@ -22,15 +22,17 @@ import numba
 import numpy as np
 
 from spann.distances import FASTMATH, pair_distance
+from spann.distances import NEG_DOT
 from spann.encodings import FULL, SQ8, sq8_distance, sq8_prepare
 from spann.head_index import beam_search
-from spann.postings import codes_offset, entry_id, union_pages
+from spann.postings import aux_offset, codes_offset, entry_id, union_pages
 from spann.pruner import lists_for
 from spann.prefetch import prefetch_element
+from spann.rabitq import estimate, prepare_list_query
 from spann.topk import topk_insert, topk_insert_unique
 from spann.vector_store import row_id, row_vector, union_row_pages
 
-__all__ = ["N_STATS", "select_lists", "scan_full", "scan_coded", "rerank", "search_one", "select_batch",
+__all__ = ["N_STATS", "select_lists", "scan_full", "scan_coded", "scan_rabitq", "rerank", "search_one", "select_batch",
            "scan_batch"]
 
 N_STATS = 4  #: lists read, page bytes, distance evaluations, entry bytes
@@ -123,6 +125,53 @@ def scan_coded(q, metric, pv, cb, qa, sel_i, kept, cand_d, cand_r, stats):
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
+def scan_rabitq(qh, metric, pv, heads, sel_i, kept, cand_d, cand_r, stats):
+    """Scan the first ``kept`` lists' RaBitQ codes (see :mod:`spann.rabitq`) into the best
+    ``len(cand_d)`` candidates. ``qh``: the head-space query, whose first Dp columns are the
+    rotated query; ``heads``: the rotated head vectors (the lists' centres)."""
+    R = cand_d.shape[0]
+    W = pv.code_bytes // 8
+    dp = W * 64
+    A = pv.aux_floats
+    qr = qh[:dp]
+    planes = np.empty((4, W), np.int64)
+    for j in range(min(kept, 2)):
+        _prefetch_codes(pv, sel_i[j])
+    for j in range(kept):
+        if j + 2 < kept:
+            _prefetch_codes(pv, sel_i[j + 2])
+        h = sel_i[j]
+        c = pv.counts[h]
+        if c == 0:
+            continue
+        o = pv.offsets[h]
+        ch = heads[h, :dp]
+        if metric == NEG_DOT:  # -<q, x> = -<q, c> - |x - c| |q| <q / |q|, u>
+            base = np.float32(0.0)
+            for i in range(dp):
+                base += qr[i] * ch[i]
+            nq, lo, w, s_all = prepare_list_query(qr, ch, planes, False)
+        else:  # |x - q|^2 = |x - c|^2 + |q - c|^2 - 2 |x - c| |q - c| <u, (q - c) / |q - c|>
+            nq, lo, w, s_all = prepare_list_query(qr, ch, planes, True)
+            base = nq * nq
+        ao = (o + aux_offset(pv, c)) >> 2
+        co = (o + codes_offset(pv, c)) >> 3
+        words = pv.i64[co:co + c * W].reshape(c, W)
+        for t in range(c):
+            nr = pv.f32[ao + A * t]
+            est = estimate(words[t], planes, lo, w, s_all, dp) / pv.f32[ao + A * t + 1]
+            if metric == NEG_DOT:
+                d = -(base + nr * nq * est)
+            else:
+                d = nr * nr + base - 2.0 * nr * nq * est
+            if d < cand_d[R - 1]:
+                topk_insert_unique(cand_d, cand_r, d, entry_id(pv, o, t))
+        stats[0] += 1
+        stats[2] += c
+        stats[3] += codes_offset(pv, c) + c * pv.code_bytes
+
+
+@numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
 def rerank(q, metric, vv, cand_r, top_d, top_i, stats):
     """Exact distances of the candidate rows (from the vector store) into the top-k; ids are
     the rows' stored ids."""
@@ -157,8 +206,11 @@ def search_one(q, qh, metric, heads, neighbors, entries, ef, m, budget, model, p
         return
     cand_d = np.full(rerank_depth, np.inf, np.float32)
     cand_r = np.full(rerank_depth, -1, np.int64)
-    qa = np.empty(q.shape[0], np.float32)
-    scan_coded(q, metric, pv, cb, qa, sel_i, kept, cand_d, cand_r, stats)
+    if cb.kind == SQ8:
+        qa = np.empty(q.shape[0], np.float32)
+        scan_coded(q, metric, pv, cb, qa, sel_i, kept, cand_d, cand_r, stats)
+    else:
+        scan_rabitq(qh, metric, pv, heads, sel_i, kept, cand_d, cand_r, stats)
     n_c = 0
     while n_c < rerank_depth and cand_r[n_c] >= 0:
         n_c += 1
@@ -187,8 +239,9 @@ def select_batch(qh, heads, neighbors, entries, ef, m, budget, model, prune_eps,
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True, parallel=True)
-def scan_batch(qs, metric, pv, cb, sel_i, kept, width):
-    """Batch phase 2: scan the selected lists of every query in parallel. Returns (dists
+def scan_batch(qs, qh, heads, metric, pv, cb, sel_i, kept, width):
+    """Batch phase 2: scan the selected lists of every query in parallel (``qs`` scan-space
+    queries, ``qh`` head-space queries, ``heads`` the head vectors). Returns (dists
     (nq, width), ids or rows (nq, width), stats (nq, N_STATS)): the top-k (full encoding,
     width = k) or the re-rank candidates (coded, width = rerank depth)."""
     nq = qs.shape[0]
@@ -199,9 +252,11 @@ def scan_batch(qs, metric, pv, cb, sel_i, kept, width):
         stats[i, 1] = 4096 * union_pages(pv, sel_i[i], kept[i], False)
         if cb.kind == FULL:
             scan_full(qs[i], metric, pv, sel_i[i], kept[i], out_d[i], out_i[i], stats[i])
-        else:
+        elif cb.kind == SQ8:
             qa = np.empty(qs.shape[1], np.float32)
             scan_coded(qs[i], metric, pv, cb, qa, sel_i[i], kept[i], out_d[i], out_i[i], stats[i])
+        else:
+            scan_rabitq(qh[i], metric, pv, heads, sel_i[i], kept[i], out_d[i], out_i[i], stats[i])
     return out_d, out_i, stats
 
 

@@ -296,7 +296,8 @@ class IndexFiles:
                 raise IndexCorruptError(f"{where}: bad path {p!r} in the metadata")
         _need(attrs, "params", dict, where)
         m = METRICS[metric]
-        dh = m.head_dim(dim)
+        # rabitq indexes keep heads rotated, padded to whole 64-bit words
+        dh = m.head_dim(-(-dim // 64) * 64 if layout.encoding == "rabitq" else dim)
 
         def load(name, dtype, shape):
             rel = os.path.join(gen, name)
