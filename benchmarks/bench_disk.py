@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -172,18 +171,13 @@ def main() -> None:
     (out / "rows_spann_faiss.json").write_text(json.dumps(rows, indent=2))
 
     if a.diskann_python:
-        wd = a.diskann_workdir or str(out / "diskann")
-        runner = Path(__import__("spann.bench.diskann_runner", fromlist=["x"]).__file__)
-        gt_path = m.path("gt")
-        cmd = [a.diskann_python, str(runner), "--base", str(m.path("base")), "--queries", str(m.path("queries")),
-               "--gt", str(gt_path), "--workdir", wd, "--metric", m.metric, "--sweep", a.diskann_sweep,
-               "--latency-queries", str(len(sample))]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        if res.returncode != 0:
-            print(res.stderr[-2000:], file=sys.stderr)
-            raise SystemExit("DiskANN runner failed")
-        dk = json.loads(res.stdout)
-        report["diskann_index"] = {"index_bytes": dk["index_bytes"], "build_seconds": dk.get("build_seconds")}
+        from spann.bench.runner import run_diskann
+        dk = run_diskann(a.diskann_python, a.data, 10, len(sample), str(out), sweep=a.diskann_sweep,
+                         index_dir=a.diskann_workdir)
+        if "records" not in dk:
+            print(dk.get("traceback", ""), file=sys.stderr)
+            raise SystemExit(f"DiskANN: {dk.get('failed') or dk.get('skipped')}")
+        report["diskann_index"] = {"index_bytes": dk["records"][0]["index_bytes"], "build_seconds": dk["build_seconds"]}
         for r in dk["records"]:
             rows.append({"system": "diskann", "params": r["params"], "recall": r["recall"],
                          "cold_median_ms": r["latency_p50_ms"], "cold_mean_ms": r["latency_mean_ms"],

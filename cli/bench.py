@@ -12,20 +12,24 @@ from spann.cli.common import common_options, echo_err
 
 @click.command("bench")
 @click.argument("dataset")
-@click.option("--algorithms", default="spann,faiss-ivf,faiss-ivf-ondisk,hnswlib,diskann,bruteforce", show_default=True,
-              help="Comma-separated: spann, faiss-ivf, faiss-ivf-ondisk, hnswlib, diskann, bruteforce.")
+@click.option("--algorithms", default="spann,faiss-ivf,faiss-ivfpqfs,faiss-ivf-rabitq,hnswlib,diskann,bruteforce",
+              show_default=True, help="Comma-separated: spann, faiss-ivf, faiss-ivf-ondisk, faiss-ivfpqfs (IVF + 4-bit "
+              "PQ fast-scan + refine), faiss-ivf-rabitq (IVF + RaBitQ + refine), hnswlib, diskann, bruteforce.")
 @click.option("-k", type=click.IntRange(1), default=10, show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True, help="Threads for every system.")
 @click.option("--runs", type=click.IntRange(1), default=3, show_default=True, help="Batch runs per point (best kept).")
 @click.option("--latency-queries", type=click.IntRange(1), default=2000, show_default=True)
 @click.option("--cold-queries", type=click.IntRange(0), default=0,
               help="Also measure spann with a cold page cache on this many queries (evict before each).")
+@click.option("--diskann-python", type=click.Path(exists=True, dir_okay=False),
+              help="Interpreter of a venv with numpy==1.25.* and diskannpy==0.7.0: DiskANN runs there (its "
+                   "queries read with O_DIRECT: cold).")
 @click.option("--out", type=click.Path(file_okay=False), default="bench-out", show_default=True,
               help="Directory for results.jsonl, results.csv, summary.txt, recall_qps.png.")
 @click.option("--workdir", type=click.Path(file_okay=False), help="Where indexes are built (default OUT/work).")
 @common_options
 def bench_cmd(dataset: str, algorithms: str, k: int, threads: int, runs: int, latency_queries: int, cold_queries: int,
-              out: str, workdir: str | None) -> None:
+              diskann_python: str | None, out: str, workdir: str | None) -> None:
     """Measure spann and peers on DATASET (a prepared directory or registered name)."""
     from spann.bench.runner import run_bench, summary_table
     from spann.datasets import load
@@ -36,7 +40,7 @@ def bench_cmd(dataset: str, algorithms: str, k: int, threads: int, runs: int, la
     results = run_bench([a.strip() for a in algorithms.split(",") if a.strip()], str(Path(dataset).resolve())
                         if Path(dataset).exists() else dataset, k=k, threads=threads, runs=runs,
                         latency_queries=latency_queries, workdir=workdir or str(o / "work"), cold_queries=cold_queries,
-                        log=echo_err)
+                        diskann_python=diskann_python, log=echo_err)
     names = set(EvalRecord.__dataclass_fields__)
     recs = [EvalRecord(**{k_: v for k_, v in r.items() if k_ in names}) for res in results for r in res.get("records", [])]
     with open(o / "results.jsonl", "w") as fh:

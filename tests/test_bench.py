@@ -49,3 +49,21 @@ def test_cli_bench_reports_skipped_peer(small_dataset, tmp_path):
     assert any(line.get("system") == "diskann" and ("skipped" in line or "records" in line or "failed" in line)
                for line in lines)
     assert (tmp_path / "o" / "summary.txt").exists()
+
+
+@pytest.mark.parametrize("name", ["faiss-ivfpqfs", "faiss-ivf-rabitq"])
+def test_faiss_compressed_peers_refine_to_high_recall(small_dataset, tmp_path, name):
+    pytest.importorskip("faiss")
+    res = run_system(name, str(small_dataset), 10, 1, 1, 5, str(tmp_path), peer_kwargs={"nlist": 32},
+                     sweep=[{"nprobe": 1, "k_factor": 1}, {"nprobe": 32, "k_factor": 20}])
+    lo, hi = res["records"]
+    assert hi["recall"] >= 0.95 and hi["recall"] > lo["recall"]
+
+
+def test_diskann_under_a_wrong_interpreter_fails_in_one_line(small_dataset, tmp_path):
+    import sys
+    from spann.bench.runner import run_diskann
+    res = run_diskann(sys.executable, str(small_dataset), 10, 5, str(tmp_path))  # no diskannpy here
+    assert "records" not in res and "\n" not in res["failed"] and "diskann runner" in res["failed"]
+    res = run_diskann(str(tmp_path / "no-python"), str(small_dataset), 10, 5, str(tmp_path))
+    assert "cannot run" in res["skipped"]

@@ -1,13 +1,10 @@
-import json
-import os
 
 import numpy as np
 import pytest
-import zarr
 
 import spann
 from spann.datasets import synthetic_array, write_vectors
-from spann.errors import (DataError, IndexCorruptError, IndexNotFoundError, ParameterError, QueryError)
+from spann.errors import (DataError, ParameterError, QueryError)
 from spann.exact import exact_knn, pairwise_distances
 
 from spann.eval import recall_at_k as recall

@@ -212,6 +212,54 @@ class FaissIVFOnDisk(FaissIVF):
         return _dir_bytes(self.ivdata)
 
 
+class FaissIVFCompressed(FaissIVF):
+    """faiss IVF over compressed codes with an exact refine from full vectors in RAM
+    (``IndexRefineFlat``): what a user who can afford the RAM picks for high-dimensional data.
+    Sweep over nprobe x k_factor (candidates re-ranked = k_factor * k)."""
+
+    codes = ""
+
+    def __init__(self, nlist: int = 0) -> None:
+        super().__init__(nlist)
+
+    def _build(self, x: np.ndarray):
+        f = self.faiss
+        nlist = self.nlist or int(min(4096, max(64, 4 * np.sqrt(len(x)))))
+        mt = f.METRIC_INNER_PRODUCT if self.metric == "ip" else f.METRIC_L2
+        index = f.index_factory(x.shape[1], f"IVF{nlist},{self.codes_for(x.shape[1])},RFlat", mt)
+        index.train(x)
+        index.add(x)
+        self.ivf = f.extract_index_ivf(index)
+        return index
+
+    def codes_for(self, dim: int) -> str:
+        return self.codes
+
+    def set_query_arguments(self, **kw: Any) -> None:
+        _Peer.set_query_arguments(self, **kw)
+        self.ivf.nprobe = int(kw.get("nprobe", 1))
+        self.index.k_factor = float(kw.get("k_factor", 4))
+
+    def sweep(self) -> list[dict[str, Any]]:
+        return [{"nprobe": p, "k_factor": kf} for p in (4, 8, 16, 32, 64, 128) for kf in (2, 4, 10)]
+
+
+class FaissIVFPQFastScan(FaissIVFCompressed):
+    """faiss IVF + 4-bit PQ fast-scan (dim / 2 sub-quantisers, 2 dims per 4-bit code) + refine."""
+
+    name = "faiss-ivfpqfs"
+
+    def codes_for(self, dim: int) -> str:
+        return f"PQ{max(1, dim // 2)}x4fs"
+
+
+class FaissIVFRaBitQ(FaissIVFCompressed):
+    """faiss IVF + RaBitQ one-bit codes + refine."""
+
+    name = "faiss-ivf-rabitq"
+    codes = "RaBitQ"
+
+
 class Hnswlib(_Peer):
     """hnswlib HNSW (in RAM); sweep over ef."""
 
@@ -259,7 +307,8 @@ class DiskANN(_Peer):
         try:
             import diskannpy
         except Exception as e:
-            raise PeerUnavailable(f"{self.name}: diskannpy is not importable here ({type(e).__name__}); {self.install}") from None
+            raise PeerUnavailable(f"{self.name}: diskannpy is not importable here ({type(e).__name__}); "
+                                  f"pass --diskann-python (a venv with numpy==1.25.* and diskannpy==0.7.0)") from None
         self.dap = diskannpy
         self.R, self.L = R, L
 
@@ -313,7 +362,8 @@ class BruteForce(_Peer):
         return [{}]
 
 
-PEERS: dict[str, type[_Peer]] = {c.name: c for c in (SpannPeer, FaissIVF, FaissIVFOnDisk, Hnswlib, DiskANN, BruteForce)}
+PEERS: dict[str, type[_Peer]] = {c.name: c for c in (SpannPeer, FaissIVF, FaissIVFOnDisk, FaissIVFPQFastScan,
+                                                     FaissIVFRaBitQ, Hnswlib, DiskANN, BruteForce)}
 
 
 def make_peer(name: str, **kw: Any) -> _Peer:

@@ -8,7 +8,9 @@ data, same k, same thread count, single-query latencies on the same queries.
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
+import subprocess
 import time
 import traceback
 from pathlib import Path
@@ -18,7 +20,7 @@ import numpy as np
 
 from spann.eval import EvalRecord, operating_point, recall_at_k
 
-__all__ = ["run_system", "run_bench", "summary_table", "rss_anon_bytes"]
+__all__ = ["run_system", "run_bench", "run_diskann", "summary_table", "rss_anon_bytes"]
 
 
 def rss_anon_bytes() -> int:
@@ -99,6 +101,35 @@ def run_system(name: str, dataset: str, k: int, threads: int, runs: int, latency
     return out
 
 
+def run_diskann(python: str, dataset: str, k: int, latency_queries: int, workdir: str,
+                sweep: str = "10,16,20,30,40,60,80", extra_args: Sequence[str] = (),
+                index_dir: str | None = None) -> dict[str, Any]:
+    """DiskANN built and measured by :mod:`spann.bench.diskann_runner` under another interpreter
+    (``python``: a venv with numpy==1.25.* and diskannpy==0.7.0). Every DiskANN query reads with
+    O_DIRECT, so its records are cold ones. The index is built in ``index_dir`` (default
+WORKDIR/diskann) unless one is there. Returns a :func:`run_system`-shaped dict."""
+    from spann.bench import diskann_runner
+    from spann.datasets import load
+    m = load(dataset)
+    wd = Path(index_dir) if index_dir else Path(workdir) / "diskann"
+    cmd = [python, diskann_runner.__file__, "--base", str(m.path("base")), "--queries", str(m.path("queries")),
+           "--gt", str(m.path("gt")), "--workdir", str(wd), "--metric", m.metric, "--k", str(k), "--sweep", sweep,
+           "--latency-queries", str(latency_queries), *extra_args]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True)
+    except OSError as e:
+        return {"system": "diskann", "skipped": f"cannot run {python}: {e.strerror}"}
+    if res.returncode != 0:
+        tail = res.stderr.strip().splitlines()[-1:] or [f"exit code {res.returncode}"]
+        return {"system": "diskann", "failed": f"diskann runner: {tail[0]}", "traceback": res.stderr[-4000:]}
+    dk = json.loads(res.stdout)
+    recs = [EvalRecord(system="diskann-cold", params={**dk["params"], **r["params"]}, k=k, recall=r["recall"],
+                       latency_mean_ms=r["latency_mean_ms"], latency_p50_ms=r["latency_p50_ms"],
+                       latency_p99_ms=r["latency_p99_ms"], index_bytes=dk["index_bytes"], cold=True,
+                       extra={"build_seconds": dk.get("build_seconds")}).to_dict() for r in dk["records"]]
+    return {"system": "diskann", "build_seconds": dk.get("build_seconds") or float("nan"), "records": recs}
+
+
 def _child(conn, args: tuple, kwargs: dict) -> None:
     try:
         conn.send(run_system(*args, **kwargs))
@@ -110,12 +141,19 @@ def _child(conn, args: tuple, kwargs: dict) -> None:
 
 def run_bench(algorithms: Sequence[str], dataset: str, *, k: int = 10, threads: int = 1, runs: int = 3,
               latency_queries: int = 2000, workdir: str = "bench-work", cold_queries: int = 0,
-              peer_kwargs: dict[str, dict[str, Any]] | None = None, log=print) -> list[dict[str, Any]]:
-    """Each algorithm in its own spawned process, one after another; returns their results."""
+              peer_kwargs: dict[str, dict[str, Any]] | None = None, diskann_python: str | None = None,
+              log=print) -> list[dict[str, Any]]:
+    """Each algorithm in its own spawned process, one after another; returns their results.
+    With ``diskann_python``, DiskANN runs under that interpreter (see :func:`run_diskann`)."""
     ctx = mp.get_context("spawn")
     results = []
     for name in algorithms:
         log(f"[bench] {name} ...")
+        if name == "diskann" and diskann_python:
+            res = run_diskann(diskann_python, dataset, k, latency_queries, workdir)
+            _log_result(log, name, res)
+            results.append(res)
+            continue
         parent, child = ctx.Pipe(duplex=False)
         p = ctx.Process(target=_child, args=(child, (name, dataset, k, threads, runs, latency_queries, workdir),
                                              {"peer_kwargs": (peer_kwargs or {}).get(name),
@@ -127,20 +165,24 @@ def run_bench(algorithms: Sequence[str], dataset: str, *, k: int = 10, threads: 
         except EOFError:
             res = {"system": name, "failed": f"process died (exit code {p.exitcode})"}
         p.join()
-        if "skipped" in res:
-            log(f"[bench] {name}: skipped: {res['skipped']}")
-        elif "failed" in res:
-            log(f"[bench] {name}: FAILED: {res['failed']}")
-        else:
-            log(f"[bench] {name}: built in {res['build_seconds']:.1f}s, {len(res['records'])} operating points")
+        _log_result(log, name, res)
         results.append(res)
     return results
+
+
+def _log_result(log, name: str, res: dict[str, Any]) -> None:
+    if "skipped" in res:
+        log(f"[bench] {name}: skipped: {res['skipped']}")
+    elif "failed" in res:
+        log(f"[bench] {name}: FAILED: {res['failed']}")
+    else:
+        log(f"[bench] {name}: built in {res['build_seconds']:.1f}s, {len(res['records'])} operating points")
 
 
 def summary_table(results: Sequence[dict[str, Any]], targets: Sequence[float] = (0.90, 0.95, 0.99)) -> str:
     """Operating points per system at each recall target: the lowest mean latency reaching it."""
     names = set(EvalRecord.__dataclass_fields__)
-    lines = [f"{'system':<18} {'target':>6} {'recall':>7} {'params':<24} {'mean ms':>8} {'p99 ms':>8} {'QPS':>9} "
+    lines = [f"{'system':<18} {'target':>6} {'recall':>7} {'params':<24} {'p50 ms':>8} {'mean ms':>8} {'p99 ms':>8} {'QPS':>9} "
              f"{'RAM MiB':>8} {'disk MiB':>9} {'build s':>8}"]
     for res in results:
         if "records" not in res:
@@ -157,7 +199,8 @@ def summary_table(results: Sequence[dict[str, Any]], targets: Sequence[float] = 
                     continue
                 params = ",".join(f"{k_}={v}" for k_, v in op.params.items() if k_ != "prefetch")
                 disk = "-" if op.index_bytes is None else f"{op.index_bytes / 2**20:.0f}"
-                lines.append(f"{system:<18} {tgt:>6.2f} {op.recall:>7.3f} {params:<24} {op.latency_mean_ms:>8.3f} "
-                             f"{op.latency_p99_ms:>8.3f} {op.qps:>9,.0f} {op.ram_bytes / 2**20:>8.1f} {disk:>9} "
+                ram = "-" if op.ram_bytes is None else f"{op.ram_bytes / 2**20:.1f}"
+                lines.append(f"{system:<18} {tgt:>6.2f} {op.recall:>7.3f} {params:<24} {op.latency_p50_ms:>8.3f} "
+                             f"{op.latency_mean_ms:>8.3f} {op.latency_p99_ms:>8.3f} {op.qps:>9,.0f} {ram:>8} {disk:>9} "
                              f"{res['build_seconds']:>8.1f}")
     return "\n".join(lines)
