@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from spann.cli.common import common_options, echo_err, emit_json, is_quiet
+from spann.cli.common import check_writable, common_options, echo_err, emit_json, is_quiet
 from spann.datasets.formats import FORMATS
-from spann.metrics import METRICS
+from spann.cli.common import metric_option
 from spann.params import BuildParams
 
 _DEFAULTS = BuildParams()
@@ -30,25 +30,32 @@ def build_summary(attrs: dict) -> str:
 @click.command("build")
 @click.argument("input", type=click.Path(dir_okay=False))
 @click.argument("index_dir", type=click.Path(file_okay=False))
-@click.option("--metric", type=click.Choice(list(METRICS)), required=True)
+@metric_option(required=True)
 @click.option("--format", "fmt", type=click.Choice(list(FORMATS)), help="Override the input format.")
 @click.option("--head-ratio", type=click.FloatRange(0, 0.5, min_open=True), default=_DEFAULTS.head_ratio,
               show_default=True, help="Heads / N.")
 @click.option("--posting-size", type=click.IntRange(0), default=0, help="Target vectors per head (overrides --head-ratio).")
-@click.option("--replica-count", type=click.IntRange(1, 64), default=_DEFAULTS.replica_count, show_default=True)
-@click.option("--closure-eps", type=click.FloatRange(0), default=_DEFAULTS.closure_eps, show_default=True)
-@click.option("--rng-factor", type=click.FloatRange(0, min_open=True), default=_DEFAULTS.rng_factor, show_default=True)
+@click.option("--encoding", type=click.Choice(["auto", "full", "sq8", "rabitq"]), default=_DEFAULTS.encoding,
+              show_default=True, help="Posting entries: full vectors, or sq8 / rabitq codes re-ranked from a vector "
+              "store. auto: full for 8-bit data, rabitq for float data of >= 384 dims, else sq8.")
+@click.option("--replica-count", type=click.IntRange(1, 64), help="Max lists per vector [by encoding: 6 coded, 8 full].")
+@click.option("--closure-eps", type=click.FloatRange(0), help="Replica closure rule [by encoding: 2.0 coded, 0.5 full].")
+@click.option("--rng-factor", type=click.FloatRange(0, min_open=True), help="Replica RNG rule [by encoding: 2.0 coded, 1.3 full].")
 @click.option("--graph-degree", type=click.IntRange(4, 256), default=_DEFAULTS.graph_degree, show_default=True)
 @click.option("--threads", type=click.IntRange(0), default=0, help="Build threads (0 = all cores).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
+@click.option("--param", "extra", multiple=True, metavar="NAME=VALUE",
+              help="Any other build parameter (see spann.BuildParams), e.g. --param kmeans_iters=20; repeatable.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing index at INDEX_DIR.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True), help="Write the build summary as JSON.")
 @common_options
 def build_cmd(input: str, index_dir: str, metric: str, fmt: str | None, json_out: str | None, overwrite: bool,
-              **params) -> None:
+              extra: tuple[str, ...], **params) -> None:
     """Build a SPANN index of INPUT (a vector file) in INDEX_DIR."""
     from spann.builder import build_index
-    p = _DEFAULTS.replace(**params)
+    p = _DEFAULTS.replace(**{**params, **BuildParams.parse_assignments(extra)})
+    if json_out and json_out != "-":
+        check_writable(json_out)
     attrs = build_index(input, index_dir, metric=metric, params=p, fmt=fmt, overwrite=overwrite,
                         progress=not is_quiet())
     echo_err(build_summary(attrs))

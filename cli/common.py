@@ -10,7 +10,7 @@ import click
 
 from spann.errors import SpannError
 
-__all__ = ["SpannGroup", "common_options", "emit_json", "echo_err", "is_quiet"]
+__all__ = ["SpannGroup", "common_options", "emit_json", "echo_err", "is_quiet", "metric_option", "check_writable"]
 
 
 class SpannGroup(click.Group):
@@ -42,6 +42,34 @@ def common_options(f: Callable) -> Callable:
     f = click.option("--debug", is_flag=True, expose_value=False, is_eager=True,
                      callback=_set_meta("spann.debug"), help="Show full tracebacks on error.")(f)
     return f
+
+
+def metric_option(required: bool = False, **kw: Any) -> Callable:
+    """``--metric``: l2, ip, cosine or an alias (euclidean, angular, dot, ...), normalised."""
+    from spann.metrics import ALIASES, METRICS, get_metric
+
+    def cb(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return get_metric(value).name
+        except SpannError as e:
+            raise click.BadParameter(str(e)) from None
+
+    return click.option("--metric", required=required, callback=cb, metavar="|".join(METRICS),
+                        help=f"Distance: {', '.join(METRICS)} (aliases: {', '.join(ALIASES)}).", **kw)
+
+
+def check_writable(path: str) -> None:
+    """Fail now, in one line, if an output file cannot be written later (not after an hour of work)."""
+    import os
+    d = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise click.BadParameter(f"{path} is a directory", param_hint="output")
+    if not os.path.isdir(d):
+        raise click.BadParameter(f"directory {d} does not exist", param_hint="output")
+    if not os.access(path if os.path.exists(path) else d, os.W_OK):
+        raise click.BadParameter(f"{path} is not writable", param_hint="output")
 
 
 def is_quiet() -> bool:

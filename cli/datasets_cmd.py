@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-from spann.cli.common import common_options, echo_err, is_quiet
-from spann.metrics import METRICS
+from spann.cli.common import common_options, echo_err, is_quiet, metric_option
 
 
 @click.group("datasets")
@@ -30,7 +29,7 @@ def list_cmd() -> None:
 @click.option("--dtype", type=click.Choice(["float32", "uint8"]), help="synthetic: element type.")
 @click.option("--n-queries", type=click.IntRange(1), help="Number of queries.")
 @click.option("--seed", type=int, help="Random seed.")
-@click.option("--metric", type=click.Choice(list(METRICS)), help="synthetic: metric of the ground truth.")
+@metric_option()
 @click.option("--limit", type=click.IntRange(2), help="glove-50: use only the first LIMIT source rows.")
 @common_options
 def prepare_cmd(name: str, directory: str, **opts) -> None:
@@ -48,7 +47,7 @@ def prepare_cmd(name: str, directory: str, **opts) -> None:
 @click.option("--queries", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--gt", type=click.Path(exists=True, dir_okay=False), help="Ground-truth ids file.")
 @click.option("--gt-distances", type=click.Path(exists=True, dir_okay=False))
-@click.option("--metric", required=True, type=click.Choice(list(METRICS)))
+@metric_option(required=True)
 @common_options
 def register_cmd(name: str, base: str, queries: str, gt: str | None, gt_distances: str | None, metric: str) -> None:
     """Register your own files as dataset NAME (no code needed)."""

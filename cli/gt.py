@@ -6,9 +6,8 @@ import time
 
 import click
 
-from spann.cli.common import common_options, echo_err, emit_json, is_quiet
+from spann.cli.common import common_options, echo_err, emit_json, is_quiet, metric_option
 from spann.datasets.formats import FORMATS
-from spann.metrics import METRICS
 
 
 @click.command("gt")
@@ -17,7 +16,7 @@ from spann.metrics import METRICS
 @click.option("-k", type=click.IntRange(1, 100_000), default=100, show_default=True, help="Neighbours per query.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Ids file (.ibin/.ivecs/.npy); distances go beside it (gt.dist.fbin).")
-@click.option("--metric", type=click.Choice(list(METRICS)), default="l2", show_default=True)
+@metric_option(default="l2", show_default=True)
 @click.option("--base-format", type=click.Choice(list(FORMATS)), help="Override the base file's format.")
 @click.option("--queries-format", type=click.Choice(list(FORMATS)), help="Override the queries file's format.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True), help="Write a JSON summary.")

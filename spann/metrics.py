@@ -99,13 +99,19 @@ METRICS: dict[str, Metric] = {
 }
 
 
+#: other names of the metrics (ann-benchmarks: euclidean, angular; faiss/usearch: dot, inner_product)
+ALIASES = {"euclidean": "l2", "sqeuclidean": "l2", "angular": "cosine", "cos": "cosine", "dot": "ip",
+           "inner_product": "ip", "mips": "ip"}
+
+
 def get_metric(metric: str | Metric) -> Metric:
-    """The :class:`Metric` record for a name (case-insensitive)."""
+    """The :class:`Metric` record for a name or alias (case-insensitive)."""
     if isinstance(metric, Metric):
         return metric
-    m = str(metric).lower()
+    m = str(metric).lower().strip()
+    m = ALIASES.get(m, m)
     if m not in METRICS:
-        raise ParameterError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        raise ParameterError(f"metric must be one of {', '.join(METRICS)} (or {', '.join(ALIASES)}), got {metric!r}")
     return METRICS[m]
 
 

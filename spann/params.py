@@ -7,7 +7,7 @@ says exactly how it was made.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -34,9 +34,45 @@ def _real(v: Any) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and not math.isnan(v)
 
 
+def _parse_value(text: str) -> Any:
+    """``"12"`` -> 12, ``"0.5"``/``"inf"`` -> float, ``"true"``/``"false"`` -> bool, ``"none"`` ->
+    None, anything else the string itself."""
+    t = text.strip()
+    low = t.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low == "none":
+        return None
+    try:
+        return int(t)
+    except ValueError:
+        pass
+    try:
+        v = float(t)
+    except ValueError:
+        return t
+    return v
+
+
 class _Params:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def parse_assignments(cls, items: Sequence[str]) -> dict[str, Any]:
+        """``["name=value", ...]`` (the CLI's ``--param``) -> {name: value}, names checked
+        against this class's fields; values typed as numbers, true/false or none."""
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        out: dict[str, Any] = {}
+        for item in items:
+            name, sep, value = item.partition("=")
+            name = name.strip().replace("-", "_")
+            if not sep or not name:
+                raise ParameterError(f"parameters look like name=value; got {item!r}")
+            if name not in names:
+                raise ParameterError(f"unknown {cls.__name__} parameter {name!r}; known: {', '.join(sorted(names))}")
+            out[name] = _parse_value(value)
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]):

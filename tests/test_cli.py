@@ -94,3 +94,24 @@ def test_datasets_commands(tmp_path, monkeypatch):
     run("datasets", "register", "mine", "--base", tmp_path / "s" / m["base"], "--queries",
         tmp_path / "s" / m["queries"], "--metric", "l2")
     assert "mine" in run("datasets", "list").output
+
+
+def test_build_params_aliases_and_early_refusals(files, tmp_path):
+    d, x, q = files
+    r = run("build", d / "base.fbin", tmp_path / "a", "--metric", "euclidean", "--param", "kmeans_iters=3",
+            "--param", "head_ratio=0.1", "--encoding", "full", "--json", tmp_path / "a.json", "-q")
+    attrs = json.loads((tmp_path / "a.json").read_text())
+    assert attrs["metric"] == "l2" and attrs["params"]["kmeans_iters"] == 3 and attrs["params"]["head_ratio"] == 0.1
+    assert attrs["params"]["encoding"] == "full"
+    bad = [(["--param", "no_such=1"], "unknown BuildParams parameter 'no_such'"),
+           (["--param", "kmeans_iters"], "name=value"),
+           (["--param", "head_ratio=2"], "head_ratio must be in (0, 0.5]"),
+           (["--seed", "-1"], "-1 is not in the range"),
+           (["--metric", "hamming"], "metric must be one of"),
+           (["--json", tmp_path / "nodir" / "o.json"], "does not exist")]
+    for extra, msg in bad:
+        args = ["build", d / "base.fbin", tmp_path / "b", *(["--metric", "l2"] if "--metric" not in extra else []),
+                *extra]
+        r = run(*args, ok=False)
+        assert r.exit_code != 0 and msg in r.output, (extra, r.output)
+        assert "Traceback" not in r.output and not (tmp_path / "b").exists()
