@@ -19,6 +19,8 @@ class SpannGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:
+            raise  # the reader of our stdout left: click exits 1 without a message
         except (SpannError, OSError, MemoryError) as e:
             if ctx.meta.get("spann.debug") or "--debug" in sys.argv:
                 raise

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from spann.cli.common import common_options, echo_err, emit_json, is_quiet
+from spann.cli.common import check_writable, common_options, echo_err, emit_json, is_quiet
 
 
 def format_table(records) -> str:
@@ -54,6 +54,16 @@ def eval_cmd(index: str, queries: str | None, gt: str | None, dataset: str | Non
     from spann.datasets.groundtruth import distances_path_for
     from spann.eval import evaluate, parse_sweep, plot_recall_qps, write_csv
     from spann.errors import ParameterError
+    from spann.params import SearchParams
+    for path in (json_out, csv_out, plot):
+        if path and path != "-":
+            check_writable(path)
+    if plot and not plot.lower().endswith(".png"):
+        raise click.BadParameter(f"{plot}: the plot is a PNG; name it *.png", param_hint="--plot")
+    specs = list(sweep) + ([f"prune_eps={prune_eps}"] if prune_eps else [])
+    points = parse_sweep(specs)
+    for p in points:  # every point is a valid SearchParams before any work starts
+        SearchParams.from_dict(SearchParams.parse_assignments([f"{n}={v}" for n, v in p.items()]))
     gt_d = None
     if dataset:
         m = load(dataset)
@@ -61,13 +71,15 @@ def eval_cmd(index: str, queries: str | None, gt: str | None, dataset: str | Non
         gt_i, gt_d = m.load_gt()
     elif queries and gt:
         q = read_vectors(queries)
-        gt_i = read_vectors(gt, ids=True).astype(np.int64)
+        gt_raw = read_vectors(gt, ids=True)
+        if gt_raw.dtype.kind == "f":
+            raise ParameterError(f"{gt}: ground truth must hold integer ids (.ibin/.ivecs/.npy of ints), "
+                                 f"got {gt_raw.dtype} vectors")
+        gt_i = gt_raw.astype(np.int64)
         dp = distances_path_for(gt)
         gt_d = read_vectors(dp) if dp.exists() else None
     else:
         raise ParameterError("give QUERIES and GT, or --dataset")
-    specs = list(sweep) + ([f"prune_eps={prune_eps}"] if prune_eps else [])
-    points = parse_sweep(specs)
     pf = cold if prefetch is None else prefetch
     points = [{**p, "prefetch": pf} for p in points]
     t0 = time.perf_counter()
@@ -79,7 +91,11 @@ def eval_cmd(index: str, queries: str | None, gt: str | None, dataset: str | Non
         r.open_seconds = open_s
         r.params.pop("prefetch", None)
         r.extra["prefetch"] = pf
-    click.echo(format_table(records))
+    table = format_table(records)
+    if json_out == "-":  # stdout carries the JSON alone
+        echo_err(table)
+    else:
+        click.echo(table)
     echo_err(f"({len(q)} queries, k={k}, {records[0].threads if records else 0} threads for QPS, "
              f"{'cold' if cold else 'warm'} cache, index opened in {open_s:.2f}s)")
     if json_out:

@@ -115,3 +115,36 @@ def test_build_params_aliases_and_early_refusals(files, tmp_path):
         r = run(*args, ok=False)
         assert r.exit_code != 0 and msg in r.output, (extra, r.output)
         assert "Traceback" not in r.output and not (tmp_path / "b").exists()
+
+
+def test_eval_refuses_bad_input_before_work_and_keeps_stdout_json(files, tmp_path):
+    d, x, q = files
+    run("gt", d / "base.fbin", d / "q.fbin", "-k", 20, "-o", tmp_path / "gt.ibin", "--metric", "l2", "-q")
+    run("build", d / "base.fbin", tmp_path / "i", "--metric", "l2", "-q")
+    base = ["eval", tmp_path / "i", d / "q.fbin"]
+    bad = [([d / "q.fbin"], "ground truth must hold integer ids"),
+           ([tmp_path / "gt.ibin", "--sweep", "foo=1"], "unknown SearchParams parameter 'foo'"),
+           ([tmp_path / "gt.ibin", "--sweep", "threads=2"], "unknown SearchParams parameter 'threads'"),
+           ([tmp_path / "gt.ibin", "--sweep", "max_postings=1.5"], "max_postings must be an integer"),
+           ([tmp_path / "gt.ibin", "--plot", tmp_path / "o.txt"], "name it *.png"),
+           ([tmp_path / "gt.ibin", "--json", tmp_path / "no" / "o.json"], "does not exist")]
+    for extra, msg in bad:
+        r = run(*base, *extra, ok=False)
+        assert r.exit_code != 0 and msg in r.output and "Traceback" not in r.output, (extra, r.output)
+    r = CliRunner().invoke(cli, [str(a) for a in base + [tmp_path / "gt.ibin", "--json", "-",
+                                                                         "--sweep", "max_postings=4,8", "--runs", "1",
+                                                                         "--latency-queries", "5"]])
+    assert r.exit_code == 0, r.stderr
+    recs = json.loads(r.stdout)  # stdout is the JSON alone; the table went to stderr
+    assert [rec["params"]["max_postings"] for rec in recs] == [4, 8] and "recall" in r.stderr
+
+
+def test_broken_pipe_is_not_an_error(files, tmp_path):
+    import subprocess
+    import sys
+    d, *_ = files
+    code = "import sys; sys.argv = ['spann', 'datasets', 'list']; from spann.cli.main import main; main()"
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # the reader is gone before the writer writes
+    err = p.stderr.read().decode()
+    assert p.wait() == 1 and err == "", err  # click's convention for EPIPE: exit 1, nothing printed
