@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from spann.cli.common import common_options, echo_err
+from spann.cli.common import common_options, echo_err, is_quiet
 
 
 @click.command("bench")
@@ -40,7 +40,7 @@ def bench_cmd(dataset: str, algorithms: str, k: int, threads: int, runs: int, la
     results = run_bench([a.strip() for a in algorithms.split(",") if a.strip()], str(Path(dataset).resolve())
                         if Path(dataset).exists() else dataset, k=k, threads=threads, runs=runs,
                         latency_queries=latency_queries, workdir=workdir or str(o / "work"), cold_queries=cold_queries,
-                        diskann_python=diskann_python, log=echo_err)
+                        diskann_python=diskann_python, log=echo_err, quiet=is_quiet())
     names = set(EvalRecord.__dataclass_fields__)
     recs = [EvalRecord(**{k_: v for k_, v in r.items() if k_ in names}) for res in results for r in res.get("records", [])]
     with open(o / "results.jsonl", "w") as fh:

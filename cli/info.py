@@ -21,6 +21,9 @@ def info_cmd(index: str, as_json: bool) -> None:
         emit_json(info, "-")
         return
     click.echo(f"index {info['path']} (format {info['format_version']})")
-    click.echo(build_summary(info))
+    try:
+        click.echo(build_summary(info))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        click.echo("build statistics: missing or malformed in the metadata")
     click.echo(f"in RAM after open: {info['ram_bytes'] / 2**20:.1f} MiB; on disk {info['disk_bytes'] / 2**20:.1f} MiB")
-    click.echo("build parameters: " + ", ".join(f"{k}={v}" for k, v in info["params"].items()))
+    click.echo("build parameters: " + ", ".join(f"{k}={v}" for k, v in dict(info["params"]).items()))

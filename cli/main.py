@@ -14,6 +14,7 @@ from spann.cli.info import info_cmd
 from spann.cli.eval_cmd import eval_cmd
 from spann.cli.demo import demo_cmd
 from spann.cli.bench import bench_cmd
+from spann.cli.verify import verify_cmd
 
 
 @click.group(cls=SpannGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,7 +25,7 @@ def cli() -> None:
 
 cli.add_command(datasets_group)
 cli.add_command(gt_cmd)
-for _cmd in (build_cmd, search_cmd, info_cmd, eval_cmd, demo_cmd, bench_cmd):
+for _cmd in (build_cmd, search_cmd, info_cmd, eval_cmd, demo_cmd, bench_cmd, verify_cmd):
     cli.add_command(_cmd)
 
 

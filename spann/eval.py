@@ -21,6 +21,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from spann.errors import DataError, ParameterError
+from spann.params import _parse_value
 
 __all__ = ["recall_at_k", "tie_aware_recall", "distance_recall", "check_no_duplicates", "EvalRecord",
            "evaluate", "pareto_front", "operating_point", "write_jsonl", "write_csv", "read_jsonl",
@@ -122,14 +123,10 @@ def parse_sweep(spec: Sequence[str]) -> list[dict[str, Any]]:
         name, vals = s.split("=", 1)
         parsed = []
         for v in vals.split(","):
-            v = v.strip()
-            try:
-                parsed.append(int(v))
-            except ValueError:
-                try:
-                    parsed.append(float(v))
-                except ValueError:
-                    raise ParameterError(f"sweep value {v!r} of {name} is not a number") from None
+            value = _parse_value(v)
+            if isinstance(value, str):
+                raise ParameterError(f"sweep value {v.strip()!r} of {name} is not a number or true/false")
+            parsed.append(value)
         axes.append((name.strip(), parsed))
     if not axes:
         return [{}]

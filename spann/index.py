@@ -173,8 +173,10 @@ class Index:
         qs, qh = self._metric.query_space(qf)
         if self.layout.encoding == "rabitq":  # heads live in the rotated space (see spann.rabitq)
             qh = np.ascontiguousarray(np.hstack([qs @ self.codebook.rotation, qh[:, self.dim:]]), dtype=np.float32)
-        if not (np.isfinite(qs).all() and np.isfinite(qh).all()):
-            raise QueryError("queries are too large in magnitude for float32 distances")
+        # squared distances must stay finite in float32 (~3.4e38)
+        big = float(np.abs(qs).max(initial=0.0))
+        if not (np.isfinite(qs).all() and np.isfinite(qh).all()) or big * big * qs.shape[1] > 1e36:
+            raise QueryError(f"queries are too large in magnitude for float32 distances (largest |value| {big:.3g})")
         return qs, qh
 
     def search(self, queries: np.ndarray, k: int = 10, *, max_postings: int | None = None,
@@ -186,6 +188,8 @@ class Index:
         One query takes a low-overhead single-thread path; a batch runs on ``threads`` cores
         (default: all). Returns a :class:`SearchResult` (unpacks as ``ids, distances``).
         """
+        if params is not None and not isinstance(params, SearchParams):
+            raise ParameterError(f"params must be a spann.SearchParams, got {type(params).__name__}")
         p = params if params is not None else self._params(max_postings, prune_eps, ef, rerank, prefetch, pruner)
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
                                     or threads < 0):

@@ -96,6 +96,8 @@ def need_for_ranges(offsets: np.ndarray, nbytes: np.ndarray, where: str):
         end = offsets + nbytes
         if np.any(ne & ((end > total) | ((end - 1) // shard != offsets // shard))):
             raise IndexCorruptError(f"{where}: a range lies outside the array or crosses a shard")
+        if ne.any() and total > -(-int(end[ne].max()) // shard) * shard:
+            raise IndexCorruptError(f"{where}: the array ({total} bytes) is larger than its lists need")
         need = np.zeros(total // shard, np.int64)
         sh = (offsets[ne] // shard).astype(np.int64)
         np.maximum.at(need, sh, end[ne] - sh * shard)

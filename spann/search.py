@@ -124,7 +124,7 @@ def scan_coded(q, metric, pv, cb, qa, sel_i, kept, cand_d, cand_r, stats):
         stats[3] += codes_offset(pv, c) + c * B
 
 
-@numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
+@numba.njit(cache=True, fastmath=FASTMATH, nogil=True, error_model="numpy")
 def scan_rabitq(qh, metric, pv, heads, sel_i, kept, cand_d, cand_r, stats):
     """Scan the first ``kept`` lists' RaBitQ codes (see :mod:`spann.rabitq`) into the best
     ``len(cand_d)`` candidates. ``qh``: the head-space query, whose first Dp columns are the
@@ -178,8 +178,8 @@ def rerank(q, metric, vv, cand_r, top_d, top_i, stats):
     k = top_d.shape[0]
     for j in range(cand_r.shape[0]):
         r = cand_r[j]
-        if r < 0:
-            break
+        if r < 0 or r >= vv.n:  # -1: no candidate; >= n: a damaged list (``spann verify`` finds it)
+            continue
         d = pair_distance(q, row_vector(vv, r), metric)
         stats[2] += 1
         if d < top_d[k - 1]:

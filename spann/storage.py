@@ -44,7 +44,7 @@ import numpy as np
 
 from spann.errors import IndexCorruptError, IndexExistsError, IndexNotFoundError
 from spann.layout import EntryLayout
-from spann.zarr_io import (group_meta, postings_meta, read_json, read_small_array, write_json, write_shard,
+from spann.zarr_io import (crc32c, group_meta, postings_meta, read_json, read_small_array, write_json, write_shard,
                            write_small_array)
 
 __all__ = ["FORMAT_VERSION", "IndexWriter", "IndexFiles", "check_target", "directory_bytes", "stale_builds",
@@ -163,6 +163,7 @@ class IndexWriter:
         self.gen_dir = self.tmp / generation_path(self.generation)
         self.gen_dir.mkdir()
         self._arrays: dict[str, tuple[int, int, int]] = {}
+        self._crcs: dict[str, dict[str, list[int]]] = {}
 
     def write_array(self, name: str, data: np.ndarray) -> None:
         """A small (in-RAM) array of the current generation."""
@@ -179,6 +180,7 @@ class IndexWriter:
     def write_shard(self, name: str, shard: int, data: np.ndarray) -> int:
         """Shard ``shard`` of byte array ``name``: its used bytes (uint8, from the shard start)."""
         _, shard_bytes, chunk_bytes = self._arrays[name]
+        self._crcs.setdefault(name, {})[str(shard)] = [int(data.nbytes), crc32c(np.ascontiguousarray(data).tobytes())]
         return write_shard(str(self.tmp / name / "c" / str(shard)), data, shard_bytes, chunk_bytes)
 
     def commit(self, attrs: dict[str, Any], overwrite: bool = False) -> Path:
@@ -186,7 +188,7 @@ class IndexWriter:
         and swap the directory into place."""
         attrs = {**attrs, "format_version": FORMAT_VERSION, "build_id": self.build_id,
                  "generation": self.generation, "generation_path": generation_path(self.generation),
-                 "postings_path": POSTINGS}
+                 "postings_path": POSTINGS, "data_crc32c": self._crcs}
         if VECTORS in self._arrays:
             attrs["vectors_path"] = VECTORS
         write_json(str(self.gen_dir / "zarr.json"), group_meta({"build_id": self.build_id}), fsync=False)
@@ -235,6 +237,19 @@ def _fsync_tree(root: Path) -> None:
         _fsync_dir(Path(dirpath))
 
 
+def _check_disjoint(offsets: np.ndarray, nbytes: np.ndarray, where: str) -> None:
+    """Posting lists are 16-byte aligned and no two overlap (a list read as another's bytes
+    would hand the kernels ids and rows of the wrong kind)."""
+    ne = nbytes > 0
+    o, b = offsets[ne], nbytes[ne]
+    if np.any(o % 16):
+        raise IndexCorruptError(f"{where}: misaligned posting list offsets")
+    order = np.argsort(o, kind="stable")
+    o, b = o[order], b[order]
+    if np.any(o[1:] < o[:-1] + b[:-1]):
+        raise IndexCorruptError(f"{where}: posting lists overlap (offsets or layout damaged)")
+
+
 def _need(attrs: dict, key: str, kind: type | tuple[type, ...], where: str):
     v = attrs.get(key)
     if not isinstance(v, kind) or isinstance(v, bool) and kind is not bool:
@@ -256,6 +271,12 @@ class IndexFiles:
         self.dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
         try:
             self._load(METRICS)
+        except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as e:
+            os.close(self.dir_fd)
+            if isinstance(e, IndexCorruptError):
+                raise
+            raise IndexCorruptError(f"{self.path}: malformed metadata ({type(e).__name__}: "
+                                    f"{str(e).splitlines()[0] if str(e) else ''})") from None
         except BaseException:
             os.close(self.dir_fd)
             raise
@@ -328,6 +349,9 @@ class IndexFiles:
             raise IndexCorruptError(f"{where}: graph entry heads are empty or out of range")
         if self.counts.min() < 0:
             raise IndexCorruptError(f"{where}: negative posting list counts")
+        if int(self.counts.sum(dtype=np.int64)) < n:
+            raise IndexCorruptError(f"{where}: posting lists hold {int(self.counts.sum())} entries for {n} vectors")
+        _check_disjoint(self.offsets, layout.list_bytes_array(self.counts), where)
         from spann.encodings import CODEBOOK_ARRAYS
         self.codebook = {}
         for name, (dt, shape) in CODEBOOK_ARRAYS[layout.encoding].items():

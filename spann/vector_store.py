@@ -110,8 +110,9 @@ class LocalVectors:
         self.layout = lay
 
         def need(total: int, shard: int) -> np.ndarray:
-            if total < lay.total_bytes:
-                raise IndexCorruptError(f"{root}/{name}: {total} bytes, the {lay.n} rows need {lay.total_bytes}")
+            if total != -(-lay.total_bytes // shard) * shard:
+                raise IndexCorruptError(f"{root}/{name}: {total} bytes, the {lay.n} rows need {lay.total_bytes} "
+                                        f"in shards of {shard}")
             n_sh = total // shard
             ends = np.minimum(np.arange(1, n_sh + 1) * shard, lay.total_bytes) - np.arange(n_sh) * shard
             return np.maximum(ends, 0)
@@ -159,7 +160,7 @@ def union_row_pages(vv, rows, m, advise):
     k = 0
     for j in range(m):
         r = rows[j]
-        if r < 0:
+        if r < 0 or r >= vv.n:
             continue
         o = vv.base + row_offset(vv, r)
         first[k] = o // PAGE

@@ -130,7 +130,13 @@ WORKDIR/diskann) unless one is there. Returns a :func:`run_system`-shaped dict."
     return {"system": "diskann", "build_seconds": dk.get("build_seconds") or float("nan"), "records": recs}
 
 
-def _child(conn, args: tuple, kwargs: dict) -> None:
+def _child(conn, args: tuple, kwargs: dict, quiet: bool = False) -> None:
+    import os
+    os.dup2(2, 1)  # a peer's C++ chatter (faiss "resizing ...") must not reach the parent's stdout
+    if quiet:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
     try:
         conn.send(run_system(*args, **kwargs))
     except BaseException as e:  # report, never hang the parent
@@ -142,7 +148,7 @@ def _child(conn, args: tuple, kwargs: dict) -> None:
 def run_bench(algorithms: Sequence[str], dataset: str, *, k: int = 10, threads: int = 1, runs: int = 3,
               latency_queries: int = 2000, workdir: str = "bench-work", cold_queries: int = 0,
               peer_kwargs: dict[str, dict[str, Any]] | None = None, diskann_python: str | None = None,
-              log=print) -> list[dict[str, Any]]:
+              log=print, quiet: bool = False) -> list[dict[str, Any]]:
     """Each algorithm in its own spawned process, one after another; returns their results.
     With ``diskann_python``, DiskANN runs under that interpreter (see :func:`run_diskann`)."""
     ctx = mp.get_context("spawn")
@@ -157,7 +163,7 @@ def run_bench(algorithms: Sequence[str], dataset: str, *, k: int = 10, threads: 
         parent, child = ctx.Pipe(duplex=False)
         p = ctx.Process(target=_child, args=(child, (name, dataset, k, threads, runs, latency_queries, workdir),
                                              {"peer_kwargs": (peer_kwargs or {}).get(name),
-                                              "cold_queries": cold_queries}))
+                                              "cold_queries": cold_queries}, quiet))
         p.start()
         child.close()
         try:
