@@ -30,7 +30,7 @@ def build_summary(attrs: dict) -> str:
 @click.command("build")
 @click.argument("input", type=click.Path(dir_okay=False))
 @click.argument("index_dir", type=click.Path(file_okay=False))
-@metric_option(required=True)
+@metric_option(required=False)
 @click.option("--format", "fmt", type=click.Choice(list(FORMATS)), help="Override the input format.")
 @click.option("--head-ratio", type=click.FloatRange(0, 0.5, min_open=True), default=_DEFAULTS.head_ratio,
               show_default=True, help="Heads / N.")
@@ -53,6 +53,11 @@ def build_cmd(input: str, index_dir: str, metric: str, fmt: str | None, json_out
               extra: tuple[str, ...], **params) -> None:
     """Build a SPANN index of INPUT (a vector file) in INDEX_DIR."""
     from spann.builder import build_index
+    from spann.datasets.formats import metric_from_hdf5
+    from spann.errors import ParameterError
+    metric = metric_from_hdf5([input], metric)  # an ann-benchmarks file's `distance` must agree
+    if metric is None:
+        raise ParameterError("--metric is required (l2, ip or cosine)")
     p = _DEFAULTS.replace(**{**params, **BuildParams.parse_assignments(extra)})
     if json_out and json_out != "-":
         check_writable(json_out)

@@ -7,6 +7,24 @@ import click
 from spann.cli.common import common_options, echo_err, is_quiet, metric_option
 
 
+class VectorPath(click.ParamType):
+    """A vector file path; ``file.hdf5:dataset`` names a dataset of an HDF5 file (only the
+    file part has to exist)."""
+
+    name = "path"
+
+    def convert(self, value, param, ctx):
+        import os
+        from spann.datasets.formats import split_hdf5
+        value = os.fspath(value)
+        p, _key = split_hdf5(value)
+        if not p.exists():
+            self.fail(f"{p}: no such file", param, ctx)
+        if p.is_dir():
+            self.fail(f"{p}: is a directory, expected a vector file", param, ctx)
+        return value
+
+
 @click.group("datasets")
 def datasets_group() -> None:
     """List, prepare and register datasets."""
@@ -28,7 +46,7 @@ def list_cmd() -> None:
 @click.option("--dim", type=click.IntRange(1, 65536), help="synthetic: dimension.")
 @click.option("--dtype", type=click.Choice(["float32", "uint8"]), help="synthetic: element type.")
 @click.option("--n-queries", type=click.IntRange(1), help="Number of queries.")
-@click.option("--seed", type=int, help="Random seed.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), help="Random seed.")
 @metric_option()
 @click.option("--limit", type=click.IntRange(2), help="glove-50: use only the first LIMIT source rows.")
 @common_options
@@ -43,14 +61,20 @@ def prepare_cmd(name: str, directory: str, **opts) -> None:
 
 @datasets_group.command("register")
 @click.argument("name")
-@click.option("--base", required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--queries", required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--gt", type=click.Path(exists=True, dir_okay=False), help="Ground-truth ids file.")
-@click.option("--gt-distances", type=click.Path(exists=True, dir_okay=False))
-@metric_option(required=True)
+@click.option("--base", required=True, type=VectorPath(),
+              help="Base vectors; an ann-benchmarks file.hdf5 alone also gives queries (test), ground truth "
+                   "(neighbors, distances) and the metric (its distance attribute).")
+@click.option("--queries", type=VectorPath(), help="Query vectors (file.hdf5:test for HDF5).")
+@click.option("--gt", type=VectorPath(), help="Ground-truth ids file (ids in [-1, n_base)).")
+@click.option("--gt-distances", type=VectorPath())
+@metric_option()
 @common_options
-def register_cmd(name: str, base: str, queries: str, gt: str | None, gt_distances: str | None, metric: str) -> None:
-    """Register your own files as dataset NAME (no code needed)."""
+def register_cmd(name: str, base: str, queries: str | None, gt: str | None, gt_distances: str | None,
+                 metric: str | None) -> None:
+    """Register your own files as dataset NAME (no code needed).
+
+    --metric is required unless an ann-benchmarks .hdf5 input names its distance."""
     from spann.datasets import register
     m = register(name, base, queries, metric, gt, gt_distances)
-    echo_err(f"registered {name}: {m.n_base} x {m.dim} {m.dtype}, {m.n_queries} queries")
+    echo_err(f"registered {name}: {m.n_base} x {m.dim} {m.dtype}, {m.n_queries} queries"
+             + (f", top-{m.gt_k} ground truth" if m.gt else "") + f", metric {m.metric}")

@@ -6,25 +6,39 @@ import time
 
 import click
 
-from spann.cli.common import common_options, echo_err, emit_json, is_quiet, metric_option
+from spann.cli.common import check_writable, common_options, echo_err, emit_json, is_quiet, metric_option
+from spann.cli.datasets_cmd import VectorPath
 from spann.datasets.formats import FORMATS
 
 
 @click.command("gt")
-@click.argument("base", type=click.Path(dir_okay=False))
-@click.argument("queries", type=click.Path(dir_okay=False))
+@click.argument("base", type=VectorPath())
+@click.argument("queries", type=VectorPath())
 @click.option("-k", type=click.IntRange(1, 100_000), default=100, show_default=True, help="Neighbours per query.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Ids file (.ibin/.ivecs/.npy); distances go beside it (gt.dist.fbin).")
-@metric_option(default="l2", show_default=True)
+@metric_option()
 @click.option("--base-format", type=click.Choice(list(FORMATS)), help="Override the base file's format.")
 @click.option("--queries-format", type=click.Choice(list(FORMATS)), help="Override the queries file's format.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True), help="Write a JSON summary.")
 @common_options
-def gt_cmd(base: str, queries: str, k: int, output: str, metric: str, base_format: str | None,
+def gt_cmd(base: str, queries: str, k: int, output: str, metric: str | None, base_format: str | None,
            queries_format: str | None, json_out: str | None) -> None:
-    """Exact k-NN of QUERIES in BASE (blocked BLAS, bounded memory)."""
-    from spann.datasets.groundtruth import ground_truth_files
+    """Exact k-NN of QUERIES in BASE (blocked BLAS, bounded memory).
+
+    --metric defaults to the distance an ann-benchmarks .hdf5 input names, else l2."""
+    from spann.datasets.formats import check_distinct_paths, metric_from_hdf5, open_vectors
+    from spann.datasets.groundtruth import check_ids_output, check_k, distances_path_for, ground_truth_files
+    # every refusal before any work: output paths, metric, k
+    check_ids_output(output)
+    dist_out = distances_path_for(output)
+    for path in (output, dist_out, json_out):
+        if path and path != "-":
+            check_writable(str(path))
+    check_distinct_paths([output, dist_out, json_out], [base, queries])
+    metric = metric_from_hdf5([base, queries], metric) or "l2"
+    with open_vectors(base, base_format) as b:
+        check_k(k, b.n, base)
     t0 = time.perf_counter()
     ids_path, dist_path = ground_truth_files(base, queries, output, k, metric, base_fmt=base_format,
                                              queries_fmt=queries_format, progress=not is_quiet())

@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from spann.cli.common import common_options, echo_err, emit_json
+from spann.cli.common import check_writable, common_options, echo_err, emit_json
+from spann.cli.datasets_cmd import VectorPath
 from spann.datasets.formats import FORMATS
 from spann.params import SearchParams
 
@@ -26,7 +27,7 @@ def search_options(f):
 
 @click.command("search")
 @click.argument("index", type=click.Path(file_okay=False))
-@click.argument("queries", type=click.Path(dir_okay=False))
+@click.argument("queries", type=VectorPath())
 @click.option("-k", type=click.IntRange(1), default=10, show_default=True)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Ids file (.ibin/.ivecs/.npy); distances go beside it (out.dist.fbin).")
@@ -42,11 +43,18 @@ def search_cmd(index: str, queries: str, k: int, output: str, max_postings: int,
                prefetch: bool, threads: int, queries_format: str | None, json_out: str | None) -> None:
     """Search INDEX for the k nearest neighbours of every vector in QUERIES."""
     import spann
-    from spann.datasets.formats import read_vectors, write_vectors, detect_format
-    from spann.datasets.groundtruth import distances_path_for
+    from spann.datasets.formats import check_distinct_paths, metric_from_hdf5, read_vectors, write_vectors
+    from spann.datasets.groundtruth import check_ids_output, distances_path_for
+    # every refusal before any work: unwritable outputs, outputs that would replace an input
+    fmt = check_ids_output(output)
+    dpath = distances_path_for(output)
+    for path in (output, dpath, json_out):
+        if path and path != "-":
+            check_writable(str(path))
+    check_distinct_paths([output, dpath, json_out], [queries], input_dirs=[index])
     q = read_vectors(queries, queries_format)
-    fmt = detect_format(output)
     with spann.open(index) as idx:
+        metric_from_hdf5([queries], idx.metric, given_as=f"but index {index} uses metric {idx.metric}")
         t0 = time.perf_counter()
         idx.prepare()
         t1 = time.perf_counter()

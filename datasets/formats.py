@@ -24,6 +24,7 @@ Every problem with a file raises :class:`~spann.errors.VectorFileError` naming t
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -42,6 +43,10 @@ __all__ = [
     "read_vectors",
     "write_vectors",
     "check_finite",
+    "hdf5_distance",
+    "metric_from_hdf5",
+    "split_hdf5",
+    "check_distinct_paths",
 ]
 
 #: Dimensions above this are treated as a corrupt header rather than real data.
@@ -75,11 +80,15 @@ _ID_DTYPES = {np.dtype("int32"), np.dtype("int64"), np.dtype("uint32")}
 
 def _split_hdf5(path: str | os.PathLike[str]) -> tuple[Path, str | None]:
     s = os.fspath(path)
-    for ext in (".hdf5:", ".h5:"):
-        i = s.find(ext)
-        if i >= 0:
-            return Path(s[: i + len(ext) - 1]), s[i + len(ext):]
+    m = re.search(r"\.(hdf5|h5):", s, re.IGNORECASE)
+    if m:
+        return Path(s[: m.end() - 1]), s[m.end():]
     return Path(s), None
+
+
+def split_hdf5(path: str | os.PathLike[str]) -> tuple[Path, str | None]:
+    """``"f.hdf5:test"`` -> ``(Path("f.hdf5"), "test")``; any other path -> ``(Path(path), None)``."""
+    return _split_hdf5(path)
 
 
 def detect_format(path: str | os.PathLike[str], fmt: str | None = None) -> str:
@@ -114,6 +123,8 @@ class VectorFile:
         self.source_dtype = np.dtype(source_dtype)
         self.dtype = np.dtype("float32") if self.source_dtype == np.float64 else self.source_dtype
         self._vecs_dims = vecs_dims  # int32 memmap of per-row dims (vecs formats only)
+        #: float32 (n, dim) distances stored after the ids of a big-ann-benchmarks ground-truth file
+        self.distances = None
 
     def __len__(self) -> int:
         return self.n
@@ -172,12 +183,23 @@ def _check_dim(path: Path, d: int) -> None:
             f"{path}: header gives dimension {d}, expected 1..{MAX_DIM} (corrupt or wrong format?)")
 
 
-def _open_bin(path: Path, f: _Format, size: int) -> VectorFile:
+def _is_combined_gt(n: int, d: int, size: int) -> bool:
+    """big-ann-benchmarks ground truth: header n, k; n*k int32 ids; then n*k float32 distances."""
+    return n > 0 and 0 < d <= MAX_DIM and size == 8 + 2 * n * d * 4
+
+
+def _open_bin(path: Path, f: _Format, size: int, ids: bool = False) -> VectorFile:
     if size < 8:
         raise VectorFileError(f"{path}: truncated .{f.name} header ({size} bytes, need 8)")
     n, d = (int(v) for v in np.fromfile(path, dtype="<u4", count=2))
     _check_dim(path, d)
     want = 8 + n * d * f.dtype.itemsize
+    if ids and f.dtype.itemsize == 4 and want != size and _is_combined_gt(n, d, size):
+        # ids first (int32 whatever the extension says), distances in the second half
+        rows = np.memmap(path, dtype="<i4", mode="r", offset=8, shape=(n, d))
+        vf = VectorFile(path, "ibin", rows, np.dtype("<i4"))
+        vf.distances = np.memmap(path, dtype="<f4", mode="r", offset=8 + n * d * 4, shape=(n, d))
+        return vf
     if want != size:
         what = "truncated" if size < want else "has trailing bytes"
         raise VectorFileError(
@@ -269,25 +291,46 @@ def open_vectors(path: str | os.PathLike[str], fmt: str | None = None, *, ids: b
     also accepts integer id files (.ibin, .ivecs, int npy). Raises :class:`VectorFileError`
     for a missing, empty, truncated or inconsistent file, or an unsupported dtype.
     """
-    name = detect_format(path, fmt)
-    f = FORMATS[name]
     p, key = _split_hdf5(path)
+    try:
+        name = detect_format(path, fmt)
+    except FormatNotSupportedError:
+        # a big-ann-benchmarks ground-truth file often has no extension (e.g. ``bigann-1M``)
+        if not (ids and fmt is None and _combined_gt_header(p)):
+            raise
+        name = "ibin"
+    f = FORMATS[name]
     if not p.exists():
         raise VectorFileError(f"{p}: no such file")
     if p.is_dir():
         raise VectorFileError(f"{p}: is a directory, expected a vector file")
+    if not p.is_file():
+        raise VectorFileError(f"{p}: not a regular file")
     size = p.stat().st_size
     if size == 0:
         raise VectorFileError(f"{p}: file is empty")
     if not ids and f.dtype is not None and f.dtype.kind == "i" and f.dtype.itemsize == 4:
         raise VectorFileError(f"{p}: .{f.name} holds int32 ids, not vectors")
     if f.kind == "bin":
-        return _open_bin(p, f, size)
+        return _open_bin(p, f, size, ids)
     if f.kind == "vecs":
         return _open_vecs(p, f, size)
     if f.kind == "npy":
         return _open_npy(p, size, ids)
     return _open_hdf5(p, key, ids)
+
+
+def _combined_gt_header(p: Path) -> bool:
+    try:
+        if not p.is_file():
+            return False
+        size = p.stat().st_size
+        if size < 8:
+            return False
+        n, d = (int(v) for v in np.fromfile(p, dtype="<u4", count=2))
+    except OSError:
+        return False
+    return _is_combined_gt(n, d, size)
 
 
 def read_vectors(path: str | os.PathLike[str], fmt: str | None = None, *, ids: bool = False) -> np.ndarray:
@@ -411,3 +454,84 @@ def check_finite(block: np.ndarray, what: str = "vectors", offset: int = 0) -> N
     if not ok.all():
         r = int(np.flatnonzero(~ok)[0])
         raise DataError(f"{what}: row {offset + r} contains NaN or Inf")
+
+
+def hdf5_distance(path: str | os.PathLike[str]) -> str | None:
+    """The ``distance`` attribute of an ann-benchmarks HDF5 file (``"angular"``, ``"euclidean"``...),
+    or None for other formats, files without the attribute, or files that cannot be read."""
+    p, _ = _split_hdf5(path)
+    if p.suffix.lower() not in (".hdf5", ".h5") or not p.is_file():
+        return None
+    try:
+        import h5py
+        with h5py.File(p, "r") as h:
+            v = h.attrs.get("distance")
+    except (ImportError, OSError):
+        return None
+    if v is None:
+        return None
+    if isinstance(v, bytes):
+        v = v.decode("utf-8", "replace")
+    return str(v.item() if isinstance(v, np.generic) else v)
+
+
+def metric_from_hdf5(paths, metric: str | None, given_as: str | None = None) -> str | None:
+    """Reconcile ``metric`` (None = not given) with the ``distance`` attribute of the HDF5 files
+    among ``paths``. Returns the metric to use (the file's when ``metric`` is None; None when
+    neither says anything). Raises :class:`ParameterError` if a file's distance is unsupported,
+    the files disagree, or ``metric`` contradicts them (``given_as`` words where ``metric``
+    came from in that message; default ``--metric METRIC given``)."""
+    from spann.errors import ParameterError
+    from spann.metrics import get_metric
+    given = get_metric(metric).name if metric is not None else None
+    found: tuple[Path, str, str] | None = None
+    for path in paths:
+        if path is None:
+            continue
+        dist = hdf5_distance(path)
+        if dist is None:
+            continue
+        p, _ = _split_hdf5(path)
+        try:
+            name = get_metric(dist).name
+        except ParameterError:
+            raise ParameterError(f"{p} says distance={dist}, which spann does not support "
+                                 f"(l2/euclidean, ip/dot, cosine/angular)") from None
+        if given is not None and name != given:
+            raise ParameterError(f"{p} says distance={dist} ({name}), {given_as or f'--metric {metric} given'}")
+        if found is not None and found[2] != name:
+            raise ParameterError(f"{p} says distance={dist} ({name}) but {found[0]} says "
+                                 f"distance={found[1]} ({found[2]})")
+        found = found or (p, dist, name)
+    return given if given is not None else (found[2] if found else None)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def check_distinct_paths(outputs, inputs, input_dirs=()) -> None:
+    """Refuse (:class:`ParameterError`, one line) an output path that is the same file as an
+    input (``file.hdf5:key`` counts as ``file.hdf5``), lies inside an input directory, or is
+    the same as another output. ``None`` and ``"-"`` (stdout) are skipped."""
+    from spann.errors import ParameterError
+    outs = [(o, _split_hdf5(o)[0]) for o in outputs if o is not None and os.fspath(o) != "-"]
+    ins = [(i, _split_hdf5(i)[0]) for i in inputs if i is not None and os.fspath(i) != "-"]
+    for k, (o, op) in enumerate(outs):
+        for i, ip in ins:
+            if _same_file(op, ip):
+                raise ParameterError(f"output {o} is the input file {i}; refusing to overwrite it")
+        for dpath in input_dirs:
+            if dpath is None:
+                continue
+            d = Path(dpath).resolve()
+            if op.resolve() == d or d in op.resolve().parents:
+                raise ParameterError(f"output {o} lies inside the input {dpath}; write it elsewhere")
+        for o2, op2 in outs[:k]:
+            if _same_file(op, op2):
+                raise ParameterError(f"outputs {o2} and {o} are the same file")

@@ -27,6 +27,8 @@ class SyntheticSpec:
             raise ParameterError(f"dim must be >= 1, got {dim}")
         if dtype not in ("float32", "uint8"):
             raise ParameterError(f"dtype must be float32 or uint8, got {dtype!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+            raise ParameterError(f"seed must be an integer in 0..{2**32 - 1}, got {seed!r}")
         self.dim, self.dtype, self.seed = int(dim), dtype, int(seed)
         k = n_clusters or int(np.clip(np.sqrt(n_hint) / 2, 16, 4096))
         rng = np.random.default_rng([self.seed, 1])
