@@ -102,8 +102,9 @@ def main() -> None:
 
     faiss_cfg = []
     if a.faiss:
+        import os
         import faiss
-        faiss.omp_set_num_threads(1)
+        faiss.omp_set_num_threads(os.cpu_count() or 1)  # train on every core; search on one (below)
         from spann.metrics import get_metric
         met = get_metric(m.metric)
         x = read_vectors(m.path("base")).astype(np.float32)
@@ -114,12 +115,14 @@ def main() -> None:
             quant = faiss.IndexFlatIP(x.shape[1]) if m.metric == "ip" else faiss.IndexFlatL2(x.shape[1])
             ivf = faiss.IndexIVFFlat(quant, x.shape[1], nl, faiss.METRIC_INNER_PRODUCT if m.metric == "ip"
                                      else faiss.METRIC_L2)
+            ivf.cp.niter = 12
             ivf.train(x)
             ivf.add(x)
             for npb in (int(v) for v in a.nprobe.split(",")):
                 if npb <= nl:
                     faiss_cfg.append((f"faiss-ivf{nl}", {"nlist": nl, "nprobe": npb}, ivf))
         del x
+        faiss.omp_set_num_threads(1)
 
     # recall and I/O on the sample (batch), then warm latencies interleaved with faiss
     rec = {}

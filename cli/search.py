@@ -19,8 +19,12 @@ _DEFAULTS = SearchParams()
 def search_options(f):
     """Options shared by search and eval."""
     f = click.option("--ef", type=click.IntRange(0), default=0, help="Head-graph beam width (0 = auto).")(f)
-    f = click.option("--prefetch/--no-prefetch", default=False, show_default=True,
+    f = click.option("--prefetch/--no-prefetch", default=_DEFAULTS.prefetch, show_default=True,
                      help="Issue all of a query's posting reads at once (helps a cold page cache).")(f)
+    f = click.option("--rerank", type=click.IntRange(0, 1 << 16), default=_DEFAULTS.rerank, show_default=True,
+                     help="Candidates re-ranked exactly (coded postings; 0 = auto by encoding).")(f)
+    f = click.option("--pruner/--no-pruner", default=_DEFAULTS.pruner, show_default=True,
+                     help="Let the index's learned pruner choose each query's list count (median = --max-postings).")(f)
     f = click.option("--threads", type=click.IntRange(0), default=0, help="Search threads (0 = all cores).")(f)
     return f
 
@@ -40,7 +44,7 @@ def search_options(f):
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True), help="Write a JSON summary.")
 @common_options
 def search_cmd(index: str, queries: str, k: int, output: str, max_postings: int, prune_eps: float, ef: int,
-               prefetch: bool, threads: int, queries_format: str | None, json_out: str | None) -> None:
+               prefetch: bool, rerank: int, pruner: bool, threads: int, queries_format: str | None, json_out: str | None) -> None:
     """Search INDEX for the k nearest neighbours of every vector in QUERIES."""
     import spann
     from spann.datasets.formats import check_distinct_paths, metric_from_hdf5, read_vectors, write_vectors
@@ -59,7 +63,7 @@ def search_cmd(index: str, queries: str, k: int, output: str, max_postings: int,
         idx.prepare()
         t1 = time.perf_counter()
         r = idx.search(q, k, max_postings=max_postings, prune_eps=prune_eps, ef=ef, prefetch=prefetch,
-                       threads=threads or None)
+                       rerank=rerank, pruner=pruner, threads=threads or None)
         secs = time.perf_counter() - t1
     ids = r.ids if fmt == "npy" else r.ids.astype(np.int32)
     write_vectors(output, ids)

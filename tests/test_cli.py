@@ -148,3 +148,18 @@ def test_broken_pipe_is_not_an_error(files, tmp_path):
     p.stdout.close()  # the reader is gone before the writer writes
     err = p.stderr.read().decode()
     assert p.wait() == 1 and err == "", err  # click's convention for EPIPE: exit 1, nothing printed
+
+
+def test_search_reaches_every_search_parameter(files, tmp_path):
+    d, x, q = files
+    run("build", d / "base.fbin", tmp_path / "i", "--metric", "l2", "--encoding", "sq8", "-q")
+    outs = {}
+    for name, extra in {"default": [], "no-pruner": ["--no-pruner", "--max-postings", "2"],
+                        "rerank": ["--rerank", "200", "--max-postings", "2", "--no-pruner"]}.items():
+        run("search", tmp_path / "i", d / "q.fbin", "-o", tmp_path / f"{name}.ibin", "--json", tmp_path / f"{name}.json",
+            "-q", *extra)
+        outs[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    assert outs["no-pruner"]["mean_lists_read"] <= 2 < outs["default"]["mean_lists_read"]
+    # a deeper re-rank reads more vector-store rows, and evaluates more distances, on the same lists
+    assert outs["rerank"]["mean_lists_read"] == outs["no-pruner"]["mean_lists_read"]
+    assert outs["rerank"]["mean_distance_evals"] > outs["no-pruner"]["mean_distance_evals"]
