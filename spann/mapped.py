@@ -19,7 +19,7 @@ from spann import osio
 from spann.errors import IndexCorruptError
 from spann.zarr_io import check_postings_meta, read_json, read_shard_index
 
-__all__ = ["MappedBytes"]
+__all__ = ["MappedBytes", "MappedReader"]
 
 
 class MappedBytes:
@@ -84,6 +84,24 @@ class MappedBytes:
         if self._mapped:
             self._mapped = False
             osio.unmap(self.base, self.size)
+
+
+class MappedReader:
+    """Base of the local readers (postings, vector store): ``mapped`` a :class:`MappedBytes`,
+    ``view`` the numba view over it."""
+
+    mapped: MappedBytes
+    view: object
+
+    def files(self) -> list[str]:
+        return self.mapped.files()
+
+    def evict(self) -> None:
+        self.mapped.evict()
+
+    def close(self) -> None:
+        self.view = None
+        self.mapped.close()
 
 
 def need_for_ranges(offsets: np.ndarray, nbytes: np.ndarray, where: str):

@@ -18,7 +18,7 @@ import numpy as np
 
 from spann import osio
 from spann.layout import PAGE, EntryLayout
-from spann.mapped import MappedBytes, need_for_ranges
+from spann.mapped import MappedBytes, MappedReader, need_for_ranges
 
 __all__ = ["PostingsView", "make_view", "LocalPostings", "union_pages", "prefetch_lists", "list_pages"]
 
@@ -45,7 +45,7 @@ def make_view(u8: np.ndarray, offsets: np.ndarray, counts: np.ndarray, layout: E
                         prefetchable=bool(prefetchable))
 
 
-class LocalPostings:
+class LocalPostings(MappedReader):
     """The posting array of a local index, mapped; ``view`` is its :class:`PostingsView`."""
 
     def __init__(self, dir_fd: int, root: str, name: str, offsets: np.ndarray, counts: np.ndarray,
@@ -55,15 +55,6 @@ class LocalPostings:
         self.mapped = MappedBytes(dir_fd, root, name, need_for_ranges(offsets, self.list_nbytes, f"{root}/{name}"))
         self.view = make_view(self.mapped.u8, offsets, counts, layout, prefetchable=True)
 
-    def files(self) -> list[str]:
-        return self.mapped.files()
-
-    def evict(self) -> None:
-        self.mapped.evict()
-
-    def close(self) -> None:
-        self.view = None
-        self.mapped.close()
 
 
 @numba.njit(cache=True, nogil=True, inline="always")

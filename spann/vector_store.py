@@ -20,7 +20,7 @@ import numpy as np
 
 from spann.errors import IndexCorruptError
 from spann.layout import PAGE
-from spann.mapped import MappedBytes
+from spann.mapped import MappedBytes, MappedReader
 from spann.postings import merge_page_runs
 
 __all__ = ["StoreLayout", "VectorsView", "LocalVectors", "store_rows_bytes", "row_offset", "row_vector", "row_id",
@@ -103,7 +103,7 @@ VectorsView = namedtuple("VectorsView", ["u8", "i64", "vec", "base", "n", "dim",
                                          "row_bytes", "id_offset", "prefetchable"])
 
 
-class LocalVectors:
+class LocalVectors(MappedReader):
     """The vector store of a local index, mapped; ``view`` is its :class:`VectorsView`."""
 
     def __init__(self, dir_fd: int, root: str, name: str, lay: StoreLayout):
@@ -125,15 +125,6 @@ class LocalVectors:
                                 row_bytes=np.int64(lay.row_bytes), id_offset=np.int64(lay.id_offset),
                                 prefetchable=True)
 
-    def files(self) -> list[str]:
-        return self.mapped.files()
-
-    def evict(self) -> None:
-        self.mapped.evict()
-
-    def close(self) -> None:
-        self.view = None
-        self.mapped.close()
 
 
 @numba.njit(cache=True, nogil=True, inline="always")

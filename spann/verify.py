@@ -21,6 +21,7 @@ import numpy as np
 
 from spann.errors import IndexCorruptError
 from spann.postings import aux_offset, codes_offset, entry_id
+from spann.vector_store import row_offset
 
 __all__ = ["verify_index"]
 
@@ -66,7 +67,7 @@ def _scan_store(vv, check_vectors):
     bad_id = 0
     bad_vec = 0
     for r in range(n):
-        o = (r // vv.rows_per_page) * vv.page_bytes + (r % vv.rows_per_page) * vv.row_bytes
+        o = row_offset(vv, r)
         i = vv.i64[(o + vv.id_offset) >> 3]
         if i < 0 or i >= n:
             bad_id += 1
