@@ -27,10 +27,13 @@ from spann.clustering import select_heads
 from spann.datasets.formats import check_finite
 from spann.head_index import build_graph
 from spann.layout import EntryLayout, pack_lists
+from spann.labels import check_labels, label_directory
+from spann.idmap import check_ids, idmap_bytes
+from spann.posting_writer import entry_positions as _positions, fill_entries, pack_entries
 from spann.metrics import Metric, get_metric
 from spann.params import BuildParams
 from spann.encodings import encode_rows, train_codebook
-from spann.storage import POSTINGS, VECTORS, IndexWriter, check_target, directory_bytes
+from spann.storage import IDMAP, LABEL_LISTS, POSTINGS, VECTORS, IndexWriter, check_target, directory_bytes
 from spann.vector_store import StoreLayout, store_rows_bytes
 from spann.vectors import as_vector_source
 
@@ -238,25 +241,6 @@ def plan_stage(counts: np.ndarray, layout: EntryLayout, params: BuildParams) -> 
                        total_bytes=total, shard_bytes=shard, chunk_bytes=params.chunk_bytes)
 
 
-@numba.njit(cache=True, nogil=True)
-def _fill_shard(buf, id_pos, ids, id_bytes, aux_pos, aux, code_pos, codes):
-    """Scatter entry e: its id (int64, or int32 if id_bytes is 4) at byte id_pos[e], its aux
-    floats at aux_pos[e], its code bytes at code_pos[e]."""
-    buf64 = buf.view(np.int64)
-    buf32 = buf.view(np.float32)
-    bufi = buf.view(np.int32)
-    for e in range(ids.shape[0]):
-        if id_bytes == 4:
-            bufi[id_pos[e] >> 2] = np.int32(ids[e])
-        else:
-            buf64[id_pos[e] >> 3] = ids[e]
-        for t in range(aux.shape[1]):
-            buf32[(aux_pos[e] >> 2) + t] = aux[e, t]
-        p = code_pos[e]
-        for t in range(codes.shape[1]):
-            buf[p + t] = codes[e, t]
-
-
 @dataclass(frozen=True)
 class Encoder:
     """How entries are encoded: the layout, the trained code parameters, the vector store
@@ -284,12 +268,13 @@ def choose_encoding(encoding: str, stored_dtype: np.dtype, dim: int = 0) -> str:
     return "rabitq" if dim >= RABITQ_MIN_DIM else "sq8"
 
 
-def encoding_stage(src, metric: Metric, sample: Sample, asg: Assignments, params: BuildParams) -> Encoder:
+def encoding_stage(src, metric: Metric, sample: Sample, asg: Assignments, params: BuildParams,
+                   label_width: int = 0) -> Encoder:
     """Choose and train the posting encoding; for coded encodings, the vector-store row order
     (vectors sorted by nearest head, so a query's candidates share pages)."""
     dtype = metric.stored_dtype(src.dtype).name
     enc = choose_encoding(params.encoding, np.dtype(dtype), src.dim)
-    layout = EntryLayout(dim=src.dim, dtype=dtype, encoding=enc,
+    layout = EntryLayout(dim=src.dim, dtype=dtype, encoding=enc, label_width=label_width,
                          id_bytes=4 if enc != "full" and src.n < 2**31 else 8)
     if enc == "full":
         return Encoder(layout, {}, None, None, None)
@@ -319,9 +304,11 @@ def _entry_codes(src, metric: Metric, heads: Heads, asg: Assignments, ent: np.nd
 
 
 def write_stage(src, metric: Metric, heads: Heads, asg: Assignments, plan: PostingPlan, enc: Encoder,
-                writer: IndexWriter, progress: bool = False, chunk_entries: int = 1 << 16) -> int:
+                writer: IndexWriter, progress: bool = False, chunk_entries: int = 1 << 16,
+                user_ids: np.ndarray | None = None, labels: np.ndarray | None = None) -> int:
     """Write the posting array shard by shard (each shard file written once, its entries encoded
-    in chunks of ``chunk_entries``); returns bytes written."""
+    in chunks of ``chunk_entries``); returns bytes written. ``user_ids`` int64 (n,): the id of
+    each base row (None: the row number); ``labels`` int32 (n, L): each row's labels."""
     lay = plan.layout
     dt = np.dtype(lay.dtype)
     S = plan.shard_bytes
@@ -347,22 +334,25 @@ def write_stage(src, metric: Metric, heads: Heads, asg: Assignments, plan: Posti
             ent_all = np.concatenate([np.arange(starts[h], starts[h + 1]) for h in hs])
             t_all = np.concatenate([np.arange(n) for n in c])
             off_all = np.repeat(plan.offsets[hs] - s * S, c)
-            aux_all = np.repeat(np.array([lay.aux_offset(int(n)) for n in c], np.int64), c)
-            cod_all = np.repeat(np.array([lay.codes_offset(int(n)) for n in c], np.int64), c)
+            cnt_all = np.repeat(c, c)
+            L = lay.label_width
             for a in range(0, len(ent_all), chunk_entries):
                 sl = slice(a, a + chunk_entries)
-                ids, aux, codes = _entry_codes(src, metric, heads, asg, ent_all[sl], enc, dt)
-                t, off = t_all[sl], off_all[sl]
-                _fill_shard(buf, off + lay.id_bytes * t, np.ascontiguousarray(ids, dtype=np.int64), lay.id_bytes,
-                            off + aux_all[sl] + 4 * lay.aux_floats * t, np.ascontiguousarray(aux, dtype=np.float32),
-                            off + cod_all[sl] + lay.code_bytes * t, np.ascontiguousarray(codes))
+                ent = ent_all[sl]
+                ids, aux, codes = _entry_codes(src, metric, heads, asg, ent, enc, dt)
+                if user_ids is not None and not lay.coded:
+                    ids = user_ids[ids]
+                lab = (np.ascontiguousarray(labels[asg.ids[ent]]) if L else np.zeros((len(ent), 0), np.int32))
+                ip, lp, ap, cp = _positions(lay, off_all[sl], cnt_all[sl], t_all[sl])
+                fill_entries(buf, ip, np.ascontiguousarray(ids, dtype=np.int64), lay.id_bytes, lp, lab, ap,
+                             np.ascontiguousarray(aux, dtype=np.float32), cp, np.ascontiguousarray(codes))
                 bar.update(len(ids))
             written += writer.write_shard(POSTINGS, s, buf[:used])
     return written
 
 
 def store_stage(src, metric: Metric, enc: Encoder, params: BuildParams, writer: IndexWriter,
-                progress: bool = False) -> int:
+                progress: bool = False, user_ids: np.ndarray | None = None) -> int:
     """Write the vector store (coded encodings): rows in ``enc.order``, shard by shard."""
     lay = enc.store
     S = lay.shard_bytes(params.shard_bytes, params.chunk_bytes)
@@ -375,7 +365,8 @@ def store_stage(src, metric: Metric, enc: Encoder, params: BuildParams, writer: 
         for s, r0 in enumerate(range(0, lay.n, rows_per_shard)):
             ids = enc.order[r0:r0 + rows_per_shard]
             vec = metric.stored_rows(src.take(ids)).astype(dt, copy=False)
-            written += writer.write_shard(VECTORS, s, store_rows_bytes(lay, vec, ids))
+            written += writer.write_shard(VECTORS, s, store_rows_bytes(lay, vec,
+                                                                       ids if user_ids is None else user_ids[ids]))
             bar.update(len(ids))
     return written
 
@@ -390,8 +381,67 @@ def stored_heads(heads: Heads, enc: Encoder) -> np.ndarray:
     return np.ascontiguousarray(np.hstack([heads.vectors[:, :d] @ rot, heads.vectors[:, d:]]), dtype=np.float32)
 
 
+def write_byte_array(writer: IndexWriter, name: str, data: np.ndarray, total: int, shard: int, chunk: int) -> int:
+    """A sharded byte array from its used bytes ``data`` (uint8) in one go."""
+    writer.begin_array(name, total, shard, chunk)
+    n = 0
+    for s in range(-(-data.shape[0] // shard)):
+        n += writer.write_shard(name, s, data[s * shard:(s + 1) * shard])
+    return n
+
+
+def idmap_stage(asg: Assignments, plan: PostingPlan, enc: Encoder, user_ids: np.ndarray | None, n: int,
+                params: BuildParams, writer: IndexWriter) -> int:
+    """Write the id map (see :mod:`spann.idmap`): each id's store row (coded) or the byte
+    offset of its vector in its nearest head's list (full)."""
+    if enc.layout.coded:
+        loc = enc.row_of
+    else:
+        starts = np.concatenate([[0], np.cumsum(asg.counts)])
+        e = np.flatnonzero(asg.heads == asg.primary[asg.ids])  # each vector's nearest-head entry
+        h = asg.heads[e]
+        _, _, _, cp = _positions(plan.layout, plan.offsets[h], plan.counts[h].astype(np.int64), e - starts[h])
+        loc = np.empty(n, np.int64)
+        loc[asg.ids[e]] = cp
+    keys = user_ids if user_ids is not None else np.arange(n, dtype=np.int64)
+    data = idmap_bytes(keys, loc)
+    shard = params.shard_bytes
+    return write_byte_array(writer, IDMAP, data, -(-data.shape[0] // shard) * shard, shard, params.chunk_bytes)
+
+
+def label_lists_stage(src, metric: Metric, labels: np.ndarray, user_ids: np.ndarray | None, params: BuildParams,
+                      writer: IndexWriter, dtype: str) -> int:
+    """The label directory (values, vectors per value, which have a label list) and the label
+    lists: every vector of each label carried by at most ``label_list_fraction`` of them, full
+    precision, with its id."""
+    vals, cnt = label_directory(labels)
+    listed = cnt <= params.label_list_fraction * src.n
+    rows, cols = np.nonzero(labels >= 0)
+    v = np.searchsorted(vals, labels[rows, cols])
+    keep = listed[v]
+    rows, v = rows[keep].astype(np.int64), v[keep]
+    lay = label_list_layout(src.dim, dtype)
+    uniq, inv = np.unique(rows, return_inverse=True)
+    vec = np.ascontiguousarray(metric.stored_rows(src.take(uniq)).astype(dtype, copy=False))
+    codes = vec.view(np.uint8).reshape(len(uniq), -1)[inv] if len(uniq) else np.zeros((0, lay.code_bytes), np.uint8)
+    packed = pack_entries(lay, v, len(vals), rows if user_ids is None else user_ids[rows], None, None, codes,
+                          params.shard_bytes, params.chunk_bytes)
+    writer.write_array("label_values", vals)
+    writer.write_array("label_counts", cnt)
+    writer.write_array("label_listed", listed.astype(np.uint8))
+    writer.write_array("label_offsets", packed.offsets)
+    writer.write_array("label_list_counts", packed.counts)
+    return write_byte_array(writer, LABEL_LISTS, packed.data, packed.total, packed.shard_bytes, params.chunk_bytes)
+
+
+def label_list_layout(dim: int, dtype: str) -> EntryLayout:
+    """Entries of label lists and of update deltas: full vectors with int64 ids."""
+    return EntryLayout(dim=dim, dtype=dtype, encoding="full")
+
+
 def _write_all(src, m: Metric, heads: Heads, graph: HeadGraph, asg: Assignments, plan: PostingPlan,
-               enc: Encoder, params: BuildParams, writer: IndexWriter, progress: bool) -> int:
+               enc: Encoder, params: BuildParams, writer: IndexWriter, progress: bool,
+               user_ids: np.ndarray | None = None, labels: np.ndarray | None = None) -> int:
     writer.write_array("heads", stored_heads(heads, enc))
     writer.write_array("neighbors", graph.neighbors.astype(np.int32))
     writer.write_array("entries", graph.entries.astype(np.int32))
@@ -399,9 +449,12 @@ def _write_all(src, m: Metric, heads: Heads, graph: HeadGraph, asg: Assignments,
     writer.write_array("counts", plan.counts.astype(np.int32))
     for name, arr in enc.arrays.items():
         writer.write_array(f"code_{name}", arr)
-    n = write_stage(src, m, heads, asg, plan, enc, writer, progress)
+    n = write_stage(src, m, heads, asg, plan, enc, writer, progress, user_ids=user_ids, labels=labels)
     if enc.store is not None:
-        n += store_stage(src, m, enc, params, writer, progress)
+        n += store_stage(src, m, enc, params, writer, progress, user_ids=user_ids)
+    n += idmap_stage(asg, plan, enc, user_ids, src.n, params, writer)
+    if labels is not None:
+        n += label_lists_stage(src, m, labels, user_ids, params, writer, plan.layout.dtype)
     return n
 
 
@@ -411,8 +464,11 @@ def _peak_rss() -> int:
 
 def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params: BuildParams | None = None,
                 fmt: str | None = None, overwrite: bool = False, progress: bool = True,
-                log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                log: Callable[[str], None] | None = None, ids=None, labels=None) -> dict[str, Any]:
     """Build an index from ``data`` (array (n, d) or vector file path) into ``index_dir``.
+
+    ``ids``: int64 (n,) distinct ids >= 0 that searches return (default: row numbers);
+    ``labels``: int (n,) or (n, L) labels for filtered search (-1 = none; see :mod:`spann.labels`).
 
     Returns the attributes stored in the index (metric, dims, parameters, statistics). The
     index appears at ``index_dir`` only when complete; a failure leaves nothing behind.
@@ -422,6 +478,13 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
     index_dir = Path(index_dir)
     check_target(index_dir, overwrite)
     src = as_vector_source(data, fmt)
+    try:
+        user_ids = check_ids(ids, src.n) if ids is not None else None
+        labels = check_labels(labels, src.n) if labels is not None else None
+    except BaseException:
+        if isinstance(data, (str, os.PathLike)):
+            src.close()
+        raise
     params = params.resolved(choose_encoding(params.encoding, m.stored_dtype(src.dtype), src.dim))
     say = log if (log and progress) else (lambda _msg: None)
     times: dict[str, float] = {}
@@ -440,14 +503,16 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
             max_norm = sample.max_norm
             graph = stage("graph", graph_stage, heads, params, progress)
             asg = stage("assign", assign_stage, src, m, max_norm, heads, graph, params, threads, progress)
-            enc = stage("encoding", encoding_stage, src, m, sample, asg, params)
+            enc = stage("encoding", encoding_stage, src, m, sample, asg, params,
+                        labels.shape[1] if labels is not None else 0)
             model = stage("pruner", pruner_stage, m, sample, src.dim, heads, graph, asg, params)
             del sample
             layout = enc.layout
             plan = stage("plan", plan_stage, asg.counts, layout, params)
             if model is not None:
                 writer.write_array("pruner", model)
-            stage("write", _write_all, src, m, heads, graph, asg, plan, enc, params, writer, progress)
+            stage("write", _write_all, src, m, heads, graph, asg, plan, enc, params, writer, progress, user_ids,
+                  labels)
         H = heads.vectors.shape[0]
         counts = asg.counts
         stats = {
@@ -471,7 +536,9 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
         }
         attrs = {"metric": m.name, "dim": src.dim, "n": src.n, "dtype": layout.dtype, "source_dtype": src.dtype.name,
                  "layout": layout.to_dict(), "store": enc.store.to_dict() if enc.store else None,
-                 "pruner": model is not None,
+                 "pruner": model is not None, "idmap_path": IDMAP,
+                 "label_lists_path": LABEL_LISTS if labels is not None else None,
+                 "live": src.n, "next_id": int(user_ids.max()) + 1 if user_ids is not None else src.n,
                  "max_norm": max_norm, "params": params.to_dict(), "stats": stats}
         writer.commit(attrs, overwrite=overwrite)
         return attrs

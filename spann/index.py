@@ -11,13 +11,21 @@ from typing import Any
 import numba
 import numpy as np
 
-from spann.errors import ParameterError, QueryError
+from spann.errors import IndexCorruptError, ParameterError, QueryError
+from spann.idmap import IdMap
+from spann.labels import check_filter
 from spann.params import BuildParams, SearchParams
 from spann.encodings import codebook_view
-from spann.postings import LocalPostings, prefetch_lists
-from spann.search import N_STATS, prefetch_rows_batch, rerank_batch, scan_batch, search_one, select_batch
+from spann.postings import LocalPostings, make_view, prefetch_lists
+from spann.search import (N_STATS, full_lists_batch, prefetch_rows_batch, rerank_batch, scan_batch, search_one,
+                          select_batch)
 from spann.vector_store import LocalVectors, VectorsView
 from spann.storage import IndexFiles, directory_bytes
+
+
+def label_list_layout(dim, dtype):
+    from spann.builder import label_list_layout as f
+    return f(dim, dtype)
 
 __all__ = ["Index", "SearchResult", "build", "open_index"]
 
@@ -39,6 +47,20 @@ class SearchResult:
         return iter((self.ids, self.distances))
 
 
+class _threads:
+    """numba's thread count for a block (``n``: None/0 = all cores), restored after."""
+
+    def __init__(self, n):
+        self.n = max(1, min(n or numba.config.NUMBA_NUM_THREADS, numba.config.NUMBA_NUM_THREADS))
+
+    def __enter__(self):
+        self.old = numba.get_num_threads()
+        numba.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        numba.set_num_threads(self.old)
+
+
 class _ThreadState(threading.local):
     """Per-thread scratch of the single-query path (graph visited marks)."""
 
@@ -46,30 +68,133 @@ class _ThreadState(threading.local):
     tag: int = 0
 
 
+class _Snapshot:
+    """One generation of an index as searches read it (immutable once built): heads, graph,
+    the base lists' directory (lists replaced by a split read as empty), tombstones, and the
+    delta and label lists. A search takes the current snapshot once; an update installs a
+    new one; the old one's maps go when its last search ends."""
+
+    def __init__(self, f: IndexFiles, base: "_Base", root: str):
+        self.generation = int(f.attrs.get("generation", 1))
+        self.build_id = f.build_id
+        self.heads, self.neighbors, self.entries = f.heads, f.neighbors, f.entries
+        self.pruner = f.pruner
+        H = self.heads.shape[0]
+        self.offsets = f.offsets
+        self.orig_counts, self.base_live = f.counts, f.base_live
+        self.counts = (f.counts * (f.base_live > 0)).astype(np.int32)
+        nb = f.layout.list_bytes_array(self.counts)
+        if np.any((self.counts > 0) & ((f.offsets < 0) | (f.offsets + nb > base.postings.mapped.total))):
+            raise IndexCorruptError(f"{root}: a posting list lies outside the posting array")
+        self.pv = base.postings.view._replace(offsets=np.ascontiguousarray(f.offsets),
+                                              counts=np.ascontiguousarray(self.counts))
+        self.dead_keys, self.dead_ids = f.dead_keys, f.dead_ids
+        self.live, self.next_id = f.live, f.next_id
+        self.labels = f.labels
+        self.delta_layout = delta_layout(f.layout)
+        self._readers = []
+        self.delta_ids = np.zeros(0, np.int64)
+        self.delta_locs = np.zeros(0, np.int64)
+        if f.delta is not None:
+            r = LocalPostings(f.dir_fd, root, f.delta_path, f.delta["offsets"], f.delta["counts"], self.delta_layout)
+            self._readers.append(r)
+            self.dv = r.view
+            self.delta_ids, self.delta_locs = f.delta["ids"], f.delta["locs"]
+        else:
+            self.dv = _empty_view(H, self.delta_layout)
+        self.lv = self.dlv = None
+        if f.labels is not None:
+            V = f.labels["values"].shape[0]
+            ll = label_list_layout(f.layout.dim, f.layout.dtype)
+            if base.label_lists is not None:
+                lc = f.labels["list_counts"]
+                lb = ll.list_bytes_array(lc)
+                if np.any((lc > 0) & (f.labels["offsets"] + lb > base.label_lists.mapped.total)):
+                    raise IndexCorruptError(f"{root}: a label list lies outside the label-list array")
+                self.lv = base.label_lists.view._replace(offsets=np.ascontiguousarray(f.labels["offsets"]),
+                                                         counts=np.ascontiguousarray(lc))
+            else:
+                self.lv = _empty_view(V, ll)
+            if f.delta_labels_path is not None:
+                r = LocalPostings(f.dir_fd, root, f.delta_labels_path, f.labels["delta_offsets"],
+                                  f.labels["delta_counts"], ll)
+                self._readers.append(r)
+                self.dlv = r.view
+            else:
+                self.dlv = _empty_view(V, ll)
+
+    def close(self) -> None:
+        for r in self._readers:
+            r.close()
+        self._readers = []
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def delta_layout(base: "EntryLayout") -> "EntryLayout":
+    """Entries of the delta lists: full vectors (exact distances), int64 ids, the base's labels."""
+    from spann.layout import EntryLayout
+    return EntryLayout(dim=base.dim, dtype=base.dtype, label_width=base.label_width, encoding="full")
+
+
+def _empty_view(n_lists: int, layout):
+    return make_view(np.zeros(16, np.uint8), np.zeros(n_lists, np.int64), np.zeros(n_lists, np.int32), layout,
+                     prefetchable=False)
+
+
+class _Base:
+    """The readers of the parts a build writes once (posting array, vector store, id map,
+    label lists), shared by every generation."""
+
+    def __init__(self, f: IndexFiles, root: str):
+        self.postings = self.vectors = self.idmap = self.label_lists = None
+        try:
+            self.postings = LocalPostings(f.dir_fd, root, f.postings_path, f.offsets, f.counts, f.layout)
+            if f.layout.coded:
+                self.vectors = LocalVectors(f.dir_fd, root, f.vectors_path, f.store)
+            self.idmap = IdMap(f.dir_fd, root, f.idmap_path, int(f.attrs["n"]))
+            if f.label_lists_path is not None:
+                ll = label_list_layout(f.layout.dim, f.layout.dtype)
+                self.label_lists = LocalPostings(f.dir_fd, root, f.label_lists_path, f.labels["offsets"],
+                                                 f.labels["list_counts"], ll)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for r in (self.postings, self.vectors, self.idmap, self.label_lists):
+            if r is not None:
+                r.close()
+        self.postings = self.vectors = self.idmap = self.label_lists = None
+
+
 class Index:
     """An opened SPANN index: heads, head graph and the list directory in RAM; posting lists
     memory-mapped from the zarr shards (see :mod:`spann.postings`).
 
-    Thread-safe for searching. Use as a context manager (or call :meth:`close`).
+    Thread-safe for searching, and for updating (:meth:`add`, :meth:`delete`) while searching:
+    each search sees one generation of the index. Use as a context manager (or call
+    :meth:`close`).
     """
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
         f = IndexFiles(self.path)
-        self.vectors = None
         try:
-            self.store = LocalPostings(f.dir_fd, str(self.path), f.postings_path, f.offsets, f.counts, f.layout)
-            if f.layout.coded:
-                try:
-                    self.vectors = LocalVectors(f.dir_fd, str(self.path), f.vectors_path, f.store)
-                except BaseException:
-                    self.store.close()
-                    raise
+            self._base = _Base(f, str(self.path))
+            try:
+                self._snap = _Snapshot(f, self._base, str(self.path))
+            except BaseException:
+                self._base.close()
+                raise
         finally:
             f.close()
+        self._stamp = self._root_stamp()
         self.codebook = codebook_view(f.layout.encoding, f.codebook)
-        self.pruner = f.pruner
         self._no_model = np.zeros(0, np.float64)
+        self._no_i32 = np.zeros(0, np.int32)
+        self._no_i64 = np.zeros(0, np.int64)
         self.attrs: dict[str, Any] = f.attrs
         self._metric = f.metric
         self.metric: str = f.metric.name
@@ -78,17 +203,29 @@ class Index:
         self.n: int = int(f.attrs["n"])
         self.dtype = np.dtype(f.layout.dtype)
         self.build_params = BuildParams.from_dict(f.attrs["params"])
-        self.heads = f.heads
-        self.neighbors = f.neighbors
-        self.entries = f.entries
-        self.counts = f.counts
-        self.offsets = f.offsets
         self._local = _ThreadState()
         self._state = threading.Condition()
+        self._write_lock = threading.Lock()
         self._active = 0
         self._closed = False
         self.default_params = SearchParams()
         self._param_cache: dict[tuple, SearchParams] = {}
+
+    # the current generation's parts (read-only views for callers and tests)
+    heads = property(lambda self: self._snap.heads)
+    neighbors = property(lambda self: self._snap.neighbors)
+    entries = property(lambda self: self._snap.entries)
+    pruner = property(lambda self: self._snap.pruner)
+    counts = property(lambda self: self._snap.counts)
+    offsets = property(lambda self: self._snap.offsets)
+    store = property(lambda self: self._base.postings if self._base is not None else None)
+    vectors = property(lambda self: self._base.vectors if self._base is not None else None)
+    generation = property(lambda self: self._snap.generation)
+
+    def __len__(self) -> int:
+        """Live vectors (added ones counted, deleted ones not)."""
+        self._maybe_refresh()
+        return int(self._snap.live)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def close(self) -> None:
@@ -97,12 +234,10 @@ class Index:
             self._closed = True
             while self._active:
                 self._state.wait()
-            if self.store is not None:
-                self.store.close()
-                self.store = None
-            if self.vectors is not None:
-                self.vectors.close()
-                self.vectors = None
+            if self._base is not None:
+                self._snap.close()
+                self._base.close()
+                self._base = None
 
     def __enter__(self) -> "Index":
         return self
@@ -110,12 +245,56 @@ class Index:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _enter(self):
+    def _root_stamp(self):
+        try:
+            st = os.stat(self.path / "zarr.json")
+            return (st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:
+            return None
+
+    def _maybe_refresh(self) -> None:
+        """Pick up a generation committed by another Index or process (one stat per call)."""
+        if self._root_stamp() != self._stamp and not self._closed:
+            self.refresh()
+
+    def refresh(self) -> bool:
+        """Load the index's current generation if it changed on disk (updates by another
+        process); returns True if it did. A rebuild of the same path is not followed: reopen."""
+        with self._write_lock:
+            return self._refresh_locked()
+
+    def _refresh_locked(self) -> bool:
+        stamp = self._root_stamp()
+        if stamp == self._stamp:
+            return False
+        try:
+            f = IndexFiles(self.path)
+        except (IndexCorruptError, OSError):
+            return False  # mid-swap or gone: keep serving the generation we have
+        try:
+            if f.build_id != self._snap.build_id or int(f.attrs.get("generation", 1)) <= self._snap.generation:
+                self._stamp = stamp
+                return False
+            snap = _Snapshot(f, self._base, str(self.path))
+        except (IndexCorruptError, OSError):
+            return False  # its generation was replaced while we read it: the next call retries
+        finally:
+            f.close()
+        self._install(snap, f.attrs, stamp)
+        return True
+
+    def _install(self, snap: "_Snapshot", attrs: dict, stamp) -> None:
         with self._state:
-            if self._closed or self.store is None:
+            self._snap = snap  # searches in flight keep the old one until they end
+            self.attrs = attrs
+            self._stamp = stamp
+
+    def _enter(self) -> "_Snapshot":
+        with self._state:
+            if self._closed or self._base is None:
                 raise QueryError(f"{self.path}: index is closed")
             self._active += 1
-            return self.store
+            return self._snap
 
     def _leave(self) -> None:
         with self._state:
@@ -147,7 +326,7 @@ class Index:
             self._param_cache[key] = p
         return p
 
-    def _check_queries(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _check_queries(self, queries: np.ndarray, k: int, live: int) -> tuple[np.ndarray, np.ndarray]:
         q = np.asarray(queries)
         if q.ndim == 1:
             q = q[None, :]
@@ -163,8 +342,8 @@ class Index:
             raise QueryError(f"queries are {q.dtype} but the index holds float32 vectors")
         if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k <= 0:
             raise QueryError(f"k must be a positive integer, got {k!r}")
-        if k > self.n:
-            raise QueryError(f"k = {k} exceeds the {self.n} vectors in the index")
+        if k > live:
+            raise QueryError(f"k = {k} exceeds the {live} vectors in the index")
         with np.errstate(over="ignore", invalid="ignore"):
             qf = np.asarray(q, dtype=np.float32)
             bad = ~np.isfinite(qf).all(1)
@@ -182,11 +361,12 @@ class Index:
     def search(self, queries: np.ndarray, k: int = 10, *, max_postings: int | None = None,
                prune_eps: float | None = None, ef: int | None = None, rerank: int | None = None,
                prefetch: bool | None = None, pruner: bool | None = None, threads: int | None = None,
-               params: SearchParams | None = None) -> SearchResult:
+               params: SearchParams | None = None, filter=None) -> SearchResult:
         """k nearest neighbours of ``queries`` (nq, dim) or (dim,).
 
         One query takes a low-overhead single-thread path; a batch runs on ``threads`` cores
-        (default: all). Returns a :class:`SearchResult` (unpacks as ``ids, distances``).
+        (default: all). ``filter``: a label or list of labels; only vectors carrying one of them
+        are returned. Returns a :class:`SearchResult` (unpacks as ``ids, distances``).
         """
         if params is not None and not isinstance(params, SearchParams):
             raise ParameterError(f"params must be a spann.SearchParams, got {type(params).__name__}")
@@ -194,16 +374,22 @@ class Index:
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
                                     or threads < 0):
             raise ParameterError(f"threads must be an integer >= 0, got {threads!r}")
-        qs, qh = self._check_queries(queries, k)
-        store = self._enter()
+        filt = None
+        if filter is not None:
+            filt = check_filter(filter)
+            if self._snap.labels is None:
+                raise QueryError(f"{self.path}: the index has no labels to filter on (build it with labels)")
+        self._maybe_refresh()
+        snap = self._enter()
         try:
-            return self._search(store, qs, qh, int(k), p, threads)
+            qs, qh = self._check_queries(queries, k, snap.live)
+            return self._search(snap, qs, qh, int(k), p, threads, filt)
         finally:
             self._leave()
 
     def _vectors_view(self) -> VectorsView:
-        if self.vectors is not None:
-            return self.vectors.view
+        if self._base.vectors is not None:
+            return self._base.vectors.view
         if getattr(self, "_no_vectors", None) is None:  # a typed empty view for full encodings
             u8 = np.zeros(8, np.uint8)
             self._no_vectors = VectorsView(u8=u8, i64=u8.view(np.int64), vec=u8.view(self.dtype), base=np.int64(0),
@@ -212,19 +398,45 @@ class Index:
                                            prefetchable=False)
         return self._no_vectors
 
-    def _search(self, store, qs, qh, k, p, threads) -> SearchResult:
-        pv = store.view
+    def _filter_plan(self, snap: "_Snapshot", filt: np.ndarray) -> tuple[np.ndarray, float, bool]:
+        """(label-directory positions of the filter's labels that exist, the share of live
+        vectors matching, whether every such label has a label list)."""
+        lab = snap.labels
+        vals = lab["values"]
+        pos = np.searchsorted(vals, filt)
+        ok = pos < vals.shape[0]
+        pos, f = pos[ok], filt[ok]
+        pos = pos[vals[pos] == f].astype(np.int32)
+        share = float(lab["counts"][pos].sum()) / max(snap.live, 1)
+        listed = bool(pos.size) and bool(np.all(lab["listed"][pos] > 0))
+        return pos, min(share, 1.0), listed
+
+    def _search(self, snap, qs, qh, k, p, threads, filt) -> SearchResult:
+        pv = snap.pv
         vv = self._vectors_view()
         cb = self.codebook
-        H = self.heads.shape[0]
-        model = self.pruner if (p.pruner and self.pruner is not None) else self._no_model
+        H = snap.heads.shape[0]
+        model = snap.pruner if (p.pruner and snap.pruner is not None) else self._no_model
         budget = min(p.max_postings, H)
+        f32 = self._no_i32
+        nq = qs.shape[0]
+        if filt is not None:
+            pos, share, listed = self._filter_plan(snap, filt)
+            if pos.size == 0:  # no live vector carries these labels
+                z = np.zeros(nq, np.int64)
+                return SearchResult(ids=np.full((nq, k), -1, np.int64), distances=np.full((nq, k), np.inf, np.float32),
+                                    lists_read=z, bytes_read=z.copy(), distance_evals=z.copy())
+            if listed:
+                return self._search_label_lists(snap, qs, k, pos, threads)
+            f32 = filt
+            # a filter matching a share s of the vectors reads ~1/sqrt(s) times the lists
+            budget = min(H, int(np.ceil(budget / np.sqrt(max(share, 1e-4)))))
         m = min(max(2 * budget if model.size else budget, 32), H)  # heads retrieved
         efv = p.effective_ef(m)
         eps = np.float32(min(p.prune_eps, 1e18))
         R = p.effective_rerank(k, self.layout.encoding)
         code = self._metric.scan_code
-        nq = qs.shape[0]
+        dead = snap.dead_keys
         if nq == 1:
             st = self._local
             if st.visited is None or st.visited.shape[0] != H:
@@ -237,17 +449,15 @@ class Index:
             top_d = np.empty(k, np.float32)
             top_i = np.empty(k, np.int64)
             stats = np.zeros(N_STATS, np.int64)
-            search_one(qs[0], qh[0], code, self.heads, self.neighbors, self.entries, efv, m, budget, model, eps, pv, cb,
-                       vv, R, bool(p.prefetch), st.visited, np.uint32(st.tag), top_d, top_i, stats)
+            search_one(qs[0], qh[0], code, snap.heads, snap.neighbors, snap.entries, efv, m, budget, model, eps, pv,
+                       cb, vv, snap.dv, f32, dead, self._no_i64, R, bool(p.prefetch), st.visited, np.uint32(st.tag),
+                       top_d, top_i, stats)
             dists, ids, stt = top_d[None], top_i[None], stats[None]
         else:
-            n_threads = threads or numba.config.NUMBA_NUM_THREADS
-            n_threads = max(1, min(n_threads, numba.config.NUMBA_NUM_THREADS))
-            old = numba.get_num_threads()
-            numba.set_num_threads(n_threads)
             coded = self.layout.coded
-            try:
-                sel_i, _sel_d, kept, evals = select_batch(qh, self.heads, self.neighbors, self.entries, efv, m, budget,
+            with _threads(threads):
+                n_threads = numba.get_num_threads()
+                sel_i, _sel_d, kept, evals = select_batch(qh, snap.heads, snap.neighbors, snap.entries, efv, m, budget,
                                                           model, eps, max(1, min(nq, n_threads * 8)))
                 dists = np.empty((nq, k), np.float32)
                 ids = np.empty((nq, k), np.int64)
@@ -259,7 +469,8 @@ class Index:
                     prefetch_lists(pv, sel_i[:group], kept[:group])
                 for a in range(0, nq, group):
                     b = min(nq, a + group)
-                    d_, i_, s_ = scan_batch(qs[a:b], qh[a:b], self.heads, code, pv, cb, sel_i[a:b], kept[a:b], R if coded else k)
+                    d_, i_, s_ = scan_batch(qs[a:b], qh[a:b], snap.heads, code, pv, cb, sel_i[a:b], kept[a:b],
+                                            R if coded else k, f32, dead)
                     if coded:
                         if p.prefetch:
                             prefetch_rows_batch(vv, i_)
@@ -267,35 +478,85 @@ class Index:
                         prefetch_lists(pv, sel_i[b:b + group], kept[b:b + group])
                     if coded:
                         d_, i_ = rerank_batch(qs[a:b], code, vv, i_, k, s_)
+                    full_lists_batch(qs[a:b], code, snap.dv, sel_i[a:b], kept[a:b], f32, self._no_i64, d_, i_, s_)
                     dists[a:b], ids[a:b], stt[a:b] = d_, i_, s_
                 stt[:, 2] += evals
-            finally:
-                numba.set_num_threads(old)
         dists = self._metric.report(dists)
         return SearchResult(ids=ids, distances=dists, lists_read=stt[:, 0], bytes_read=stt[:, 1],
                             distance_evals=stt[:, 2])
 
+    def _search_label_lists(self, snap, qs, k, pos, threads) -> SearchResult:
+        """Exact filtered search over the label lists of rare labels (base and delta)."""
+        nq = qs.shape[0]
+        sel = np.ascontiguousarray(np.broadcast_to(pos, (nq, pos.size)))
+        kept = np.full(nq, pos.size, np.int64)
+        dists = np.full((nq, k), np.inf, np.float32)
+        ids = np.full((nq, k), -1, np.int64)
+        stt = np.zeros((nq, N_STATS), np.int64)
+        code = self._metric.scan_code
+        with _threads(threads if nq > 1 else 1):
+            full_lists_batch(qs, code, snap.lv, sel, kept, self._no_i32, snap.dead_ids, dists, ids, stt)
+            full_lists_batch(qs, code, snap.dlv, sel, kept, self._no_i32, self._no_i64, dists, ids, stt)
+        return SearchResult(ids=ids, distances=self._metric.report(dists), lists_read=stt[:, 0],
+                            bytes_read=stt[:, 1], distance_evals=stt[:, 2])
+
+    # -- ids, vectors and updates ---------------------------------------------------------------
+    def get(self, ids) -> np.ndarray:
+        """The stored vectors of ``ids`` (int (m,)) as (m, dim) of the index's dtype (cosine:
+        unit-normalised float32). An id that is not live raises :class:`QueryError`."""
+        from spann.updates import locate
+        self._maybe_refresh()
+        snap = self._enter()
+        try:
+            arr = np.atleast_1d(np.asarray(ids))
+            if arr.dtype.kind not in "iu" or arr.ndim != 1:
+                raise QueryError(f"ids must be integers (m,), got {arr.dtype} {arr.shape}")
+            return locate(self, snap, arr.astype(np.int64), missing="raise")[0]
+        finally:
+            self._leave()
+
+    def add(self, vectors, ids=None, labels=None) -> np.ndarray:
+        """Insert ``vectors`` (m, dim) with ``ids`` (int (m,), new; default: the next free ids)
+        and ``labels``; durable and atomic (see :mod:`spann.updates`). Returns the ids."""
+        from spann.updates import add
+        return add(self, vectors, ids=ids, labels=labels)
+
+    def delete(self, ids, *, missing_ok: bool = False) -> int:
+        """Delete ``ids``; durable and atomic. Unknown ids raise unless ``missing_ok``.
+        Returns the number of vectors deleted."""
+        from spann.updates import delete
+        return delete(self, ids, missing_ok=missing_ok)
+
     # -- information ---------------------------------------------------------------------------
     def posting_files(self) -> list[str]:
         """The files a query reads from (posting shards, and vector-store shards when coded)."""
-        if self.store is None:
+        if self._base is None:
             return []
-        return self.store.files() + (self.vectors.files() if self.vectors is not None else [])
+        out = self._base.postings.files() + (self._base.vectors.files() if self._base.vectors is not None else [])
+        if self._base.label_lists is not None:
+            out += self._base.label_lists.files()
+        return out + [f for r in self._snap._readers for f in r.files()]
 
     def evict(self) -> None:
         """Drop this index's posting lists from memory and the page cache (cold-cache measurement):
         the next read of every list goes to the device."""
-        store = self._enter()
+        snap = self._enter()
         try:
-            store.evict()
-            if self.vectors is not None:
-                self.vectors.evict()
+            for r in (self._base.postings, self._base.vectors, self._base.label_lists, *snap._readers):
+                if r is not None:
+                    r.evict()
         finally:
             self._leave()
 
     def ram_bytes(self) -> int:
-        """Bytes the open index holds in RAM: heads, graph, list directory (no per-vector term)."""
-        return int(sum(a.nbytes for a in (self.heads, self.neighbors, self.entries, self.counts, self.offsets)))
+        """Bytes the open index holds in RAM: heads, graph, list directories, tombstones and the
+        delta's id directory (nothing per base vector)."""
+        sn = self._snap
+        parts = [sn.heads, sn.neighbors, sn.entries, sn.counts, sn.offsets, sn.dead_keys, sn.dead_ids, sn.delta_ids,
+                 sn.delta_locs, sn.dv.offsets, sn.dv.counts]
+        if sn.labels is not None:
+            parts += list(sn.labels.values())
+        return int(sum(a.nbytes for a in parts))
 
     def info(self) -> dict[str, Any]:
         """Attributes (metric, dims, build parameters and statistics) plus sizes on disk and in RAM."""
@@ -304,22 +565,26 @@ class Index:
         H = self.heads.shape[0]
         ram = self.ram_bytes()
         return {**self.attrs, "path": str(self.path), "disk_bytes": directory_bytes(self.path), "ram_bytes": ram,
-                "ram_bytes_per_head": ram / H, "heads_in_ram": H}
+                "ram_bytes_per_head": ram / H, "heads_in_ram": H, "live": int(self._snap.live)}
 
     def __repr__(self) -> str:
-        return (f"Index({str(self.path)!r}, metric={self.metric}, n={self.n}, dim={self.dim}, "
+        return (f"Index({str(self.path)!r}, metric={self.metric}, n={int(self._snap.live)}, dim={self.dim}, "
                 f"heads={self.heads.shape[0]})")
 
 
 def build(data, index_dir: str | os.PathLike[str], *, metric: str, params: BuildParams | None = None,
-          fmt: str | None = None, overwrite: bool = False, progress: bool = True, **param_overrides: Any) -> Index:
+          fmt: str | None = None, overwrite: bool = False, progress: bool = True, ids=None, labels=None,
+          **param_overrides: Any) -> Index:
     """Build an index from ``data`` (array (n, d) float32/uint8/int8, or a vector file path) and
-    open it. Keyword overrides are :class:`BuildParams` fields (``head_ratio=0.1`` ...)."""
+    open it. ``ids``: int64 (n,) distinct ids >= 0 (default: row numbers); ``labels``: int
+    (n,) or (n, L) labels for filtered search. Keyword overrides are :class:`BuildParams`
+    fields (``head_ratio=0.1`` ...)."""
     from spann.builder import build_index
     p = params or BuildParams()
     if param_overrides:
         p = p.replace(**param_overrides)
-    build_index(data, index_dir, metric=metric, params=p, fmt=fmt, overwrite=overwrite, progress=progress)
+    build_index(data, index_dir, metric=metric, params=p, fmt=fmt, overwrite=overwrite, progress=progress, ids=ids,
+                labels=labels)
     return Index(index_dir)
 
 

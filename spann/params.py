@@ -120,6 +120,11 @@ class BuildParams(_Params):
     block_rows: vectors per streamed block during assignment.
     seed: random seed.
     threads: build threads (0 = all cores).
+    label_list_fraction: labels carried by at most this fraction of the vectors also get a
+        label list (the label's vectors, full precision, contiguous): a filtered search whose
+        labels are all that rare scans those lists exactly instead of the posting lists.
+    split_factor: an update splits a posting list grown past ``split_factor`` times the mean
+        list length of the build (a new head; SPFresh's split).
     """
 
     head_ratio: float = 0.05
@@ -141,8 +146,14 @@ class BuildParams(_Params):
     block_rows: int = 65536
     seed: int = 0
     threads: int = 0
+    label_list_fraction: float = 0.02
+    split_factor: float = 2.0
 
     def __post_init__(self) -> None:
+        _check(_real(self.label_list_fraction) and 0.0 <= self.label_list_fraction <= 1.0,
+               f"label_list_fraction must be in [0, 1], got {self.label_list_fraction!r}")
+        _check(_real(self.split_factor) and 1.2 <= self.split_factor <= 100,
+               f"split_factor must be in [1.2, 100], got {self.split_factor!r}")
         _check(_real(self.head_ratio) and 0.0 < self.head_ratio <= 0.5,
                f"head_ratio must be in (0, 0.5], got {self.head_ratio!r}")
         _check(_int(self.posting_size) and 0 <= self.posting_size <= 10**7,

@@ -65,6 +65,12 @@ def aux_offset(pv, c):
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
+def labels_start(pv, o, c, t):
+    """int32 index of entry t's first label in the list of c entries at byte offset o."""
+    return ((o + (pv.id_bytes * c + 7) // 8 * 8) >> 2) + t * pv.label_width
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
 def codes_offset(pv, c):
     """Byte offset of the code section in a list of c entries (see EntryLayout)."""
     return (aux_offset(pv, c) + 4 * pv.aux_floats * c + 7) // 8 * 8

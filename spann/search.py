@@ -25,7 +25,8 @@ from spann.distances import FASTMATH, pair_distance
 from spann.distances import NEG_DOT
 from spann.encodings import FULL, SQ8, sq8_distance, sq8_prepare
 from spann.head_index import beam_search
-from spann.postings import aux_offset, codes_offset, entry_id, union_pages
+from spann.labels import has_label, is_dead
+from spann.postings import aux_offset, codes_offset, entry_id, labels_start, union_pages
 from spann.pruner import lists_for
 from spann.prefetch import prefetch_element
 from spann.rabitq import estimate, prepare_list_query
@@ -33,7 +34,7 @@ from spann.topk import topk_insert, topk_insert_unique
 from spann.vector_store import row_id, row_vector, union_row_pages
 
 __all__ = ["N_STATS", "select_lists", "scan_full", "scan_coded", "scan_rabitq", "rerank", "search_one", "select_batch",
-           "scan_batch"]
+           "scan_batch", "full_lists_batch"]
 
 N_STATS = 4  #: lists read, page bytes, distance evaluations, entry bytes
 
@@ -68,12 +69,15 @@ def _prefetch_codes(pv, h):
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
-def scan_full(q, metric, pv, sel_i, kept, top_d, top_i, stats):
+def scan_full(q, metric, pv, sel_i, kept, filt, dead, top_d, top_i, stats):
     """Scan the first ``kept`` lists of ``sel_i`` (full vectors) into the top-k
-    (``top_d``/``top_i``, pre-filled with inf / -1)."""
+    (``top_d``/``top_i``, pre-filled with inf / -1). ``filt``: sorted int32 labels an entry
+    must carry one of (empty: no filter); ``dead``: sorted int64 ids to skip (deleted)."""
     dim = pv.dim
     k = top_d.shape[0]
     isz = pv.vec.itemsize
+    nf = filt.shape[0] > 0
+    L = pv.label_width
     for j in range(min(kept, 2)):
         _prefetch_codes(pv, sel_i[j])
     for j in range(kept):
@@ -88,8 +92,10 @@ def scan_full(q, metric, pv, sel_i, kept, top_d, top_i, stats):
         po = (o + codes_offset(pv, c)) // isz
         block = pv.vec[po:po + c * dim].reshape(c, dim)
         for t in range(c):
+            if nf and not has_label(pv.i32, labels_start(pv, o, c, t), L, filt):
+                continue
             d = pair_distance(q, block[t], metric)
-            if d < top_d[k - 1]:
+            if d < top_d[k - 1] and not is_dead(dead, ids[t]):
                 topk_insert_unique(top_d, top_i, d, ids[t])
         stats[0] += 1
         stats[2] += c
@@ -97,10 +103,13 @@ def scan_full(q, metric, pv, sel_i, kept, top_d, top_i, stats):
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
-def scan_coded(q, metric, pv, cb, qa, sel_i, kept, cand_d, cand_r, stats):
+def scan_coded(q, metric, pv, cb, qa, sel_i, kept, filt, dead, cand_d, cand_r, stats):
     """Scan the first ``kept`` lists' codes into the best ``len(cand_d)`` candidates (rows,
-    approximate distances; pre-filled with inf / -1). ``qa``: scratch (D,) float32."""
+    approximate distances; pre-filled with inf / -1). ``qa``: scratch (D,) float32; ``filt``,
+    ``dead``: as in :func:`scan_full` (``dead`` holds store rows)."""
     R = cand_d.shape[0]
+    nf = filt.shape[0] > 0
+    L = pv.label_width
     B = pv.code_bytes
     const = sq8_prepare(q, metric, cb.lo, cb.scale, qa)
     for j in range(min(kept, 2)):
@@ -116,20 +125,27 @@ def scan_coded(q, metric, pv, cb, qa, sel_i, kept, cand_d, cand_r, stats):
         co = o + codes_offset(pv, c)
         codes = pv.u8[co:co + c * B].reshape(c, B)
         for t in range(c):
+            if nf and not has_label(pv.i32, labels_start(pv, o, c, t), L, filt):
+                continue
             d = sq8_distance(qa, const, cb.scale, codes[t], metric)
             if d < cand_d[R - 1]:
-                topk_insert_unique(cand_d, cand_r, d, entry_id(pv, o, t))
+                r = entry_id(pv, o, t)
+                if not is_dead(dead, r):
+                    topk_insert_unique(cand_d, cand_r, d, r)
         stats[0] += 1
         stats[2] += c
         stats[3] += codes_offset(pv, c) + c * B
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True, error_model="numpy")
-def scan_rabitq(qh, metric, pv, heads, sel_i, kept, cand_d, cand_r, stats):
+def scan_rabitq(qh, metric, pv, heads, sel_i, kept, filt, dead, cand_d, cand_r, stats):
     """Scan the first ``kept`` lists' RaBitQ codes (see :mod:`spann.rabitq`) into the best
     ``len(cand_d)`` candidates. ``qh``: the head-space query, whose first Dp columns are the
-    rotated query; ``heads``: the rotated head vectors (the lists' centres)."""
+    rotated query; ``heads``: the rotated head vectors (the lists' centres); ``filt``, ``dead``:
+    as in :func:`scan_coded`."""
     R = cand_d.shape[0]
+    nf = filt.shape[0] > 0
+    L = pv.label_width
     W = pv.code_bytes // 8
     dp = W * 64
     A = pv.aux_floats
@@ -158,6 +174,8 @@ def scan_rabitq(qh, metric, pv, heads, sel_i, kept, cand_d, cand_r, stats):
         co = (o + codes_offset(pv, c)) >> 3
         words = pv.i64[co:co + c * W].reshape(c, W)
         for t in range(c):
+            if nf and not has_label(pv.i32, labels_start(pv, o, c, t), L, filt):
+                continue
             nr = pv.f32[ao + A * t]
             est = estimate(words[t], planes, lo, w, s_all, dp) / pv.f32[ao + A * t + 1]
             if metric == NEG_DOT:
@@ -165,7 +183,9 @@ def scan_rabitq(qh, metric, pv, heads, sel_i, kept, cand_d, cand_r, stats):
             else:
                 d = nr * nr + base - 2.0 * nr * nq * est
             if d < cand_d[R - 1]:
-                topk_insert_unique(cand_d, cand_r, d, entry_id(pv, o, t))
+                r = entry_id(pv, o, t)
+                if not is_dead(dead, r):
+                    topk_insert_unique(cand_d, cand_r, d, r)
         stats[0] += 1
         stats[2] += c
         stats[3] += codes_offset(pv, c) + c * pv.code_bytes
@@ -187,35 +207,40 @@ def rerank(q, metric, vv, cand_r, top_d, top_i, stats):
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
-def search_one(q, qh, metric, heads, neighbors, entries, ef, m, budget, model, prune_eps, pv, cb, vv, rerank_depth,
-               prefetch, visited, tag, top_d, top_i, stats):
+def search_one(q, qh, metric, heads, neighbors, entries, ef, m, budget, model, prune_eps, pv, cb, vv, dv, filt,
+               dead, no_dead, rerank_depth, prefetch, visited, tag, top_d, top_i, stats):
     """One query end to end: fills ``top_d``/``top_i`` (length k, ascending) and ``stats``.
     ``m``: heads retrieved (>= the most lists the pruner may choose); ``budget``: lists for
-    the median query (see :func:`select_lists`)."""
+    the median query (see :func:`select_lists`); ``dv``: the delta lists of an updated index
+    (full vectors, same heads; all empty when there is none); ``filt``: sorted int32 labels
+    (empty: no filter); ``dead``: deleted ids (full) or store rows (coded) of the base lists,
+    sorted int64; ``no_dead``: an empty int64 array."""
     sel_i = np.empty(m, np.int32)
     sel_d = np.empty(m, np.float32)
     kept, n_eval = select_lists(qh, heads, neighbors, entries, ef, budget, model, prune_eps, visited, tag, sel_i,
                                 sel_d)
     stats[1] += 4096 * union_pages(pv, sel_i, kept, prefetch and pv.prefetchable)
+    stats[1] += 4096 * union_pages(dv, sel_i, kept, prefetch and dv.prefetchable)
     stats[2] += n_eval
     for j in range(top_d.shape[0]):
         top_d[j] = np.inf
         top_i[j] = -1
     if cb.kind == FULL:
-        scan_full(q, metric, pv, sel_i, kept, top_d, top_i, stats)
-        return
-    cand_d = np.full(rerank_depth, np.inf, np.float32)
-    cand_r = np.full(rerank_depth, -1, np.int64)
-    if cb.kind == SQ8:
-        qa = np.empty(q.shape[0], np.float32)
-        scan_coded(q, metric, pv, cb, qa, sel_i, kept, cand_d, cand_r, stats)
+        scan_full(q, metric, pv, sel_i, kept, filt, dead, top_d, top_i, stats)
     else:
-        scan_rabitq(qh, metric, pv, heads, sel_i, kept, cand_d, cand_r, stats)
-    n_c = 0
-    while n_c < rerank_depth and cand_r[n_c] >= 0:
-        n_c += 1
-    stats[1] += 4096 * union_row_pages(vv, cand_r, n_c, prefetch and vv.prefetchable)
-    rerank(q, metric, vv, cand_r, top_d, top_i, stats)
+        cand_d = np.full(rerank_depth, np.inf, np.float32)
+        cand_r = np.full(rerank_depth, -1, np.int64)
+        if cb.kind == SQ8:
+            qa = np.empty(q.shape[0], np.float32)
+            scan_coded(q, metric, pv, cb, qa, sel_i, kept, filt, dead, cand_d, cand_r, stats)
+        else:
+            scan_rabitq(qh, metric, pv, heads, sel_i, kept, filt, dead, cand_d, cand_r, stats)
+        n_c = 0
+        while n_c < rerank_depth and cand_r[n_c] >= 0:
+            n_c += 1
+        stats[1] += 4096 * union_row_pages(vv, cand_r, n_c, prefetch and vv.prefetchable)
+        rerank(q, metric, vv, cand_r, top_d, top_i, stats)
+    scan_full(q, metric, dv, sel_i, kept, filt, no_dead, top_d, top_i, stats)
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True, parallel=True)
@@ -239,7 +264,7 @@ def select_batch(qh, heads, neighbors, entries, ef, m, budget, model, prune_eps,
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True, parallel=True)
-def scan_batch(qs, qh, heads, metric, pv, cb, sel_i, kept, width):
+def scan_batch(qs, qh, heads, metric, pv, cb, sel_i, kept, width, filt, dead):
     """Batch phase 2: scan the selected lists of every query in parallel (``qs`` scan-space
     queries, ``qh`` head-space queries, ``heads`` the head vectors). Returns (dists
     (nq, width), ids or rows (nq, width), stats (nq, N_STATS)): the top-k (full encoding,
@@ -251,13 +276,23 @@ def scan_batch(qs, qh, heads, metric, pv, cb, sel_i, kept, width):
     for i in numba.prange(nq):
         stats[i, 1] = 4096 * union_pages(pv, sel_i[i], kept[i], False)
         if cb.kind == FULL:
-            scan_full(qs[i], metric, pv, sel_i[i], kept[i], out_d[i], out_i[i], stats[i])
+            scan_full(qs[i], metric, pv, sel_i[i], kept[i], filt, dead, out_d[i], out_i[i], stats[i])
         elif cb.kind == SQ8:
             qa = np.empty(qs.shape[1], np.float32)
-            scan_coded(qs[i], metric, pv, cb, qa, sel_i[i], kept[i], out_d[i], out_i[i], stats[i])
+            scan_coded(qs[i], metric, pv, cb, qa, sel_i[i], kept[i], filt, dead, out_d[i], out_i[i], stats[i])
         else:
-            scan_rabitq(qh[i], metric, pv, heads, sel_i[i], kept[i], out_d[i], out_i[i], stats[i])
+            scan_rabitq(qh[i], metric, pv, heads, sel_i[i], kept[i], filt, dead, out_d[i], out_i[i], stats[i])
     return out_d, out_i, stats
+
+
+@numba.njit(cache=True, fastmath=FASTMATH, nogil=True, parallel=True)
+def full_lists_batch(qs, metric, pv, sel_i, kept, filt, dead, top_d, top_i, stats):
+    """Scan full-vector lists (delta lists, label lists) ``sel_i[i, :kept[i]]`` of every query
+    into its existing top-k ``top_d[i]``/``top_i[i]`` (replicas and ids already there are not
+    inserted twice)."""
+    for i in numba.prange(qs.shape[0]):
+        stats[i, 1] += 4096 * union_pages(pv, sel_i[i], kept[i], False)
+        scan_full(qs[i], metric, pv, sel_i[i], kept[i], filt, dead, top_d[i], top_i[i], stats[i])
 
 
 @numba.njit(cache=True, nogil=True)

@@ -50,9 +50,12 @@ from spann.zarr_io import (crc32c, group_meta, postings_meta, read_json, read_sm
 __all__ = ["FORMAT_VERSION", "IndexWriter", "IndexFiles", "check_target", "directory_bytes", "stale_builds",
            "swap_directories"]
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 POSTINGS = "postings"
 VECTORS = "vectors"
+IDMAP = "idmap"
+LABEL_LISTS = "label_lists"
+LOCK = ".spann-lock"  #: lock file of an index's writers (updates)
 BUILD_MARK = ".spann-build"  #: file inside a build's temporary directory: pid, host, target
 
 
@@ -61,7 +64,8 @@ def generation_path(g: int) -> str:
 
 
 def _is_index_entry(name: str) -> bool:
-    return name in ("zarr.json", POSTINGS, VECTORS, "heads", "graph") or name.startswith("gen-") \
+    return name in ("zarr.json", POSTINGS, VECTORS, IDMAP, LABEL_LISTS, LOCK, "heads", "graph") \
+        or name.startswith("gen-") or name.startswith("zarr.json.tmp-") \
         or name.startswith("postings-") or name.startswith("vectors-")
 
 
@@ -375,11 +379,62 @@ class IndexFiles:
             self.vectors_path = _need(attrs, "vectors_path", str, where)
             if "/" in self.vectors_path or self.vectors_path.startswith("."):
                 raise IndexCorruptError(f"{where}: bad path {self.vectors_path!r} in the metadata")
+        self._load_format3(attrs, where, H, n, layout, load)
         self.attrs = attrs
         self.layout = layout
         self.metric = m
         self.postings_path = post
         self.build_id = build_id
+
+    def _load_format3(self, attrs: dict, where: str, H: int, n: int, layout: EntryLayout, load) -> None:
+        """Ids, labels and the update state of the current generation (see spann.updates)."""
+        def path(key, optional=False):
+            v = attrs.get(key)
+            if v is None and optional:
+                return None
+            if not isinstance(v, str) or v.startswith(".") or ".." in v.split("/") or v.startswith("/"):
+                raise IndexCorruptError(f"{where}: metadata field {key!r} is missing or not a relative path")
+            return v
+
+        self.idmap_path = path("idmap_path")
+        self.live = _need(attrs, "live", int, where)
+        self.next_id = _need(attrs, "next_id", int, where)
+        if self.live < 0 or self.next_id < 0:
+            raise IndexCorruptError(f"{where}: negative live count or next id in the metadata")
+        self.label_lists_path = path("label_lists_path", optional=True)
+        self.delta_path = path("delta_path", optional=True)
+        self.delta_labels_path = path("delta_labels_path", optional=True)
+        self.base_live = np.ones(H, np.uint8)
+        self.dead_keys = np.zeros(0, np.int64)
+        self.dead_ids = np.zeros(0, np.int64)
+        if int(attrs.get("generation", 1)) > 1:
+            self.base_live = load("base_live", np.uint8, (H,))
+            self.dead_keys = load("dead_keys", np.int64, (None,))
+            self.dead_ids = load("dead_ids", np.int64, (None,))
+            for name, a in (("dead_keys", self.dead_keys), ("dead_ids", self.dead_ids)):
+                if a.size > 1 and np.any(a[1:] <= a[:-1]):
+                    raise IndexCorruptError(f"{where}: {name} are not sorted")
+        self.labels = None
+        if self.label_lists_path is not None or layout.label_width:
+            vals = load("label_values", np.int32, (None,))
+            V = vals.shape[0]
+            if V > 1 and np.any(vals[1:] <= vals[:-1]) or V and vals[0] < 0:
+                raise IndexCorruptError(f"{where}: label values are not sorted non-negative")
+            self.labels = {"values": vals, "counts": load("label_counts", np.int64, (V,)),
+                           "listed": load("label_listed", np.uint8, (V,)),
+                           "offsets": load("label_offsets", np.int64, (V,)),
+                           "list_counts": load("label_list_counts", np.int32, (V,))}
+            if self.delta_labels_path is not None:
+                self.labels["delta_offsets"] = load("delta_label_offsets", np.int64, (V,))
+                self.labels["delta_counts"] = load("delta_label_counts", np.int32, (V,))
+        self.delta = None
+        if self.delta_path is not None:
+            ids = load("delta_ids", np.int64, (None,))
+            self.delta = {"offsets": load("delta_offsets", np.int64, (H,)),
+                          "counts": load("delta_counts", np.int32, (H,)), "ids": ids,
+                          "locs": load("delta_locs", np.int64, ids.shape)}
+            if ids.size > 1 and np.any(ids[1:] <= ids[:-1]):
+                raise IndexCorruptError(f"{where}: delta ids are not sorted")
 
     def close(self) -> None:
         if self.dir_fd >= 0:

@@ -1,0 +1,598 @@
+"""Updates of a built index: add, delete, and list splits, SPFresh's way; each batch is one
+new *generation* of the index, switched in atomically.
+
+State of a generation (``gen-NNNNNN/`` inside the index, named by the root ``zarr.json``):
+
+- the head index (heads, graph), grown by splits;
+- the base lists' directory and ``base_live`` (a split retires its base list);
+- tombstones: ``dead_keys`` (what the base lists store: ids for full vectors, vector-store rows
+  for coded postings) and ``dead_ids``, both sorted; searches skip them;
+- the *delta*: every vector added since the build (or moved by a split), full precision, in
+  variable-length lists per head with the same replica rules as the build (closure + RNG),
+  plus the label lists of its rare labels.
+
+An insert goes to its nearest heads' delta lists. A list (base + delta) grown past
+``split_factor`` times the build's mean length is split: 2-means of its live vectors, the old
+head moves to one centre and a new head (linked into the head graph) takes the other, the
+list's vectors are re-assigned with the replica rules (LIRE's reassignment), and delta vectors
+of the neighbouring lists that are now nearer to a new centre gain a replica there. A deleted
+id is dropped from the delta at once and tombstoned in the base lists; a split purges the
+tombstones of the list it retires.
+
+Durability and atomicity: a batch writes the whole new generation directory, fsyncs it, then
+replaces the root ``zarr.json`` (write + rename + fsync): a crash before the rename leaves the
+previous generation current (the orphan directory is removed by the next update), after it the
+new one. Writers take an exclusive lock file; readers never block. Searches in flight keep the
+generation they started with; other processes pick up a new one at their next call.
+
+Cost: each batch rewrites the delta (it grows with the vectors added since the build; a
+rebuild folds it into the base).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numba
+import numpy as np
+
+from spann.assign import assign_block
+from spann.datasets.formats import check_finite
+from spann.distances import sq_l2
+from spann.errors import DataError, QueryError
+from spann.head_index import beam_search
+from spann.idmap import check_ids, lookup_sorted
+from spann.labels import check_labels
+from spann.posting_writer import pack_entries
+from spann.storage import LOCK, _fsync_dir, _fsync_tree, generation_path
+from spann.zarr_io import crc32c, group_meta, postings_meta, read_json, write_json, write_shard, write_small_array
+
+__all__ = ["add", "delete", "locate"]
+
+
+# -- reading entries back ------------------------------------------------------------------------
+
+@numba.njit(cache=True, nogil=True)
+def _read_lists(pv, lists):
+    """Entries of ``lists``: (list index int64 (e,), ids or rows int64 (e,), labels int32 (e, L),
+    codes uint8 (e, B))."""
+    total = 0
+    for h in lists:
+        total += pv.counts[h]
+    L = pv.label_width
+    B = pv.code_bytes
+    li = np.empty(total, np.int64)
+    ids = np.empty(total, np.int64)
+    lab = np.empty((total, L), np.int32)
+    codes = np.empty((total, B), np.uint8)
+    e = 0
+    for h in lists:
+        c = pv.counts[h]
+        o = pv.offsets[h]
+        lo = (o + (pv.id_bytes * c + 7) // 8 * 8) >> 2
+        ao = (o + (pv.id_bytes * c + 7) // 8 * 8 + 4 * L * c + 7) // 8 * 8
+        co = (ao + 4 * pv.aux_floats * c + 7) // 8 * 8
+        for t in range(c):
+            li[e] = h
+            if pv.id_bytes == 4:
+                ids[e] = pv.i32[(o >> 2) + t]
+            else:
+                ids[e] = pv.i64[(o >> 3) + t]
+            for j in range(L):
+                lab[e, j] = pv.i32[lo + t * L + j]
+            for j in range(B):
+                codes[e, j] = pv.u8[co + t * B + j]
+            e += 1
+    return li, ids, lab, codes
+
+
+@numba.njit(cache=True, nogil=True)
+def _gather(u8, offsets, nbytes):
+    out = np.empty((offsets.shape[0], nbytes), np.uint8)
+    for i in range(offsets.shape[0]):
+        for j in range(nbytes):
+            out[i, j] = u8[offsets[i] + j]
+    return out
+
+
+def _store_rows(vv, rows: np.ndarray, dtype: np.dtype, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(vectors (m, dim), ids int64 (m,)) of vector-store rows."""
+    off = (rows // vv.rows_per_page) * vv.page_bytes + (rows % vv.rows_per_page) * vv.row_bytes
+    vec = _gather(vv.u8, off.astype(np.int64), int(dim * dtype.itemsize)).view(dtype)
+    ids = _gather(vv.u8, (off + vv.id_offset).astype(np.int64), 8).view(np.int64)[:, 0]
+    return vec, ids
+
+
+def locate(index, snap, ids: np.ndarray, missing: str = "raise") -> tuple[np.ndarray, np.ndarray]:
+    """Stored vectors of ``ids`` (int64 (m,)): (vectors (m, dim), live mask bool (m,)). Rows of
+    ids that are not live are zero; with ``missing="raise"`` they raise QueryError."""
+    dt = index.dtype
+    m = ids.shape[0]
+    out = np.zeros((m, index.dim), dt)
+    dl = lookup_sorted(snap.delta_ids, snap.delta_locs, ids)
+    found = dl >= 0
+    if found.any():
+        out[found] = _gather(snap.dv.u8, dl[found], index.dim * dt.itemsize).view(dt)
+    rest = np.flatnonzero(~found)
+    if rest.size:
+        loc = index._base.idmap.lookup(ids[rest])
+        key = loc if index.layout.coded else ids[rest]
+        ok = (loc >= 0) & ~np.isin(key, snap.dead_keys)
+        sel = rest[ok]
+        if sel.size:
+            if index.layout.coded:
+                out[sel] = _store_rows(index._base.vectors.view, loc[ok], dt, index.dim)[0]
+            else:
+                out[sel] = _gather(index._base.postings.view.u8, loc[ok], index.dim * dt.itemsize).view(dt)
+            found[sel] = True
+    if missing == "raise" and not found.all():
+        raise QueryError(f"id {int(ids[np.flatnonzero(~found)[0]])} is not in the index "
+                         f"({int((~found).sum())} of {m} missing)")
+    return out, found
+
+
+# -- the mutable state of one batch ------------------------------------------------------------
+
+@dataclass
+class _Delta:
+    """Delta entries in RAM while a batch is applied: list int64 (e,), id int64 (e,), labels
+    int32 (e, L), vector (e, dim) stored dtype."""
+
+    lists: np.ndarray
+    ids: np.ndarray
+    labels: np.ndarray
+    vecs: np.ndarray
+
+    def keep(self, mask: np.ndarray) -> None:
+        self.lists, self.ids, self.labels, self.vecs = (self.lists[mask], self.ids[mask], self.labels[mask],
+                                                         self.vecs[mask])
+
+    def append(self, lists, ids, labels, vecs) -> None:
+        self.lists = np.concatenate([self.lists, lists])
+        self.ids = np.concatenate([self.ids, ids])
+        self.labels = np.concatenate([self.labels, labels])
+        self.vecs = np.concatenate([self.vecs, vecs])
+
+
+class _Batch:
+    """Everything a batch changes, loaded from the current generation."""
+
+    def __init__(self, index, snap):
+        self.index = index
+        self.snap = snap
+        self.heads = snap.heads.copy()
+        self.neighbors = snap.neighbors.copy()
+        self.entries = snap.entries
+        self.offsets = snap.offsets.copy()
+        self.orig_counts = snap.orig_counts.astype(np.int32).copy()  # base lists as built (padded)
+        self.base_live = snap.base_live.astype(bool).copy()  # False: retired by a split
+        self.dead_keys = snap.dead_keys
+        self.dead_ids = snap.dead_ids
+        self.live = int(snap.live)
+        self.next_id = int(snap.next_id)
+        L = index.layout.label_width
+        dv = snap.dv
+        nz = np.flatnonzero(dv.counts > 0).astype(np.int64)
+        li, ids, lab, codes = _read_lists(dv, nz)
+        self.delta = _Delta(li, ids, lab.reshape(ids.shape[0], L), codes.view(index.dtype).reshape(ids.shape[0], index.dim))
+        lab_dir = snap.labels
+        self.label_values = lab_dir["values"].copy() if lab_dir is not None else np.zeros(0, np.int32)
+        self.label_counts = lab_dir["counts"].copy() if lab_dir is not None else np.zeros(0, np.int64)
+        self.label_listed = lab_dir["listed"].copy() if lab_dir is not None else np.zeros(0, np.uint8)
+        p = index.build_params
+        stats = index.attrs.get("stats", {})
+        self.split_limit = max(8, int(p.split_factor * float(stats.get("posting_mean", 64))))
+        self.splits = 0
+
+    # -- head space ---------------------------------------------------------------------------
+    def head_space(self, stored: np.ndarray) -> np.ndarray:
+        """float32 (m, Dh) head-space rows of stored-form vectors (rotated for rabitq)."""
+        ix = self.index
+        x = ix._metric.head_space(stored, float(ix.attrs.get("max_norm", 0.0)))
+        if ix.layout.encoding == "rabitq":
+            d = ix.dim
+            x = np.hstack([x[:, :d] @ ix.codebook.rotation, x[:, d:]])
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def assign(self, xh: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Replica heads (closure + RNG rules, as the build) of head-space rows: (rows into
+        ``xh`` int64 (a,), heads int64 (a,), squared distances float32 (a,))."""
+        p = self.index.build_params
+        R = int(p.replica_count)
+        rep_i, rep_d, _ = assign_block(xh, self.heads, self.neighbors, self.entries, max(p.assign_candidates, 32),
+                                       p.assign_candidates, R, np.float32(p.closure_eps), np.float32(p.rng_factor),
+                                       max(1, min(xh.shape[0], 16)))
+        ok = rep_i >= 0
+        rows = np.broadcast_to(np.arange(xh.shape[0])[:, None], rep_i.shape)[ok]
+        return rows.astype(np.int64), rep_i[ok].astype(np.int64), rep_d[ok]
+
+    def list_sizes(self) -> np.ndarray:
+        H = self.heads.shape[0]
+        return self.orig_counts.astype(np.int64) * self.base_live + np.bincount(self.delta.lists, minlength=H)[:H]
+
+    # -- splits -------------------------------------------------------------------------------
+    def split_overfull(self) -> None:
+        for _ in range(64):  # a split can overfill a neighbour; bounded per batch
+            sizes = self.list_sizes()
+            h = int(np.argmax(sizes))
+            if sizes[h] <= self.split_limit:
+                return
+            self.split(h)
+
+    def _base_members(self, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Live entries of base list h: (ids, labels, vectors)."""
+        ix = self.index
+        pv = self.snap.pv
+        if h >= pv.counts.shape[0] or not self.base_live[h] or pv.counts[h] == 0:
+            L = ix.layout.label_width
+            return np.zeros(0, np.int64), np.zeros((0, L), np.int32), np.zeros((0, ix.dim), ix.dtype)
+        _, keys, lab, codes = _read_lists(pv, np.array([h], np.int64))
+        alive = ~np.isin(keys, self.dead_keys)
+        keys, lab, codes = keys[alive], lab[alive], codes[alive]
+        if ix.layout.coded:
+            vec, ids = _store_rows(ix._base.vectors.view, keys, ix.dtype, ix.dim)
+        else:
+            vec, ids = codes.view(ix.dtype).reshape(-1, ix.dim), keys
+        return ids, lab, vec
+
+    def split(self, h: int) -> None:
+        """Split list h in two (see the module docstring)."""
+        d = self.delta
+        b_ids, b_lab, b_vec = self._base_members(h)
+        in_h = d.lists == h
+        ids = np.concatenate([b_ids, d.ids[in_h]])
+        lab = np.concatenate([b_lab, d.labels[in_h]])
+        vec = np.concatenate([b_vec, d.vecs[in_h]])
+        ids, first = np.unique(ids, return_index=True)
+        lab, vec = lab[first], vec[first]
+        xh = self.head_space(vec)
+        c1, c2 = _two_means(xh, seed=self.index.build_params.seed + self.splits)
+        self.splits += 1
+        # the list's vectors leave every delta list (they are re-assigned below) and its base list
+        d.keep(~np.isin(d.ids, ids))
+        self.base_live[h] = False
+        self.heads[h] = c1
+        new = self.heads.shape[0]
+        self.heads = np.ascontiguousarray(np.vstack([self.heads, c2[None]]))
+        self.neighbors = np.vstack([self.neighbors, np.full((1, self.neighbors.shape[1]), -1, np.int32)])
+        self.offsets = np.concatenate([self.offsets, [0]])
+        self.orig_counts = np.concatenate([self.orig_counts, [0]]).astype(np.int32)
+        self.base_live = np.concatenate([self.base_live, [True]])
+        self._link(new)
+        self._link(h)
+        rows, heads, _ = self.assign(xh)
+        d.append(heads, ids[rows], lab[rows], vec[rows])
+        self._lire_neighbours(h, new)
+
+    def _nearest_heads(self, q: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+        H = self.heads.shape[0]
+        vis = np.zeros(H, np.uint32)
+        sel_i = np.empty(min(m, H), np.int32)
+        sel_d = np.empty(min(m, H), np.float32)
+        beam_search(q, self.heads, self.neighbors, self.entries, max(2 * m, 64), vis, np.uint32(1), sel_i, sel_d)
+        ok = sel_i >= 0
+        return sel_i[ok], sel_d[ok]
+
+    def _link(self, node: int) -> None:
+        """(Re)build ``node``'s out-edges from its nearest heads (RNG-pruned, as the build) and
+        add the reverse edges, replacing a neighbour's farthest edge when its row is full."""
+        R = self.neighbors.shape[1]
+        alpha2 = float(self.index.build_params.graph_alpha) ** 2
+        cand_i, cand_d = self._nearest_heads(self.heads[node], 2 * R)
+        out = []
+        for c, dc in zip(cand_i, cand_d):
+            if c == node:
+                continue
+            if all(alpha2 * float(((self.heads[r] - self.heads[c]) ** 2).sum()) > dc for r in out):
+                out.append(int(c))
+                if len(out) == R:
+                    break
+        row = np.full(R, -1, np.int32)
+        row[:len(out)] = out
+        self.neighbors[node] = row
+        for v in out:
+            nb = self.neighbors[v]
+            if node in nb:
+                continue
+            free = np.flatnonzero(nb < 0)
+            if free.size:
+                nb[free[0]] = node
+                continue
+            dv = ((self.heads[nb] - self.heads[v]) ** 2).sum(1)
+            far = int(np.argmax(dv))
+            if ((self.heads[node] - self.heads[v]) ** 2).sum() < dv[far]:
+                nb[far] = node
+
+    def _lire_neighbours(self, h: int, new: int, near: int = 8) -> None:
+        """Delta vectors of the lists near the split now closer to one of its two centres than
+        to their own list's head gain a replica in that centre's list (LIRE's reassignment; base
+        entries stay where they are: their lists are still read by the queries near them)."""
+        d = self.delta
+        ns = set()
+        for c in (h, new):
+            ns.update(int(v) for v in self._nearest_heads(self.heads[c], near)[0])
+        ns.discard(h)
+        ns.discard(new)
+        if not ns:
+            return
+        sel = np.flatnonzero(np.isin(d.lists, list(ns)))
+        if sel.size == 0:
+            return
+        xh = self.head_space(d.vecs[sel])
+        own = ((xh - self.heads[d.lists[sel]]) ** 2).sum(1)
+        add_l, add_i = [], []
+        for c in (h, new):
+            dc = ((xh - self.heads[c]) ** 2).sum(1)
+            closer = np.flatnonzero(dc < own)
+            have = set(d.ids[d.lists == c].tolist())
+            for e in closer:
+                i = int(d.ids[sel[e]])
+                if i not in have:
+                    have.add(i)
+                    add_l.append(c)
+                    add_i.append(sel[e])
+        if add_i:
+            ai = np.asarray(add_i)
+            d.append(np.asarray(add_l, np.int64), d.ids[ai], d.labels[ai], d.vecs[ai])
+
+
+def _two_means(x: np.ndarray, seed: int, iters: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Two centres of float32 rows ``x`` (Lloyd from a far-apart pair)."""
+    rng = np.random.default_rng(seed)
+    a = x[rng.integers(x.shape[0])]
+    b = x[int(np.argmax(((x - a) ** 2).sum(1)))]
+    a = x[int(np.argmax(((x - b) ** 2).sum(1)))]
+    c = np.stack([a, b]).astype(np.float32)
+    for _ in range(iters):
+        lab = (((x - c[1]) ** 2).sum(1) < ((x - c[0]) ** 2).sum(1)).astype(np.int64)
+        for j in (0, 1):
+            if (lab == j).any():
+                c[j] = x[lab == j].mean(0)
+    return c[0].astype(np.float32), c[1].astype(np.float32)
+
+
+# -- writing a generation ----------------------------------------------------------------------
+
+@contextmanager
+def _writer_lock(path: Path):
+    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _byte_array(root: Path, name: str, data: np.ndarray, total: int, shard: int, chunk: int,
+                build_id: str, crcs: dict) -> None:
+    d = root / name
+    d.mkdir(parents=True)
+    write_json(str(d / "zarr.json"), postings_meta(total, shard, chunk, {"build_id": build_id}), fsync=False)
+    rec = {}
+    for s in range(-(-data.shape[0] // shard)):
+        part = np.ascontiguousarray(data[s * shard:(s + 1) * shard])
+        rec[str(s)] = [int(part.nbytes), crc32c(part.tobytes())]
+        write_shard(str(d / "c" / str(s)), part, shard, chunk)
+    crcs[name] = rec
+
+
+def _commit(index, b: _Batch) -> None:
+    """Write generation g + 1 of ``index`` from batch ``b`` and switch to it."""
+    from spann.builder import label_list_layout
+    from spann.index import delta_layout
+    ix = index
+    root = ix.path
+    attrs = read_json(str(root / "zarr.json"))["attributes"]["spann"]
+    if attrs.get("build_id") != b.snap.build_id or int(attrs.get("generation", 1)) != b.snap.generation:
+        raise QueryError(f"{root}: the index was rebuilt or changed under this handle; reopen it to update")
+    g = int(attrs.get("generation", 1)) + 1
+    old_gen = attrs["generation_path"]
+    gname = generation_path(g)
+    gdir = root / gname
+    for e in os.listdir(root):  # orphans of interrupted batches
+        if e.startswith("gen-") and e != old_gen:
+            shutil.rmtree(root / e, ignore_errors=True)
+    gdir.mkdir()
+    bid = {"build_id": attrs["build_id"]}
+    H = b.heads.shape[0]
+    p = ix.build_params
+    crcs: dict = {}
+    try:
+        def small(name, arr):
+            write_small_array(str(gdir / name), np.ascontiguousarray(arr), bid)
+
+        small("heads", b.heads.astype(np.float32))
+        small("neighbors", b.neighbors.astype(np.int32))
+        small("entries", b.entries.astype(np.int32))
+        small("offsets", b.offsets.astype(np.int64))
+        small("counts", b.orig_counts.astype(np.int32))
+        small("base_live", b.base_live.astype(np.uint8))
+        small("dead_keys", np.unique(b.dead_keys).astype(np.int64))
+        small("dead_ids", np.unique(b.dead_ids).astype(np.int64))
+        for e in os.listdir(root / old_gen):
+            if e.startswith("code_") or e == "pruner":
+                shutil.copytree(root / old_gen / e, gdir / e)
+        d = b.delta
+        new_attrs = dict(attrs)
+        dl = delta_layout(ix.layout)
+        if d.ids.size:
+            xh = b.head_space(d.vecs)
+            dist = ((xh - b.heads[d.lists]) ** 2).sum(1)
+            order = np.lexsort((dist, d.lists))
+            d.keep(order)
+            codes = np.ascontiguousarray(d.vecs).view(np.uint8).reshape(d.ids.shape[0], -1)
+            pk = pack_entries(dl, d.lists, H, d.ids, d.labels, None, codes, p.shard_bytes, p.chunk_bytes)
+            _byte_array(gdir, "delta", pk.data, pk.total, pk.shard_bytes, p.chunk_bytes, attrs["build_id"], crcs)
+            uid, first = np.unique(d.ids, return_index=True)
+            small("delta_offsets", pk.offsets)
+            small("delta_counts", pk.counts)
+            small("delta_ids", uid)
+            small("delta_locs", pk.code_pos[first])
+            new_attrs["delta_path"] = f"{gname}/delta"
+        else:
+            new_attrs["delta_path"] = None
+        new_attrs["delta_labels_path"] = None
+        if ix.layout.label_width or attrs.get("label_lists_path"):
+            V = b.label_values.shape[0]
+            lab = b.snap.labels
+            small("label_values", b.label_values)
+            small("label_counts", np.maximum(b.label_counts, 0))
+            small("label_listed", b.label_listed)
+            lo = np.zeros(V, np.int64)
+            lc = np.zeros(V, np.int32)
+            pos = np.searchsorted(b.label_values, lab["values"])
+            lo[pos], lc[pos] = lab["offsets"], lab["list_counts"]
+            small("label_offsets", lo)
+            small("label_list_counts", lc)
+            # the delta's vectors of labels with label lists, once per vector and label
+            uid, first = np.unique(d.ids, return_index=True)
+            rows, cols = np.nonzero(d.labels[first] >= 0)
+            v = np.searchsorted(b.label_values, d.labels[first][rows, cols])
+            keep = b.label_listed[v] > 0
+            rows, v = first[rows[keep]], v[keep]
+            if rows.size:
+                ll = label_list_layout(ix.dim, ix.layout.dtype)
+                codes = np.ascontiguousarray(d.vecs[rows]).view(np.uint8).reshape(rows.size, -1)
+                pk = pack_entries(ll, v, V, d.ids[rows], None, None, codes, p.shard_bytes, p.chunk_bytes)
+                _byte_array(gdir, "delta_labels", pk.data, pk.total, pk.shard_bytes, p.chunk_bytes, attrs["build_id"],
+                            crcs)
+                small("delta_label_offsets", pk.offsets)
+                small("delta_label_counts", pk.counts)
+                new_attrs["delta_labels_path"] = f"{gname}/delta_labels"
+        write_json(str(gdir / "zarr.json"), group_meta(bid), fsync=False)
+        _fsync_tree(gdir)
+        new_attrs.update(generation=g, generation_path=gname, live=int(b.live), next_id=int(b.next_id),
+                         updates_crc32c=crcs, heads_now=H,
+                         splits=int(attrs.get("splits", 0)) + b.splits)
+        meta = read_json(str(root / "zarr.json"))
+        meta["attributes"]["spann"] = new_attrs
+        write_json(str(root / "zarr.json"), meta)  # the commit point
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(gdir, ignore_errors=True)
+        raise
+    shutil.rmtree(root / old_gen, ignore_errors=True)
+
+
+@contextmanager
+def _batch(index):
+    """Exclusive update of ``index``: the latest generation loaded, committed at the end."""
+    with index._write_lock, _writer_lock(index.path):
+        index._refresh_locked()
+        snap = index._enter()
+        try:
+            b = _Batch(index, snap)
+            yield b
+            _commit(index, b)
+        finally:
+            index._leave()
+        from spann.index import _Snapshot
+        from spann.storage import IndexFiles
+        f = IndexFiles(index.path)
+        try:
+            new = _Snapshot(f, index._base, str(index.path))
+        finally:
+            f.close()
+        index._install(new, f.attrs, index._root_stamp())
+
+
+def _check_vectors(index, vectors) -> np.ndarray:
+    x = np.asarray(vectors)
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2 or x.shape[1] != index.dim:
+        raise DataError(f"vectors must have shape (m, {index.dim}), got {x.shape}")
+    if x.shape[0] == 0:
+        raise DataError("no vectors to add (0 rows)")
+    if x.dtype.kind not in "fiu":
+        raise DataError(f"vectors have dtype {x.dtype}; expected float32, uint8 or int8")
+    src = np.dtype(index.attrs.get("source_dtype", index.dtype))
+    if src.kind in "iu" and x.dtype != src:
+        if x.dtype.kind == "f" or int(x.min()) < np.iinfo(src).min or int(x.max()) > np.iinfo(src).max:
+            raise DataError(f"vectors must be {src} like the index's (got {x.dtype})")
+        x = x.astype(src)
+    if x.dtype.kind == "f":
+        check_finite(x.astype(np.float32, copy=False), "vectors")
+    return index._metric.stored_rows(x).astype(index.dtype, copy=False)
+
+
+def add(index, vectors, ids=None, labels=None) -> np.ndarray:
+    """Insert vectors (see :meth:`spann.Index.add`); returns their ids int64 (m,)."""
+    x = _check_vectors(index, vectors)
+    m = x.shape[0]
+    L = index.layout.label_width
+    if labels is not None and not L:
+        raise DataError("the index was built without labels; rebuild it with labels to add labelled vectors")
+    lab = np.full((m, L), -1, np.int32)
+    if labels is not None:
+        got = check_labels(labels, m)
+        if got.shape[1] > L:
+            if np.any(got[:, L:] >= 0):
+                raise DataError(f"labels: at most {L} per vector in this index (it was built with {L})")
+            got = got[:, :L]
+        lab[:, :got.shape[1]] = got
+    with _batch(index) as b:
+        if ids is None:
+            new_ids = np.arange(b.next_id, b.next_id + m, dtype=np.int64)
+        else:
+            new_ids = check_ids(ids, m)
+            _, live = locate(index, b.snap, new_ids, missing="mask")
+            if live.any():
+                raise DataError(f"id {int(new_ids[np.flatnonzero(live)[0]])} is already in the index "
+                                f"({int(live.sum())} of {m}); delete it first")
+        rows, heads, _ = b.assign(b.head_space(x))
+        b.delta.append(heads, new_ids[rows], lab[rows], x[rows])
+        b.live += m
+        b.next_id = max(b.next_id, int(new_ids.max()) + 1)
+        if L:
+            vals, cnt = np.unique(lab[lab >= 0], return_counts=True)
+            allv = np.union1d(b.label_values, vals).astype(np.int32)
+            counts = np.zeros(allv.shape[0], np.int64)
+            listed = np.ones(allv.shape[0], np.uint8)
+            pos = np.searchsorted(allv, b.label_values)
+            counts[pos] = b.label_counts
+            listed[pos] = b.label_listed
+            counts[np.searchsorted(allv, vals)] += cnt
+            fresh = ~np.isin(allv, b.label_values)  # a new label is rare until a rebuild says otherwise
+            listed[fresh] = 1
+            b.label_values, b.label_counts, b.label_listed = allv, counts, listed
+        b.split_overfull()
+    return new_ids
+
+
+def delete(index, ids, missing_ok: bool = False) -> int:
+    """Delete ids (see :meth:`spann.Index.delete`); returns how many were live."""
+    arr = np.atleast_1d(np.asarray(ids))
+    if arr.dtype.kind not in "iu" or arr.ndim != 1:
+        raise DataError(f"ids must be integers (m,), got {arr.dtype} {arr.shape}")
+    if arr.size == 0:
+        return 0
+    ids = np.unique(arr.astype(np.int64))
+    with _batch(index) as b:
+        _, live = locate(index, b.snap, ids, missing="mask")
+        if not missing_ok and not live.all():
+            raise QueryError(f"id {int(ids[np.flatnonzero(~live)[0]])} is not in the index "
+                             f"({int((~live).sum())} of {ids.size} missing; missing_ok=True ignores them)")
+        ids = ids[live]
+        d = b.delta
+        gone = np.isin(d.ids, ids)
+        if b.label_values.size and gone.any():
+            uid, first = np.unique(d.ids[gone], return_index=True)
+            labs = d.labels[gone][first]
+            labs = labs[labs >= 0]
+            if labs.size:
+                np.subtract.at(b.label_counts, np.searchsorted(b.label_values, labs), 1)
+        d.keep(~gone)
+        loc = index._base.idmap.lookup(ids)
+        inb = loc >= 0
+        keys = loc[inb] if index.layout.coded else ids[inb]
+        b.dead_keys = np.union1d(b.dead_keys, keys)
+        b.dead_ids = np.union1d(b.dead_ids, ids[inb])
+        b.live -= int(ids.size)
+    return int(ids.size)
