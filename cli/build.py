@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from spann.cli.common import check_writable, common_options, echo_err, emit_json, is_quiet
+from spann.cli.common import (check_writable, common_options, echo_err, emit_json, is_quiet, read_ids_file,
+                              read_labels_file)
 from spann.datasets.formats import FORMATS
 from spann.cli.common import metric_option
 from spann.params import BuildParams
@@ -46,14 +47,19 @@ def build_summary(attrs: dict) -> str:
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @click.option("--param", "extra", multiple=True, metavar="NAME=VALUE",
               help="Any other build parameter (see spann.BuildParams), e.g. --param kmeans_iters=20; repeatable.")
+@click.option("--ids", "ids_file", type=click.Path(exists=True, dir_okay=False),
+              help="Ids that searches return instead of row numbers: .npy (integers (n,)), .ibin (int32) or "
+              ".i8bin (int64); n distinct values >= 0.")
+@click.option("--labels", "labels_file", type=click.Path(exists=True, dir_okay=False),
+              help="Labels for filtered search (search --filter): .npy integers (n,) or (n, L), -1 = none.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing index at INDEX_DIR.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True), help="Write the build summary as JSON.")
 @common_options
 def build_cmd(input: str, index_dir: str, metric: str, fmt: str | None, json_out: str | None, overwrite: bool,
-              extra: tuple[str, ...], **params) -> None:
+              extra: tuple[str, ...], ids_file: str | None, labels_file: str | None, **params) -> None:
     """Build a SPANN index of INPUT (a vector file) in INDEX_DIR."""
     from spann.builder import build_index
-    from spann.datasets.formats import metric_from_hdf5
+    from spann.datasets.formats import metric_from_hdf5, open_vectors
     from spann.errors import ParameterError
     metric = metric_from_hdf5([input], metric)  # an ann-benchmarks file's `distance` must agree
     if metric is None:
@@ -61,8 +67,14 @@ def build_cmd(input: str, index_dir: str, metric: str, fmt: str | None, json_out
     p = _DEFAULTS.replace(**{**params, **BuildParams.parse_assignments(extra)})
     if json_out and json_out != "-":
         check_writable(json_out)
+    ids = labels = None
+    if ids_file or labels_file:
+        with open_vectors(input, fmt) as vf:  # the header only: n
+            n = vf.n
+        ids = read_ids_file(ids_file, n) if ids_file else None
+        labels = read_labels_file(labels_file, n) if labels_file else None
     attrs = build_index(input, index_dir, metric=metric, params=p, fmt=fmt, overwrite=overwrite,
-                        progress=not is_quiet())
+                        progress=not is_quiet(), ids=ids, labels=labels)
     echo_err(build_summary(attrs))
     if json_out:
         emit_json(attrs, json_out)

@@ -1,4 +1,4 @@
-"""Shared CLI plumbing: one-line errors, quiet/debug options, JSON output."""
+"""Shared CLI plumbing: one-line errors, quiet/debug options, JSON output, id and label files."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ import click
 
 from spann.errors import SpannError
 
-__all__ = ["SpannGroup", "common_options", "emit_json", "echo_err", "is_quiet", "metric_option", "check_writable"]
+__all__ = ["SpannGroup", "common_options", "emit_json", "echo_err", "is_quiet", "metric_option", "check_writable",
+           "LabelFilter", "read_ids_file", "read_labels_file", "INT32_MAX"]
+
+INT32_MAX = 2**31 - 1
 
 
 class SpannGroup(click.Group):
@@ -102,3 +105,100 @@ def _jsonable(o: Any) -> Any:
     if isinstance(o, np.ndarray):
         return o.tolist()
     return str(o)
+
+
+class LabelFilter(click.ParamType):
+    """``7,9`` -> ``[7, 9]``: comma-separated labels, integers in 0..2**31-1."""
+
+    name = "labels"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        out = []
+        for part in str(value).split(","):
+            part = part.strip()
+            if not part.isascii() or not part.isdigit():
+                self.fail(f"{value!r}: expected comma-separated labels (integers >= 0), e.g. 7,9", param, ctx)
+            if int(part) > INT32_MAX:
+                self.fail(f"label {part} is out of range 0..{INT32_MAX}", param, ctx)
+            out.append(int(part))
+        return out
+
+
+def _load_npy(path: str):
+    """A .npy array, memory mapped (no pickles); one-line VectorFileError if unreadable."""
+    import numpy as np
+    from spann.errors import VectorFileError
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, EOFError, OSError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise VectorFileError(f"{path}: not a readable .npy array ({msg})") from None
+
+
+def _load_id_bin(path: str, dtype: str):
+    """Ids of a big-ann binary file: int32 n, int32 d = 1, then n ids of ``dtype``."""
+    import os
+    import numpy as np
+    from spann.errors import VectorFileError
+    ext = os.path.splitext(path)[1]
+    size = os.path.getsize(path)
+    if size < 8:
+        raise VectorFileError(f"{path}: truncated {ext} header ({size} bytes, need 8)")
+    n, d = (int(v) for v in np.fromfile(path, dtype="<i4", count=2))
+    item = np.dtype(dtype).itemsize
+    if n < 0 or d != 1:
+        raise VectorFileError(f"{path}: header says {n} x {d}; an id file holds n x 1 ids")
+    if size != 8 + n * item:
+        hint = " (.i8bin id files hold int64 ids)" if ext == ".i8bin" else ""
+        raise VectorFileError(f"{path}: header says {n} {np.dtype(dtype).name} ids ({8 + n * item} bytes) "
+                              f"but the file has {size} bytes{hint}")
+    return np.memmap(path, dtype=dtype, mode="r", offset=8, shape=(n,)) if n else np.zeros(0, dtype)
+
+
+def read_ids_file(path: str, n: int | None = None, what: str = "--ids"):
+    """Ids from ``path``: .npy (integers (m,) or (m, 1)), .ibin (int32) or .i8bin (int64), both
+    with the big-ann header (n, 1). With ``n``: exactly n distinct ids >= 0 (int64 (n,));
+    without: any ids, as int64 (m,). One-line errors naming the file."""
+    import os
+    import numpy as np
+    from spann.errors import DataError, FormatNotSupportedError
+    from spann.idmap import check_ids
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".npy":
+        arr = _load_npy(path)
+    elif ext in (".ibin", ".i8bin"):
+        arr = _load_id_bin(path, "<i4" if ext == ".ibin" else "<i8")
+    else:
+        raise FormatNotSupportedError(f"{what} {path}: id files are .npy, .ibin (int32) or .i8bin (int64), "
+                                      f"not {ext or '(no extension)'}")
+    if arr.dtype.kind not in "iu":
+        raise DataError(f"{what} {path}: ids must be integers, got dtype {arr.dtype}")
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1:
+        raise DataError(f"{what} {path}: expected ids of shape (n,) or (n, 1), got {arr.shape}")
+    if n is not None:
+        if arr.shape[0] != n:
+            raise DataError(f"{what} {path}: {arr.shape[0]:,} ids for {n:,} vectors")
+        return check_ids(arr, n, what=f"{what} {path}")
+    if arr.size and arr.dtype.kind == "u" and int(arr.max()) > np.iinfo(np.int64).max:
+        raise DataError(f"{what} {path}: ids must be in 0..{np.iinfo(np.int64).max - 1}")
+    return np.asarray(arr, dtype=np.int64)
+
+
+def read_labels_file(path: str, n: int, what: str = "--labels"):
+    """Labels from a .npy file: integers (n,) or (n, L), -1 = none; int32 (n, L)."""
+    import os
+    from spann.errors import DataError, FormatNotSupportedError
+    from spann.labels import check_labels
+    if os.path.splitext(path)[1].lower() != ".npy":
+        raise FormatNotSupportedError(f"{what} {path}: labels are read from .npy files (integers (n,) or (n, L))")
+    arr = _load_npy(path)
+    if arr.dtype.kind not in "iu":
+        raise DataError(f"{what} {path}: labels must be integers, got dtype {arr.dtype}")
+    if arr.ndim not in (1, 2) or arr.shape[0] != n:
+        rows = f"{arr.shape[0]:,} rows" if arr.ndim in (1, 2) else f"shape {arr.shape}"
+        raise DataError(f"{what} {path}: {rows} for {n:,} vectors (expected ({n},) or ({n}, L))")
+    return check_labels(arr, n, what=f"{what} {path}")

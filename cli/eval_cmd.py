@@ -85,6 +85,9 @@ def eval_cmd(index: str, queries: str | None, gt: str | None, dataset: str | Non
     t0 = time.perf_counter()
     with spann.open(index) as idx:
         open_s = time.perf_counter() - t0
+        if dataset and (idx.attrs.get("user_ids") or idx.generation > 1):
+            raise ParameterError(f"{index}: holds your own ids or has been updated, but the dataset's ground truth "
+                                 f"is over its base rows; give QUERIES and a GT file in the index's ids")
         records = evaluate(idx, q, gt_i, k, sweep=points, gt_dists=gt_d, runs=runs, threads=threads or None,
                            latency_queries=latency_queries, cold=cold, progress=not is_quiet())
     for r in records:

@@ -25,5 +25,7 @@ def info_cmd(index: str, as_json: bool) -> None:
         click.echo(build_summary(info))
     except (KeyError, TypeError, ValueError, AttributeError):
         click.echo("build statistics: missing or malformed in the metadata")
+    if "live" in info:
+        click.echo(f"live vectors {info['live']:,} ({info['n']:,} built; generation {info.get('generation', 1)})")
     click.echo(f"in RAM after open: {info['ram_bytes'] / 2**20:.1f} MiB; on disk {info['disk_bytes'] / 2**20:.1f} MiB")
     click.echo("build parameters: " + ", ".join(f"{k}={v}" for k, v in dict(info["params"]).items()))

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from spann.cli.common import check_writable, common_options, echo_err, emit_json
+from spann.cli.common import INT32_MAX, LabelFilter, check_writable, common_options, echo_err, emit_json
 from spann.cli.datasets_cmd import VectorPath
 from spann.datasets.formats import FORMATS
 from spann.params import SearchParams
@@ -40,15 +40,20 @@ def search_options(f):
 @click.option("--prune-eps", type=click.FloatRange(0), default=_DEFAULTS.prune_eps, show_default=True,
               help="Read list j only if d(q, c_j) <= (1 + eps) d(q, c_1).")
 @click.option("--queries-format", type=click.Choice(list(FORMATS)), help="Override the queries file's format.")
+@click.option("--filter", "filt", type=LabelFilter(), metavar="LABEL[,LABEL...]",
+              help="Return only vectors carrying one of these labels (index built with --labels), e.g. 7,9; "
+              "fewer matches than k leave ids -1.")
 @search_options
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True), help="Write a JSON summary.")
 @common_options
 def search_cmd(index: str, queries: str, k: int, output: str, max_postings: int, prune_eps: float, ef: int,
-               prefetch: bool, rerank: int, pruner: bool, threads: int, queries_format: str | None, json_out: str | None) -> None:
+               prefetch: bool, rerank: int, pruner: bool, threads: int, queries_format: str | None, json_out: str | None,
+               filt: list[int] | None) -> None:
     """Search INDEX for the k nearest neighbours of every vector in QUERIES."""
     import spann
     from spann.datasets.formats import check_distinct_paths, metric_from_hdf5, read_vectors, write_vectors
     from spann.datasets.groundtruth import check_ids_output, distances_path_for
+    from spann.errors import DataError
     # every refusal before any work: unwritable outputs, outputs that would replace an input
     fmt = check_ids_output(output)
     dpath = distances_path_for(output)
@@ -59,12 +64,17 @@ def search_cmd(index: str, queries: str, k: int, output: str, max_postings: int,
     q = read_vectors(queries, queries_format)
     with spann.open(index) as idx:
         metric_from_hdf5([queries], idx.metric, given_as=f"but index {index} uses metric {idx.metric}")
+        top = int(idx.attrs.get("next_id", 0)) - 1  # no id is above it
+        if fmt != "npy" and top > INT32_MAX:
+            raise DataError(f"{output}: index ids go up to {top}, beyond the int32 .{fmt} format; write .npy")
         t0 = time.perf_counter()
         idx.prepare()
         t1 = time.perf_counter()
         r = idx.search(q, k, max_postings=max_postings, prune_eps=prune_eps, ef=ef, prefetch=prefetch,
-                       rerank=rerank, pruner=pruner, threads=threads or None)
+                       rerank=rerank, pruner=pruner, threads=threads or None, filter=filt)
         secs = time.perf_counter() - t1
+    if fmt != "npy" and r.ids.size and int(r.ids.max()) > INT32_MAX:
+        raise DataError(f"{output}: id {int(r.ids.max())} does not fit the int32 .{fmt} format; write .npy")
     ids = r.ids if fmt == "npy" else r.ids.astype(np.int32)
     write_vectors(output, ids)
     dpath = distances_path_for(output)
@@ -72,7 +82,7 @@ def search_cmd(index: str, queries: str, k: int, output: str, max_postings: int,
     summary = {"queries": len(q), "k": k, "seconds": secs, "qps": len(q) / secs if secs > 0 else None,
                "prepare_seconds": t1 - t0, "mean_lists_read": float(r.lists_read.mean()),
                "mean_kib_read": float(r.bytes_read.mean() / 1024), "mean_distance_evals": float(r.distance_evals.mean()),
-               "ids": str(Path(output)), "distances": str(dpath)}
+               "filter": filt, "ids": str(Path(output)), "distances": str(dpath)}
     echo_err(f"{len(q)} queries in {secs:.3f}s ({summary['qps']:.0f} QPS), {summary['mean_lists_read']:.1f} lists "
              f"and {summary['mean_kib_read']:.1f} KiB read per query -> {output}")
     if json_out:

@@ -14,6 +14,7 @@ import numpy as np
 from spann.errors import IndexCorruptError, ParameterError, QueryError
 from spann.idmap import IdMap
 from spann.labels import check_filter
+from spann.layout import EntryLayout
 from spann.params import BuildParams, SearchParams
 from spann.encodings import codebook_view
 from spann.postings import LocalPostings, make_view, prefetch_lists
@@ -132,9 +133,8 @@ class _Snapshot:
         self.close()
 
 
-def delta_layout(base: "EntryLayout") -> "EntryLayout":
+def delta_layout(base: EntryLayout) -> EntryLayout:
     """Entries of the delta lists: full vectors (exact distances), int64 ids, the base's labels."""
-    from spann.layout import EntryLayout
     return EntryLayout(dim=base.dim, dtype=base.dtype, label_width=base.label_width, encoding="full")
 
 

@@ -43,7 +43,6 @@ import numpy as np
 
 from spann.assign import assign_block
 from spann.datasets.formats import check_finite
-from spann.distances import sq_l2
 from spann.errors import DataError, QueryError
 from spann.head_index import beam_search
 from spann.idmap import check_ids, lookup_sorted
@@ -108,15 +107,17 @@ def _store_rows(vv, rows: np.ndarray, dtype: np.dtype, dim: int) -> tuple[np.nda
     return vec, ids
 
 
-def locate(index, snap, ids: np.ndarray, missing: str = "raise") -> tuple[np.ndarray, np.ndarray]:
+def locate(index, snap, ids: np.ndarray, missing: str = "raise",
+           vectors: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
     """Stored vectors of ``ids`` (int64 (m,)): (vectors (m, dim), live mask bool (m,)). Rows of
-    ids that are not live are zero; with ``missing="raise"`` they raise QueryError."""
+    ids that are not live are zero; with ``missing="raise"`` they raise QueryError. With
+    ``vectors=False`` only the mask is computed (no vector is read)."""
     dt = index.dtype
     m = ids.shape[0]
-    out = np.zeros((m, index.dim), dt)
+    out = np.zeros((m, index.dim), dt) if vectors else None
     dl = lookup_sorted(snap.delta_ids, snap.delta_locs, ids)
     found = dl >= 0
-    if found.any():
+    if vectors and found.any():
         out[found] = _gather(snap.dv.u8, dl[found], index.dim * dt.itemsize).view(dt)
     rest = np.flatnonzero(~found)
     if rest.size:
@@ -124,7 +125,9 @@ def locate(index, snap, ids: np.ndarray, missing: str = "raise") -> tuple[np.nda
         key = loc if index.layout.coded else ids[rest]
         ok = (loc >= 0) & ~np.isin(key, snap.dead_keys)
         sel = rest[ok]
-        if sel.size:
+        if sel.size and not vectors:
+            found[sel] = True
+        elif sel.size:
             if index.layout.coded:
                 out[sel] = _store_rows(index._base.vectors.view, loc[ok], dt, index.dim)[0]
             else:
@@ -175,11 +178,8 @@ class _Batch:
         self.dead_ids = snap.dead_ids
         self.live = int(snap.live)
         self.next_id = int(snap.next_id)
-        L = index.layout.label_width
-        dv = snap.dv
-        nz = np.flatnonzero(dv.counts > 0).astype(np.int64)
-        li, ids, lab, codes = _read_lists(dv, nz)
-        self.delta = _Delta(li, ids, lab.reshape(ids.shape[0], L), codes.view(index.dtype).reshape(ids.shape[0], index.dim))
+        self._delta: _Delta | None = None  # read on first use: a batch of base deletes never needs it
+        self.noop = False  # nothing changed: no new generation
         lab_dir = snap.labels
         self.label_values = lab_dir["values"].copy() if lab_dir is not None else np.zeros(0, np.int32)
         self.label_counts = lab_dir["counts"].copy() if lab_dir is not None else np.zeros(0, np.int64)
@@ -188,6 +188,27 @@ class _Batch:
         stats = index.attrs.get("stats", {})
         self.split_limit = max(8, int(p.split_factor * float(stats.get("posting_mean", 64))))
         self.splits = 0
+
+    @property
+    def delta(self) -> _Delta:
+        """The delta entries, read back from the current generation; using them marks the delta
+        as changed (it is rewritten at commit)."""
+        if self._delta is None:
+            ix = self.index
+            dv = self.snap.dv
+            li, ids, lab, codes = _read_lists(dv, np.flatnonzero(dv.counts > 0).astype(np.int64))
+            e = ids.shape[0]
+            self._delta = _Delta(li, ids, lab.reshape(e, ix.layout.label_width),
+                                 codes.view(ix.dtype).reshape(e, ix.dim))
+        return self._delta
+
+    def delta_counts(self) -> np.ndarray:
+        H = self.heads.shape[0]
+        if self._delta is None:
+            c = np.zeros(H, np.int64)
+            c[:self.snap.dv.counts.shape[0]] = self.snap.dv.counts
+            return c
+        return np.bincount(self._delta.lists, minlength=H)[:H]
 
     # -- head space ---------------------------------------------------------------------------
     def head_space(self, stored: np.ndarray) -> np.ndarray:
@@ -212,15 +233,17 @@ class _Batch:
         return rows.astype(np.int64), rep_i[ok].astype(np.int64), rep_d[ok]
 
     def list_sizes(self) -> np.ndarray:
-        H = self.heads.shape[0]
-        return self.orig_counts.astype(np.int64) * self.base_live + np.bincount(self.delta.lists, minlength=H)[:H]
+        """Entries per head now (base lists as built, tombstones included, plus delta)."""
+        return self.orig_counts.astype(np.int64) * self.base_live + self.delta_counts()
 
     # -- splits -------------------------------------------------------------------------------
     def split_overfull(self) -> None:
         for _ in range(64):  # a split can overfill a neighbour; bounded per batch
-            sizes = self.list_sizes()
-            h = int(np.argmax(sizes))
-            if sizes[h] <= self.split_limit:
+            # a list splits when it outgrows split_factor x the build's mean, or half again its
+            # own size at build time (lists born long are not split for that alone)
+            over = self.list_sizes() - np.maximum(self.split_limit, (1.5 * self.orig_counts).astype(np.int64))
+            h = int(np.argmax(over))
+            if over[h] <= 0:
                 return
             self.split(h)
 
@@ -284,11 +307,11 @@ class _Batch:
         R = self.neighbors.shape[1]
         alpha2 = float(self.index.build_params.graph_alpha) ** 2
         cand_i, cand_d = self._nearest_heads(self.heads[node], 2 * R)
-        out = []
+        out: list[int] = []
         for c, dc in zip(cand_i, cand_d):
             if c == node:
                 continue
-            if all(alpha2 * float(((self.heads[r] - self.heads[c]) ** 2).sum()) > dc for r in out):
+            if not out or np.all(alpha2 * ((self.heads[out] - self.heads[c]) ** 2).sum(1) > dc):
                 out.append(int(c))
                 if len(out) == R:
                     break
@@ -384,8 +407,6 @@ def _byte_array(root: Path, name: str, data: np.ndarray, total: int, shard: int,
 
 def _commit(index, b: _Batch) -> None:
     """Write generation g + 1 of ``index`` from batch ``b`` and switch to it."""
-    from spann.builder import label_list_layout
-    from spann.index import delta_layout
     ix = index
     root = ix.path
     attrs = read_json(str(root / "zarr.json"))["attributes"]["spann"]
@@ -401,7 +422,6 @@ def _commit(index, b: _Batch) -> None:
     gdir.mkdir()
     bid = {"build_id": attrs["build_id"]}
     H = b.heads.shape[0]
-    p = ix.build_params
     crcs: dict = {}
     try:
         def small(name, arr):
@@ -418,53 +438,14 @@ def _commit(index, b: _Batch) -> None:
         for e in os.listdir(root / old_gen):
             if e.startswith("code_") or e == "pruner":
                 shutil.copytree(root / old_gen / e, gdir / e)
-        d = b.delta
         new_attrs = dict(attrs)
-        dl = delta_layout(ix.layout)
-        if d.ids.size:
-            xh = b.head_space(d.vecs)
-            dist = ((xh - b.heads[d.lists]) ** 2).sum(1)
-            order = np.lexsort((dist, d.lists))
-            d.keep(order)
-            codes = np.ascontiguousarray(d.vecs).view(np.uint8).reshape(d.ids.shape[0], -1)
-            pk = pack_entries(dl, d.lists, H, d.ids, d.labels, None, codes, p.shard_bytes, p.chunk_bytes)
-            _byte_array(gdir, "delta", pk.data, pk.total, pk.shard_bytes, p.chunk_bytes, attrs["build_id"], crcs)
-            uid, first = np.unique(d.ids, return_index=True)
-            small("delta_offsets", pk.offsets)
-            small("delta_counts", pk.counts)
-            small("delta_ids", uid)
-            small("delta_locs", pk.code_pos[first])
-            new_attrs["delta_path"] = f"{gname}/delta"
+        if b._delta is None:  # unchanged (a batch of base deletes): the new generation links its files
+            _reuse_delta(root, old_gen, gdir, gname, attrs, new_attrs, crcs)
+            if ix.layout.label_width or attrs.get("label_lists_path"):
+                for name in ("label_values", "label_counts", "label_listed", "label_offsets", "label_list_counts"):
+                    shutil.copytree(root / old_gen / name, gdir / name)
         else:
-            new_attrs["delta_path"] = None
-        new_attrs["delta_labels_path"] = None
-        if ix.layout.label_width or attrs.get("label_lists_path"):
-            V = b.label_values.shape[0]
-            lab = b.snap.labels
-            small("label_values", b.label_values)
-            small("label_counts", np.maximum(b.label_counts, 0))
-            small("label_listed", b.label_listed)
-            lo = np.zeros(V, np.int64)
-            lc = np.zeros(V, np.int32)
-            pos = np.searchsorted(b.label_values, lab["values"])
-            lo[pos], lc[pos] = lab["offsets"], lab["list_counts"]
-            small("label_offsets", lo)
-            small("label_list_counts", lc)
-            # the delta's vectors of labels with label lists, once per vector and label
-            uid, first = np.unique(d.ids, return_index=True)
-            rows, cols = np.nonzero(d.labels[first] >= 0)
-            v = np.searchsorted(b.label_values, d.labels[first][rows, cols])
-            keep = b.label_listed[v] > 0
-            rows, v = first[rows[keep]], v[keep]
-            if rows.size:
-                ll = label_list_layout(ix.dim, ix.layout.dtype)
-                codes = np.ascontiguousarray(d.vecs[rows]).view(np.uint8).reshape(rows.size, -1)
-                pk = pack_entries(ll, v, V, d.ids[rows], None, None, codes, p.shard_bytes, p.chunk_bytes)
-                _byte_array(gdir, "delta_labels", pk.data, pk.total, pk.shard_bytes, p.chunk_bytes, attrs["build_id"],
-                            crcs)
-                small("delta_label_offsets", pk.offsets)
-                small("delta_label_counts", pk.counts)
-                new_attrs["delta_labels_path"] = f"{gname}/delta_labels"
+            _write_delta(ix, b, gdir, gname, attrs, new_attrs, crcs, small)
         write_json(str(gdir / "zarr.json"), group_meta(bid), fsync=False)
         _fsync_tree(gdir)
         new_attrs.update(generation=g, generation_path=gname, live=int(b.live), next_id=int(b.next_id),
@@ -480,6 +461,84 @@ def _commit(index, b: _Batch) -> None:
     shutil.rmtree(root / old_gen, ignore_errors=True)
 
 
+def _write_delta(ix, b: _Batch, gdir: Path, gname: str, attrs: dict, new_attrs: dict, crcs: dict, small) -> None:
+    """The delta lists (and the delta's label lists) of batch ``b`` into generation ``gdir``."""
+    from spann.builder import label_list_layout
+    from spann.index import delta_layout
+    H = b.heads.shape[0]
+    p = ix.build_params
+    d = b.delta
+    dl = delta_layout(ix.layout)
+    if d.ids.size:
+        xh = b.head_space(d.vecs)
+        dist = ((xh - b.heads[d.lists]) ** 2).sum(1)
+        order = np.lexsort((dist, d.lists))
+        d.keep(order)
+        codes = np.ascontiguousarray(d.vecs).view(np.uint8).reshape(d.ids.shape[0], -1)
+        pk = pack_entries(dl, d.lists, H, d.ids, d.labels, None, codes, p.shard_bytes, p.chunk_bytes)
+        _byte_array(gdir, "delta", pk.data, pk.total, pk.shard_bytes, p.chunk_bytes, attrs["build_id"], crcs)
+        uid, first = np.unique(d.ids, return_index=True)
+        small("delta_offsets", pk.offsets)
+        small("delta_counts", pk.counts)
+        small("delta_ids", uid)
+        small("delta_locs", pk.code_pos[first])
+        new_attrs["delta_path"] = f"{gname}/delta"
+    else:
+        new_attrs["delta_path"] = None
+    new_attrs["delta_labels_path"] = None
+    if ix.layout.label_width or attrs.get("label_lists_path"):
+        V = b.label_values.shape[0]
+        lab = b.snap.labels
+        small("label_values", b.label_values)
+        small("label_counts", np.maximum(b.label_counts, 0))
+        small("label_listed", b.label_listed)
+        lo = np.zeros(V, np.int64)
+        lc = np.zeros(V, np.int32)
+        pos = np.searchsorted(b.label_values, lab["values"])
+        lo[pos], lc[pos] = lab["offsets"], lab["list_counts"]
+        small("label_offsets", lo)
+        small("label_list_counts", lc)
+        # the delta's vectors of labels with label lists, once per vector and label
+        uid, first = np.unique(d.ids, return_index=True)
+        rows, cols = np.nonzero(d.labels[first] >= 0)
+        v = np.searchsorted(b.label_values, d.labels[first][rows, cols])
+        keep = b.label_listed[v] > 0
+        rows, v = first[rows[keep]], v[keep]
+        if rows.size:
+            ll = label_list_layout(ix.dim, ix.layout.dtype)
+            codes = np.ascontiguousarray(d.vecs[rows]).view(np.uint8).reshape(rows.size, -1)
+            pk = pack_entries(ll, v, V, d.ids[rows], None, None, codes, p.shard_bytes, p.chunk_bytes)
+            _byte_array(gdir, "delta_labels", pk.data, pk.total, pk.shard_bytes, p.chunk_bytes, attrs["build_id"],
+                        crcs)
+            small("delta_label_offsets", pk.offsets)
+            small("delta_label_counts", pk.counts)
+            new_attrs["delta_labels_path"] = f"{gname}/delta_labels"
+
+
+def _reuse_delta(root: Path, old_gen: str, gdir: Path, gname: str, attrs: dict, new_attrs: dict, crcs: dict) -> None:
+    """Hard-link the previous generation's delta arrays into the new one (copy where links fail)."""
+    small = {"delta_path": ("delta_offsets", "delta_counts", "delta_ids", "delta_locs"),
+             "delta_labels_path": ("delta_label_offsets", "delta_label_counts")}
+    for key, arrays in small.items():
+        old = attrs.get(key)
+        new_attrs[key] = None
+        if not old:
+            continue
+        name = old.split("/")[-1]
+        for dirpath, _dirs, files in os.walk(root / old):
+            rel = Path(dirpath).relative_to(root / old)
+            (gdir / name / rel).mkdir(parents=True, exist_ok=True)
+            for f in files:
+                try:
+                    os.link(Path(dirpath) / f, gdir / name / rel / f)
+                except OSError:
+                    shutil.copy2(Path(dirpath) / f, gdir / name / rel / f)
+        for a in arrays:
+            shutil.copytree(root / old_gen / a, gdir / a)
+        new_attrs[key] = f"{gname}/{name}"
+        crcs[name] = (attrs.get("updates_crc32c") or {}).get(name)
+
+
 @contextmanager
 def _batch(index):
     """Exclusive update of ``index``: the latest generation loaded, committed at the end."""
@@ -489,6 +548,8 @@ def _batch(index):
         try:
             b = _Batch(index, snap)
             yield b
+            if b.noop:
+                return
             _commit(index, b)
         finally:
             index._leave()
@@ -542,7 +603,7 @@ def add(index, vectors, ids=None, labels=None) -> np.ndarray:
             new_ids = np.arange(b.next_id, b.next_id + m, dtype=np.int64)
         else:
             new_ids = check_ids(ids, m)
-            _, live = locate(index, b.snap, new_ids, missing="mask")
+            _, live = locate(index, b.snap, new_ids, missing="mask", vectors=False)
             if live.any():
                 raise DataError(f"id {int(new_ids[np.flatnonzero(live)[0]])} is already in the index "
                                 f"({int(live.sum())} of {m}); delete it first")
@@ -575,20 +636,17 @@ def delete(index, ids, missing_ok: bool = False) -> int:
         return 0
     ids = np.unique(arr.astype(np.int64))
     with _batch(index) as b:
-        _, live = locate(index, b.snap, ids, missing="mask")
+        _, live = locate(index, b.snap, ids, missing="mask", vectors=False)
         if not missing_ok and not live.all():
             raise QueryError(f"id {int(ids[np.flatnonzero(~live)[0]])} is not in the index "
                              f"({int((~live).sum())} of {ids.size} missing; missing_ok=True ignores them)")
         ids = ids[live]
-        d = b.delta
-        gone = np.isin(d.ids, ids)
-        if b.label_values.size and gone.any():
-            uid, first = np.unique(d.ids[gone], return_index=True)
-            labs = d.labels[gone][first]
-            labs = labs[labs >= 0]
-            if labs.size:
-                np.subtract.at(b.label_counts, np.searchsorted(b.label_values, labs), 1)
-        d.keep(~gone)
+        if ids.size == 0:
+            b.noop = True
+            return 0
+        in_delta = np.isin(ids, b.snap.delta_ids)
+        if in_delta.any():
+            _drop_from_delta(b, ids[in_delta])
         loc = index._base.idmap.lookup(ids)
         inb = loc >= 0
         keys = loc[inb] if index.layout.coded else ids[inb]
@@ -596,3 +654,15 @@ def delete(index, ids, missing_ok: bool = False) -> int:
         b.dead_ids = np.union1d(b.dead_ids, ids[inb])
         b.live -= int(ids.size)
     return int(ids.size)
+
+
+def _drop_from_delta(b: _Batch, ids: np.ndarray) -> None:
+    d = b.delta
+    gone = np.isin(d.ids, ids)
+    if b.label_values.size and gone.any():
+        uid, first = np.unique(d.ids[gone], return_index=True)
+        labs = d.labels[gone][first]
+        labs = labs[labs >= 0]
+        if labs.size:
+            np.subtract.at(b.label_counts, np.searchsorted(b.label_values, labs), 1)
+    d.keep(~gone)

@@ -102,3 +102,32 @@ def test_labels_follow_updates(tmp_path):
     with pytest.raises(DataError, match="at most 2"):
         idx.add(new[:1], labels=[[1, 2, 3]])
     idx.close()
+
+
+def test_plain_zarr_reads_labels_and_ids(idx):
+    """The README's recipe, with the labels section, on a labelled index."""
+    import zarr
+    g = zarr.open_group(str(idx.path), mode="r")
+    a = g.attrs["spann"]
+    lay, gen = a["layout"], g[a["generation_path"]]
+    up8 = lambda v: -(-v // 8) * 8  # noqa: E731
+    ib, L, A, B = lay["id_bytes"], lay["label_width"], lay["aux_floats"], lay["code_bytes"]
+    assert L == 2
+    checked = 0
+    for h in range(0, int(gen["counts"].shape[0]), 37):
+        off, c = int(gen["offsets"][h]), int(gen["counts"][h])
+        if c == 0:
+            continue
+        cod = up8(up8(up8(ib * c) + 4 * L * c) + 4 * A * c)
+        raw = g[a["postings_path"]][off:off + cod + c * B]
+        ids = raw[:ib * c].view("<i8" if ib == 8 else "<i4").astype(np.int64)
+        labels = raw[up8(ib * c):][:4 * L * c].view("<i4").reshape(c, L)
+        if lay["encoding"] != "full":  # coded: rows of the vector store -> ids
+            ids = np.array([idx._base.vectors.view.i64[(r // idx._base.vectors.view.rows_per_page
+                            * idx._base.vectors.view.page_bytes + r % idx._base.vectors.view.rows_per_page
+                            * idx._base.vectors.view.row_bytes + idx._base.vectors.view.id_offset) >> 3]
+                            for r in ids])
+        want = np.sort(LAB[ids], axis=1)[:, ::-1]
+        np.testing.assert_array_equal(labels, want)
+        checked += c
+    assert checked > 100
