@@ -89,7 +89,7 @@ class _Snapshot:
             raise IndexCorruptError(f"{root}: a posting list lies outside the posting array")
         self.pv = base.postings.view._replace(offsets=np.ascontiguousarray(f.offsets),
                                               counts=np.ascontiguousarray(self.counts))
-        self.dead_keys, self.dead_ids = f.dead_keys, f.dead_ids
+        self.dead_keys, self.dead_ids, self.delta_dead = f.dead_keys, f.dead_ids, f.delta_dead
         self.live, self.next_id = f.live, f.next_id
         self.labels = f.labels
         self.delta_layout = delta_layout(f.layout)
@@ -180,6 +180,23 @@ class Index:
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
+        for attempt in range(5):  # a writer may retire the generation we are reading: read again
+            stamp = self._root_stamp()
+            try:
+                self._open(stamp)
+                break
+            except IndexCorruptError:
+                if attempt == 4 or self._root_stamp() == stamp:
+                    raise
+        self._local = _ThreadState()
+        self._state = threading.Condition()
+        self._write_lock = threading.Lock()
+        self._active = 0
+        self._closed = False
+        self.default_params = SearchParams()
+        self._param_cache: dict[tuple, SearchParams] = {}
+
+    def _open(self, stamp) -> None:
         f = IndexFiles(self.path)
         try:
             self._base = _Base(f, str(self.path))
@@ -190,7 +207,7 @@ class Index:
                 raise
         finally:
             f.close()
-        self._stamp = self._root_stamp()
+        self._stamp = stamp
         self.codebook = codebook_view(f.layout.encoding, f.codebook)
         self._no_model = np.zeros(0, np.float64)
         self._no_i32 = np.zeros(0, np.int32)
@@ -203,13 +220,6 @@ class Index:
         self.n: int = int(f.attrs["n"])
         self.dtype = np.dtype(f.layout.dtype)
         self.build_params = BuildParams.from_dict(f.attrs["params"])
-        self._local = _ThreadState()
-        self._state = threading.Condition()
-        self._write_lock = threading.Lock()
-        self._active = 0
-        self._closed = False
-        self.default_params = SearchParams()
-        self._param_cache: dict[tuple, SearchParams] = {}
 
     # the current generation's parts (read-only views for callers and tests)
     heads = property(lambda self: self._snap.heads)
@@ -253,9 +263,14 @@ class Index:
             return None
 
     def _maybe_refresh(self) -> None:
-        """Pick up a generation committed by another Index or process (one stat per call)."""
+        """Pick up a generation committed by another Index or process (one stat per call).
+        Never waits: while a writer of this Index holds the lock, the current one serves."""
         if self._root_stamp() != self._stamp and not self._closed:
-            self.refresh()
+            if self._write_lock.acquire(blocking=False):
+                try:
+                    self._refresh_locked()
+                finally:
+                    self._write_lock.release()
 
     def refresh(self) -> bool:
         """Load the index's current generation if it changed on disk (updates by another
@@ -450,7 +465,7 @@ class Index:
             top_i = np.empty(k, np.int64)
             stats = np.zeros(N_STATS, np.int64)
             search_one(qs[0], qh[0], code, snap.heads, snap.neighbors, snap.entries, efv, m, budget, model, eps, pv,
-                       cb, vv, snap.dv, f32, dead, self._no_i64, R, bool(p.prefetch), st.visited, np.uint32(st.tag),
+                       cb, vv, snap.dv, f32, dead, snap.delta_dead, R, bool(p.prefetch), st.visited, np.uint32(st.tag),
                        top_d, top_i, stats)
             dists, ids, stt = top_d[None], top_i[None], stats[None]
         else:
@@ -478,7 +493,7 @@ class Index:
                         prefetch_lists(pv, sel_i[b:b + group], kept[b:b + group])
                     if coded:
                         d_, i_ = rerank_batch(qs[a:b], code, vv, i_, k, s_)
-                    full_lists_batch(qs[a:b], code, snap.dv, sel_i[a:b], kept[a:b], f32, self._no_i64, d_, i_, s_)
+                    full_lists_batch(qs[a:b], code, snap.dv, sel_i[a:b], kept[a:b], f32, snap.delta_dead, d_, i_, s_)
                     dists[a:b], ids[a:b], stt[a:b] = d_, i_, s_
                 stt[:, 2] += evals
         dists = self._metric.report(dists)
@@ -496,7 +511,7 @@ class Index:
         code = self._metric.scan_code
         with _threads(threads if nq > 1 else 1):
             full_lists_batch(qs, code, snap.lv, sel, kept, self._no_i32, snap.dead_ids, dists, ids, stt)
-            full_lists_batch(qs, code, snap.dlv, sel, kept, self._no_i32, self._no_i64, dists, ids, stt)
+            full_lists_batch(qs, code, snap.dlv, sel, kept, self._no_i32, snap.delta_dead, dists, ids, stt)
         return SearchResult(ids=ids, distances=self._metric.report(dists), lists_read=stt[:, 0],
                             bytes_read=stt[:, 1], distance_evals=stt[:, 2])
 
@@ -552,7 +567,8 @@ class Index:
         """Bytes the open index holds in RAM: heads, graph, list directories, tombstones and the
         delta's id directory (nothing per base vector)."""
         sn = self._snap
-        parts = [sn.heads, sn.neighbors, sn.entries, sn.counts, sn.offsets, sn.dead_keys, sn.dead_ids, sn.delta_ids,
+        parts = [sn.heads, sn.neighbors, sn.entries, sn.counts, sn.offsets, sn.dead_keys, sn.dead_ids, sn.delta_dead,
+                 sn.delta_ids,
                  sn.delta_locs, sn.dv.offsets, sn.dv.counts]
         if sn.labels is not None:
             parts += list(sn.labels.values())

@@ -208,13 +208,13 @@ def rerank(q, metric, vv, cand_r, top_d, top_i, stats):
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
 def search_one(q, qh, metric, heads, neighbors, entries, ef, m, budget, model, prune_eps, pv, cb, vv, dv, filt,
-               dead, no_dead, rerank_depth, prefetch, visited, tag, top_d, top_i, stats):
+               dead, delta_dead, rerank_depth, prefetch, visited, tag, top_d, top_i, stats):
     """One query end to end: fills ``top_d``/``top_i`` (length k, ascending) and ``stats``.
     ``m``: heads retrieved (>= the most lists the pruner may choose); ``budget``: lists for
     the median query (see :func:`select_lists`); ``dv``: the delta lists of an updated index
     (full vectors, same heads; all empty when there is none); ``filt``: sorted int32 labels
     (empty: no filter); ``dead``: deleted ids (full) or store rows (coded) of the base lists,
-    sorted int64; ``no_dead``: an empty int64 array."""
+    sorted int64; ``delta_dead``: deleted ids still in the delta lists (sorted int64)."""
     sel_i = np.empty(m, np.int32)
     sel_d = np.empty(m, np.float32)
     kept, n_eval = select_lists(qh, heads, neighbors, entries, ef, budget, model, prune_eps, visited, tag, sel_i,
@@ -240,7 +240,7 @@ def search_one(q, qh, metric, heads, neighbors, entries, ef, m, budget, model, p
             n_c += 1
         stats[1] += 4096 * union_row_pages(vv, cand_r, n_c, prefetch and vv.prefetchable)
         rerank(q, metric, vv, cand_r, top_d, top_i, stats)
-    scan_full(q, metric, dv, sel_i, kept, filt, no_dead, top_d, top_i, stats)
+    scan_full(q, metric, dv, sel_i, kept, filt, delta_dead, top_d, top_i, stats)
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True, parallel=True)

@@ -407,11 +407,14 @@ class IndexFiles:
         self.base_live = np.ones(H, np.uint8)
         self.dead_keys = np.zeros(0, np.int64)
         self.dead_ids = np.zeros(0, np.int64)
+        self.delta_dead = np.zeros(0, np.int64)
         if int(attrs.get("generation", 1)) > 1:
             self.base_live = load("base_live", np.uint8, (H,))
             self.dead_keys = load("dead_keys", np.int64, (None,))
             self.dead_ids = load("dead_ids", np.int64, (None,))
-            for name, a in (("dead_keys", self.dead_keys), ("dead_ids", self.dead_ids)):
+            self.delta_dead = load("delta_dead", np.int64, (None,))
+            for name, a in (("dead_keys", self.dead_keys), ("dead_ids", self.dead_ids),
+                            ("delta_dead", self.delta_dead)):
                 if a.size > 1 and np.any(a[1:] <= a[:-1]):
                     raise IndexCorruptError(f"{where}: {name} are not sorted")
         self.labels = None

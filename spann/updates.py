@@ -43,7 +43,7 @@ import numpy as np
 
 from spann.assign import assign_block
 from spann.datasets.formats import check_finite
-from spann.errors import DataError, QueryError
+from spann.errors import DataError, IndexCorruptError, QueryError
 from spann.head_index import beam_search
 from spann.idmap import check_ids, lookup_sorted
 from spann.labels import check_labels
@@ -116,15 +116,23 @@ def locate(index, snap, ids: np.ndarray, missing: str = "raise",
     m = ids.shape[0]
     out = np.zeros((m, index.dim), dt) if vectors else None
     dl = lookup_sorted(snap.delta_ids, snap.delta_locs, ids)
+    if snap.delta_dead.size:
+        dl[np.isin(ids, snap.delta_dead)] = -1
     found = dl >= 0
+    row = index.dim * dt.itemsize
+    if found.any() and (dl[found].min() < 0 or dl[found].max() + row > snap.dv.u8.shape[0]):
+        raise IndexCorruptError(f"{index.path}: delta locations outside the delta lists (run spann verify)")
     if vectors and found.any():
-        out[found] = _gather(snap.dv.u8, dl[found], index.dim * dt.itemsize).view(dt)
+        out[found] = _gather(snap.dv.u8, dl[found], row).view(dt)
     rest = np.flatnonzero(~found)
     if rest.size:
         loc = index._base.idmap.lookup(ids[rest])
         key = loc if index.layout.coded else ids[rest]
         ok = (loc >= 0) & ~np.isin(key, snap.dead_keys)
         sel = rest[ok]
+        lim = index.n if index.layout.coded else index._base.postings.view.u8.shape[0] - row
+        if sel.size and loc[ok].max() > lim - (1 if index.layout.coded else 0):
+            raise IndexCorruptError(f"{index.path}: id map locations out of range (run spann verify)")
         if sel.size and not vectors:
             found[sel] = True
         elif sel.size:
@@ -176,6 +184,8 @@ class _Batch:
         self.base_live = snap.base_live.astype(bool).copy()  # False: retired by a split
         self.dead_keys = snap.dead_keys
         self.dead_ids = snap.dead_ids
+        self.delta_dead = snap.delta_dead  # deleted ids still in the delta's files
+        self.graph_dirty = False  # heads/graph/base directory changed (a split)
         self.live = int(snap.live)
         self.next_id = int(snap.next_id)
         self._delta: _Delta | None = None  # read on first use: a batch of base deletes never needs it
@@ -200,6 +210,9 @@ class _Batch:
             e = ids.shape[0]
             self._delta = _Delta(li, ids, lab.reshape(e, ix.layout.label_width),
                                  codes.view(ix.dtype).reshape(e, ix.dim))
+            if self.delta_dead.size:  # rewritten anyway: purge the delta's tombstones
+                _drop_from_delta(self, self.delta_dead)
+                self.delta_dead = np.zeros(0, np.int64)
         return self._delta
 
     def delta_counts(self) -> np.ndarray:
@@ -276,6 +289,7 @@ class _Batch:
         xh = self.head_space(vec)
         c1, c2 = _two_means(xh, seed=self.index.build_params.seed + self.splits)
         self.splits += 1
+        self.graph_dirty = True
         # the list's vectors leave every delta list (they are re-assigned below) and its base list
         d.keep(~np.isin(d.ids, ids))
         self.base_live[h] = False
@@ -427,23 +441,26 @@ def _commit(index, b: _Batch) -> None:
         def small(name, arr):
             write_small_array(str(gdir / name), np.ascontiguousarray(arr), bid)
 
-        small("heads", b.heads.astype(np.float32))
-        small("neighbors", b.neighbors.astype(np.int32))
-        small("entries", b.entries.astype(np.int32))
-        small("offsets", b.offsets.astype(np.int64))
-        small("counts", b.orig_counts.astype(np.int32))
-        small("base_live", b.base_live.astype(np.uint8))
+        graph = {"heads": b.heads.astype(np.float32), "neighbors": b.neighbors.astype(np.int32),
+                 "entries": b.entries.astype(np.int32), "offsets": b.offsets.astype(np.int64),
+                 "counts": b.orig_counts.astype(np.int32), "base_live": b.base_live.astype(np.uint8)}
+        for name, arr in graph.items():
+            if b.graph_dirty or not (root / old_gen / name).exists():
+                small(name, arr)
+            else:  # unchanged: the new generation links the old files
+                _link_tree(root / old_gen / name, gdir / name)
         small("dead_keys", np.unique(b.dead_keys).astype(np.int64))
         small("dead_ids", np.unique(b.dead_ids).astype(np.int64))
+        small("delta_dead", np.unique(b.delta_dead).astype(np.int64))
         for e in os.listdir(root / old_gen):
             if e.startswith("code_") or e == "pruner":
-                shutil.copytree(root / old_gen / e, gdir / e)
+                _link_tree(root / old_gen / e, gdir / e)
         new_attrs = dict(attrs)
         if b._delta is None:  # unchanged (a batch of base deletes): the new generation links its files
             _reuse_delta(root, old_gen, gdir, gname, attrs, new_attrs, crcs)
             if ix.layout.label_width or attrs.get("label_lists_path"):
                 for name in ("label_values", "label_counts", "label_listed", "label_offsets", "label_list_counts"):
-                    shutil.copytree(root / old_gen / name, gdir / name)
+                    _link_tree(root / old_gen / name, gdir / name)
         else:
             _write_delta(ix, b, gdir, gname, attrs, new_attrs, crcs, small)
         write_json(str(gdir / "zarr.json"), group_meta(bid), fsync=False)
@@ -515,6 +532,19 @@ def _write_delta(ix, b: _Batch, gdir: Path, gname: str, attrs: dict, new_attrs: 
             new_attrs["delta_labels_path"] = f"{gname}/delta_labels"
 
 
+def _link_tree(src: Path, dst: Path) -> None:
+    """Hard-link the files under ``src`` into ``dst`` (copy where a link fails). Generations
+    never modify a file once written, so sharing them is safe."""
+    for dirpath, _dirs, files in os.walk(src):
+        rel = Path(dirpath).relative_to(src)
+        (dst / rel).mkdir(parents=True, exist_ok=True)
+        for f in files:
+            try:
+                os.link(Path(dirpath) / f, dst / rel / f)
+            except OSError:
+                shutil.copy2(Path(dirpath) / f, dst / rel / f)
+
+
 def _reuse_delta(root: Path, old_gen: str, gdir: Path, gname: str, attrs: dict, new_attrs: dict, crcs: dict) -> None:
     """Hard-link the previous generation's delta arrays into the new one (copy where links fail)."""
     small = {"delta_path": ("delta_offsets", "delta_counts", "delta_ids", "delta_locs"),
@@ -525,16 +555,9 @@ def _reuse_delta(root: Path, old_gen: str, gdir: Path, gname: str, attrs: dict, 
         if not old:
             continue
         name = old.split("/")[-1]
-        for dirpath, _dirs, files in os.walk(root / old):
-            rel = Path(dirpath).relative_to(root / old)
-            (gdir / name / rel).mkdir(parents=True, exist_ok=True)
-            for f in files:
-                try:
-                    os.link(Path(dirpath) / f, gdir / name / rel / f)
-                except OSError:
-                    shutil.copy2(Path(dirpath) / f, gdir / name / rel / f)
+        _link_tree(root / old, gdir / name)
         for a in arrays:
-            shutil.copytree(root / old_gen / a, gdir / a)
+            _link_tree(root / old_gen / a, gdir / a)
         new_attrs[key] = f"{gname}/{name}"
         crcs[name] = (attrs.get("updates_crc32c") or {}).get(name)
 
@@ -645,8 +668,8 @@ def delete(index, ids, missing_ok: bool = False) -> int:
             b.noop = True
             return 0
         in_delta = np.isin(ids, b.snap.delta_ids)
-        if in_delta.any():
-            _drop_from_delta(b, ids[in_delta])
+        if in_delta.any():  # tombstones; the next batch that rewrites the delta purges them
+            b.delta_dead = np.union1d(b.delta_dead, ids[in_delta])
         loc = index._base.idmap.lookup(ids)
         inb = loc >= 0
         keys = loc[inb] if index.layout.coded else ids[inb]

@@ -151,6 +151,10 @@ def verify_index(path: str | os.PathLike[str]) -> dict[str, Any]:
         all_ids = index._base.idmap.all_ids()
         if np.any(all_ids[1:] <= all_ids[:-1]) or (all_ids.size and all_ids[0] < 0):
             problems.append("the id map is not sorted or holds duplicate or negative ids")
+        locs = np.array(index._base.idmap.view[1:2 * n:2])
+        top = n - 1 if lay.coded else pv.u8.shape[0] - lay.dim * np.dtype(lay.dtype).itemsize
+        if locs.size and (locs.min() < 0 or locs.max() > top):
+            problems.append("the id map holds locations outside the index")
         keys, bad_vec, bad_aux = _scan_lists(pv, bool(floats and not lay.coded), lay.encoding == "rabitq")
         if lay.coded:
             bad_id = int(((keys < 0) | (keys >= n)).sum())

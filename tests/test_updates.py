@@ -248,3 +248,27 @@ def test_another_process_sees_updates(tmp_path):
     assert r.ids[0, 0] == 10**12 and len(reader) == N - 1
     assert not np.isin([0, 1], exhaustive(reader, X[:2], 3).ids).any()
     reader.close()
+
+
+def test_delta_tombstones_then_readd(tmp_path):
+    idx = spann.build(X, tmp_path / "d", metric="l2", encoding="sq8", progress=False)
+    far = np.full((3, D), 40.0, np.float32) + np.arange(3, dtype=np.float32)[:, None]
+    idx.add(far, ids=[7_000, 7_001, 7_002])
+    gen = idx.generation
+    old = idx.attrs["delta_path"]
+    ino = os.stat(idx.path / old / "c" / "0").st_ino
+    idx.delete([7_001, 5])  # one delta id, one base id: tombstones only, the delta is not rewritten
+    assert idx.generation == gen + 1 and idx._snap.delta_dead.tolist() == [7_001]
+    new = idx.attrs["delta_path"]
+    assert new != old and os.stat(idx.path / new / "c" / "0").st_ino == ino  # linked, not rewritten
+    r = idx.search(far[1], 3)
+    assert 7_001 not in r.ids and len(idx) == N + 1
+    with pytest.raises(QueryError):
+        idx.get([7_001])
+    idx.add(far[1:2] + 100, ids=[7_001])  # back, with a new vector; the add purges the tombstone
+    assert idx._snap.delta_dead.size == 0
+    np.testing.assert_array_equal(idx.get([7_001]), far[1:2] + 100)
+    assert idx.search(far[1] + 100, 1).ids[0, 0] == 7_001
+    assert 7_001 not in idx.search(far[1], 3).ids
+    assert verify_index(idx.path)["ok"]
+    idx.close()
