@@ -272,3 +272,40 @@ def test_delta_tombstones_then_readd(tmp_path):
     assert 7_001 not in idx.search(far[1], 3).ids
     assert verify_index(idx.path)["ok"]
     idx.close()
+
+
+@pytest.mark.parametrize("metric,enc,dtype", [("ip", "sq8", np.float32), ("cosine", "rabitq", np.float32),
+                                              ("l2", "full", np.uint8), ("ip", "rabitq", np.float32)])
+def test_updates_for_every_metric_and_dtype(tmp_path, metric, enc, dtype):
+    rng = np.random.default_rng(12)
+    if dtype == np.uint8:
+        base = rng.integers(0, 255, (2000, D)).astype(np.uint8)
+        new = rng.integers(0, 255, (400, D)).astype(np.uint8)
+    else:
+        base = synthetic_array(2000, D, seed=3)
+        new = synthetic_array(400, D, seed=4) * 1.3  # larger norms than the build saw (ip)
+    idx = spann.build(base, tmp_path / "m", metric=metric, encoding=enc, progress=False)
+    got = idx.add(new)
+    idx.delete(np.arange(0, 2000, 7))
+    ids = np.concatenate([np.arange(2000), got])
+    vecs = np.concatenate([base, new]).astype(np.float64)
+    live = ~np.isin(ids, np.arange(0, 2000, 7))
+    q = np.concatenate([new[:10], base[1:11]]).astype(np.float32)
+    qq = q.astype(np.float64)
+    if metric == "l2":
+        d = ((qq[:, None] - vecs[None]) ** 2).sum(-1)
+    elif metric == "ip":
+        d = -(qq @ vecs.T)
+    else:
+        d = 1 - (qq / np.linalg.norm(qq, axis=1, keepdims=True)) @ (vecs / np.linalg.norm(vecs, axis=1,
+                                                                                            keepdims=True)).T
+    d[:, ~live] = np.inf
+    want = np.sort(d, axis=1)[:, :5]
+    r = idx.search(q, 5, max_postings=idx.heads.shape[0], pruner=False, rerank=3000)
+    np.testing.assert_allclose(r.distances, want, rtol=1e-3, atol=1e-3 * max(1.0, float(np.abs(want).max())))
+    assert not np.isin(r.ids, np.arange(0, 2000, 7)).any()
+    if dtype == np.uint8:
+        np.testing.assert_array_equal(idx.get(got[:3]), new[:3])
+    with pytest.raises(DataError):
+        idx.add(new.astype(np.float32) + 0.5 if dtype == np.uint8 else new[:, :3])
+    idx.close()
