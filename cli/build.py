@@ -53,10 +53,12 @@ def build_summary(attrs: dict) -> str:
 @click.option("--labels", "labels_file", type=click.Path(exists=True, dir_okay=False),
               help="Labels for filtered search (search --filter): .npy integers (n,) or (n, L), -1 = none.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing index at INDEX_DIR.")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted build of the same data and parameters from its last completed stage.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True), help="Write the build summary as JSON.")
 @common_options
 def build_cmd(input: str, index_dir: str, metric: str, fmt: str | None, json_out: str | None, overwrite: bool,
-              extra: tuple[str, ...], ids_file: str | None, labels_file: str | None, **params) -> None:
+              resume: bool, extra: tuple[str, ...], ids_file: str | None, labels_file: str | None, **params) -> None:
     """Build a SPANN index of INPUT (a vector file) in INDEX_DIR."""
     from spann.builder import build_index
     from spann.datasets.formats import metric_from_hdf5, open_vectors
@@ -74,7 +76,7 @@ def build_cmd(input: str, index_dir: str, metric: str, fmt: str | None, json_out
         ids = read_ids_file(ids_file, n) if ids_file else None
         labels = read_labels_file(labels_file, n) if labels_file else None
     attrs = build_index(input, index_dir, metric=metric, params=p, fmt=fmt, overwrite=overwrite,
-                        progress=not is_quiet(), ids=ids, labels=labels)
+                        progress=not is_quiet(), ids=ids, labels=labels, resume=resume, log=echo_err)
     echo_err(build_summary(attrs))
     if json_out:
         emit_json(attrs, json_out)

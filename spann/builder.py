@@ -326,6 +326,11 @@ def write_stage(src, metric: Metric, heads: Heads, asg: Assignments, plan: Posti
             hs = hs[nonempty[hs]]
             if hs.size == 0:
                 continue
+            done = writer.shard_done(POSTINGS, s)
+            if done:  # a resumed build wrote it before the interruption
+                written += done
+                bar.update(int(asg.counts[hs].sum()))
+                continue
             used = int((plan.offsets[hs] + plan.nbytes[hs]).max() - s * S)
             buf = np.zeros(-(-used // 8) * 8, np.uint8)
             # entry e = position t of list h: id at off + id_bytes t, aux at aux_off + 4 A t, code at
@@ -348,6 +353,7 @@ def write_stage(src, metric: Metric, heads: Heads, asg: Assignments, plan: Posti
                              np.ascontiguousarray(aux, dtype=np.float32), cp, np.ascontiguousarray(codes))
                 bar.update(len(ids))
             written += writer.write_shard(POSTINGS, s, buf[:used])
+            _fault(f"shard:{POSTINGS}:{s}")
     return written
 
 
@@ -363,10 +369,16 @@ def store_stage(src, metric: Metric, enc: Encoder, params: BuildParams, writer: 
     with tqdm(total=lay.n, desc="write vectors", unit="vec", unit_scale=True, disable=not progress,
               leave=False) as bar:
         for s, r0 in enumerate(range(0, lay.n, rows_per_shard)):
+            done = writer.shard_done(VECTORS, s)
+            if done:
+                written += done
+                bar.update(min(rows_per_shard, lay.n - r0))
+                continue
             ids = enc.order[r0:r0 + rows_per_shard]
             vec = metric.stored_rows(src.take(ids)).astype(dt, copy=False)
             written += writer.write_shard(VECTORS, s, store_rows_bytes(lay, vec,
                                                                        ids if user_ids is None else user_ids[ids]))
+            _fault(f"shard:{VECTORS}:{s}")
             bar.update(len(ids))
     return written
 
@@ -458,17 +470,75 @@ def _write_all(src, m: Metric, heads: Heads, graph: HeadGraph, asg: Assignments,
     return n
 
 
+def _fault(point: str) -> None:
+    """Testing hook: ``SPANN_BUILD_FAULT=<point>`` kills the build (SIGKILL) at that point (a
+    stage name after its checkpoint, or ``shard:<array>:<n>`` after a shard) to test --resume."""
+    if os.environ.get("SPANN_BUILD_FAULT") == point:
+        import signal
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _digest(a: np.ndarray | None) -> str:
+    from spann.zarr_io import crc32c
+    if a is None:
+        return "-"
+    a = np.ascontiguousarray(a)
+    crc = 0
+    flat = a.reshape(-1).view(np.uint8) if a.size else np.zeros(0, np.uint8)
+    for i in range(0, flat.shape[0], 1 << 26):
+        crc = crc32c(flat[i:i + (1 << 26)].tobytes()) ^ (crc * 31 % (1 << 32))
+    return f"{a.dtype.str}{a.shape}:{crc}"
+
+
+def build_fingerprint(src, data, metric: Metric, params: BuildParams, user_ids, labels) -> str:
+    """What a resumed build must share with the interrupted one: the data (a file's path, size
+    and modification time; an array's checksum), ids, labels, metric and parameters."""
+    import hashlib
+    import json
+    from spann.storage import FORMAT_VERSION
+    if isinstance(data, (str, os.PathLike)):
+        try:  # the file behind the spec (an HDF5 "file.hdf5:dataset" names its file in src.path)
+            st = os.stat(src.path)
+            what = f"{os.path.abspath(data)}:{st.st_size}:{st.st_mtime_ns}"
+        except (OSError, TypeError):
+            what = f"{os.path.abspath(data)}"
+    else:
+        what = _digest(np.asarray(data)) if isinstance(data, np.ndarray) else f"{src.path}:{src.n}"
+    doc = json.dumps({"data": what, "n": src.n, "dim": src.dim, "dtype": src.dtype.name, "metric": metric.name,
+                      "params": params.to_dict(), "ids": _digest(user_ids), "labels": _digest(labels),
+                      "format": FORMAT_VERSION}, sort_keys=True)
+    return hashlib.sha256(doc.encode()).hexdigest()
+
+
+#: how each checkpointed stage's output is saved (arrays, meta) and restored
+_CHECKPOINT = {
+    "sample": (lambda o: ({"rows": o.rows, "ids": o.ids}, {"max_norm": o.max_norm}),
+               lambda a, m: Sample(rows=a["rows"], ids=a["ids"], max_norm=float(m["max_norm"]))),
+    "heads": (lambda o: ({"vectors": o.vectors}, {}), lambda a, m: Heads(vectors=a["vectors"])),
+    "graph": (lambda o: ({"neighbors": o.neighbors, "entries": o.entries}, {}),
+              lambda a, m: HeadGraph(neighbors=a["neighbors"], entries=a["entries"])),
+    "assign": (lambda o: ({"heads": o.heads, "ids": o.ids, "counts": o.counts, "hist": o.replica_histogram,
+                           "primary": o.primary}, {}),
+               lambda a, m: Assignments(heads=a["heads"], ids=a["ids"], counts=a["counts"],
+                                        replica_histogram=a["hist"], primary=a["primary"])),
+    "pruner": (lambda o: ({} if o is None else {"model": o}, {}), lambda a, m: a.get("model")),
+}
+
+
 def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params: BuildParams | None = None,
                 fmt: str | None = None, overwrite: bool = False, progress: bool = True,
-                log: Callable[[str], None] | None = None, ids=None, labels=None) -> dict[str, Any]:
+                log: Callable[[str], None] | None = None, ids=None, labels=None,
+                resume: bool = False) -> dict[str, Any]:
     """Build an index from ``data`` (array (n, d) or vector file path) into ``index_dir``.
 
     ``ids``: int64 (n,) distinct ids >= 0 that searches return (default: row numbers);
     ``labels``: int (n,) or (n, L) labels for filtered search (-1 = none; see :mod:`spann.labels`).
+    ``resume``: continue an interrupted build of the same data and parameters into the same
+    path from its last completed stage (and shard); the result equals an uninterrupted build.
 
     Returns the attributes stored in the index (metric, dims, parameters, statistics). The
     index appears at ``index_dir`` only when complete; a failure leaves nothing behind.
@@ -488,14 +558,26 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
     params = params.resolved(choose_encoding(params.encoding, m.stored_dtype(src.dtype), src.dim))
     say = log if (log and progress) else (lambda _msg: None)
     times: dict[str, float] = {}
-    writer = IndexWriter(index_dir, overwrite=overwrite, log=say)
+    fp = build_fingerprint(src, data, m, params, user_ids, labels)
+    restored: list[str] = []
+    writer = IndexWriter(index_dir, overwrite=overwrite, log=say, resume=resume, fingerprint=fp)
     try:
         with _Threads(params.threads) as threads:
             def stage(name, fn, *a, **kw):
+                ck = _CHECKPOINT.get(name)
+                if ck is not None and writer.stage_done(name):
+                    arrays, meta = writer.load_stage(name)
+                    times[name] = 0.0
+                    restored.append(name)
+                    say(f"{name}: restored from the interrupted build")
+                    return ck[1](arrays, meta)
                 t0 = time.perf_counter()
                 out = fn(*a, **kw)
                 times[name] = time.perf_counter() - t0
                 say(f"{name}: {times[name]:.1f} s, peak RSS {_peak_rss() / 2**20:.0f} MiB")
+                if ck is not None:
+                    writer.save_stage(name, *ck[0](out))
+                _fault(name)
                 return out
 
             sample = stage("sample", sample_stage, src, m, params, progress)
@@ -531,6 +613,7 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
             "seconds": {k: round(v, 3) for k, v in times.items()},
             "build_seconds": round(sum(times.values()), 3),
             "peak_rss_bytes": _peak_rss(),
+            "resumed": {"stages": restored, "shards": writer.shards_reused} if writer.resumed else None,
             "raw_bytes": int(src.n * src.dim * src.dtype.itemsize),
             "index_bytes": directory_bytes(writer.tmp),
         }

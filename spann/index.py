@@ -590,17 +590,18 @@ class Index:
 
 def build(data, index_dir: str | os.PathLike[str], *, metric: str, params: BuildParams | None = None,
           fmt: str | None = None, overwrite: bool = False, progress: bool = True, ids=None, labels=None,
-          **param_overrides: Any) -> Index:
+          resume: bool = False, **param_overrides: Any) -> Index:
     """Build an index from ``data`` (array (n, d) float32/uint8/int8, or a vector file path) and
     open it. ``ids``: int64 (n,) distinct ids >= 0 (default: row numbers); ``labels``: int
-    (n,) or (n, L) labels for filtered search. Keyword overrides are :class:`BuildParams`
-    fields (``head_ratio=0.1`` ...)."""
+    (n,) or (n, L) labels for filtered search; ``resume``: continue an interrupted build of the
+    same data and parameters. Keyword overrides are :class:`BuildParams` fields
+    (``head_ratio=0.1`` ...)."""
     from spann.builder import build_index
     p = params or BuildParams()
     if param_overrides:
         p = p.replace(**param_overrides)
     build_index(data, index_dir, metric=metric, params=p, fmt=fmt, overwrite=overwrite, progress=progress, ids=ids,
-                labels=labels)
+                labels=labels, resume=resume)
     return Index(index_dir)
 
 

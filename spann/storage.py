@@ -57,6 +57,15 @@ IDMAP = "idmap"
 LABEL_LISTS = "label_lists"
 LOCK = ".spann-lock"  #: lock file of an index's writers (updates)
 BUILD_MARK = ".spann-build"  #: file inside a build's temporary directory: pid, host, target
+CHECKPOINTS = ".checkpoints"  #: completed stages and shards of a build (``--resume``)
+
+
+def _read_mark(p: Path) -> dict:
+    try:
+        m = read_json(str(p / BUILD_MARK))
+        return m if isinstance(m, dict) else {}
+    except (IndexCorruptError, OSError):
+        return {}
 
 
 def generation_path(g: int) -> str:
@@ -147,27 +156,68 @@ class IndexWriter:
     """Writes an index into a hidden temporary sibling of ``final``; :meth:`commit` swaps it into
     place; :meth:`abort` removes it (a failed build leaves nothing behind)."""
 
-    def __init__(self, final: Path, overwrite: bool = False, *, log=None):
+    def __init__(self, final: Path, overwrite: bool = False, *, log=None, resume: bool = False,
+                 fingerprint: str = ""):
         self.final = Path(final)
         check_target(self.final, overwrite)
         self.final.parent.mkdir(parents=True, exist_ok=True)
+        self.resumed = False
+        self.shards_reused = 0
+        self._crcs: dict[str, dict[str, list[int]]] = {}
         for p, dead in stale_builds(self.final):
+            mark = _read_mark(p)
+            if resume and dead and mark.get("fingerprint") == fingerprint and not self.resumed:
+                self.tmp, self.build_id, self.resumed = p, str(mark["build_id"]), True
+                if log:
+                    log(f"resuming the interrupted build in {p}")
+                continue
             if dead:
                 shutil.rmtree(p, ignore_errors=True)
                 if log:
-                    log(f"removed {p}: temporary directory of an interrupted build")
+                    why = " (different data or parameters)" if resume and mark.get("fingerprint") else ""
+                    log(f"removed {p}: temporary directory of an interrupted build{why}")
             elif log:
                 log(f"note: {p} looks like the temporary directory of another build; left alone")
-        self.build_id = uuid.uuid4().hex
-        self.tmp = self.final.with_name(f".{self.final.name}.building-{os.getpid()}-{self.build_id[:8]}")
-        self.tmp.mkdir()
+        if resume and not self.resumed and log:
+            log("nothing to resume: building from the start")
+        if not self.resumed:
+            self.build_id = uuid.uuid4().hex
+            self.tmp = self.final.with_name(f".{self.final.name}.building-{self.build_id[:12]}")
+            self.tmp.mkdir()
         write_json(str(self.tmp / BUILD_MARK), {"pid": os.getpid(), "host": socket.gethostname(),
-                                                "target": str(self.final.resolve()), "build_id": self.build_id})
+                                                "target": str(self.final.resolve()), "build_id": self.build_id,
+                                                "fingerprint": fingerprint})
         self.generation = 1
         self.gen_dir = self.tmp / generation_path(self.generation)
-        self.gen_dir.mkdir()
+        self.gen_dir.mkdir(exist_ok=True)
+        self.ckpt = self.tmp / CHECKPOINTS
+        self.ckpt.mkdir(exist_ok=True)
         self._arrays: dict[str, tuple[int, int, int]] = {}
-        self._crcs: dict[str, dict[str, list[int]]] = {}
+
+    # -- checkpoints (resume) -------------------------------------------------------------------
+    def stage_done(self, stage: str) -> bool:
+        return (self.ckpt / f"{stage}.done").exists()
+
+    def save_stage(self, stage: str, arrays: dict[str, np.ndarray], meta: dict | None = None) -> None:
+        """Checkpoint a completed stage: its arrays (.npy, no pickle), then its marker."""
+        for k, a in arrays.items():
+            np.save(self.ckpt / f"{stage}.{k}.npy", np.ascontiguousarray(a), allow_pickle=False)
+        write_json(str(self.ckpt / f"{stage}.done"), {"meta": meta or {}, "arrays": sorted(arrays)}, fsync=False)
+
+    def load_stage(self, stage: str) -> tuple[dict[str, np.ndarray], dict]:
+        rec = read_json(str(self.ckpt / f"{stage}.done"))
+        arrays = {k: np.load(self.ckpt / f"{stage}.{k}.npy", allow_pickle=False) for k in rec["arrays"]}
+        return arrays, rec["meta"]
+
+    def shard_done(self, name: str, shard: int) -> int:
+        """Bytes of shard ``shard`` of ``name`` if a resumed build already wrote it (0 if not)."""
+        f = self.ckpt / f"shard.{name}.{shard}.json"
+        if not f.exists():
+            return 0
+        rec = read_json(str(f))
+        self._crcs.setdefault(name, {})[str(shard)] = rec["crc"]
+        self.shards_reused += 1
+        return int(rec["file_bytes"])
 
     def write_array(self, name: str, data: np.ndarray) -> None:
         """A small (in-RAM) array of the current generation."""
@@ -177,15 +227,18 @@ class IndexWriter:
         """Start the sharded byte array ``name`` (postings or vectors)."""
         self._arrays[name] = (total_bytes, shard_bytes, chunk_bytes)
         d = self.tmp / name
-        d.mkdir()
+        d.mkdir(exist_ok=True)
         write_json(str(d / "zarr.json"), postings_meta(total_bytes, shard_bytes, chunk_bytes,
                                                        {"build_id": self.build_id}), fsync=False)
 
     def write_shard(self, name: str, shard: int, data: np.ndarray) -> int:
         """Shard ``shard`` of byte array ``name``: its used bytes (uint8, from the shard start)."""
         _, shard_bytes, chunk_bytes = self._arrays[name]
-        self._crcs.setdefault(name, {})[str(shard)] = [int(data.nbytes), crc32c(np.ascontiguousarray(data).tobytes())]
-        return write_shard(str(self.tmp / name / "c" / str(shard)), data, shard_bytes, chunk_bytes)
+        crc = [int(data.nbytes), crc32c(np.ascontiguousarray(data).tobytes())]
+        self._crcs.setdefault(name, {})[str(shard)] = crc
+        size = write_shard(str(self.tmp / name / "c" / str(shard)), data, shard_bytes, chunk_bytes)
+        write_json(str(self.ckpt / f"shard.{name}.{shard}.json"), {"crc": crc, "file_bytes": size}, fsync=False)
+        return size
 
     def commit(self, attrs: dict[str, Any], overwrite: bool = False) -> Path:
         """Write the group metadata (last: its presence marks a complete index), make it durable,
@@ -196,6 +249,7 @@ class IndexWriter:
         if VECTORS in self._arrays:
             attrs["vectors_path"] = VECTORS
         write_json(str(self.gen_dir / "zarr.json"), group_meta({"build_id": self.build_id}), fsync=False)
+        shutil.rmtree(self.ckpt, ignore_errors=True)
         _fsync_tree(self.tmp)
         os.remove(self.tmp / BUILD_MARK)
         write_json(str(self.tmp / "zarr.json"), group_meta({"spann": attrs}))
