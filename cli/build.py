@@ -28,6 +28,25 @@ def build_summary(attrs: dict) -> str:
     ])
 
 
+class ByteSize(click.ParamType):
+    """A size like 512M, 2G, 1.5GiB or a byte count."""
+
+    name = "size"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        v = str(value).strip().upper().removesuffix("IB").removesuffix("B")
+        mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(v[-1:], 1)
+        try:
+            num = float(v[:-1] if v[-1:] in "KMGT" and v else v)
+        except ValueError:
+            self.fail(f"{value!r} is not a size (e.g. 512M, 2G)", param, ctx)
+        if num < 0:
+            self.fail(f"{value!r} is negative", param, ctx)
+        return int(num * mult)
+
+
 @click.command("build")
 @click.argument("input", type=click.Path(dir_okay=False))
 @click.argument("index_dir", type=click.Path(file_okay=False))
@@ -53,6 +72,8 @@ def build_summary(attrs: dict) -> str:
 @click.option("--labels", "labels_file", type=click.Path(exists=True, dir_okay=False),
               help="Labels for filtered search (search --filter): .npy integers (n,) or (n, L), -1 = none.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing index at INDEX_DIR.")
+@click.option("--memory-limit", "memory_limit", type=ByteSize(), default="0",
+              help="Peak memory of the build, e.g. 2G (interpreter and numba included; 0 = no limit).")
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted build of the same data and parameters from its last completed stage.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True), help="Write the build summary as JSON.")

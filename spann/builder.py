@@ -29,6 +29,7 @@ from spann.head_index import build_graph
 from spann.layout import EntryLayout, pack_lists
 from spann.labels import check_labels, label_directory
 from spann.idmap import check_ids, idmap_bytes
+from spann.spill import AssignmentRuns, buckets_for
 from spann.posting_writer import entry_positions as _positions, fill_entries, pack_entries
 from spann.metrics import Metric, get_metric
 from spann.params import BuildParams
@@ -37,7 +38,7 @@ from spann.storage import IDMAP, LABEL_LISTS, POSTINGS, VECTORS, IndexWriter, ch
 from spann.vector_store import StoreLayout, store_rows_bytes
 from spann.vectors import as_vector_source
 
-__all__ = ["Sample", "Heads", "HeadGraph", "Assignments", "Encoder", "PostingPlan", "sample_stage", "heads_stage",
+__all__ = ["Sample", "Heads", "HeadGraph", "AssignmentRuns", "Encoder", "PostingPlan", "sample_stage", "heads_stage",
            "graph_stage", "assign_stage", "encoding_stage", "plan_stage", "write_stage", "store_stage",
            "build_index"]
 
@@ -80,20 +81,6 @@ class HeadGraph:
 
     neighbors: np.ndarray
     entries: np.ndarray
-
-
-@dataclass
-class Assignments:
-    """Every (list, vector) pair, grouped by list and nearest first within a list.
-
-    heads int32 (A,), ids int64 (A,), counts int64 (H,) entries per list, replica_histogram
-    int64 (R + 1,) vectors by number of lists, primary int32 (n,) each vector's nearest head."""
-
-    heads: np.ndarray
-    ids: np.ndarray
-    counts: np.ndarray
-    replica_histogram: np.ndarray
-    primary: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -158,13 +145,16 @@ def graph_stage(heads: Heads, params: BuildParams, progress: bool = False) -> He
 
 
 def assign_stage(src, metric: Metric, max_norm: float, heads: Heads, graph: HeadGraph, params: BuildParams,
-                 threads: int, progress: bool = False) -> Assignments:
-    """Nearest head + boundary replicas of every vector (closure and RNG rules), streamed."""
+                 threads: int, progress: bool = False, runs_dir: Path | None = None,
+                 n_buckets: int = 1) -> AssignmentRuns:
+    """Nearest head + boundary replicas of every vector (closure and RNG rules), streamed in
+    blocks and spilled to ``runs_dir`` in ``n_buckets`` head buckets (see :mod:`spann.spill`)."""
+    import tempfile
     R = params.replica_count
     ef = max(params.assign_candidates, 32)
-    parts_h, parts_id, parts_d = [], [], []
-    primary = np.empty(src.n, np.int32)
-    hist = np.zeros(R + 1, np.int64)
+    if runs_dir is None:
+        runs_dir = Path(tempfile.mkdtemp(prefix="spann-assign-"))
+    runs = AssignmentRuns(runs_dir, src.n, heads.vectors.shape[0], n_buckets, R)
     with tqdm(total=src.n, desc="assign replicas", unit="vec", unit_scale=True, disable=not progress,
               leave=False) as bar:
         for s, blk in src.iter_blocks(params.block_rows):
@@ -175,25 +165,13 @@ def assign_stage(src, metric: Metric, max_norm: float, heads: Heads, graph: Head
                                              np.float32(params.rng_factor), threads * 8)
             if cnt.min() < 1:  # the graph search always finds a head; anything else is a bug
                 raise RuntimeError("a vector found no head during assignment")
-            hist += np.bincount(cnt, minlength=R + 1)
-            primary[s:s + blk.shape[0]] = rep_i[:, 0]
-            valid = rep_i >= 0
-            parts_h.append(rep_i[valid])
-            parts_id.append(np.broadcast_to(np.arange(s, s + blk.shape[0], dtype=np.int64)[:, None],
-                                            rep_i.shape)[valid])
-            parts_d.append(rep_d[valid])
+            runs.add_block(s, rep_i, rep_d, cnt)
             bar.update(blk.shape[0])
-    h = np.concatenate(parts_h)
-    i = np.concatenate(parts_id)
-    d = np.concatenate(parts_d)
-    del parts_h, parts_id, parts_d
-    order = np.lexsort((d, h))
-    h, i = h[order], i[order]
-    counts = np.bincount(h, minlength=heads.vectors.shape[0]).astype(np.int64)
-    return Assignments(heads=h, ids=i, counts=counts, replica_histogram=hist, primary=primary)
+    runs.finish()
+    return runs
 
 
-def pruner_stage(metric: Metric, sample: Sample, dim: int, heads: Heads, graph: HeadGraph, asg: Assignments,
+def pruner_stage(metric: Metric, sample: Sample, dim: int, heads: Heads, graph: HeadGraph, asg: AssignmentRuns,
                  params: BuildParams, n_queries: int = 600) -> np.ndarray | None:
     """Fit the learned pruner (see :mod:`spann.pruner`) on sample rows used as queries, against
     their exact 10 nearest neighbours within the sample. None if there are too few heads."""
@@ -207,7 +185,8 @@ def pruner_stage(metric: Metric, sample: Sample, dim: int, heads: Heads, graph: 
     rng = np.random.default_rng(params.seed + 7)
     qi = np.sort(rng.choice(s, min(n_queries, s // 10), replace=False))
     universe = np.ascontiguousarray(sample.rows[:, :dim])
-    gi, _ = exact_knn(universe, universe[qi], 11, "l2" if metric.name == "cosine" else metric.name)
+    gi, _ = exact_knn(universe, universe[qi], 11, "l2" if metric.name == "cosine" else metric.name,
+                      base_block=8192)  # ~20 MB of distances at a time (memory_limit)
     nbr = np.empty((len(qi), 10), np.int64)
     for i in range(len(qi)):  # drop the query itself
         row = gi[i][gi[i] != qi[i]][:10]
@@ -216,10 +195,7 @@ def pruner_stage(metric: Metric, sample: Sample, dim: int, heads: Heads, graph: 
     nbr_ids = sample.ids[nbr].ravel()
     # the lists each neighbour is stored in (CSR over the query-major neighbour sequence)
     need_ids = np.unique(nbr_ids)
-    hit = np.isin(asg.ids, need_ids)
-    e_id, e_h = asg.ids[hit], asg.heads[hit]
-    o = np.argsort(e_id, kind="stable")
-    e_id, e_h = e_id[o], e_h[o]
+    e_id, e_h = asg.lists_of_ids(need_ids)
     lo = np.searchsorted(e_id, nbr_ids, "left")
     hi = np.searchsorted(e_id, nbr_ids, "right")
     ptr = np.concatenate([[0], np.cumsum(hi - lo)]).astype(np.int64)
@@ -268,7 +244,7 @@ def choose_encoding(encoding: str, stored_dtype: np.dtype, dim: int = 0) -> str:
     return "rabitq" if dim >= RABITQ_MIN_DIM else "sq8"
 
 
-def encoding_stage(src, metric: Metric, sample: Sample, asg: Assignments, params: BuildParams,
+def encoding_stage(src, metric: Metric, sample: Sample, asg: AssignmentRuns, params: BuildParams,
                    label_width: int = 0) -> Encoder:
     """Choose and train the posting encoding; for coded encodings, the vector-store row order
     (vectors sorted by nearest head, so a query's candidates share pages)."""
@@ -279,17 +255,30 @@ def encoding_stage(src, metric: Metric, sample: Sample, asg: Assignments, params
     if enc == "full":
         return Encoder(layout, {}, None, None, None)
     arrays = train_codebook(enc, np.ascontiguousarray(sample.rows[:, :src.dim]), params.seed)
-    order = np.lexsort((np.arange(src.n), asg.primary)).astype(np.int64)
-    row_of = np.empty(src.n, np.int64)
-    row_of[order] = np.arange(src.n, dtype=np.int64)
+    # rows by nearest head, ids ascending within a head (a counting sort over memory maps)
+    row_of = np.lib.format.open_memmap(asg.dir / "row_of.npy", "w+", np.int64, (src.n,))
+    order = np.lib.format.open_memmap(asg.dir / "order.npy", "w+", np.int64, (src.n,))
+    cursor = np.concatenate([[0], np.cumsum(np.bincount(np.asarray(asg.primary), minlength=asg.H))]).astype(np.int64)
+    step = 1 << 22
+    for a in range(0, src.n, step):
+        _rank_rows(np.asarray(asg.primary[a:a + step]), np.int64(a), cursor, row_of, order)
     return Encoder(layout, arrays, StoreLayout(n=src.n, dim=src.dim, dtype=dtype), row_of, order)
 
 
-def _entry_codes(src, metric: Metric, heads: Heads, asg: Assignments, ent: np.ndarray, enc: Encoder,
+@numba.njit(cache=True, nogil=True)
+def _rank_rows(primary, start, cursor, row_of, order):
+    for j in range(primary.shape[0]):
+        r = cursor[primary[j]]
+        cursor[primary[j]] = r + 1
+        row_of[start + j] = r
+        order[r] = start + j
+
+
+def _entry_codes(src, metric: Metric, heads: Heads, e_heads: np.ndarray, ids: np.ndarray, enc: Encoder,
                  dt: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(stored ids int64, aux float32 (e, A), codes uint8 (e, B)) of assignment entries ``ent``."""
+    """(stored ids int64, aux float32 (e, A), codes uint8 (e, B)) of entries (list ``e_heads``,
+    vector ``ids``)."""
     lay = enc.layout
-    ids = asg.ids[ent]
     uniq, inv = np.unique(ids, return_inverse=True)
     rows = metric.stored_rows(src.take(uniq)).astype(dt, copy=False)
     if lay.encoding == "full":
@@ -298,28 +287,30 @@ def _entry_codes(src, metric: Metric, heads: Heads, asg: Assignments, ent: np.nd
     if lay.encoding == "sq8":
         cu, _ = encode_rows("sq8", enc.arrays, rows.astype(np.float32, copy=False))
         return enc.row_of[ids], np.zeros((len(ids), 0), np.float32), cu[inv]
-    centers = heads.vectors[asg.heads[ent], :lay.dim]
+    centers = heads.vectors[e_heads, :lay.dim]
     codes, aux = encode_rows(lay.encoding, enc.arrays, rows.astype(np.float32, copy=False)[inv], centers)
     return enc.row_of[ids], aux, codes
 
 
-def write_stage(src, metric: Metric, heads: Heads, asg: Assignments, plan: PostingPlan, enc: Encoder,
+def write_stage(src, metric: Metric, heads: Heads, asg: AssignmentRuns, plan: PostingPlan, enc: Encoder,
                 writer: IndexWriter, progress: bool = False, chunk_entries: int = 1 << 16,
-                user_ids: np.ndarray | None = None, labels: np.ndarray | None = None) -> int:
+                user_ids: np.ndarray | None = None, labels: np.ndarray | None = None,
+                prim_loc: np.ndarray | None = None) -> int:
     """Write the posting array shard by shard (each shard file written once, its entries encoded
     in chunks of ``chunk_entries``); returns bytes written. ``user_ids`` int64 (n,): the id of
-    each base row (None: the row number); ``labels`` int32 (n, L): each row's labels."""
+    each base row (None: the row number); ``labels`` int32 (n, L): each row's labels;
+    ``prim_loc`` int64 (n,): filled (full encoding) with the byte offset of each vector in its
+    nearest head's list (the id map's locations)."""
     lay = plan.layout
     dt = np.dtype(lay.dtype)
     S = plan.shard_bytes
-    starts = np.concatenate([[0], np.cumsum(asg.counts)])
     shard_of = plan.offsets // S
     nonempty = plan.counts > 0
     order = np.argsort(shard_of, kind="stable")
     bounds = np.searchsorted(shard_of[order], np.arange(plan.n_shards + 1))
     writer.begin_array(POSTINGS, plan.total_bytes, S, plan.chunk_bytes)
     written = 0
-    with tqdm(total=len(asg.ids), desc="write postings", unit="entry", unit_scale=True, disable=not progress,
+    with tqdm(total=asg.total, desc="write postings", unit="entry", unit_scale=True, disable=not progress,
               leave=False) as bar:
         for s in range(plan.n_shards):
             hs = order[bounds[s]:bounds[s + 1]]
@@ -336,18 +327,21 @@ def write_stage(src, metric: Metric, heads: Heads, asg: Assignments, plan: Posti
             # entry e = position t of list h: id at off + id_bytes t, aux at aux_off + 4 A t, code at
             # codes_off + B t (see spann.layout)
             c = asg.counts[hs]
-            ent_all = np.concatenate([np.arange(starts[h], starts[h + 1]) for h in hs])
+            h_all, id_all = asg.lists(hs)
             t_all = np.concatenate([np.arange(n) for n in c])
             off_all = np.repeat(plan.offsets[hs] - s * S, c)
             cnt_all = np.repeat(c, c)
             L = lay.label_width
-            for a in range(0, len(ent_all), chunk_entries):
+            if prim_loc is not None:  # each vector's entry in its nearest head's list
+                pe = np.flatnonzero(h_all == np.asarray(asg.primary[id_all]))
+                prim_loc[id_all[pe]] = _positions(lay, off_all[pe] + s * S, cnt_all[pe], t_all[pe])[3]
+            for a in range(0, len(id_all), chunk_entries):
                 sl = slice(a, a + chunk_entries)
-                ent = ent_all[sl]
-                ids, aux, codes = _entry_codes(src, metric, heads, asg, ent, enc, dt)
+                rows = id_all[sl]
+                ids, aux, codes = _entry_codes(src, metric, heads, h_all[sl], rows, enc, dt)
                 if user_ids is not None and not lay.coded:
                     ids = user_ids[ids]
-                lab = (np.ascontiguousarray(labels[asg.ids[ent]]) if L else np.zeros((len(ent), 0), np.int32))
+                lab = (np.ascontiguousarray(labels[rows]) if L else np.zeros((len(rows), 0), np.int32))
                 ip, lp, ap, cp = _positions(lay, off_all[sl], cnt_all[sl], t_all[sl])
                 fill_entries(buf, ip, np.ascontiguousarray(ids, dtype=np.int64), lay.id_bytes, lp, lab, ap,
                              np.ascontiguousarray(aux, dtype=np.float32), cp, np.ascontiguousarray(codes))
@@ -402,23 +396,27 @@ def write_byte_array(writer: IndexWriter, name: str, data: np.ndarray, total: in
     return n
 
 
-def idmap_stage(asg: Assignments, plan: PostingPlan, enc: Encoder, user_ids: np.ndarray | None, n: int,
+def idmap_stage(enc: Encoder, prim_loc: np.ndarray | None, user_ids: np.ndarray | None, n: int,
                 params: BuildParams, writer: IndexWriter) -> int:
     """Write the id map (see :mod:`spann.idmap`): each id's store row (coded) or the byte
-    offset of its vector in its nearest head's list (full)."""
-    if enc.layout.coded:
-        loc = enc.row_of
-    else:
-        starts = np.concatenate([[0], np.cumsum(asg.counts)])
-        e = np.flatnonzero(asg.heads == asg.primary[asg.ids])  # each vector's nearest-head entry
-        h = asg.heads[e]
-        _, _, _, cp = _positions(plan.layout, plan.offsets[h], plan.counts[h].astype(np.int64), e - starts[h])
-        loc = np.empty(n, np.int64)
-        loc[asg.ids[e]] = cp
-    keys = user_ids if user_ids is not None else np.arange(n, dtype=np.int64)
-    data = idmap_bytes(keys, loc)
+    offset of its vector in its nearest head's list (full, ``prim_loc``). Row-number ids are
+    written in streamed shards; users' ids are sorted in RAM (8 bytes per vector)."""
+    loc = enc.row_of if enc.layout.coded else prim_loc
     shard = params.shard_bytes
-    return write_byte_array(writer, IDMAP, data, -(-data.shape[0] // shard) * shard, shard, params.chunk_bytes)
+    total = -(-16 * n // shard) * shard
+    if user_ids is not None:
+        return write_byte_array(writer, IDMAP, idmap_bytes(user_ids, np.asarray(loc)), total, shard,
+                                params.chunk_bytes)
+    writer.begin_array(IDMAP, total, shard, params.chunk_bytes)
+    per = shard // 16
+    written = 0
+    for s, a in enumerate(range(0, n, per)):
+        b = min(n, a + per)
+        rec = np.empty((b - a, 2), "<i8")
+        rec[:, 0] = np.arange(a, b)
+        rec[:, 1] = loc[a:b]
+        written += writer.write_shard(IDMAP, s, rec.reshape(-1).view(np.uint8))
+    return written
 
 
 def label_lists_stage(src, metric: Metric, labels: np.ndarray, user_ids: np.ndarray | None, params: BuildParams,
@@ -451,7 +449,7 @@ def label_list_layout(dim: int, dtype: str) -> EntryLayout:
     return EntryLayout(dim=dim, dtype=dtype, encoding="full")
 
 
-def _write_all(src, m: Metric, heads: Heads, graph: HeadGraph, asg: Assignments, plan: PostingPlan,
+def _write_all(src, m: Metric, heads: Heads, graph: HeadGraph, asg: AssignmentRuns, plan: PostingPlan,
                enc: Encoder, params: BuildParams, writer: IndexWriter, progress: bool,
                user_ids: np.ndarray | None = None, labels: np.ndarray | None = None) -> int:
     writer.write_array("heads", stored_heads(heads, enc))
@@ -461,10 +459,15 @@ def _write_all(src, m: Metric, heads: Heads, graph: HeadGraph, asg: Assignments,
     writer.write_array("counts", plan.counts.astype(np.int32))
     for name, arr in enc.arrays.items():
         writer.write_array(f"code_{name}", arr)
-    n = write_stage(src, m, heads, asg, plan, enc, writer, progress, user_ids=user_ids, labels=labels)
+    prim_loc = None
+    if not enc.layout.coded:  # kept across a resumed build: skipped shards filled theirs before
+        f = asg.dir / "prim_loc.npy"
+        prim_loc = np.lib.format.open_memmap(f, "r+" if f.exists() else "w+", np.int64, (src.n,))
+    n = write_stage(src, m, heads, asg, plan, enc, writer, progress, user_ids=user_ids, labels=labels,
+                    prim_loc=prim_loc)
     if enc.store is not None:
         n += store_stage(src, m, enc, params, writer, progress, user_ids=user_ids)
-    n += idmap_stage(asg, plan, enc, user_ids, src.n, params, writer)
+    n += idmap_stage(enc, prim_loc, user_ids, src.n, params, writer)
     if labels is not None:
         n += label_lists_stage(src, m, labels, user_ids, params, writer, plan.layout.dtype)
     return n
@@ -517,12 +520,33 @@ _CHECKPOINT = {
     "heads": (lambda o: ({"vectors": o.vectors}, {}), lambda a, m: Heads(vectors=a["vectors"])),
     "graph": (lambda o: ({"neighbors": o.neighbors, "entries": o.entries}, {}),
               lambda a, m: HeadGraph(neighbors=a["neighbors"], entries=a["entries"])),
-    "assign": (lambda o: ({"heads": o.heads, "ids": o.ids, "counts": o.counts, "hist": o.replica_histogram,
-                           "primary": o.primary}, {}),
-               lambda a, m: Assignments(heads=a["heads"], ids=a["ids"], counts=a["counts"],
-                                        replica_histogram=a["hist"], primary=a["primary"])),
     "pruner": (lambda o: ({} if o is None else {"model": o}, {}), lambda a, m: a.get("model")),
 }
+
+
+BASELINE_RSS = 320 << 20  #: the interpreter, numpy, numba and its compiled kernels (measured ~250-300 MiB)
+
+
+def fit_to_memory(params: BuildParams, n: int, dim: int, head_dim: int) -> tuple[BuildParams, int]:
+    """Parameters and assignment buckets that keep the build under ``params.memory_limit``
+    (see :class:`BuildParams`); raises ParameterError when the heads alone would not fit."""
+    from spann.errors import ParameterError
+    R = int(params.replica_count)
+    lim = params.memory_limit
+    if not lim:
+        return params, buckets_for(n, R, 2 << 30)
+    work = lim - BASELINE_RSS
+    n_heads = max(1, round(n / params.posting_size)) if params.posting_size else max(1, round(n * params.head_ratio))
+    heads_need = n_heads * (head_dim * 4 * 4 + (params.graph_degree + params.graph_candidates) * 16)
+    if work < 64 << 20 or heads_need > work * 0.6:
+        raise ParameterError(f"memory_limit {lim / 2**20:.0f} MiB is too small: the {n_heads:,} heads and their graph "
+                             f"need ~{(heads_need / 0.6 + BASELINE_RSS) / 2**20:.0f} MiB (raise the limit or lower "
+                             f"head_ratio)")
+    sample = int(min(params.cluster_sample, max(1000, work // 4 // (head_dim * 4 * 3))))
+    block = int(min(params.block_rows, max(256, work // 8 // (dim * 8 + head_dim * 8 + R * 48))))
+    per_vector_ids = 0  # users' ids and labels are the caller's arrays (memory-mapped from the CLI)
+    nb = buckets_for(n, R, max(16 << 20, (work - heads_need) // 3 - per_vector_ids))
+    return params.replace(cluster_sample=max(1000, sample), block_rows=block), nb
 
 
 def _peak_rss() -> int:
@@ -558,13 +582,18 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
     params = params.resolved(choose_encoding(params.encoding, m.stored_dtype(src.dtype), src.dim))
     say = log if (log and progress) else (lambda _msg: None)
     times: dict[str, float] = {}
+    params, n_buckets = fit_to_memory(params, src.n, src.dim, m.head_dim(src.dim))
     fp = build_fingerprint(src, data, m, params, user_ids, labels)
     restored: list[str] = []
+    checkpoints = dict(_CHECKPOINT)
+    checkpoints["assign"] = (lambda o: ({}, {"n_buckets": o.n_buckets}),
+                             lambda a, meta: AssignmentRuns.open(writer.ckpt / "assign", src.n, heads.vectors.shape[0],
+                                                                 int(meta["n_buckets"]), int(params.replica_count)))
     writer = IndexWriter(index_dir, overwrite=overwrite, log=say, resume=resume, fingerprint=fp)
     try:
         with _Threads(params.threads) as threads:
             def stage(name, fn, *a, **kw):
-                ck = _CHECKPOINT.get(name)
+                ck = checkpoints.get(name)
                 if ck is not None and writer.stage_done(name):
                     arrays, meta = writer.load_stage(name)
                     times[name] = 0.0
@@ -584,7 +613,8 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
             heads = stage("heads", heads_stage, sample, src.n, params, progress)
             max_norm = sample.max_norm
             graph = stage("graph", graph_stage, heads, params, progress)
-            asg = stage("assign", assign_stage, src, m, max_norm, heads, graph, params, threads, progress)
+            asg = stage("assign", assign_stage, src, m, max_norm, heads, graph, params, threads, progress,
+                        writer.ckpt / "assign", n_buckets)
             enc = stage("encoding", encoding_stage, src, m, sample, asg, params,
                         labels.shape[1] if labels is not None else 0)
             model = stage("pruner", pruner_stage, m, sample, src.dim, heads, graph, asg, params)

@@ -31,7 +31,7 @@ def check_ids(ids, n: int, what: str = "ids") -> np.ndarray:
         raise DataError(f"{what}: expected shape ({n},), got {arr.shape}")
     if n == 0:
         return np.zeros(0, np.int64)
-    if arr.dtype.kind == "u" and int(arr.max()) > MAX_ID or int(arr.min()) < 0:
+    if int(arr.max()) > MAX_ID or int(arr.min()) < 0:
         raise DataError(f"{what}: must be in 0..{MAX_ID}")
     out = np.ascontiguousarray(arr, dtype=np.int64)
     s = np.sort(out)

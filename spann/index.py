@@ -82,10 +82,15 @@ class _Snapshot:
         self.pruner = f.pruner
         H = self.heads.shape[0]
         self.offsets = f.offsets
-        self.orig_counts, self.base_live = f.counts, f.base_live
+        self.orig_counts, self.base_live, self.split_floor = f.counts, f.base_live, f.split_floor
+        built = base.postings.view.counts  # the lists the posting array was mapped for
+        hb = min(built.shape[0], f.counts.shape[0])
+        if not np.array_equal(f.counts[:hb], built[:hb]) or np.any(f.counts[hb:] != 0):
+            raise IndexCorruptError(f"{root}: the generation's base list counts differ from the posting array's")
         self.counts = (f.counts * (f.base_live > 0)).astype(np.int32)
         nb = f.layout.list_bytes_array(self.counts)
-        if np.any((self.counts > 0) & ((f.offsets < 0) | (f.offsets + nb > base.postings.mapped.total))):
+        if np.any((self.counts > 0) & ((f.offsets < 0) | (f.offsets + nb > base.postings.mapped.total))) or \
+                np.any(f.base_live > 1):
             raise IndexCorruptError(f"{root}: a posting list lies outside the posting array")
         self.pv = base.postings.view._replace(offsets=np.ascontiguousarray(f.offsets),
                                               counts=np.ascontiguousarray(self.counts))
@@ -110,7 +115,8 @@ class _Snapshot:
             if base.label_lists is not None:
                 lc = f.labels["list_counts"]
                 lb = ll.list_bytes_array(lc)
-                if np.any((lc > 0) & (f.labels["offsets"] + lb > base.label_lists.mapped.total)):
+                lo = f.labels["offsets"]
+                if np.any((lc > 0) & ((lo < 0) | (lo + lb > base.label_lists.mapped.total))) or np.any(lc < 0):
                     raise IndexCorruptError(f"{root}: a label list lies outside the label-list array")
                 self.lv = base.label_lists.view._replace(offsets=np.ascontiguousarray(f.labels["offsets"]),
                                                          counts=np.ascontiguousarray(lc))
@@ -300,6 +306,9 @@ class Index:
 
     def _install(self, snap: "_Snapshot", attrs: dict, stamp) -> None:
         with self._state:
+            if self._closed:
+                snap.close()
+                return
             self._snap = snap  # searches in flight keep the old one until they end
             self.attrs = attrs
             self._stamp = stamp

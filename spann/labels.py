@@ -25,10 +25,19 @@ def check_labels(labels, n: int, what: str = "labels") -> np.ndarray:
     if isinstance(labels, (list, tuple)) and labels and not np.isscalar(labels[0]):
         if len(labels) != n:
             raise DataError(f"{what}: {len(labels)} rows for {n} vectors")
-        width = max((len(r) for r in labels), default=0)
+        rows = []
+        for r in labels:
+            try:
+                a = np.atleast_1d(np.asarray(r))
+            except (ValueError, TypeError):
+                a = np.asarray([None])
+            if a.ndim != 1 or (a.size and a.dtype.kind not in "iu"):
+                raise DataError(f"{what}: each row must be a list of integers, got {r!r}")
+            rows.append(a.astype(np.int64))
+        width = max((len(r) for r in rows), default=0)
         out = np.full((n, max(width, 1)), -1, np.int64)
-        for i, r in enumerate(labels):
-            out[i, :len(r)] = np.asarray(r, dtype=np.int64) if len(r) else []
+        for i, r in enumerate(rows):
+            out[i, :len(r)] = r
         arr = out
     else:
         arr = np.asarray(labels)

@@ -125,6 +125,9 @@ class BuildParams(_Params):
         labels are all that rare scans those lists exactly instead of the posting lists.
     split_factor: an update splits a posting list grown past ``split_factor`` times the mean
         list length of the build (a new head; SPFresh's split).
+    memory_limit: bytes the build may use (peak RSS of the process, interpreter and numba
+        included); 0 = no limit. Sizes the clustering sample, the assignment blocks and the
+        spilled assignment buckets; a limit too small for the heads fails before any work.
     """
 
     head_ratio: float = 0.05
@@ -148,10 +151,13 @@ class BuildParams(_Params):
     threads: int = 0
     label_list_fraction: float = 0.02
     split_factor: float = 2.0
+    memory_limit: int = 0
 
     def __post_init__(self) -> None:
         _check(_real(self.label_list_fraction) and 0.0 <= self.label_list_fraction <= 1.0,
                f"label_list_fraction must be in [0, 1], got {self.label_list_fraction!r}")
+        _check(_int(self.memory_limit) and (self.memory_limit == 0 or self.memory_limit >= 256 << 20),
+               f"memory_limit must be 0 (none) or at least 256 MiB, got {self.memory_limit!r}")
         _check(_real(self.split_factor) and 1.2 <= self.split_factor <= 100,
                f"split_factor must be in [1.2, 100], got {self.split_factor!r}")
         _check(_real(self.head_ratio) and 0.0 < self.head_ratio <= 0.5,

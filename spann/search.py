@@ -50,7 +50,7 @@ def select_lists(qh, heads, neighbors, entries, ef, budget, model, prune_eps, vi
     while found < sel_i.shape[0] and sel_i[found] >= 0:
         found += 1
     want = lists_for(sel_d, found, model, budget)
-    limit = sel_d[0] * (1.0 + prune_eps) * (1.0 + prune_eps)
+    limit = sel_d[0] * (1.0 + prune_eps) * (1.0 + prune_eps) if prune_eps < 1e17 else np.inf
     kept = 0
     while kept < want and sel_d[kept] <= limit:
         kept += 1

@@ -462,7 +462,9 @@ class IndexFiles:
         self.dead_keys = np.zeros(0, np.int64)
         self.dead_ids = np.zeros(0, np.int64)
         self.delta_dead = np.zeros(0, np.int64)
+        self.split_floor = np.zeros(H, np.int64)
         if int(attrs.get("generation", 1)) > 1:
+            self.split_floor = load("split_floor", np.int64, (H,))
             self.base_live = load("base_live", np.uint8, (H,))
             self.dead_keys = load("dead_keys", np.int64, (None,))
             self.dead_ids = load("dead_ids", np.int64, (None,))

@@ -14,10 +14,12 @@ State of a generation (``gen-NNNNNN/`` inside the index, named by the root ``zar
 An insert goes to its nearest heads' delta lists. A list (base + delta) grown past
 ``split_factor`` times the build's mean length is split: 2-means of its live vectors, the old
 head moves to one centre and a new head (linked into the head graph) takes the other, the
-list's vectors are re-assigned with the replica rules (LIRE's reassignment), and delta vectors
+list's vectors go to the nearer half (and to the other under the closure and RNG rules; their
+other lists keep them), and delta vectors
 of the neighbouring lists that are now nearer to a new centre gain a replica there. A deleted
-id is dropped from the delta at once and tombstoned in the base lists; a split purges the
-tombstones of the list it retires.
+id is tombstoned (in the base lists, and in the delta until the next batch that rewrites the
+delta drops it); base tombstones stay until a rebuild (a vector's replicas in other lists are
+not known without a scan).
 
 Durability and atomicity: a batch writes the whole new generation directory, fsyncs it, then
 replaces the root ``zarr.json`` (write + rename + fsync): a crash before the rename leaves the
@@ -45,7 +47,7 @@ from spann.assign import assign_block
 from spann.datasets.formats import check_finite
 from spann.errors import DataError, IndexCorruptError, QueryError
 from spann.head_index import beam_search
-from spann.idmap import check_ids, lookup_sorted
+from spann.idmap import MAX_ID, check_ids, lookup_sorted
 from spann.labels import check_labels
 from spann.posting_writer import pack_entries
 from spann.storage import LOCK, _fsync_dir, _fsync_tree, generation_path
@@ -186,6 +188,7 @@ class _Batch:
         self.dead_ids = snap.dead_ids
         self.delta_dead = snap.delta_dead  # deleted ids still in the delta's files
         self.graph_dirty = False  # heads/graph/base directory changed (a split)
+        self.split_floor = snap.split_floor.astype(np.int64).copy()  # sizes at which splits failed
         self.live = int(snap.live)
         self.next_id = int(snap.next_id)
         self._delta: _Delta | None = None  # read on first use: a batch of base deletes never needs it
@@ -253,12 +256,16 @@ class _Batch:
     def split_overfull(self) -> None:
         for _ in range(64):  # a split can overfill a neighbour; bounded per batch
             # a list splits when it outgrows split_factor x the build's mean, or half again its
-            # own size at build time (lists born long are not split for that alone)
-            over = self.list_sizes() - np.maximum(self.split_limit, (1.5 * self.orig_counts).astype(np.int64))
+            # own size at build time (lists born long are not split for that alone), or half again
+            # the size at which a split last failed to shrink it
+            sizes = self.list_sizes()
+            floor = np.maximum((1.5 * self.orig_counts).astype(np.int64), (1.5 * self.split_floor).astype(np.int64))
+            over = sizes - np.maximum(self.split_limit, floor)
             h = int(np.argmax(over))
             if over[h] <= 0:
                 return
-            self.split(h)
+            if not self.split(h):
+                self.split_floor[h] = sizes[h]
 
     def _base_members(self, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Live entries of base list h: (ids, labels, vectors)."""
@@ -276,8 +283,9 @@ class _Batch:
             vec, ids = codes.view(ix.dtype).reshape(-1, ix.dim), keys
         return ids, lab, vec
 
-    def split(self, h: int) -> None:
-        """Split list h in two (see the module docstring)."""
+    def split(self, h: int) -> bool:
+        """Split list h in two (see the module docstring). Returns False, changing nothing, when
+        its vectors do not separate (duplicates, one tight cluster)."""
         d = self.delta
         b_ids, b_lab, b_vec = self._base_members(h)
         in_h = d.lists == h
@@ -288,10 +296,13 @@ class _Batch:
         lab, vec = lab[first], vec[first]
         xh = self.head_space(vec)
         c1, c2 = _two_means(xh, seed=self.index.build_params.seed + self.splits)
+        side = ((xh - c2) ** 2).sum(1) < ((xh - c1) ** 2).sum(1)
+        if min(int(side.sum()), int((~side).sum())) < max(2, ids.shape[0] // 10):
+            return False
         self.splits += 1
         self.graph_dirty = True
-        # the list's vectors leave every delta list (they are re-assigned below) and its base list
-        d.keep(~np.isin(d.ids, ids))
+        # list h's entries leave (its base list retires); the vectors' other lists keep theirs
+        d.keep(~in_h)
         self.base_live[h] = False
         self.heads[h] = c1
         new = self.heads.shape[0]
@@ -302,9 +313,28 @@ class _Batch:
         self.base_live = np.concatenate([self.base_live, [True]])
         self._link(new)
         self._link(h)
-        rows, heads, _ = self.assign(xh)
+        # each vector to the nearer half, and to the other only when nearly as close (closure
+        # 0.5 and the strict RNG rule: a split must shrink the list, whatever the build's rules)
+        p = self.index.build_params
+        eps, rng = min(p.closure_eps, 0.5), min(p.rng_factor, 1.0)
+        d1, d2 = ((xh - c1) ** 2).sum(1), ((xh - c2) ** 2).sum(1)
+        near_new = d2 < d1
+        dn, df = np.minimum(d1, d2), np.maximum(d1, d2)
+        both = (df <= (1 + eps) ** 2 * dn) & (rng * float(((c1 - c2) ** 2).sum()) >= df)
+        m = ids.shape[0]
+        to_h = ~near_new | both
+        to_new = near_new | both
+        rows = np.concatenate([np.flatnonzero(to_h), np.flatnonzero(to_new)])
+        heads = np.concatenate([np.full(int(to_h.sum()), h), np.full(int(to_new.sum()), new)]).astype(np.int64)
         d.append(heads, ids[rows], lab[rows], vec[rows])
+        self.split_floor = np.concatenate([self.split_floor, [0]])
+        self.split_floor[h] = 0
         self._lire_neighbours(h, new)
+        after = self.list_sizes()
+        if max(after[h], after[new]) > 0.9 * m:  # it did not shrink: not again before real growth
+            self.split_floor[h] = after[h]
+            self.split_floor[new] = after[new]
+        return True
 
     def _nearest_heads(self, q: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
         H = self.heads.shape[0]
@@ -443,9 +473,10 @@ def _commit(index, b: _Batch) -> None:
 
         graph = {"heads": b.heads.astype(np.float32), "neighbors": b.neighbors.astype(np.int32),
                  "entries": b.entries.astype(np.int32), "offsets": b.offsets.astype(np.int64),
-                 "counts": b.orig_counts.astype(np.int32), "base_live": b.base_live.astype(np.uint8)}
+                 "counts": b.orig_counts.astype(np.int32), "base_live": b.base_live.astype(np.uint8),
+                 "split_floor": b.split_floor.astype(np.int64)}
         for name, arr in graph.items():
-            if b.graph_dirty or not (root / old_gen / name).exists():
+            if b.graph_dirty or name == "split_floor" or not (root / old_gen / name).exists():
                 small(name, arr)
             else:  # unchanged: the new generation links the old files
                 _link_tree(root / old_gen / name, gdir / name)
@@ -470,11 +501,11 @@ def _commit(index, b: _Batch) -> None:
                          splits=int(attrs.get("splits", 0)) + b.splits)
         meta = read_json(str(root / "zarr.json"))
         meta["attributes"]["spann"] = new_attrs
-        write_json(str(root / "zarr.json"), meta)  # the commit point
-        _fsync_dir(root)
     except BaseException:
         shutil.rmtree(gdir, ignore_errors=True)
         raise
+    write_json(str(root / "zarr.json"), meta)  # the commit point: from here on gdir is the index
+    _fsync_dir(root)
     shutil.rmtree(root / old_gen, ignore_errors=True)
 
 
@@ -576,14 +607,7 @@ def _batch(index):
             _commit(index, b)
         finally:
             index._leave()
-        from spann.index import _Snapshot
-        from spann.storage import IndexFiles
-        f = IndexFiles(index.path)
-        try:
-            new = _Snapshot(f, index._base, str(index.path))
-        finally:
-            f.close()
-        index._install(new, f.attrs, index._root_stamp())
+        index._refresh_locked()  # committed: a failure to load it now is retried by the next call
 
 
 def _check_vectors(index, vectors) -> np.ndarray:
@@ -623,6 +647,8 @@ def add(index, vectors, ids=None, labels=None) -> np.ndarray:
         lab[:, :got.shape[1]] = got
     with _batch(index) as b:
         if ids is None:
+            if b.next_id + m - 1 > MAX_ID:
+                raise DataError(f"no automatic ids left after {b.next_id - 1}: pass ids explicitly")
             new_ids = np.arange(b.next_id, b.next_id + m, dtype=np.int64)
         else:
             new_ids = check_ids(ids, m)
@@ -633,7 +659,7 @@ def add(index, vectors, ids=None, labels=None) -> np.ndarray:
         rows, heads, _ = b.assign(b.head_space(x))
         b.delta.append(heads, new_ids[rows], lab[rows], x[rows])
         b.live += m
-        b.next_id = max(b.next_id, int(new_ids.max()) + 1)
+        b.next_id = min(max(b.next_id, int(new_ids.max()) + 1), MAX_ID + 1)
         if L:
             vals, cnt = np.unique(lab[lab >= 0], return_counts=True)
             allv = np.union1d(b.label_values, vals).astype(np.int32)

@@ -131,3 +131,9 @@ def test_plain_zarr_reads_labels_and_ids(idx):
         np.testing.assert_array_equal(labels, want)
         checked += c
     assert checked > 100
+
+
+def test_label_rows_must_be_integers():
+    for bad in ([[1, 2], [3, 4.9]], [[1.5], [2]], [[1, 2], [3, "x"]], [[1, 2], [3, None]]):
+        with pytest.raises(DataError, match="integers"):
+            check_labels(bad, 2)

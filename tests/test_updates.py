@@ -309,3 +309,55 @@ def test_updates_for_every_metric_and_dtype(tmp_path, metric, enc, dtype):
     with pytest.raises(DataError):
         idx.add(new.astype(np.float32) + 0.5 if dtype == np.uint8 else new[:, :3])
     idx.close()
+
+
+def test_interrupt_right_after_the_commit_point_keeps_the_new_generation(tmp_path, monkeypatch):
+    import spann.updates as U
+    idx = spann.build(X[:500], tmp_path / "c", metric="l2", progress=False)
+
+    def boom(_p):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(U, "_fsync_dir", boom)  # a signal arriving just after the root was replaced
+    with pytest.raises(KeyboardInterrupt):
+        idx.add(X[:3] + 1, ids=[10**6, 10**6 + 1, 10**6 + 2])
+    monkeypatch.undo()
+    idx.close()
+    with spann.open(tmp_path / "c") as again:
+        assert again.generation == 2 and len(again) == 503
+        np.testing.assert_array_equal(again.get([10**6]), X[:1] + 1)
+
+
+def test_lists_that_cannot_split_do_not_grow_the_head_index(tmp_path):
+    idx = spann.build(X, tmp_path / "dup", metric="l2", encoding="sq8", progress=False)
+    h0 = idx.heads.shape[0]
+    for _ in range(4):
+        idx.add(np.repeat(X[:1], 300, 0))  # duplicates: no 2-means separates them
+    assert idx.heads.shape[0] <= h0 + 16  # a few legitimate splits, then the duplicates' list stays whole
+    rng = np.random.default_rng(0)
+    for _ in range(3):  # tight clusters that the replica rules keep whole
+        c = X[rng.integers(N, size=10)]
+        idx.add((np.repeat(c, 40, 0) + rng.standard_normal((400, D)) * 0.01).astype(np.float32))
+    assert idx.heads.shape[0] <= h0 + 16 + 3 * 16
+    r = exhaustive(idx, X[:5], 3)
+    assert (r.ids >= 0).all()
+    idx.close()
+
+
+def test_id_range_limits(tmp_path):
+    idx = spann.build(X[:300], tmp_path / "r", metric="l2", progress=False)
+    with pytest.raises(DataError, match="must be in"):
+        idx.add(X[:1], ids=np.array([2**63 - 1]))
+    idx.add(X[:1], ids=np.array([2**63 - 2]))
+    with pytest.raises(DataError, match="no automatic ids left"):
+        idx.add(X[1:2])
+    assert len(idx) == 301
+    idx.close()
+
+
+def test_query_on_a_head_reads_every_list_asked_for(tmp_path):
+    idx = spann.build(X, tmp_path / "h", metric="l2", encoding="full", progress=False)
+    q = idx.heads[3].copy()  # distance 0 to its nearest head
+    r = idx.search(q, 10, max_postings=idx.heads.shape[0], pruner=False)
+    assert (r.ids >= 0).all() and r.lists_read[0] > 1
+    idx.close()
