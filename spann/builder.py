@@ -537,10 +537,10 @@ def fit_to_memory(params: BuildParams, n: int, dim: int, head_dim: int) -> tuple
         return params, buckets_for(n, R, 2 << 30)
     work = lim - BASELINE_RSS
     n_heads = max(1, round(n / params.posting_size)) if params.posting_size else max(1, round(n * params.head_ratio))
-    heads_need = n_heads * (head_dim * 4 * 4 + (params.graph_degree + params.graph_candidates) * 16)
-    if work < 64 << 20 or heads_need > work * 0.6:
+    heads_need = n_heads * (head_dim * 4 * 4 + (params.graph_degree + params.graph_candidates) * 10)
+    if work < 64 << 20 or heads_need > work * 0.75:
         raise ParameterError(f"memory_limit {lim / 2**20:.0f} MiB is too small: the {n_heads:,} heads and their graph "
-                             f"need ~{(heads_need / 0.6 + BASELINE_RSS) / 2**20:.0f} MiB (raise the limit or lower "
+                             f"need ~{(heads_need / 0.75 + BASELINE_RSS) / 2**20:.0f} MiB (raise the limit or lower "
                              f"head_ratio)")
     sample = int(min(params.cluster_sample, max(1000, work // 4 // (head_dim * 4 * 3))))
     block = int(min(params.block_rows, max(256, work // 8 // (dim * 8 + head_dim * 8 + R * 48))))
