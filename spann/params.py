@@ -126,8 +126,10 @@ class BuildParams(_Params):
     split_factor: an update splits a posting list grown past ``split_factor`` times the mean
         list length of the build (a new head; SPFresh's split).
     memory_limit: bytes the build may use (peak RSS of the process, interpreter and numba
-        included); 0 = no limit. Sizes the clustering sample, the assignment blocks and the
-        spilled assignment buckets; a limit too small for the heads fails before any work.
+        included, its kernels loaded from numba's cache: the first build on a machine compiles
+        them, a transient peak near 1 GiB); 0 = no limit. Sizes the clustering sample, the
+        assignment blocks and the spilled assignment buckets; a limit too small for the heads
+        fails before any work.
     """
 
     head_ratio: float = 0.05
