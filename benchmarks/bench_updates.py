@@ -31,19 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def interp(points, target):
-    """Latency at ``target`` recall on the Pareto front of (recall, latency) points."""
-    pts = sorted(points, key=lambda p: p[1])
-    front, best = [], -1.0
-    for r, lat in pts:
-        if r > best:
-            front.append((r, lat))
-            best = r
-    for (r0, l0), (r1, l1) in zip(front, front[1:]):
-        if r0 < target <= r1:
-            return l0 + (l1 - l0) * (target - r0) / (r1 - r0)
-    return front[0][1] if front and front[0][0] >= target else None
+from bench_disk import interp_latency as interp  # same directory: the Pareto-front interpolation
 
 
 def recall(got, gt, k=10):

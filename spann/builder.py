@@ -26,7 +26,8 @@ from spann.assign import assign_block
 from spann.clustering import select_heads
 from spann.datasets.formats import check_finite
 from spann.head_index import build_graph
-from spann.layout import EntryLayout, pack_lists
+from spann.layout import EntryLayout, full_entries, pack_lists
+from spann.threads import NumbaThreads
 from spann.labels import check_labels, label_directory
 from spann.idmap import check_ids, idmap_bytes
 from spann.spill import AssignmentRuns, buckets_for
@@ -41,21 +42,6 @@ from spann.vectors import as_vector_source
 __all__ = ["Sample", "Heads", "HeadGraph", "AssignmentRuns", "Encoder", "PostingPlan", "sample_stage", "heads_stage",
            "graph_stage", "assign_stage", "encoding_stage", "plan_stage", "write_stage", "store_stage",
            "build_index"]
-
-
-class _Threads:
-    """Set numba's thread count for a block and restore it after."""
-
-    def __init__(self, n: int):
-        self.n = max(1, min(n or numba.config.NUMBA_NUM_THREADS, numba.config.NUMBA_NUM_THREADS))
-
-    def __enter__(self) -> int:
-        self.old = numba.get_num_threads()
-        numba.set_num_threads(self.n)
-        return self.n
-
-    def __exit__(self, *exc) -> None:
-        numba.set_num_threads(self.old)
 
 
 @dataclass(frozen=True)
@@ -430,7 +416,7 @@ def label_lists_stage(src, metric: Metric, labels: np.ndarray, user_ids: np.ndar
     v = np.searchsorted(vals, labels[rows, cols])
     keep = listed[v]
     rows, v = rows[keep].astype(np.int64), v[keep]
-    lay = label_list_layout(src.dim, dtype)
+    lay = full_entries(src.dim, dtype)
     uniq, inv = np.unique(rows, return_inverse=True)
     vec = np.ascontiguousarray(metric.stored_rows(src.take(uniq)).astype(dtype, copy=False))
     codes = vec.view(np.uint8).reshape(len(uniq), -1)[inv] if len(uniq) else np.zeros((0, lay.code_bytes), np.uint8)
@@ -442,11 +428,6 @@ def label_lists_stage(src, metric: Metric, labels: np.ndarray, user_ids: np.ndar
     writer.write_array("label_offsets", packed.offsets)
     writer.write_array("label_list_counts", packed.counts)
     return write_byte_array(writer, LABEL_LISTS, packed.data, packed.total, packed.shard_bytes, params.chunk_bytes)
-
-
-def label_list_layout(dim: int, dtype: str) -> EntryLayout:
-    """Entries of label lists and of update deltas: full vectors with int64 ids."""
-    return EntryLayout(dim=dim, dtype=dtype, encoding="full")
 
 
 def _write_all(src, m: Metric, heads: Heads, graph: HeadGraph, asg: AssignmentRuns, plan: PostingPlan,
@@ -591,7 +572,7 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
                                                                  int(meta["n_buckets"]), int(params.replica_count)))
     writer = IndexWriter(index_dir, overwrite=overwrite, log=say, resume=resume, fingerprint=fp)
     try:
-        with _Threads(params.threads) as threads:
+        with NumbaThreads(params.threads) as threads:
             def stage(name, fn, *a, **kw):
                 ck = checkpoints.get(name)
                 if ck is not None and writer.stage_done(name):

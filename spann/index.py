@@ -14,7 +14,8 @@ import numpy as np
 from spann.errors import IndexCorruptError, ParameterError, QueryError
 from spann.idmap import IdMap
 from spann.labels import check_filter
-from spann.layout import EntryLayout
+from spann.layout import EntryLayout, full_entries
+from spann.threads import NumbaThreads
 from spann.params import BuildParams, SearchParams
 from spann.encodings import codebook_view
 from spann.postings import LocalPostings, make_view, prefetch_lists
@@ -23,10 +24,6 @@ from spann.search import (N_STATS, full_lists_batch, prefetch_rows_batch, rerank
 from spann.vector_store import LocalVectors, VectorsView
 from spann.storage import IndexFiles, directory_bytes
 
-
-def label_list_layout(dim, dtype):
-    from spann.builder import label_list_layout as f
-    return f(dim, dtype)
 
 __all__ = ["Index", "SearchResult", "build", "open_index"]
 
@@ -46,20 +43,6 @@ class SearchResult:
 
     def __iter__(self):  # ids, distances = index.search(...)
         return iter((self.ids, self.distances))
-
-
-class _threads:
-    """numba's thread count for a block (``n``: None/0 = all cores), restored after."""
-
-    def __init__(self, n):
-        self.n = max(1, min(n or numba.config.NUMBA_NUM_THREADS, numba.config.NUMBA_NUM_THREADS))
-
-    def __enter__(self):
-        self.old = numba.get_num_threads()
-        numba.set_num_threads(self.n)
-
-    def __exit__(self, *exc):
-        numba.set_num_threads(self.old)
 
 
 class _ThreadState(threading.local):
@@ -111,7 +94,7 @@ class _Snapshot:
         self.lv = self.dlv = None
         if f.labels is not None:
             V = f.labels["values"].shape[0]
-            ll = label_list_layout(f.layout.dim, f.layout.dtype)
+            ll = full_entries(f.layout.dim, f.layout.dtype)
             if base.label_lists is not None:
                 lc = f.labels["list_counts"]
                 lb = ll.list_bytes_array(lc)
@@ -141,7 +124,7 @@ class _Snapshot:
 
 def delta_layout(base: EntryLayout) -> EntryLayout:
     """Entries of the delta lists: full vectors (exact distances), int64 ids, the base's labels."""
-    return EntryLayout(dim=base.dim, dtype=base.dtype, label_width=base.label_width, encoding="full")
+    return full_entries(base.dim, base.dtype, base.label_width)
 
 
 def _empty_view(n_lists: int, layout):
@@ -161,7 +144,7 @@ class _Base:
                 self.vectors = LocalVectors(f.dir_fd, root, f.vectors_path, f.store)
             self.idmap = IdMap(f.dir_fd, root, f.idmap_path, int(f.attrs["n"]))
             if f.label_lists_path is not None:
-                ll = label_list_layout(f.layout.dim, f.layout.dtype)
+                ll = full_entries(f.layout.dim, f.layout.dtype)
                 self.label_lists = LocalPostings(f.dir_fd, root, f.label_lists_path, f.labels["offsets"],
                                                  f.labels["list_counts"], ll)
         except BaseException:
@@ -479,7 +462,7 @@ class Index:
             dists, ids, stt = top_d[None], top_i[None], stats[None]
         else:
             coded = self.layout.coded
-            with _threads(threads):
+            with NumbaThreads(threads):
                 n_threads = numba.get_num_threads()
                 sel_i, _sel_d, kept, evals = select_batch(qh, snap.heads, snap.neighbors, snap.entries, efv, m, budget,
                                                           model, eps, max(1, min(nq, n_threads * 8)))
@@ -518,7 +501,7 @@ class Index:
         ids = np.full((nq, k), -1, np.int64)
         stt = np.zeros((nq, N_STATS), np.int64)
         code = self._metric.scan_code
-        with _threads(threads if nq > 1 else 1):
+        with NumbaThreads(threads if nq > 1 else 1):
             full_lists_batch(qs, code, snap.lv, sel, kept, self._no_i32, snap.dead_ids, dists, ids, stt)
             full_lists_batch(qs, code, snap.dlv, sel, kept, self._no_i32, snap.delta_dead, dists, ids, stt)
         return SearchResult(ids=ids, distances=self._metric.report(dists), lists_read=stt[:, 0],

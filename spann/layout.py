@@ -33,7 +33,7 @@ import numpy as np
 
 from spann.errors import IndexCorruptError
 
-__all__ = ["PAGE", "ALIGN", "ENCODINGS", "EntryLayout", "pack_lists", "pages_spanned"]
+__all__ = ["PAGE", "ALIGN", "ENCODINGS", "EntryLayout", "full_entries", "pack_lists", "pages_spanned"]
 
 PAGE = 4096   #: device page the packing avoids straddling
 ALIGN = 16    #: every list starts at a multiple of this
@@ -137,6 +137,12 @@ class EntryLayout:
                        aux_floats=int(d.get("aux_floats", 0)), id_bytes=int(d.get("id_bytes", 8)))
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise IndexCorruptError(f"unreadable posting layout {d!r} ({e})") from None
+
+
+def full_entries(dim: int, dtype: str, label_width: int = 0) -> EntryLayout:
+    """Entries holding the vector itself with an int64 id: label lists (``label_width`` 0) and
+    update deltas (the base's label width)."""
+    return EntryLayout(dim=dim, dtype=dtype, label_width=label_width, encoding="full")
 
 
 @numba.njit(cache=True, nogil=True)

@@ -49,7 +49,9 @@ from spann.errors import DataError, IndexCorruptError, QueryError
 from spann.head_index import beam_search
 from spann.idmap import MAX_ID, check_ids, lookup_sorted
 from spann.labels import check_labels
+from spann.layout import full_entries
 from spann.posting_writer import pack_entries
+from spann.postings import codes_offset, labels_start
 from spann.storage import LOCK, _fsync_dir, _fsync_tree, generation_path
 from spann.zarr_io import crc32c, group_meta, postings_meta, read_json, write_json, write_shard, write_small_array
 
@@ -75,9 +77,8 @@ def _read_lists(pv, lists):
     for h in lists:
         c = pv.counts[h]
         o = pv.offsets[h]
-        lo = (o + (pv.id_bytes * c + 7) // 8 * 8) >> 2
-        ao = (o + (pv.id_bytes * c + 7) // 8 * 8 + 4 * L * c + 7) // 8 * 8
-        co = (ao + 4 * pv.aux_floats * c + 7) // 8 * 8
+        lo = labels_start(pv, o, c, 0)
+        co = o + codes_offset(pv, c)
         for t in range(c):
             li[e] = h
             if pv.id_bytes == 4:
@@ -511,7 +512,6 @@ def _commit(index, b: _Batch) -> None:
 
 def _write_delta(ix, b: _Batch, gdir: Path, gname: str, attrs: dict, new_attrs: dict, crcs: dict, small) -> None:
     """The delta lists (and the delta's label lists) of batch ``b`` into generation ``gdir``."""
-    from spann.builder import label_list_layout
     from spann.index import delta_layout
     H = b.heads.shape[0]
     p = ix.build_params
@@ -553,7 +553,7 @@ def _write_delta(ix, b: _Batch, gdir: Path, gname: str, attrs: dict, new_attrs: 
         keep = b.label_listed[v] > 0
         rows, v = first[rows[keep]], v[keep]
         if rows.size:
-            ll = label_list_layout(ix.dim, ix.layout.dtype)
+            ll = full_entries(ix.dim, ix.layout.dtype)
             codes = np.ascontiguousarray(d.vecs[rows]).view(np.uint8).reshape(rows.size, -1)
             pk = pack_entries(ll, v, V, d.ids[rows], None, None, codes, p.shard_bytes, p.chunk_bytes)
             _byte_array(gdir, "delta_labels", pk.data, pk.total, pk.shard_bytes, p.chunk_bytes, attrs["build_id"],
