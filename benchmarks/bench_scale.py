@@ -91,7 +91,10 @@ def measure(n: int, work: Path, limit: str, max_postings: list[int], threads: in
         rep.update(build_s=st["build_seconds"], stage_s=st["seconds"], peak_rss_mib=st["peak_rss_bytes"] / 2**20,
                    disk_gib=info["disk_bytes"] / 2**30, raw_gib=st["raw_bytes"] / 2**30, heads=st["heads"],
                    ram_mib=info["ram_bytes"] / 2**20, ram_fraction_of_raw=info["ram_bytes"] / st["raw_bytes"],
-                   replicas_per_vector=st["replicas_per_vector"])
+                   replicas_per_vector=st["replicas_per_vector"], head_search_recall=st.get("head_search_recall"),
+                   posting_mean=st["posting_mean"], posting_max=st["posting_max"], posting_empty=st["posting_empty"],
+                   graph_entries=st["graph_entries"], stage_growth_mib={k: v / 2**20 for k, v in
+                                                                        st.get("directory_growth_bytes", {}).items()})
         idx.prepare()
         pts = []
         for mp in max_postings:

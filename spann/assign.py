@@ -51,8 +51,9 @@ def select_replicas(cand_i, cand_d, heads, replica_count, eps, rng_factor, out_i
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True, parallel=True)
-def assign_block(x, heads, neighbors, entries, ef, candidates, replica_count, eps, rng_factor, n_chunks):
-    """Replica heads for head-space rows ``x`` (float32 (b, Dh)).
+def assign_block(x, heads, neighbors, seeds, ef, candidates, replica_count, eps, rng_factor, n_chunks):
+    """Replica heads for head-space rows ``x`` (float32 (b, Dh)); row i's walk starts from the
+    heads ``seeds[i]`` (int32 (b, m): :func:`spann.head_index.nearest_entries`).
 
     Returns ``(heads int32 (b, R), squared head-space distances float32 (b, R), counts int32
     (b,))``, nearest first, -1 / inf padded.
@@ -69,6 +70,6 @@ def assign_block(x, heads, neighbors, entries, ef, candidates, replica_count, ep
         tag = np.uint32(0)
         for i in range(ch * step, min(b, (ch + 1) * step)):
             tag += np.uint32(1)
-            beam_search(x[i], heads, neighbors, entries, ef, visited, tag, ci, cd)
+            beam_search(x[i], heads, neighbors, seeds[i], ef, visited, tag, ci, cd)
             cnt[i] = select_replicas(ci, cd, heads, replica_count, eps, rng_factor, rep_i[i], rep_d[i])
     return rep_i, rep_d, cnt

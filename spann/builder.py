@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from spann.assign import assign_block
 from spann.clustering import select_heads
 from spann.datasets.formats import check_finite
-from spann.head_index import build_graph
+from spann.head_index import build_graph, nearest_entries
 from spann.layout import EntryLayout, full_entries, pack_lists
 from spann.threads import NumbaThreads
 from spann.labels import check_labels, label_directory
@@ -123,11 +123,22 @@ def heads_stage(sample: Sample, n: int, params: BuildParams, progress: bool = Fa
 
 
 def graph_stage(heads: Heads, params: BuildParams, progress: bool = False) -> HeadGraph:
-    """RNG-pruned neighbour graph over the heads, with entry points."""
-    with tqdm(total=heads.vectors.shape[0], desc="head graph", disable=not progress, leave=False) as bar:
+    """Navigable neighbour graph over the heads (kNN + RNG pruning, one Vamana pass), with entry
+    points (see :func:`spann.head_index.build_graph`)."""
+    with tqdm(total=2 * heads.vectors.shape[0], desc="head graph", disable=not progress, leave=False) as bar:
         nb, en = build_graph(heads.vectors, degree=params.graph_degree, candidates=params.graph_candidates,
                              alpha=params.graph_alpha, seed=params.seed, progress=bar.update)
     return HeadGraph(neighbors=nb, entries=en)
+
+
+def graph_check(sample: Sample, heads: Heads, graph: HeadGraph, params: BuildParams, n: int = 1000) -> float:
+    """Recall@8 of the head graph's walk (the assignment's pool) against the exact 8 nearest
+    heads, for up to ``n`` rows of the clustering sample: how well the graph finds heads."""
+    from spann.head_index import head_search_recall
+    rng = np.random.default_rng(params.seed + 3)
+    rows = sample.rows[np.sort(rng.choice(sample.rows.shape[0], min(n, sample.rows.shape[0]), replace=False))]
+    return round(head_search_recall(heads.vectors, graph.neighbors, graph.entries, np.ascontiguousarray(rows), k=8,
+                                    ef=max(params.assign_candidates, 32)), 4)
 
 
 def assign_stage(src, metric: Metric, max_norm: float, heads: Heads, graph: HeadGraph, params: BuildParams,
@@ -146,7 +157,8 @@ def assign_stage(src, metric: Metric, max_norm: float, heads: Heads, graph: Head
         for s, blk in src.iter_blocks(params.block_rows):
             check_finite(blk, f"{src.path}", s)
             x = metric.head_space(blk, max_norm)
-            rep_i, rep_d, cnt = assign_block(x, heads.vectors, graph.neighbors, graph.entries, ef,
+            seeds = nearest_entries(x, heads.vectors, graph.entries)
+            rep_i, rep_d, cnt = assign_block(x, heads.vectors, graph.neighbors, seeds, ef,
                                              params.assign_candidates, R, np.float32(params.closure_eps),
                                              np.float32(params.rng_factor), threads * 8)
             if cnt.min() < 1:  # the graph search always finds a head; anything else is a bug
@@ -571,6 +583,8 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
                              lambda a, meta: AssignmentRuns.open(writer.ckpt / "assign", src.n, heads.vectors.shape[0],
                                                                  int(meta["n_buckets"]), int(params.replica_count)))
     writer = IndexWriter(index_dir, overwrite=overwrite, log=say, resume=resume, fingerprint=fp)
+    sizes = [directory_bytes(writer.tmp)]
+    grown: dict[str, int] = {}
     try:
         with NumbaThreads(params.threads) as threads:
             def stage(name, fn, *a, **kw):
@@ -584,7 +598,11 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
                 t0 = time.perf_counter()
                 out = fn(*a, **kw)
                 times[name] = time.perf_counter() - t0
-                say(f"{name}: {times[name]:.1f} s, peak RSS {_peak_rss() / 2**20:.0f} MiB")
+                size = directory_bytes(writer.tmp)
+                grown[name] = size - sizes[-1]
+                sizes.append(size)
+                say(f"{name}: {times[name]:.1f} s, peak RSS {_peak_rss() / 2**20:.0f} MiB, build directory "
+                    f"{size / 2**20:,.0f} MiB ({grown[name] / 2**20:+,.0f})")
                 if ck is not None:
                     writer.save_stage(name, *ck[0](out))
                 _fault(name)
@@ -594,6 +612,7 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
             heads = stage("heads", heads_stage, sample, src.n, params, progress)
             max_norm = sample.max_norm
             graph = stage("graph", graph_stage, heads, params, progress)
+            graph_recall = graph_check(sample, heads, graph, params)
             asg = stage("assign", assign_stage, src, m, max_norm, heads, graph, params, threads, progress,
                         writer.ckpt / "assign", n_buckets)
             enc = stage("encoding", encoding_stage, src, m, sample, asg, params,
@@ -621,7 +640,9 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
             "shards": plan.n_shards,
             "graph_degree_mean": float((graph.neighbors >= 0).sum(1).mean()),
             "graph_entries": int(graph.entries.size),
+            "head_search_recall": graph_recall,
             "seconds": {k: round(v, 3) for k, v in times.items()},
+            "directory_growth_bytes": grown,
             "build_seconds": round(sum(times.values()), 3),
             "peak_rss_bytes": _peak_rss(),
             "resumed": {"stages": restored, "shards": writer.shards_reused} if writer.resumed else None,
