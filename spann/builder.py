@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from spann.assign import assign_block
 from spann.clustering import select_heads
 from spann.datasets.formats import check_finite
-from spann.head_index import build_graph, nearest_entries
+from spann.head_index import EntrySeeds, build_graph
 from spann.layout import EntryLayout, full_entries, pack_lists
 from spann.threads import NumbaThreads
 from spann.labels import check_labels, label_directory
@@ -132,8 +132,8 @@ def graph_stage(heads: Heads, params: BuildParams, progress: bool = False) -> He
 
 
 def graph_check(sample: Sample, heads: Heads, graph: HeadGraph, params: BuildParams, n: int = 1000) -> float:
-    """Recall@8 of the head graph's walk (the assignment's pool) against the exact 8 nearest
-    heads, for up to ``n`` rows of the clustering sample: how well the graph finds heads."""
+    """Recall@8 of the head graph's walk (the assignment's pool and seeds) against the exact 8
+    nearest heads, for up to ``n`` rows of the clustering sample: how well the graph finds heads."""
     from spann.head_index import head_search_recall
     rng = np.random.default_rng(params.seed + 3)
     rows = sample.rows[np.sort(rng.choice(sample.rows.shape[0], min(n, sample.rows.shape[0]), replace=False))]
@@ -152,12 +152,13 @@ def assign_stage(src, metric: Metric, max_norm: float, heads: Heads, graph: Head
     if runs_dir is None:
         runs_dir = Path(tempfile.mkdtemp(prefix="spann-assign-"))
     runs = AssignmentRuns(runs_dir, src.n, heads.vectors.shape[0], n_buckets, R)
+    entry_seeds = EntrySeeds(heads.vectors, graph.entries)
     with tqdm(total=src.n, desc="assign replicas", unit="vec", unit_scale=True, disable=not progress,
               leave=False) as bar:
         for s, blk in src.iter_blocks(params.block_rows):
             check_finite(blk, f"{src.path}", s)
             x = metric.head_space(blk, max_norm)
-            seeds = nearest_entries(x, heads.vectors, graph.entries)
+            seeds = entry_seeds.for_rows(x)
             rep_i, rep_d, cnt = assign_block(x, heads.vectors, graph.neighbors, seeds, ef,
                                              params.assign_candidates, R, np.float32(params.closure_eps),
                                              np.float32(params.rng_factor), threads * 8)
@@ -199,8 +200,9 @@ def pruner_stage(metric: Metric, sample: Sample, dim: int, heads: Heads, graph: 
     ptr = np.concatenate([[0], np.cumsum(hi - lo)]).astype(np.int64)
     lists = np.concatenate([e_h[a:b] for a, b in zip(lo, hi)]).astype(np.int32)
     M = min(128, H)
-    sel, sel_d, _, _ = select_batch(np.ascontiguousarray(sample.rows[qi]), heads.vectors, graph.neighbors,
-                                    graph.entries, 160, M, M, np.zeros(0, np.float64), np.float32(1e18), 16)
+    qrows = np.ascontiguousarray(sample.rows[qi])
+    sel, sel_d, _, _ = select_batch(qrows, heads.vectors, graph.neighbors,
+                                    EntrySeeds(heads.vectors, graph.entries).for_rows(qrows), 160, M, M, np.zeros(0, np.float64), np.float32(1e18), 16)
     need = training_targets(sel, ptr, lists, 10, 9)
     return fit_pruner(sel_d[:, :MIN_HEADS], need)
 
@@ -592,19 +594,20 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
                 if ck is not None and writer.stage_done(name):
                     arrays, meta = writer.load_stage(name)
                     times[name] = 0.0
+                    grown[name] = 0
                     restored.append(name)
                     say(f"{name}: restored from the interrupted build")
                     return ck[1](arrays, meta)
                 t0 = time.perf_counter()
                 out = fn(*a, **kw)
                 times[name] = time.perf_counter() - t0
+                if ck is not None:
+                    writer.save_stage(name, *ck[0](out))
                 size = directory_bytes(writer.tmp)
                 grown[name] = size - sizes[-1]
                 sizes.append(size)
                 say(f"{name}: {times[name]:.1f} s, peak RSS {_peak_rss() / 2**20:.0f} MiB, build directory "
                     f"{size / 2**20:,.0f} MiB ({grown[name] / 2**20:+,.0f})")
-                if ck is not None:
-                    writer.save_stage(name, *ck[0](out))
                 _fault(name)
                 return out
 

@@ -28,7 +28,7 @@ from spann.distances import FASTMATH as _FM
 from spann.distances import sq_l2
 from spann.prefetch import prefetch_element
 
-__all__ = ["EXACT_KNN_MAX", "build_graph", "default_entry_count", "spread_entries", "nearest_entries", "refine_graph", "beam_search", "knn_candidates", "head_search_recall"]
+__all__ = ["EXACT_KNN_MAX", "build_graph", "default_entry_count", "spread_entries", "nearest_entries", "EntrySeeds", "refine_graph", "beam_search", "knn_candidates", "head_search_recall"]
 
 #: up to this many heads the candidate kNN is exact (O(H^2 d) BLAS work); above, partitioned.
 EXACT_KNN_MAX = 30_000
@@ -186,14 +186,18 @@ def _refine_batch(x, nbrs, seeds, nodes, ef, alpha2, n_chunks):
         pd = np.empty(ef, np.float32)
         pi = np.empty(ef, np.int32)
         done = np.zeros(ef, np.bool_)
-        ti = np.empty(cap + deg, np.int32)
-        td = np.empty(cap + deg, np.float32)
+        ti = np.empty(cap + ef + deg, np.int32)
+        td = np.empty(cap + ef + deg, np.float32)
         tag = np.uint32(0)
         for j in range(ch * step, min(b, (ch + 1) * step)):
             p = nodes[j]
             tag += np.uint32(1)
             visited[p] = tag
-            _, _, m = _beam(x[p], x, nbrs, seeds[j], ef, visited, tag, pd, pi, done, ti[:cap], td[:cap])
+            size, _, m = _beam(x[p], x, nbrs, seeds[j], ef, visited, tag, pd, pi, done, ti[:cap], td[:cap])
+            for t in range(size):  # the final pool (the trail may have filled before the walk ended)
+                ti[m] = pi[t]
+                td[m] = pd[t]
+                m += 1
             for t in range(deg):
                 c = nbrs[p, t]
                 if c < 0:
@@ -272,8 +276,8 @@ def _mark_reachable(nbrs, start, seen, queue):
 def _connect(x, nbrs, entries, starts, ef):
     """NSG's repair: every head the entries cannot reach is linked from the reachable head a
     search for it ends at (the nearest one of the walk's pool with a free slot, else the
-    nearest, whose last edge it replaces), and its island then counts as reached. Returns
-    the number of links added."""
+    nearest, whose last edge that is not itself a repair link it replaces), and its island
+    then counts as reached. ``starts`` int64: the entries. Returns the number of links added."""
     n, deg = nbrs.shape
     seen = np.zeros(n, np.bool_)
     queue = np.empty(n, np.int64)
@@ -285,6 +289,7 @@ def _connect(x, nbrs, entries, starts, ef):
     none_i = np.empty(0, np.int32)
     none_d = np.empty(0, np.float32)
     one = np.empty(1, np.int64)
+    repaired = np.zeros(n, np.bool_)  # heads whose in-link a repair added: never overwritten
     tag = np.uint32(0)
     added = 0
     for u in range(n):
@@ -307,9 +312,12 @@ def _connect(x, nbrs, entries, starts, ef):
                 if seen[pi[j]]:
                     host = pi[j]
                     break
-        if host < 0:
-            host = starts[0]
+            if host < 0:
+                host = starts[0]
+            while slot > 0 and repaired[nbrs[host, slot]]:
+                slot -= 1
         nbrs[host, slot] = u
+        repaired[u] = True
         added += 1
         one[0] = u
         _mark_reachable(nbrs, one, seen, queue)
@@ -319,16 +327,17 @@ def _connect(x, nbrs, entries, starts, ef):
 def refine_graph(x: np.ndarray, nbrs: np.ndarray, entries: np.ndarray, *, ef: int, alpha: float, seed: int = 0,
                  progress: Callable[[int], None] | None = None) -> np.ndarray:
     """One Vamana pass over every node of the graph ``nbrs`` (int32 (H, R), updated in place
-    and returned), in random order and in batches of about 1/64 of the heads (each batch
+    and returned), in random order and in batches of 1/64 of the heads, 256..16384 (each batch
     searches the graph as the previous batches left it)."""
     n = x.shape[0]
     order = np.random.default_rng(seed).permutation(n).astype(np.int64)
     batch = int(np.clip(n // 64, 256, 16384))
     a2 = np.float32(alpha * alpha)
     chunks = max(1, numba.get_num_threads() * 4)
+    seeds = EntrySeeds(x, entries)
     for s in range(0, n, batch):
         nodes = order[s:s + batch]
-        new = _refine_batch(x, nbrs, nearest_entries(x[nodes], x, entries), nodes, ef, a2, chunks)
+        new = _refine_batch(x, nbrs, seeds.for_rows(x[nodes]), nodes, ef, a2, chunks)
         nbrs[nodes] = new
         src = np.repeat(nodes.astype(np.int32), new.shape[1])
         dst = new.ravel()
@@ -440,22 +449,42 @@ def spread_entries(n_heads: int, n_entries: int) -> np.ndarray:
     return np.unique((np.arange(e) * step + step / 2).astype(np.int64)).astype(np.int32)
 
 
-def nearest_entries(x: np.ndarray, heads: np.ndarray, entries: np.ndarray, m: int = 16,
-                    block: int = 8192) -> np.ndarray:
-    """The ``m`` entry heads nearest to each row of head-space ``x`` (float32 (b, Dh)), int32
-    (b, m'), m' = min(m, E), by BLAS in blocks: per-row seeds for a batch of walks (the
-    assignment's), so each walk compares m heads instead of all E entries."""
-    e = np.ascontiguousarray(entries, dtype=np.int32)
-    m = min(m, e.size)
-    if m == e.size:
-        return np.ascontiguousarray(np.broadcast_to(e, (x.shape[0], m)))
-    hx = np.ascontiguousarray(heads[e], dtype=np.float32)
-    hn = np.einsum("ij,ij->i", hx, hx)
-    out = np.empty((x.shape[0], m), np.int32)
-    for s in range(0, x.shape[0], block):
-        d = sq_dists(x[s:s + block], hx, hn)
-        out[s:s + block] = e[np.argpartition(d, m - 1, axis=1)[:, :m]]
-    return out
+#: up to this many entries a walk compares them all; above, it starts from its SEEDS nearest
+ALL_ENTRIES_MAX = 256
+SEEDS = 16
+
+
+class EntrySeeds:
+    """Where walks start: the entry heads (int32 (E,)) and their rows, kept for BLAS.
+
+    ``for_rows(x)`` gives int32 (b, m) seeds for head-space rows ``x`` (float32 (b, Dh)): all E
+    entries when E <= ALL_ENTRIES_MAX (comparing them costs less than finding the nearest),
+    else each row's SEEDS nearest entries, found by BLAS in blocks of ~32 MiB of distances.
+    """
+
+    def __init__(self, heads: np.ndarray, entries: np.ndarray):
+        self.entries = np.ascontiguousarray(entries, dtype=np.int32)
+        self.all = self.entries.size <= ALL_ENTRIES_MAX
+        if not self.all:
+            self.rows = np.ascontiguousarray(heads[self.entries], dtype=np.float32)
+            self.norms = np.einsum("ij,ij->i", self.rows, self.rows)
+
+    def for_rows(self, x: np.ndarray) -> np.ndarray:
+        e = self.entries
+        if self.all:
+            return np.ascontiguousarray(np.broadcast_to(e, (x.shape[0], e.size)))
+        m = SEEDS
+        out = np.empty((x.shape[0], m), np.int32)
+        block = max(64, (32 << 20) // (4 * e.size))
+        for s in range(0, x.shape[0], block):
+            d = sq_dists(np.asarray(x[s:s + block], dtype=np.float32), self.rows, self.norms)
+            out[s:s + block] = e[np.argpartition(d, m - 1, axis=1)[:, :m]]
+        return out
+
+
+def nearest_entries(x: np.ndarray, heads: np.ndarray, entries: np.ndarray) -> np.ndarray:
+    """``EntrySeeds(heads, entries).for_rows(x)``: int32 (b, m) walk seeds for rows ``x``."""
+    return EntrySeeds(heads, entries).for_rows(x)
 
 
 def build_graph(x: np.ndarray, *, degree: int = 32, candidates: int = 64, alpha: float = 1.2,
@@ -499,16 +528,17 @@ def build_graph(x: np.ndarray, *, degree: int = 32, candidates: int = 64, alpha:
 
 def head_search_recall(x: np.ndarray, neighbors: np.ndarray, entries: np.ndarray, queries: np.ndarray, *,
                        k: int = 8, ef: int = 64) -> float:
-    """Recall@k of :func:`beam_search` (pool ``ef``) against the exact k nearest heads, over
-    head-space ``queries`` (float32 (q, Dh)): how well the graph finds what assignment and search
-    ask of it."""
+    """Recall@k of :func:`beam_search` (pool ``ef``, seeded as :class:`EntrySeeds` seeds the
+    assignment and searches) against the exact k nearest heads, over head-space ``queries``
+    (float32 (q, Dh)): how well the graph finds what assignment and search ask of it."""
     from spann.exact import exact_knn
     k = min(k, x.shape[0])
     gi, _ = exact_knn(x, queries, k, "l2")
     vis = np.zeros(x.shape[0], np.uint32)
     oi, od = np.empty(k, np.int32), np.empty(k, np.float32)
+    seeds = EntrySeeds(x, entries).for_rows(queries)
     hits = 0
     for i in range(queries.shape[0]):
-        beam_search(queries[i], x, neighbors, entries, max(ef, k), vis, np.uint32(i + 1), oi, od)
+        beam_search(queries[i], x, neighbors, seeds[i], max(ef, k), vis, np.uint32(i + 1), oi, od)
         hits += np.intersect1d(oi, gi[i]).size
     return hits / (k * max(1, queries.shape[0]))

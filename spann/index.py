@@ -12,6 +12,7 @@ import numba
 import numpy as np
 
 from spann.errors import IndexCorruptError, ParameterError, QueryError
+from spann.head_index import EntrySeeds
 from spann.idmap import IdMap
 from spann.labels import check_filter
 from spann.layout import EntryLayout, full_entries
@@ -62,6 +63,7 @@ class _Snapshot:
         self.generation = int(f.attrs.get("generation", 1))
         self.build_id = f.build_id
         self.heads, self.neighbors, self.entries = f.heads, f.neighbors, f.entries
+        self.seeds = EntrySeeds(self.heads, self.entries)
         self.pruner = f.pruner
         H = self.heads.shape[0]
         self.offsets = f.offsets
@@ -456,7 +458,8 @@ class Index:
             top_d = np.empty(k, np.float32)
             top_i = np.empty(k, np.int64)
             stats = np.zeros(N_STATS, np.int64)
-            search_one(qs[0], qh[0], code, snap.heads, snap.neighbors, snap.entries, efv, m, budget, model, eps, pv,
+            search_one(qs[0], qh[0], code, snap.heads, snap.neighbors, snap.seeds.for_rows(qh)[0], efv, m, budget,
+                       model, eps, pv,
                        cb, vv, snap.dv, f32, dead, snap.delta_dead, R, bool(p.prefetch), st.visited, np.uint32(st.tag),
                        top_d, top_i, stats)
             dists, ids, stt = top_d[None], top_i[None], stats[None]
@@ -464,7 +467,8 @@ class Index:
             coded = self.layout.coded
             with NumbaThreads(threads):
                 n_threads = numba.get_num_threads()
-                sel_i, _sel_d, kept, evals = select_batch(qh, snap.heads, snap.neighbors, snap.entries, efv, m, budget,
+                sel_i, _sel_d, kept, evals = select_batch(qh, snap.heads, snap.neighbors, snap.seeds.for_rows(qh), efv,
+                                                          m, budget,
                                                           model, eps, max(1, min(nq, n_threads * 8)))
                 dists = np.empty((nq, k), np.float32)
                 ids = np.empty((nq, k), np.int64)

@@ -244,9 +244,10 @@ def search_one(q, qh, metric, heads, neighbors, entries, ef, m, budget, model, p
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True, parallel=True)
-def select_batch(qh, heads, neighbors, entries, ef, m, budget, model, prune_eps, n_chunks):
+def select_batch(qh, heads, neighbors, seeds, ef, m, budget, model, prune_eps, n_chunks):
     """Batch phase 1: the pruned nearest heads of every query, in parallel chunks (one visited
-    array per chunk). Returns sel_i (nq, m) int32, sel_d (nq, m) float32, kept (nq,), evals (nq,)."""
+    array per chunk); query i's walk starts from ``seeds[i]`` (int32 (nq, s), see
+    :class:`spann.head_index.EntrySeeds`). Returns sel_i (nq, m) int32, sel_d (nq, m) float32, kept (nq,), evals (nq,)."""
     nq = qh.shape[0]
     sel_i = np.full((nq, m), -1, np.int32)
     sel_d = np.full((nq, m), np.inf, np.float32)
@@ -258,7 +259,7 @@ def select_batch(qh, heads, neighbors, entries, ef, m, budget, model, prune_eps,
         tag = np.uint32(0)
         for i in range(ch * step, min(nq, (ch + 1) * step)):
             tag += np.uint32(1)
-            kept[i], evals[i] = select_lists(qh[i], heads, neighbors, entries, ef, budget, model, prune_eps, visited,
+            kept[i], evals[i] = select_lists(qh[i], heads, neighbors, seeds[i], ef, budget, model, prune_eps, visited,
                                              tag, sel_i[i], sel_d[i])
     return sel_i, sel_d, kept, evals
 

@@ -46,7 +46,7 @@ import numpy as np
 from spann.assign import assign_block
 from spann.datasets.formats import check_finite
 from spann.errors import DataError, IndexCorruptError, QueryError
-from spann.head_index import beam_search, nearest_entries
+from spann.head_index import EntrySeeds, beam_search
 from spann.idmap import MAX_ID, check_ids, lookup_sorted
 from spann.labels import check_labels
 from spann.layout import full_entries
@@ -242,7 +242,7 @@ class _Batch:
         ``xh`` int64 (a,), heads int64 (a,), squared distances float32 (a,))."""
         p = self.index.build_params
         R = int(p.replica_count)
-        rep_i, rep_d, _ = assign_block(xh, self.heads, self.neighbors, nearest_entries(xh, self.heads, self.entries),
+        rep_i, rep_d, _ = assign_block(xh, self.heads, self.neighbors, EntrySeeds(self.heads, self.entries).for_rows(xh),
                                        max(p.assign_candidates, 32),
                                        p.assign_candidates, R, np.float32(p.closure_eps), np.float32(p.rng_factor),
                                        max(1, min(xh.shape[0], 16)))

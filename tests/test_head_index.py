@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from spann.datasets import synthetic_array
 from spann.exact import exact_knn
@@ -75,3 +76,60 @@ def test_spread_entries_cover_the_head_order():
     assert spread_entries(5, 100).tolist() == [0, 1, 2, 3, 4]
     assert default_entry_count(1000) == 48 and default_entry_count(500_000) == 3906
     assert default_entry_count(10**8) == 4096
+
+
+def _reachable(nb, entries):
+    import spann.head_index as hi
+    seen = np.zeros(nb.shape[0], np.bool_)
+    hi._mark_reachable(nb, np.asarray(entries, np.int64), seen, np.empty(nb.shape[0], np.int64))
+    return seen
+
+
+def test_repair_links_islands_even_when_rows_are_full():
+    """Two islands whose rows are full (every head links to all others of its island) and
+    entries in only one: the repair links the other island, overwriting no repair link."""
+    import spann.head_index as hi
+    rng = np.random.default_rng(0)
+    a = rng.normal(0, 1, (9, 8)).astype(np.float32)
+    b = (rng.normal(0, 1, (9, 8)) + 50).astype(np.float32)
+    c = (rng.normal(0, 1, (9, 8)) - 50).astype(np.float32)
+    x = np.concatenate([a, b, c])
+    nb = np.full((27, 8), -1, np.int32)
+    for g in range(3):
+        ids = np.arange(9 * g, 9 * g + 9)
+        for i in ids:
+            nb[i] = ids[ids != i]
+    entries = np.array([0], np.int32)
+    assert _reachable(nb, entries).sum() == 9
+    added = hi._connect(x, nb, entries, entries.astype(np.int64), 16)
+    assert added == 2 and _reachable(nb, entries).all()
+    assert hi._connect(x, nb, entries, entries.astype(np.int64), 16) == 0
+
+
+@pytest.mark.parametrize("n", [2, 5, 20, 300])
+def test_small_graphs_are_valid_and_reachable(n):
+    x = synthetic_array(n, 8, seed=n)
+    nb, entries = build_graph(x, degree=8, candidates=16)
+    assert nb.shape == (n, 8) and nb.dtype == np.int32 and entries.dtype == np.int32
+    assert nb.max() < n and nb.min() >= -1 and not (nb == np.arange(n)[:, None]).any()
+    assert 0 < entries.size <= n and _reachable(nb, entries).all()
+
+
+def test_same_seed_same_graph():
+    x = synthetic_array(3000, 16, seed=4)
+    a = build_graph(x, degree=16, candidates=32, seed=5)
+    b = build_graph(x, degree=16, candidates=32, seed=5)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_entry_seeds_are_the_nearest_entries():
+    from spann.head_index import ALL_ENTRIES_MAX, SEEDS, EntrySeeds
+    x = synthetic_array(5000, 16, seed=2)
+    q = synthetic_array(50, 16, seed=2, stream=1, n_hint=5000)
+    few = np.arange(0, 5000, 50, dtype=np.int32)
+    assert ALL_ENTRIES_MAX >= few.size and np.array_equal(EntrySeeds(x, few).for_rows(q), np.tile(few, (50, 1)))
+    many = np.arange(0, 5000, 10, dtype=np.int32)
+    got = EntrySeeds(x, many).for_rows(q)
+    want, _ = exact_knn(x[many], q, SEEDS, "l2")
+    assert got.shape == (50, SEEDS)
+    assert all(set(g) == set(many[w]) for g, w in zip(got, want))
