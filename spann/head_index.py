@@ -131,6 +131,15 @@ def beam_search(q, heads, neighbors, entries, ef, visited, tag, out_i, out_d):
     return n_eval
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _contains(a, m, v):
+    """Whether ``v`` is among ``a[:m]``."""
+    for u in range(m):
+        if a[u] == v:
+            return True
+    return False
+
+
 @numba.njit(cache=True, fastmath=_FM, nogil=True, inline="always")
 def _prune_into(x, p, ci, cd, m, alpha2, out):
     """Robust (RNG) pruning of node p's candidates ``ci``/``cd`` [:m] (ascending squared
@@ -231,12 +240,7 @@ def _add_reverse(x, nbrs, targets, ptr, srcs, alpha2):
         k = m
         for t in range(ptr[g], ptr[g + 1]):
             s = srcs[t]
-            dup = False
-            for u in range(k):
-                if ci[u] == s:
-                    dup = True
-                    break
-            if not dup and s != c:
+            if s != c and not _contains(ci, k, s):
                 ci[k] = s
                 k += 1
         if k <= deg:
@@ -373,12 +377,7 @@ def _merge_reverse(x, fwd, rev_ptr, rev_src, width):
             if m >= width:
                 break
             c = rev_src[t]
-            dup = False
-            for s in range(m):
-                if tmp_i[s] == c:
-                    dup = True
-                    break
-            if not dup:
+            if not _contains(tmp_i, m, c):
                 tmp_i[m] = c
                 tmp_d[m] = sq_l2(x[p], x[c])
                 m += 1
