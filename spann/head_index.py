@@ -532,7 +532,7 @@ def head_search_recall(x: np.ndarray, neighbors: np.ndarray, entries: np.ndarray
     (float32 (q, Dh)): how well the graph finds what assignment and search ask of it."""
     from spann.exact import exact_knn
     k = min(k, x.shape[0])
-    gi, _ = exact_knn(x, queries, k, "l2")
+    gi, _ = exact_knn(x, queries, k, "l2", base_block=4096, query_block=256)  # ~4 MiB of distances (memory_limit)
     vis = np.zeros(x.shape[0], np.uint32)
     oi, od = np.empty(k, np.int32), np.empty(k, np.float32)
     seeds = EntrySeeds(x, entries).for_rows(queries)
