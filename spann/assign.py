@@ -53,7 +53,7 @@ def select_replicas(cand_i, cand_d, heads, replica_count, eps, rng_factor, out_i
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True, parallel=True)
 def assign_block(x, heads, neighbors, seeds, ef, candidates, replica_count, eps, rng_factor, n_chunks):
     """Replica heads for head-space rows ``x`` (float32 (b, Dh)); row i's walk starts from the
-    heads ``seeds[i]`` (int32 (b, m): :func:`spann.head_index.nearest_entries`).
+    heads ``seeds[i]`` (int32 (b, m): :class:`spann.head_index.EntrySeeds`).
 
     Returns ``(heads int32 (b, R), squared head-space distances float32 (b, R), counts int32
     (b,))``, nearest first, -1 / inf padded.

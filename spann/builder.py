@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from spann.assign import assign_block
 from spann.clustering import select_heads
 from spann.datasets.formats import check_finite
-from spann.head_index import EntrySeeds, build_graph
+from spann.head_index import EntrySeeds, build_graph, head_search_recall
 from spann.layout import EntryLayout, full_entries, pack_lists
 from spann.threads import NumbaThreads
 from spann.labels import check_labels, label_directory
@@ -134,7 +134,6 @@ def graph_stage(heads: Heads, params: BuildParams, progress: bool = False) -> He
 def graph_check(sample: Sample, heads: Heads, graph: HeadGraph, params: BuildParams, n: int = 1000) -> float:
     """Recall@8 of the head graph's walk (the assignment's pool and seeds) against the exact 8
     nearest heads, for up to ``n`` rows of the clustering sample: how well the graph finds heads."""
-    from spann.head_index import head_search_recall
     rng = np.random.default_rng(params.seed + 3)
     rows = sample.rows[np.sort(rng.choice(sample.rows.shape[0], min(n, sample.rows.shape[0]), replace=False))]
     return round(head_search_recall(heads.vectors, graph.neighbors, graph.entries, np.ascontiguousarray(rows), k=8,
@@ -201,8 +200,9 @@ def pruner_stage(metric: Metric, sample: Sample, dim: int, heads: Heads, graph: 
     lists = np.concatenate([e_h[a:b] for a, b in zip(lo, hi)]).astype(np.int32)
     M = min(128, H)
     qrows = np.ascontiguousarray(sample.rows[qi])
-    sel, sel_d, _, _ = select_batch(qrows, heads.vectors, graph.neighbors,
-                                    EntrySeeds(heads.vectors, graph.entries).for_rows(qrows), 160, M, M, np.zeros(0, np.float64), np.float32(1e18), 16)
+    seeds = EntrySeeds(heads.vectors, graph.entries).for_rows(qrows)
+    sel, sel_d, _, _ = select_batch(qrows, heads.vectors, graph.neighbors, seeds, 160, M, M, np.zeros(0, np.float64),
+                                    np.float32(1e18), 16)
     need = training_targets(sel, ptr, lists, 10, 9)
     return fit_pruner(sel_d[:, :MIN_HEADS], need)
 

@@ -28,7 +28,7 @@ from spann.distances import FASTMATH as _FM
 from spann.distances import sq_l2
 from spann.prefetch import prefetch_element
 
-__all__ = ["EXACT_KNN_MAX", "build_graph", "default_entry_count", "spread_entries", "nearest_entries", "EntrySeeds", "refine_graph", "beam_search", "knn_candidates", "head_search_recall"]
+__all__ = ["EXACT_KNN_MAX", "build_graph", "default_entry_count", "spread_entries", "EntrySeeds", "refine_graph", "beam_search", "knn_candidates", "head_search_recall"]
 
 #: up to this many heads the candidate kNN is exact (O(H^2 d) BLAS work); above, partitioned.
 EXACT_KNN_MAX = 30_000
@@ -464,6 +464,7 @@ class EntrySeeds:
     def __init__(self, heads: np.ndarray, entries: np.ndarray):
         self.entries = np.ascontiguousarray(entries, dtype=np.int32)
         self.all = self.entries.size <= ALL_ENTRIES_MAX
+        self._one = self.entries[None, :]  # one query's seeds when all entries are compared: no copy
         if not self.all:
             self.rows = np.ascontiguousarray(heads[self.entries], dtype=np.float32)
             self.norms = np.einsum("ij,ij->i", self.rows, self.rows)
@@ -471,7 +472,7 @@ class EntrySeeds:
     def for_rows(self, x: np.ndarray) -> np.ndarray:
         e = self.entries
         if self.all:
-            return np.ascontiguousarray(np.broadcast_to(e, (x.shape[0], e.size)))
+            return self._one if x.shape[0] == 1 else np.ascontiguousarray(np.broadcast_to(e, (x.shape[0], e.size)))
         m = SEEDS
         out = np.empty((x.shape[0], m), np.int32)
         block = max(64, (32 << 20) // (4 * e.size))
@@ -479,11 +480,6 @@ class EntrySeeds:
             d = sq_dists(np.asarray(x[s:s + block], dtype=np.float32), self.rows, self.norms)
             out[s:s + block] = e[np.argpartition(d, m - 1, axis=1)[:, :m]]
         return out
-
-
-def nearest_entries(x: np.ndarray, heads: np.ndarray, entries: np.ndarray) -> np.ndarray:
-    """``EntrySeeds(heads, entries).for_rows(x)``: int32 (b, m) walk seeds for rows ``x``."""
-    return EntrySeeds(heads, entries).for_rows(x)
 
 
 def build_graph(x: np.ndarray, *, degree: int = 32, candidates: int = 64, alpha: float = 1.2,

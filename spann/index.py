@@ -459,17 +459,15 @@ class Index:
             top_i = np.empty(k, np.int64)
             stats = np.zeros(N_STATS, np.int64)
             search_one(qs[0], qh[0], code, snap.heads, snap.neighbors, snap.seeds.for_rows(qh)[0], efv, m, budget,
-                       model, eps, pv,
-                       cb, vv, snap.dv, f32, dead, snap.delta_dead, R, bool(p.prefetch), st.visited, np.uint32(st.tag),
-                       top_d, top_i, stats)
+                       model, eps, pv, cb, vv, snap.dv, f32, dead, snap.delta_dead, R, bool(p.prefetch), st.visited,
+                       np.uint32(st.tag), top_d, top_i, stats)
             dists, ids, stt = top_d[None], top_i[None], stats[None]
         else:
             coded = self.layout.coded
             with NumbaThreads(threads):
                 n_threads = numba.get_num_threads()
                 sel_i, _sel_d, kept, evals = select_batch(qh, snap.heads, snap.neighbors, snap.seeds.for_rows(qh), efv,
-                                                          m, budget,
-                                                          model, eps, max(1, min(nq, n_threads * 8)))
+                                                          m, budget, model, eps, max(1, min(nq, n_threads * 8)))
                 dists = np.empty((nq, k), np.float32)
                 ids = np.empty((nq, k), np.int64)
                 stt = np.empty((nq, N_STATS), np.int64)
