@@ -7,7 +7,7 @@ import click
 from spann.cli.common import (check_writable, common_options, echo_err, emit_json, is_quiet, read_ids_file,
                               read_labels_file)
 from spann.datasets.formats import FORMATS
-from spann.cli.common import metric_option
+from spann.cli.common import metric_option, store_options
 from spann.params import BuildParams
 
 _DEFAULTS = BuildParams()
@@ -49,7 +49,8 @@ class ByteSize(click.ParamType):
 
 @click.command("build")
 @click.argument("input", type=click.Path(dir_okay=False))
-@click.argument("index_dir", type=click.Path(file_okay=False))
+@click.argument("index_dir", metavar="INDEX")
+@store_options
 @metric_option(required=False)
 @click.option("--format", "fmt", type=click.Choice(list(FORMATS)), help="Override the input format.")
 @click.option("--head-ratio", type=click.FloatRange(0, 0.5, min_open=True), default=_DEFAULTS.head_ratio,
@@ -71,7 +72,7 @@ class ByteSize(click.ParamType):
               ".i8bin (int64); n distinct values >= 0.")
 @click.option("--labels", "labels_file", type=click.Path(exists=True, dir_okay=False),
               help="Labels for filtered search (search --filter): .npy integers (n,) or (n, L), -1 = none.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing index at INDEX_DIR.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing index at INDEX.")
 @click.option("--memory-limit", "memory_limit", type=ByteSize(), default="0",
               help="Peak memory of the build, e.g. 2G (interpreter and numba included; 0 = no limit).")
 @click.option("--resume", is_flag=True,
@@ -79,11 +80,14 @@ class ByteSize(click.ParamType):
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True), help="Write the build summary as JSON.")
 @common_options
 def build_cmd(input: str, index_dir: str, metric: str, fmt: str | None, json_out: str | None, overwrite: bool,
-              resume: bool, extra: tuple[str, ...], ids_file: str | None, labels_file: str | None, **params) -> None:
-    """Build a SPANN index of INPUT (a vector file) in INDEX_DIR."""
+              resume: bool, extra: tuple[str, ...], ids_file: str | None, labels_file: str | None,
+              storage_option: tuple[str, ...], **params) -> None:
+    """Build a SPANN index of INPUT (a vector file) in INDEX: a directory, a .zip file, or an
+    object-store URL (s3://bucket/prefix; built in a local work directory, then uploaded)."""
     from spann.builder import build_index
     from spann.datasets.formats import metric_from_hdf5, open_vectors
     from spann.errors import ParameterError
+    from spann.stores import parse_storage_options
     metric = metric_from_hdf5([input], metric)  # an ann-benchmarks file's `distance` must agree
     if metric is None:
         raise ParameterError("--metric is required (l2, ip or cosine)")
@@ -97,7 +101,8 @@ def build_cmd(input: str, index_dir: str, metric: str, fmt: str | None, json_out
         ids = read_ids_file(ids_file, n) if ids_file else None
         labels = read_labels_file(labels_file, n) if labels_file else None
     attrs = build_index(input, index_dir, metric=metric, params=p, fmt=fmt, overwrite=overwrite,
-                        progress=not is_quiet(), ids=ids, labels=labels, resume=resume, log=echo_err)
+                        progress=not is_quiet(), ids=ids, labels=labels, resume=resume, log=echo_err,
+                        storage_options=parse_storage_options(storage_option) or None)
     echo_err(build_summary(attrs))
     if json_out:
         emit_json(attrs, json_out)

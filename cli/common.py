@@ -49,6 +49,20 @@ def common_options(f: Callable) -> Callable:
     return f
 
 
+def store_options(f: Callable) -> Callable:
+    """``--storage-option KEY=VALUE`` (repeatable) for an object-store index URL."""
+    return click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE",
+                        help="Object-store setting for an s3:// (gs://, az://) INDEX, e.g. endpoint=http://host:9000, "
+                        "region=eu-west-1 (default: the AWS_* environment).")(f)
+
+
+def open_index_arg(index: str, storage_option: tuple[str, ...] = ()):
+    """Open INDEX (a directory, a .zip file or an object-store URL)."""
+    import spann
+    from spann.stores import parse_storage_options
+    return spann.open(index, storage_options=parse_storage_options(storage_option) or None)
+
+
 def metric_option(required: bool = False, **kw: Any) -> Callable:
     """``--metric``: l2, ip, cosine or an alias (euclidean, angular, dot, ...), normalised."""
     from spann.metrics import ALIASES, METRICS, get_metric

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from spann.cli.common import check_writable, common_options, echo_err, emit_json, is_quiet
+from spann.cli.common import (check_writable, common_options, echo_err, emit_json, is_quiet, open_index_arg,
+                              store_options)
 
 
 def format_table(records) -> str:
@@ -25,7 +26,8 @@ def format_table(records) -> str:
 
 
 @click.command("eval")
-@click.argument("index", type=click.Path(file_okay=False))
+@click.argument("index", metavar="INDEX")
+@store_options
 @click.argument("queries", required=False, type=click.Path(dir_okay=False))
 @click.argument("gt", required=False, type=click.Path(dir_okay=False))
 @click.option("--dataset", help="Prepared dataset directory or registered name (gives QUERIES and GT).")
@@ -45,7 +47,7 @@ def format_table(records) -> str:
 @common_options
 def eval_cmd(index: str, queries: str | None, gt: str | None, dataset: str | None, k: int, sweep: tuple[str, ...],
              prune_eps: str | None, threads: int, runs: int, latency_queries: int, cold: bool, prefetch: bool | None,
-             json_out: str | None, csv_out: str | None, plot: str | None) -> None:
+             json_out: str | None, csv_out: str | None, plot: str | None, storage_option: tuple[str, ...]) -> None:
     """Evaluate INDEX on QUERIES against ground truth GT (or --dataset)."""
     import time
     import numpy as np
@@ -83,7 +85,7 @@ def eval_cmd(index: str, queries: str | None, gt: str | None, dataset: str | Non
     pf = cold if prefetch is None else prefetch
     points = [{**p, "prefetch": pf} for p in points]
     t0 = time.perf_counter()
-    with spann.open(index) as idx:
+    with open_index_arg(index, storage_option) as idx:
         open_s = time.perf_counter() - t0
         if dataset and (idx.attrs.get("user_ids") or idx.generation > 1):
             raise ParameterError(f"{index}: holds your own ids or has been updated, but the dataset's ground truth "

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import click
 
-from spann.cli.common import common_options, emit_json
+from spann.cli.common import common_options, emit_json, open_index_arg, store_options
 
 
 @click.command("info")
-@click.argument("index", type=click.Path(file_okay=False))
+@click.argument("index", metavar="INDEX")
+@store_options
 @click.option("--json", "as_json", is_flag=True, help="Print all attributes as JSON.")
 @common_options
-def info_cmd(index: str, as_json: bool) -> None:
+def info_cmd(index: str, as_json: bool, storage_option: tuple[str, ...]) -> None:
     """Print INDEX's attributes, build parameters and statistics."""
     import spann
     from spann.cli.build import build_summary
-    with spann.open(index) as idx:
+    with open_index_arg(index, storage_option) as idx:
         info = idx.info()
     if as_json:
         emit_json(info, "-")

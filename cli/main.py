@@ -16,6 +16,7 @@ from spann.cli.demo import demo_cmd
 from spann.cli.bench import bench_cmd
 from spann.cli.verify import verify_cmd
 from spann.cli.updates_cmd import add_cmd, delete_cmd
+from spann.cli.export_cmd import export_cmd
 
 
 @click.group(cls=SpannGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,7 +27,8 @@ def cli() -> None:
 
 cli.add_command(datasets_group)
 cli.add_command(gt_cmd)
-for _cmd in (build_cmd, search_cmd, add_cmd, delete_cmd, info_cmd, eval_cmd, demo_cmd, bench_cmd, verify_cmd):
+for _cmd in (build_cmd, search_cmd, add_cmd, delete_cmd, info_cmd, eval_cmd, demo_cmd, bench_cmd, verify_cmd,
+             export_cmd):
     cli.add_command(_cmd)
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from spann.cli.common import INT32_MAX, LabelFilter, check_writable, common_options, echo_err, emit_json
+from spann.cli.common import (INT32_MAX, LabelFilter, check_writable, common_options, echo_err, emit_json,
+                              open_index_arg, store_options)
 from spann.cli.datasets_cmd import VectorPath
 from spann.datasets.formats import FORMATS
 from spann.params import SearchParams
@@ -30,7 +31,8 @@ def search_options(f):
 
 
 @click.command("search")
-@click.argument("index", type=click.Path(file_okay=False))
+@click.argument("index", metavar="INDEX")
+@store_options
 @click.argument("queries", type=VectorPath())
 @click.option("-k", type=click.IntRange(1), default=10, show_default=True)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
@@ -48,7 +50,7 @@ def search_options(f):
 @common_options
 def search_cmd(index: str, queries: str, k: int, output: str, max_postings: int, prune_eps: float, ef: int,
                prefetch: bool, rerank: int, pruner: bool, threads: int, queries_format: str | None, json_out: str | None,
-               filt: list[int] | None) -> None:
+               filt: list[int] | None, storage_option: tuple[str, ...]) -> None:
     """Search INDEX for the k nearest neighbours of every vector in QUERIES."""
     import spann
     from spann.datasets.formats import check_distinct_paths, metric_from_hdf5, read_vectors, write_vectors
@@ -62,7 +64,7 @@ def search_cmd(index: str, queries: str, k: int, output: str, max_postings: int,
             check_writable(str(path))
     check_distinct_paths([output, dpath, json_out], [queries], input_dirs=[index])
     q = read_vectors(queries, queries_format)
-    with spann.open(index) as idx:
+    with open_index_arg(index, storage_option) as idx:
         metric_from_hdf5([queries], idx.metric, given_as=f"but index {index} uses metric {idx.metric}")
         top = int(idx.attrs.get("next_id", 0)) - 1  # no id is above it
         if fmt != "npy" and top > INT32_MAX:

@@ -551,7 +551,7 @@ def _peak_rss() -> int:
 def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params: BuildParams | None = None,
                 fmt: str | None = None, overwrite: bool = False, progress: bool = True,
                 log: Callable[[str], None] | None = None, ids=None, labels=None,
-                resume: bool = False) -> dict[str, Any]:
+                resume: bool = False, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build an index from ``data`` (array (n, d) or vector file path) into ``index_dir``.
 
     ``ids``: int64 (n,) distinct ids >= 0 that searches return (default: row numbers);
@@ -559,9 +559,21 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
     ``resume``: continue an interrupted build of the same data and parameters into the same
     path from its last completed stage (and shard); the result equals an uninterrupted build.
 
+    ``index_dir`` may also be a ``.zip`` file or an object-store URL (``s3://bucket/prefix``,
+    with ``storage_options``): the index is built in a local work directory, then exported
+    (see :func:`build_and_export`).
+
     Returns the attributes stored in the index (metric, dims, parameters, statistics). The
     index appears at ``index_dir`` only when complete; a failure leaves nothing behind.
     """
+    from spann.stores import is_url
+    if is_url(index_dir) or str(index_dir).lower().endswith(".zip"):
+        return _build_and_export(data, str(index_dir), metric=metric, params=params, fmt=fmt, overwrite=overwrite,
+                                 progress=progress, log=log, ids=ids, labels=labels, resume=resume,
+                                 storage_options=storage_options)
+    if storage_options:
+        from spann.errors import ParameterError
+        raise ParameterError("storage options apply to object-store URLs only")
     m = get_metric(metric)
     params = params or BuildParams()
     index_dir = Path(index_dir)
@@ -666,3 +678,36 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
     finally:
         if isinstance(data, (str, os.PathLike)):  # we opened it, we close it
             src.close()
+
+
+def export_work_dir(target: str) -> Path:
+    """Where a build for a zip file or an object-store URL runs before its export: beside the
+    zip, or under ``SPANN_WORK_DIR`` (default: the system's temporary directory) for a URL. The
+    same target gets the same directory, so ``--resume`` finds an interrupted build."""
+    import hashlib
+    import tempfile
+    from spann.stores import is_url
+    if not is_url(target):
+        t = Path(target)
+        return t.with_name(f".{t.name}.work")
+    root = Path(os.environ.get("SPANN_WORK_DIR") or tempfile.gettempdir())
+    return root / f"spann-export-{hashlib.sha256(target.encode()).hexdigest()[:16]}"
+
+
+def _build_and_export(data, target: str, *, storage_options=None, overwrite: bool = False, progress: bool = True,
+                      log=None, **kw) -> dict[str, Any]:
+    """Build into a local work directory, then export it to the zip file or URL ``target``."""
+    import shutil
+    from spann.publish import check_export_target, export_index
+    check_export_target(target, overwrite, storage_options)  # fail now, not after the build
+    work = export_work_dir(target)
+    work.mkdir(parents=True, exist_ok=True)
+    local = work / "index"
+    try:
+        attrs = build_index(data, local, overwrite=True, progress=progress, log=log, **kw)
+        if log and progress:
+            log(f"exporting to {target}")
+        export_index(local, target, overwrite=overwrite, storage_options=storage_options, progress=progress)
+    finally:  # (a build killed with SIGKILL leaves its work directory for --resume)
+        shutil.rmtree(work, ignore_errors=True)
+    return attrs

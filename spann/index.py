@@ -24,9 +24,13 @@ from spann.search import (N_STATS, full_lists_batch, prefetch_rows_batch, rerank
                           select_batch)
 from spann.vector_store import LocalVectors, VectorsView
 from spann.storage import IndexFiles, directory_bytes
+from spann.fetched import FetchCache
 
 
-__all__ = ["Index", "SearchResult", "build", "open_index"]
+__all__ = ["Index", "SearchResult", "build", "open_index", "DEFAULT_CACHE_BYTES"]
+
+#: RAM kept for the fetched lists of a zip or object-store index
+DEFAULT_CACHE_BYTES = 256 << 20
 
 
 @dataclass
@@ -34,13 +38,23 @@ class SearchResult:
     """Results of a batch: ``ids`` int64 (nq, k) and ``distances`` float32 (nq, k), ascending,
     -1 / inf padded; per query (int64 (nq,)): ``lists_read`` posting lists, ``bytes_read``
     bytes of the 4 KiB pages those lists span (what a cold query reads from the device),
-    ``distance_evals`` (heads + entries)."""
+    ``distance_evals`` (heads + entries); for an index in an object store, ``requests``
+    (ranged GETs, 0 for what the cache held) and ``bytes_fetched`` (0 for local indexes)."""
 
     ids: np.ndarray
     distances: np.ndarray
     lists_read: np.ndarray
     bytes_read: np.ndarray
     distance_evals: np.ndarray
+    requests: np.ndarray | None = None
+    bytes_fetched: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        nq = self.ids.shape[0]
+        if self.requests is None:
+            self.requests = np.zeros(nq, np.int64)
+        if self.bytes_fetched is None:
+            self.bytes_fetched = np.zeros(nq, np.int64)
 
     def __iter__(self):  # ids, distances = index.search(...)
         return iter((self.ids, self.distances))
@@ -87,13 +101,15 @@ class _Snapshot:
         self.delta_ids = np.zeros(0, np.int64)
         self.delta_locs = np.zeros(0, np.int64)
         if f.delta is not None:
-            r = LocalPostings(f.dir_fd, root, f.delta_path, f.delta["offsets"], f.delta["counts"], self.delta_layout)
+            r = LocalPostings(f.store, root, f.delta_path, f.delta["offsets"], f.delta["counts"], self.delta_layout)
             self._readers.append(r)
             self.dv = r.view
             self.delta_ids, self.delta_locs = f.delta["ids"], f.delta["locs"]
         else:
             self.dv = _empty_view(H, self.delta_layout)
         self.lv = self.dlv = None
+        self.delta_reader = self._readers[0] if self._readers else None
+        self.dlabel_reader = None
         if f.labels is not None:
             V = f.labels["values"].shape[0]
             ll = full_entries(f.layout.dim, f.layout.dtype)
@@ -108,9 +124,10 @@ class _Snapshot:
             else:
                 self.lv = _empty_view(V, ll)
             if f.delta_labels_path is not None:
-                r = LocalPostings(f.dir_fd, root, f.delta_labels_path, f.labels["delta_offsets"],
+                r = LocalPostings(f.store, root, f.delta_labels_path, f.labels["delta_offsets"],
                                   f.labels["delta_counts"], ll)
                 self._readers.append(r)
+                self.dlabel_reader = r
                 self.dlv = r.view
             else:
                 self.dlv = _empty_view(V, ll)
@@ -141,13 +158,14 @@ class _Base:
     def __init__(self, f: IndexFiles, root: str):
         self.postings = self.vectors = self.idmap = self.label_lists = None
         try:
-            self.postings = LocalPostings(f.dir_fd, root, f.postings_path, f.offsets, f.counts, f.layout)
+            self.postings = LocalPostings(f.store, root, f.postings_path, f.offsets, f.counts, f.layout)
             if f.layout.coded:
-                self.vectors = LocalVectors(f.dir_fd, root, f.vectors_path, f.store)
-            self.idmap = IdMap(f.dir_fd, root, f.idmap_path, int(f.attrs["n"]))
+                self.vectors = LocalVectors(f.store, root, f.vectors_path, f.store_layout)
+            if not self.postings.fetched:  # (fetched indexes are read-only: no id lookups)
+                self.idmap = IdMap(f.store, root, f.idmap_path, int(f.attrs["n"]))
             if f.label_lists_path is not None:
                 ll = full_entries(f.layout.dim, f.layout.dtype)
-                self.label_lists = LocalPostings(f.dir_fd, root, f.label_lists_path, f.labels["offsets"],
+                self.label_lists = LocalPostings(f.store, root, f.label_lists_path, f.labels["offsets"],
                                                  f.labels["list_counts"], ll)
         except BaseException:
             self.close()
@@ -169,8 +187,19 @@ class Index:
     :meth:`close`).
     """
 
-    def __init__(self, path: str | os.PathLike[str]):
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES):
+        from spann.stores import is_url, open_store
+        self._store = None
+        if is_url(path) or os.path.isfile(path):  # an object store or a zip file: read-only
+            self._store = open_store(path, storage_options)
+            self._store.cache = FetchCache(cache_bytes)
+            self.path = self._store.where
+        else:
+            if storage_options:
+                raise ParameterError("storage_options apply to object-store URLs only")
+            self.path = Path(path)
+        self._fetch_lock = threading.Lock()
         for attempt in range(5):  # a writer may retire the generation we are reading: read again
             stamp = self._root_stamp()
             try:
@@ -178,7 +207,13 @@ class Index:
                 break
             except IndexCorruptError:
                 if attempt == 4 or self._root_stamp() == stamp:
+                    if self._store is not None:
+                        self._store.close()
                     raise
+            except BaseException:
+                if self._store is not None:
+                    self._store.close()
+                raise
         self._local = _ThreadState()
         self._state = threading.Condition()
         self._write_lock = threading.Lock()
@@ -188,7 +223,7 @@ class Index:
         self._param_cache: dict[tuple, SearchParams] = {}
 
     def _open(self, stamp) -> None:
-        f = IndexFiles(self.path)
+        f = IndexFiles(self.path, store=self._store)
         try:
             self._base = _Base(f, str(self.path))
             try:
@@ -199,6 +234,8 @@ class Index:
         finally:
             f.close()
         self._stamp = stamp
+        #: lists (and vector-store pages) are fetched from the store before a search scans them
+        self.fetching: bool = self._base.postings.fetched
         self.codebook = codebook_view(f.layout.encoding, f.codebook)
         self._no_model = np.zeros(0, np.float64)
         self._no_i32 = np.zeros(0, np.int32)
@@ -239,6 +276,8 @@ class Index:
                 self._snap.close()
                 self._base.close()
                 self._base = None
+                if self._store is not None:
+                    self._store.close()
 
     def __enter__(self) -> "Index":
         return self
@@ -246,7 +285,20 @@ class Index:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    @property
+    def read_only(self) -> bool:
+        """A zip file or object-store index: searched, never updated."""
+        return self._store is not None
+
+    @property
+    def cache(self):
+        """The :class:`spann.fetched.FetchCache` of an object-store index (requests, bytes
+        fetched, bytes resident), else None."""
+        return self._store.cache if self._store is not None else None
+
     def _root_stamp(self):
+        if self._store is not None:
+            return "fixed"  # a zip or object-store index is not updated in place
         try:
             st = os.stat(self.path / "zarr.json")
             return (st.st_ino, st.st_mtime_ns, st.st_size)
@@ -392,6 +444,12 @@ class Index:
         snap = self._enter()
         try:
             qs, qh = self._check_queries(queries, k, snap.live)
+            if self.fetching:  # one search at a time fetches into (and trims) the shared cache
+                with self._fetch_lock:
+                    try:
+                        return self._search(snap, qs, qh, int(k), p, threads, filt)
+                    finally:
+                        self.cache.trim()
             return self._search(snap, qs, qh, int(k), p, threads, filt)
         finally:
             self._leave()
@@ -446,6 +504,8 @@ class Index:
         R = p.effective_rerank(k, self.layout.encoding)
         code = self._metric.scan_code
         dead = snap.dead_keys
+        if self.fetching:
+            return self._search_fetched(snap, qs, qh, k, p, threads, f32, model, budget, m, efv, eps, R)
         if nq == 1:
             st = self._local
             if st.visited is None or st.visited.shape[0] != H:
@@ -494,11 +554,40 @@ class Index:
         return SearchResult(ids=ids, distances=dists, lists_read=stt[:, 0], bytes_read=stt[:, 1],
                             distance_evals=stt[:, 2])
 
+    def _search_fetched(self, snap, qs, qh, k, p, threads, f32, model, budget, m, efv, eps, R) -> SearchResult:
+        """The batch path of an index whose lists are fetched: select every query's heads,
+        fetch the lists none of them has in the cache (all GETs in flight together), scan;
+        coded: fetch the candidates' vector-store pages, re-rank."""
+        nq = qs.shape[0]
+        code = self._metric.scan_code
+        coded = self.layout.coded
+        vv = self._vectors_view()
+        req = np.zeros(nq, np.int64)
+        got = np.zeros(nq, np.int64)
+        with NumbaThreads(threads if nq > 1 else 1):
+            sel_i, _sel_d, kept, evals = select_batch(qh, snap.heads, snap.neighbors, snap.seeds.for_rows(qh), efv, m,
+                                                      budget, model, eps, max(1, min(nq, numba.get_num_threads() * 8)))
+            _fetch_lists(self._base.postings, snap.pv, sel_i, kept, req, got)
+            _fetch_lists(snap.delta_reader, snap.dv, sel_i, kept, req, got)
+            d_, i_, s_ = scan_batch(qs, qh, snap.heads, code, snap.pv, self.codebook, sel_i, kept, R if coded else k, f32,
+                                    snap.dead_keys)
+            if coded:
+                _fetch_rows(self._base.vectors, i_, req, got)
+                d_, i_ = rerank_batch(qs, code, vv, i_, k, s_)
+            full_lists_batch(qs, code, snap.dv, sel_i, kept, f32, snap.delta_dead, d_, i_, s_)
+        s_[:, 2] += evals
+        return SearchResult(ids=i_, distances=self._metric.report(d_), lists_read=s_[:, 0], bytes_read=s_[:, 1],
+                            distance_evals=s_[:, 2], requests=req, bytes_fetched=got)
+
     def _search_label_lists(self, snap, qs, k, pos, threads) -> SearchResult:
         """Exact filtered search over the label lists of rare labels (base and delta)."""
         nq = qs.shape[0]
         sel = np.ascontiguousarray(np.broadcast_to(pos, (nq, pos.size)))
         kept = np.full(nq, pos.size, np.int64)
+        req = np.zeros(nq, np.int64)
+        got = np.zeros(nq, np.int64)
+        _fetch_lists(self._base.label_lists, snap.lv, sel, kept, req, got)
+        _fetch_lists(snap.dlabel_reader, snap.dlv, sel, kept, req, got)
         dists = np.full((nq, k), np.inf, np.float32)
         ids = np.full((nq, k), -1, np.int64)
         stt = np.zeros((nq, N_STATS), np.int64)
@@ -507,13 +596,15 @@ class Index:
             full_lists_batch(qs, code, snap.lv, sel, kept, self._no_i32, snap.dead_ids, dists, ids, stt)
             full_lists_batch(qs, code, snap.dlv, sel, kept, self._no_i32, snap.delta_dead, dists, ids, stt)
         return SearchResult(ids=ids, distances=self._metric.report(dists), lists_read=stt[:, 0],
-                            bytes_read=stt[:, 1], distance_evals=stt[:, 2])
+                            bytes_read=stt[:, 1], distance_evals=stt[:, 2], requests=req, bytes_fetched=got)
 
     # -- ids, vectors and updates ---------------------------------------------------------------
     def get(self, ids) -> np.ndarray:
         """The stored vectors of ``ids`` (int (m,)) as (m, dim) of the index's dtype (cosine:
         unit-normalised float32). An id that is not live raises :class:`QueryError`."""
         from spann.updates import locate
+        if self.fetching:
+            raise QueryError(f"{self.path}: get() is not available on an object-store index (search only)")
         self._maybe_refresh()
         snap = self._enter()
         try:
@@ -528,13 +619,20 @@ class Index:
         """Insert ``vectors`` (m, dim) with ``ids`` (int (m,), new; default: the next free ids)
         and ``labels``; durable and atomic (see :mod:`spann.updates`). Returns the ids."""
         from spann.updates import add
+        self._check_writable()
         return add(self, vectors, ids=ids, labels=labels)
 
     def delete(self, ids, *, missing_ok: bool = False) -> int:
         """Delete ``ids``; durable and atomic. Unknown ids raise unless ``missing_ok``.
         Returns the number of vectors deleted."""
         from spann.updates import delete
+        self._check_writable()
         return delete(self, ids, missing_ok=missing_ok)
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise QueryError(f"{self.path}: a zip or object-store index is read-only; update a local copy and export "
+                             f"it again (spann export)")
 
     # -- information ---------------------------------------------------------------------------
     def posting_files(self) -> list[str]:
@@ -551,6 +649,9 @@ class Index:
         the next read of every list goes to the device."""
         snap = self._enter()
         try:
+            if self.cache is not None:
+                with self._fetch_lock:
+                    self.cache.clear()
             for r in (self._base.postings, self._base.vectors, self._base.label_lists, *snap._readers):
                 if r is not None:
                     r.evict()
@@ -574,7 +675,8 @@ class Index:
             raise QueryError(f"{self.path}: index is closed")
         H = self.heads.shape[0]
         ram = self.ram_bytes()
-        return {**self.attrs, "path": str(self.path), "disk_bytes": directory_bytes(self.path), "ram_bytes": ram,
+        disk = directory_bytes(self.path) if self._store is None else self._store.total_bytes()
+        return {**self.attrs, "path": str(self.path), "disk_bytes": disk, "ram_bytes": ram,
                 "ram_bytes_per_head": ram / H, "heads_in_ram": H, "live": int(self._snap.live)}
 
     def __repr__(self) -> str:
@@ -584,21 +686,58 @@ class Index:
 
 def build(data, index_dir: str | os.PathLike[str], *, metric: str, params: BuildParams | None = None,
           fmt: str | None = None, overwrite: bool = False, progress: bool = True, ids=None, labels=None,
-          resume: bool = False, **param_overrides: Any) -> Index:
+          resume: bool = False, storage_options: dict[str, Any] | None = None, **param_overrides: Any) -> Index:
     """Build an index from ``data`` (array (n, d) float32/uint8/int8, or a vector file path) and
     open it. ``ids``: int64 (n,) distinct ids >= 0 (default: row numbers); ``labels``: int
     (n,) or (n, L) labels for filtered search; ``resume``: continue an interrupted build of the
-    same data and parameters. Keyword overrides are :class:`BuildParams` fields
+    same data and parameters. ``index_dir`` may be a ``.zip`` file or an object-store URL
+    (``storage_options`` for the store). Keyword overrides are :class:`BuildParams` fields
     (``head_ratio=0.1`` ...)."""
     from spann.builder import build_index
     p = params or BuildParams()
     if param_overrides:
         p = p.replace(**param_overrides)
     build_index(data, index_dir, metric=metric, params=p, fmt=fmt, overwrite=overwrite, progress=progress, ids=ids,
-                labels=labels, resume=resume)
-    return Index(index_dir)
+                labels=labels, resume=resume, storage_options=storage_options)
+    return Index(index_dir, storage_options=storage_options)
 
 
-def open_index(index_dir: str | os.PathLike[str]) -> Index:
-    """Open an index built by :func:`build` (or ``spann build``)."""
-    return Index(index_dir)
+def open_index(index_dir: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None,
+               cache_bytes: int = DEFAULT_CACHE_BYTES) -> Index:
+    """Open an index built by :func:`build` (or ``spann build``): a directory, a zip file
+    (``spann export``) or an object-store URL (``s3://bucket/prefix``; ``storage_options``
+    as for obstore, credentials from the environment by default). ``cache_bytes``: the RAM
+    kept for fetched lists of a zip or object-store index (0: fetch on every search)."""
+    return Index(index_dir, storage_options=storage_options, cache_bytes=cache_bytes)
+
+
+def _fetch_lists(reader, view, sel: np.ndarray, kept: np.ndarray, req: np.ndarray, got: np.ndarray) -> None:
+    """Fetch the lists sel[i, :kept[i]] of a fetched reader (no-op for mapped ones); GETs and
+    bytes are added to the first query that needed each list."""
+    if reader is None or not reader.fetched:
+        return
+    nq, m = sel.shape
+    mask = (np.arange(m)[None, :] < np.asarray(kept)[:, None]) & (sel >= 0)
+    hs = sel[mask].astype(np.int64)
+    owners = np.nonzero(mask)[0]
+    c = view.counts[hs]
+    ne = c > 0
+    hs, owners = hs[ne], owners[ne]
+    starts = view.offsets[hs]
+    r, g = reader.mapped.ensure(hs, starts, starts + reader.layout.list_bytes_array(c[ne]), owners, nq)
+    req += r
+    got += g
+
+
+def _fetch_rows(reader, rows: np.ndarray, req: np.ndarray, got: np.ndarray) -> None:
+    """Fetch the vector-store pages of candidate rows (int64 (nq, R), -1 padded)."""
+    if reader is None or not reader.fetched:
+        return
+    lay = reader.layout
+    mask = rows >= 0
+    pages = rows[mask] // lay.rows_per_page
+    starts = pages * lay.page_bytes
+    ends = np.minimum(starts + lay.page_bytes, lay.total_bytes)
+    r, g = reader.mapped.ensure(pages, starts, ends, np.nonzero(mask)[0], rows.shape[0])
+    req += r
+    got += g

@@ -17,22 +17,23 @@ import numpy as np
 
 from spann import osio
 from spann.errors import IndexCorruptError
-from spann.zarr_io import check_postings_meta, read_json, read_shard_index
+from spann.zarr_io import check_postings_meta, check_shard_index, read_json, shard_index_bytes
 
-__all__ = ["MappedBytes", "MappedReader"]
+__all__ = ["MappedBytes", "MappedReader", "open_bytes"]
 
 
 class MappedBytes:
-    """Array ``name`` of the index opened at ``dir_fd``, mapped read-only.
+    """Array ``name`` of the index in ``store`` (a local directory, or a zip file whose members
+    are page-aligned), mapped read-only.
 
     ``need``: int64 (n_shards,) bytes each shard must hold for the caller's directory (lists
     or rows) to be readable; shards with need 0 may be absent. Raises IndexCorruptError when a
     file is missing, damaged, or shorter than needed.
     """
 
-    def __init__(self, dir_fd: int, root: str, name: str, need_fn):
+    def __init__(self, store, root: str, name: str, need_fn):
         self.where = os.path.join(root, name)
-        meta = read_json(os.path.join(name, "zarr.json"), dir_fd)
+        meta = read_json(f"{name}/zarr.json", store=store)
         self.total, self.shard_bytes, self.chunk_bytes = check_postings_meta(meta, self.where)
         n_shards = self.total // self.shard_bytes
         need = need_fn(self.total, self.shard_bytes)
@@ -40,27 +41,43 @@ class MappedBytes:
         self.size = max(self.total, osio.PAGE)
         self.base = osio.reserve(self.size)
         self._mapped = True
+        zipped = store.dir_fd is None
         try:
             for s in range(n_shards):
-                key = os.path.join(name, "c", str(s))
+                key = f"{name}/c/{s}"
                 where = os.path.join(root, key)
-                try:
-                    fd = os.open(key, os.O_RDONLY | os.O_NONBLOCK, dir_fd=dir_fd)
-                except FileNotFoundError:
-                    if need[s]:
-                        raise IndexCorruptError(f"{where}: shard {s} is missing") from None
-                    continue
+                if zipped:  # one file, each shard a stored member at a page-aligned offset
+                    if key not in store.members:
+                        if need[s]:
+                            raise IndexCorruptError(f"{where}: shard {s} is missing")
+                        continue
+                    fd, at, size = os.dup(store.fd), store.member_offset(key), store.members[key][1]
+                else:
+                    try:
+                        fd = os.open(key, os.O_RDONLY | os.O_NONBLOCK, dir_fd=store.dir_fd)
+                    except FileNotFoundError:
+                        if need[s]:
+                            raise IndexCorruptError(f"{where}: shard {s} is missing") from None
+                        continue
+                    at, size = 0, None
                 try:
                     st = os.fstat(fd)
                     if not stat.S_ISREG(st.st_mode):
                         raise IndexCorruptError(f"{where}: not a regular file")
-                    data_len = read_shard_index(fd, st.st_size, self.shard_bytes, self.chunk_bytes, where)
+                    if size is None:
+                        size = st.st_size
+                    n_idx = shard_index_bytes(self.shard_bytes, self.chunk_bytes)
+                    if size < n_idx:
+                        raise IndexCorruptError(f"{where}: shard file is truncated ({size} bytes)")
+                    data_len = check_shard_index(os.pread(fd, n_idx, at + size - n_idx), size, self.shard_bytes,
+                                                 self.chunk_bytes, where)
                     if data_len < need[s]:
                         raise IndexCorruptError(f"{where}: shard holds {data_len} bytes, the index needs {need[s]} "
                                                 f"(truncated)")
                     if data_len:
-                        osio.map_file_fixed(self.base + s * self.shard_bytes, min(data_len, self.shard_bytes), fd)
-                    self.paths.append(where)
+                        osio.map_file_fixed(self.base + s * self.shard_bytes, min(data_len, self.shard_bytes), fd,
+                                            at)
+                    self.paths.append(store.where if zipped else where)
                 finally:
                     os.close(fd)
             osio.madvise(self.base, self.size, osio.MADV_RANDOM)
@@ -69,6 +86,7 @@ class MappedBytes:
             raise
         buf = (ctypes.c_uint8 * self.size).from_address(self.base)
         self.u8 = np.frombuffer(buf, dtype=np.uint8)
+        self.paths = sorted(set(self.paths))
 
     def files(self) -> list[str]:
         return list(self.paths)
@@ -86,12 +104,27 @@ class MappedBytes:
             osio.unmap(self.base, self.size)
 
 
+def open_bytes(store, root: str, name: str, need_fn):
+    """Array ``name`` of the index in ``store``: mapped (a local directory; a zip file whose
+    members are page-aligned) or fetched on demand (object stores, other zips; see
+    :mod:`spann.fetched`, with the store's ``cache``)."""
+    if store.dir_fd is None and not (hasattr(store, "members") and store.aligned(f"{name}/c/")):
+        from spann.fetched import FetchedBytes
+        return FetchedBytes(store, root, name, need_fn, store.cache)
+    return MappedBytes(store, root, name, need_fn)
+
+
 class MappedReader:
-    """Base of the local readers (postings, vector store): ``mapped`` a :class:`MappedBytes`,
-    ``view`` the numba view over it."""
+    """Base of the readers (postings, vector store, id map): ``mapped`` a :class:`MappedBytes`
+    (or :class:`spann.fetched.FetchedBytes`), ``view`` the numba view over it."""
 
     mapped: MappedBytes
     view: object
+
+    @property
+    def fetched(self) -> bool:
+        """The bytes are fetched on demand (call ``mapped.ensure`` before reading them)."""
+        return not isinstance(self.mapped, MappedBytes)
 
     def files(self) -> list[str]:
         return self.mapped.files()

@@ -17,11 +17,11 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 __all__ = ["PAGE", "MADV_NORMAL", "MADV_RANDOM", "MADV_WILLNEED", "MADV_DONTNEED", "reserve", "map_file_fixed",
-           "unmap", "madvise", "madvise_nb", "evict_files"]
+           "unmap", "reserve_writable", "madvise", "madvise_nb", "evict_files"]
 
 PAGE = mmap.PAGESIZE
 MADV_NORMAL, MADV_RANDOM, MADV_WILLNEED, MADV_DONTNEED = 0, 1, 3, 4
-_PROT_NONE, _PROT_READ = 0, 1
+_PROT_NONE, _PROT_READ, _PROT_WRITE = 0, 1, 2
 _MAP_SHARED, _MAP_PRIVATE, _MAP_FIXED, _MAP_ANONYMOUS, _MAP_NORESERVE = 0x01, 0x02, 0x10, 0x20, 0x4000
 _MAP_FAILED = ctypes.c_void_p(-1).value
 
@@ -55,9 +55,19 @@ def reserve(nbytes: int) -> int:
     return int(a)
 
 
-def map_file_fixed(addr: int, nbytes: int, fd: int) -> None:
-    """Map the first ``nbytes`` of file ``fd`` read-only at ``addr`` (inside a reservation)."""
-    a = _c().mmap(ctypes.c_void_p(addr), nbytes, _PROT_READ, _MAP_SHARED | _MAP_FIXED, fd, 0)
+def reserve_writable(nbytes: int) -> int:
+    """``nbytes`` of zero-filled, writable address space; memory is committed only where
+    written (and given back with MADV_DONTNEED). Returns its address."""
+    a = _c().mmap(None, nbytes, _PROT_READ | _PROT_WRITE, _MAP_PRIVATE | _MAP_ANONYMOUS | _MAP_NORESERVE, -1, 0)
+    if a in (None, _MAP_FAILED):
+        raise _fail(f"reserving {nbytes} bytes of address space")
+    return int(a)
+
+
+def map_file_fixed(addr: int, nbytes: int, fd: int, offset: int = 0) -> None:
+    """Map ``nbytes`` of file ``fd`` from ``offset`` (page-aligned) read-only at ``addr``
+    (inside a reservation)."""
+    a = _c().mmap(ctypes.c_void_p(addr), nbytes, _PROT_READ, _MAP_SHARED | _MAP_FIXED, fd, offset)
     if a in (None, _MAP_FAILED) or int(a) != addr:
         raise _fail("mapping a posting shard")
 

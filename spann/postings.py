@@ -18,7 +18,7 @@ import numpy as np
 
 from spann import osio
 from spann.layout import PAGE, EntryLayout
-from spann.mapped import MappedBytes, MappedReader, need_for_ranges
+from spann.mapped import MappedReader, need_for_ranges, open_bytes
 
 __all__ = ["PostingsView", "make_view", "LocalPostings", "union_pages", "prefetch_lists", "list_pages"]
 
@@ -48,12 +48,12 @@ def make_view(u8: np.ndarray, offsets: np.ndarray, counts: np.ndarray, layout: E
 class LocalPostings(MappedReader):
     """The posting array of a local index, mapped; ``view`` is its :class:`PostingsView`."""
 
-    def __init__(self, dir_fd: int, root: str, name: str, offsets: np.ndarray, counts: np.ndarray,
+    def __init__(self, store, root: str, name: str, offsets: np.ndarray, counts: np.ndarray,
                  layout: EntryLayout):
         self.layout = layout
         self.list_nbytes = layout.list_bytes_array(counts)
-        self.mapped = MappedBytes(dir_fd, root, name, need_for_ranges(offsets, self.list_nbytes, f"{root}/{name}"))
-        self.view = make_view(self.mapped.u8, offsets, counts, layout, prefetchable=True)
+        self.mapped = open_bytes(store, root, name, need_for_ranges(offsets, self.list_nbytes, f"{root}/{name}"))
+        self.view = make_view(self.mapped.u8, offsets, counts, layout, prefetchable=not self.fetched)
 
 
 

@@ -316,33 +316,41 @@ def _need(attrs: dict, key: str, kind: type | tuple[type, ...], where: str):
 
 
 class IndexFiles:
-    """The in-RAM parts of an index and its attributes, validated; ``dir_fd`` stays open (the
-    posting reader maps shard files relative to it) until :meth:`close`."""
+    """The in-RAM parts of an index and its attributes, validated. ``store`` (a
+    :class:`spann.stores.Store`) serves its files; a local directory's store (and descriptor,
+    relative to which the posting reader maps shard files) stays open until :meth:`close`.
+    Pass ``store`` to read an index elsewhere (zip file, object store); the caller then owns
+    and closes it."""
 
-    def __init__(self, path: str | os.PathLike[str]):
+    def __init__(self, path: str | os.PathLike[str], store=None):
         from spann.metrics import METRICS
-        self.path = Path(path)
-        if not os.path.lexists(self.path):
-            raise IndexNotFoundError(f"{self.path}: no such index directory")
-        if not self.path.is_dir():
-            raise IndexNotFoundError(f"{self.path}: not a spann index (not a directory)")
-        self.dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        from spann.stores import DirectoryStore
+        self.path = Path(path) if store is None else path
+        self._own_store = store is None
+        if store is None:
+            if not os.path.lexists(self.path):
+                raise IndexNotFoundError(f"{self.path}: no such index directory")
+            if not self.path.is_dir():
+                raise IndexNotFoundError(f"{self.path}: not a spann index (not a directory)")
+            store = DirectoryStore(self.path)
+        self.store = store
+        self.dir_fd = store.dir_fd
         try:
             self._load(METRICS)
         except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as e:
-            os.close(self.dir_fd)
+            self.close()
             if isinstance(e, IndexCorruptError):
                 raise
             raise IndexCorruptError(f"{self.path}: malformed metadata ({type(e).__name__}: "
                                     f"{str(e).splitlines()[0] if str(e) else ''})") from None
         except BaseException:
-            os.close(self.dir_fd)
+            self.close()
             raise
 
     def _load(self, METRICS) -> None:
         where = str(self.path)
         try:
-            root = read_json("zarr.json", self.dir_fd)
+            root = read_json("zarr.json", store=self.store)
         except IndexCorruptError as e:
             if "missing" in str(e):
                 raise IndexNotFoundError(f"{where}: not a spann index (no zarr.json)") from None
@@ -379,15 +387,15 @@ class IndexFiles:
         dh = m.head_dim(-(-dim // 64) * 64 if layout.encoding == "rabitq" else dim)
 
         def load(name, dtype, shape):
-            rel = os.path.join(gen, name)
+            rel = f"{gen}/{name}"
             try:
-                meta = read_json(os.path.join(rel, "zarr.json"), self.dir_fd)
+                meta = read_json(f"{rel}/zarr.json", store=self.store)
             except IndexCorruptError as e:
                 raise IndexCorruptError(f"{where}: index part {rel} is missing or unreadable ({e})") from None
             a = meta.get("attributes")
             if not isinstance(a, dict) or a.get("build_id") != build_id:
                 raise IndexCorruptError(f"{where}: index part {rel} belongs to another build (build ids differ)")
-            return read_small_array(rel, dtype=dtype, shape=shape, dir_fd=self.dir_fd)
+            return read_small_array(rel, dtype=dtype, shape=shape, store=self.store)
 
         self.heads = load("heads", np.float32, (None, dh))
         H = self.heads.shape[0]
@@ -423,12 +431,12 @@ class IndexFiles:
             from spann.pruner import N_WEIGHTS
             if self.pruner.shape != (N_WEIGHTS + 1,) or not np.isfinite(self.pruner).all():
                 raise IndexCorruptError(f"{where}: pruner model has shape {self.pruner.shape} or non-finite weights")
-        self.store = None
+        self.store_layout = None
         self.vectors_path = None
         if layout.coded:
             from spann.vector_store import StoreLayout
-            self.store = StoreLayout.from_dict(_need(attrs, "store", dict, where))
-            if self.store.n != n or self.store.dim != dim or self.store.dtype != layout.dtype:
+            self.store_layout = StoreLayout.from_dict(_need(attrs, "store", dict, where))
+            if self.store_layout.n != n or self.store_layout.dim != dim or self.store_layout.dtype != layout.dtype:
                 raise IndexCorruptError(f"{where}: vector store layout disagrees with the index")
             self.vectors_path = _need(attrs, "vectors_path", str, where)
             if "/" in self.vectors_path or self.vectors_path.startswith("."):
@@ -496,9 +504,9 @@ class IndexFiles:
                 raise IndexCorruptError(f"{where}: delta ids are not sorted")
 
     def close(self) -> None:
-        if self.dir_fd >= 0:
-            os.close(self.dir_fd)
-            self.dir_fd = -1
+        if self._own_store:
+            self.store.close()
+        self.dir_fd = -1
 
 
 def directory_bytes(path: Path) -> int:

@@ -20,7 +20,7 @@ import numpy as np
 
 from spann.errors import IndexCorruptError
 from spann.layout import PAGE
-from spann.mapped import MappedBytes, MappedReader
+from spann.mapped import MappedReader, open_bytes
 from spann.postings import merge_page_runs
 
 __all__ = ["StoreLayout", "VectorsView", "LocalVectors", "store_rows_bytes", "row_offset", "row_vector", "row_id",
@@ -106,7 +106,7 @@ VectorsView = namedtuple("VectorsView", ["u8", "i64", "vec", "base", "n", "dim",
 class LocalVectors(MappedReader):
     """The vector store of a local index, mapped; ``view`` is its :class:`VectorsView`."""
 
-    def __init__(self, dir_fd: int, root: str, name: str, lay: StoreLayout):
+    def __init__(self, store, root: str, name: str, lay: StoreLayout):
         self.layout = lay
 
         def need(total: int, shard: int) -> np.ndarray:
@@ -117,13 +117,13 @@ class LocalVectors(MappedReader):
             ends = np.minimum(np.arange(1, n_sh + 1) * shard, lay.total_bytes) - np.arange(n_sh) * shard
             return np.maximum(ends, 0)
 
-        self.mapped = MappedBytes(dir_fd, root, name, need)
+        self.mapped = open_bytes(store, root, name, need)
         u8 = self.mapped.u8
         self.view = VectorsView(u8=u8, i64=u8.view(np.int64), vec=u8.view(np.dtype(lay.dtype)),
                                 base=np.int64(u8.ctypes.data), n=np.int64(lay.n), dim=np.int64(lay.dim),
                                 rows_per_page=np.int64(lay.rows_per_page), page_bytes=np.int64(lay.page_bytes),
                                 row_bytes=np.int64(lay.row_bytes), id_offset=np.int64(lay.id_offset),
-                                prefetchable=True)
+                                prefetchable=not self.fetched)
 
 
 

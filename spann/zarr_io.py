@@ -28,7 +28,7 @@ import numpy as np
 from spann.errors import IndexCorruptError
 
 __all__ = ["ABSENT", "write_small_array", "read_small_array", "small_array_meta", "postings_meta",
-           "check_postings_meta", "write_shard", "read_shard_index", "write_json", "read_json", "crc32c",
+           "check_postings_meta", "write_shard", "read_shard_index", "check_shard_index", "shard_index_bytes", "write_json", "read_json", "crc32c",
            "group_meta", "MAX_JSON_BYTES"]
 
 ABSENT = 2**64 - 1
@@ -58,8 +58,11 @@ def _open_read(path: str, dir_fd: int | None) -> int:
     return fd
 
 
-def read_file(path: str, dir_fd: int | None = None, max_bytes: int | None = None) -> bytes:
-    """The bytes of a regular file (special files and files over ``max_bytes`` are refused)."""
+def read_file(path: str, dir_fd: int | None = None, max_bytes: int | None = None, store=None) -> bytes:
+    """The bytes of a regular file (special files and files over ``max_bytes`` are refused);
+    with ``store`` (a :class:`spann.stores.Store`), of that store's object ``path``."""
+    if store is not None:
+        return store.read(path, max_bytes)
     fd = _open_read(path, dir_fd)
     try:
         size = os.fstat(fd).st_size
@@ -81,8 +84,8 @@ def read_file(path: str, dir_fd: int | None = None, max_bytes: int | None = None
         os.close(fd)
 
 
-def read_json(path: str, dir_fd: int | None = None) -> dict[str, Any]:
-    raw = read_file(path, dir_fd, MAX_JSON_BYTES)
+def read_json(path: str, dir_fd: int | None = None, store=None) -> dict[str, Any]:
+    raw = read_file(path, dir_fd, MAX_JSON_BYTES, store)
     try:
         d = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
@@ -160,7 +163,7 @@ def _little(codec: dict) -> bool:
 
 
 def read_small_array(directory: str, *, dtype: np.dtype | str | tuple, shape: tuple[int | None, ...],
-                     dir_fd: int | None = None) -> np.ndarray:
+                     dir_fd: int | None = None, store=None) -> np.ndarray:
     """Read a bytes+crc32c array written by :func:`write_small_array`.
 
     ``dtype``: the dtype (or tuple of dtypes) the caller accepts; ``shape``: the expected
@@ -168,7 +171,7 @@ def read_small_array(directory: str, *, dtype: np.dtype | str | tuple, shape: tu
     files' real sizes). Anything else — other codecs, other dtype, a chunk that is missing,
     has the wrong size or fails its checksum — raises :class:`IndexCorruptError`.
     """
-    meta = read_json(os.path.join(directory, "zarr.json"), dir_fd)
+    meta = read_json(os.path.join(directory, "zarr.json"), dir_fd, store)
     where = directory
     try:
         got_shape = [int(v) for v in meta["shape"]]
@@ -200,7 +203,7 @@ def read_small_array(directory: str, *, dtype: np.dtype | str | tuple, shape: tu
         r = min(chunk[0], rows - i * chunk[0])
         full = chunk[0] * row_bytes  # zarr stores edge chunks full size
         key = os.path.join(directory, _chunk_key(i, len(got_shape)))
-        raw = read_file(key, dir_fd, max_bytes=full + 4)
+        raw = read_file(key, dir_fd, full + 4, store)
         if len(raw) != full + 4:
             raise IndexCorruptError(f"{key}: {len(raw)} bytes where {full + 4} are expected (truncated chunk)")
         body, crc = raw[:-4], int.from_bytes(raw[-4:], "little")
@@ -281,11 +284,23 @@ def write_shard(path: str, data: np.ndarray, shard_bytes: int, chunk_bytes: int)
 def read_shard_index(fd: int, size: int, shard_bytes: int, chunk_bytes: int, where: str) -> int:
     """Check a shard file's index (crc, and spann's in-order raw layout); returns the number of
     data bytes at the start of the file that hold the shard's leading present chunks."""
-    n_inner = shard_bytes // chunk_bytes
-    n_idx = n_inner * 16 + 4
+    n_idx = shard_index_bytes(shard_bytes, chunk_bytes)
     if size < n_idx:
         raise IndexCorruptError(f"{where}: shard file is truncated ({size} bytes)")
-    raw = os.pread(fd, n_idx, size - n_idx)
+    return check_shard_index(os.pread(fd, n_idx, size - n_idx), size, shard_bytes, chunk_bytes, where)
+
+
+def shard_index_bytes(shard_bytes: int, chunk_bytes: int) -> int:
+    """Bytes of a shard file's index (with its crc32c), at the file's end."""
+    return (shard_bytes // chunk_bytes) * 16 + 4
+
+
+def check_shard_index(raw: bytes, size: int, shard_bytes: int, chunk_bytes: int, where: str) -> int:
+    """:func:`read_shard_index` on the index bytes ``raw`` of a shard file of ``size`` bytes."""
+    n_inner = shard_bytes // chunk_bytes
+    n_idx = shard_index_bytes(shard_bytes, chunk_bytes)
+    if size < n_idx:
+        raise IndexCorruptError(f"{where}: shard file is truncated ({size} bytes)")
     if len(raw) != n_idx:
         raise IndexCorruptError(f"{where}: short read of the shard index")
     if crc32c(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
