@@ -77,11 +77,15 @@ class ByteSize(click.ParamType):
               help="Peak memory of the build, e.g. 2G (interpreter and numba included; 0 = no limit).")
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted build of the same data and parameters from its last completed stage.")
+@click.option("--workers", type=click.IntRange(1), help="Build on a local Dask cluster of this many worker processes "
+              "(needs spann-ann[dask]).")
+@click.option("--scheduler", metavar="ADDRESS", help="Build on the Dask cluster of this scheduler (tcp://host:port); "
+              "INPUT and INDEX must be paths every worker can reach.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True), help="Write the build summary as JSON.")
 @common_options
 def build_cmd(input: str, index_dir: str, metric: str, fmt: str | None, json_out: str | None, overwrite: bool,
               resume: bool, extra: tuple[str, ...], ids_file: str | None, labels_file: str | None,
-              storage_option: tuple[str, ...], **params) -> None:
+              storage_option: tuple[str, ...], workers: int | None, scheduler: str | None, **params) -> None:
     """Build a SPANN index of INPUT (a vector file) in INDEX: a directory, a .zip file, or an
     object-store URL (s3://bucket/prefix; built in a local work directory, then uploaded)."""
     from spann.builder import build_index
@@ -100,9 +104,21 @@ def build_cmd(input: str, index_dir: str, metric: str, fmt: str | None, json_out
             n = vf.n
         ids = read_ids_file(ids_file, n) if ids_file else None
         labels = read_labels_file(labels_file, n) if labels_file else None
-    attrs = build_index(input, index_dir, metric=metric, params=p, fmt=fmt, overwrite=overwrite,
-                        progress=not is_quiet(), ids=ids, labels=labels, resume=resume, log=echo_err,
-                        storage_options=parse_storage_options(storage_option) or None)
+    if workers and scheduler:
+        raise ParameterError("give --workers (a local cluster) or --scheduler (an existing one), not both")
+    client = cluster = None
+    if workers or scheduler:
+        from spann.distributed import connect, local_cluster
+        client, cluster = local_cluster(workers) if workers else (connect(scheduler), None)
+    try:
+        attrs = build_index(input, index_dir, metric=metric, params=p, fmt=fmt, overwrite=overwrite,
+                            progress=not is_quiet(), ids=ids, labels=labels, resume=resume, log=echo_err,
+                            storage_options=parse_storage_options(storage_option) or None, client=client)
+    finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
     echo_err(build_summary(attrs))
     if json_out:
         emit_json(attrs, json_out)

@@ -292,29 +292,74 @@ def _entry_codes(src, metric: Metric, heads: Heads, e_heads: np.ndarray, ids: np
     return enc.row_of[ids], aux, codes
 
 
+def shard_postings(s: int, hs: np.ndarray, src, metric: Metric, heads: Heads, asg: AssignmentRuns, plan: PostingPlan,
+                   enc: Encoder, user_ids: np.ndarray | None = None, labels: np.ndarray | None = None,
+                   with_primary: bool = False, chunk_entries: int = 1 << 16, progress=None
+                   ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """The used bytes (uint8) of posting shard ``s`` holding lists ``hs`` (non-empty, int64),
+    its entries encoded in chunks of ``chunk_entries``. With ``with_primary``: also (ids,
+    byte offsets) int64 of each vector's entry in its nearest head's list (the id map's
+    locations, full encoding)."""
+    lay = plan.layout
+    dt = np.dtype(lay.dtype)
+    S = plan.shard_bytes
+    used = int((plan.offsets[hs] + plan.nbytes[hs]).max() - s * S)
+    buf = np.zeros(-(-used // 8) * 8, np.uint8)
+    # entry e = position t of list h: id at off + id_bytes t, aux at aux_off + 4 A t, code at
+    # codes_off + B t (see spann.layout)
+    c = asg.counts[hs]
+    h_all, id_all = asg.lists(hs)
+    t_all = np.concatenate([np.arange(n) for n in c])
+    off_all = np.repeat(plan.offsets[hs] - s * S, c)
+    cnt_all = np.repeat(c, c)
+    L = lay.label_width
+    p_ids = p_loc = None
+    if with_primary:  # each vector's entry in its nearest head's list
+        pe = np.flatnonzero(h_all == np.asarray(asg.primary[id_all]))
+        p_ids = id_all[pe]
+        p_loc = _positions(lay, off_all[pe] + s * S, cnt_all[pe], t_all[pe])[3]
+    for a in range(0, len(id_all), chunk_entries):
+        sl = slice(a, a + chunk_entries)
+        rows = id_all[sl]
+        ids, aux, codes = _entry_codes(src, metric, heads, h_all[sl], rows, enc, dt)
+        if user_ids is not None and not lay.coded:
+            ids = user_ids[ids]
+        lab = (np.ascontiguousarray(labels[rows]) if L else np.zeros((len(rows), 0), np.int32))
+        ip, lp, ap, cp = _positions(lay, off_all[sl], cnt_all[sl], t_all[sl])
+        fill_entries(buf, ip, np.ascontiguousarray(ids, dtype=np.int64), lay.id_bytes, lp, lab, ap,
+                     np.ascontiguousarray(aux, dtype=np.float32), cp, np.ascontiguousarray(codes))
+        if progress is not None:
+            progress(len(ids))
+    return buf[:used], p_ids, p_loc
+
+
+def shard_lists(plan: PostingPlan) -> list[np.ndarray]:
+    """The non-empty lists of each posting shard (int64 arrays, one per shard)."""
+    shard_of = plan.offsets // plan.shard_bytes
+    order = np.argsort(shard_of, kind="stable")
+    bounds = np.searchsorted(shard_of[order], np.arange(plan.n_shards + 1))
+    nonempty = plan.counts > 0
+    out = []
+    for s in range(plan.n_shards):
+        hs = order[bounds[s]:bounds[s + 1]]
+        out.append(hs[nonempty[hs]].astype(np.int64))
+    return out
+
+
 def write_stage(src, metric: Metric, heads: Heads, asg: AssignmentRuns, plan: PostingPlan, enc: Encoder,
                 writer: IndexWriter, progress: bool = False, chunk_entries: int = 1 << 16,
                 user_ids: np.ndarray | None = None, labels: np.ndarray | None = None,
                 prim_loc: np.ndarray | None = None) -> int:
-    """Write the posting array shard by shard (each shard file written once, its entries encoded
-    in chunks of ``chunk_entries``); returns bytes written. ``user_ids`` int64 (n,): the id of
-    each base row (None: the row number); ``labels`` int32 (n, L): each row's labels;
-    ``prim_loc`` int64 (n,): filled (full encoding) with the byte offset of each vector in its
-    nearest head's list (the id map's locations)."""
-    lay = plan.layout
-    dt = np.dtype(lay.dtype)
-    S = plan.shard_bytes
-    shard_of = plan.offsets // S
-    nonempty = plan.counts > 0
-    order = np.argsort(shard_of, kind="stable")
-    bounds = np.searchsorted(shard_of[order], np.arange(plan.n_shards + 1))
-    writer.begin_array(POSTINGS, plan.total_bytes, S, plan.chunk_bytes)
+    """Write the posting array shard by shard (each shard file written once, see
+    :func:`shard_postings`); returns bytes written. ``user_ids`` int64 (n,): the id of each
+    base row (None: the row number); ``labels`` int32 (n, L): each row's labels; ``prim_loc``
+    int64 (n,): filled (full encoding) with the byte offset of each vector in its nearest
+    head's list (the id map's locations)."""
+    writer.begin_array(POSTINGS, plan.total_bytes, plan.shard_bytes, plan.chunk_bytes)
     written = 0
     with tqdm(total=asg.total, desc="write postings", unit="entry", unit_scale=True, disable=not progress,
               leave=False) as bar:
-        for s in range(plan.n_shards):
-            hs = order[bounds[s]:bounds[s + 1]]
-            hs = hs[nonempty[hs]]
+        for s, hs in enumerate(shard_lists(plan)):
             if hs.size == 0:
                 continue
             done = writer.shard_done(POSTINGS, s)
@@ -322,33 +367,22 @@ def write_stage(src, metric: Metric, heads: Heads, asg: AssignmentRuns, plan: Po
                 written += done
                 bar.update(int(asg.counts[hs].sum()))
                 continue
-            used = int((plan.offsets[hs] + plan.nbytes[hs]).max() - s * S)
-            buf = np.zeros(-(-used // 8) * 8, np.uint8)
-            # entry e = position t of list h: id at off + id_bytes t, aux at aux_off + 4 A t, code at
-            # codes_off + B t (see spann.layout)
-            c = asg.counts[hs]
-            h_all, id_all = asg.lists(hs)
-            t_all = np.concatenate([np.arange(n) for n in c])
-            off_all = np.repeat(plan.offsets[hs] - s * S, c)
-            cnt_all = np.repeat(c, c)
-            L = lay.label_width
-            if prim_loc is not None:  # each vector's entry in its nearest head's list
-                pe = np.flatnonzero(h_all == np.asarray(asg.primary[id_all]))
-                prim_loc[id_all[pe]] = _positions(lay, off_all[pe] + s * S, cnt_all[pe], t_all[pe])[3]
-            for a in range(0, len(id_all), chunk_entries):
-                sl = slice(a, a + chunk_entries)
-                rows = id_all[sl]
-                ids, aux, codes = _entry_codes(src, metric, heads, h_all[sl], rows, enc, dt)
-                if user_ids is not None and not lay.coded:
-                    ids = user_ids[ids]
-                lab = (np.ascontiguousarray(labels[rows]) if L else np.zeros((len(rows), 0), np.int32))
-                ip, lp, ap, cp = _positions(lay, off_all[sl], cnt_all[sl], t_all[sl])
-                fill_entries(buf, ip, np.ascontiguousarray(ids, dtype=np.int64), lay.id_bytes, lp, lab, ap,
-                             np.ascontiguousarray(aux, dtype=np.float32), cp, np.ascontiguousarray(codes))
-                bar.update(len(ids))
-            written += writer.write_shard(POSTINGS, s, buf[:used])
+            data, p_ids, p_loc = shard_postings(s, hs, src, metric, heads, asg, plan, enc, user_ids, labels,
+                                                prim_loc is not None, chunk_entries, bar.update)
+            if prim_loc is not None:
+                prim_loc[p_ids] = p_loc
+            written += writer.write_shard(POSTINGS, s, data)
             _fault(f"shard:{POSTINGS}:{s}")
     return written
+
+
+def store_shard(s: int, src, metric: Metric, enc: Encoder, rows_per_shard: int,
+                user_ids: np.ndarray | None = None) -> np.ndarray:
+    """The bytes of vector-store shard ``s`` (rows in ``enc.order``)."""
+    lay = enc.store
+    ids = np.asarray(enc.order[s * rows_per_shard:(s + 1) * rows_per_shard])
+    vec = metric.stored_rows(src.take(ids)).astype(np.dtype(lay.dtype), copy=False)
+    return store_rows_bytes(lay, vec, ids if user_ids is None else user_ids[ids])
 
 
 def store_stage(src, metric: Metric, enc: Encoder, params: BuildParams, writer: IndexWriter,
@@ -359,21 +393,15 @@ def store_stage(src, metric: Metric, enc: Encoder, params: BuildParams, writer: 
     writer.begin_array(VECTORS, -(-lay.total_bytes // S) * S, S, params.chunk_bytes)
     rows_per_shard = S // lay.page_bytes * lay.rows_per_page
     written = 0
-    dt = np.dtype(lay.dtype)
     with tqdm(total=lay.n, desc="write vectors", unit="vec", unit_scale=True, disable=not progress,
               leave=False) as bar:
         for s, r0 in enumerate(range(0, lay.n, rows_per_shard)):
             done = writer.shard_done(VECTORS, s)
-            if done:
-                written += done
-                bar.update(min(rows_per_shard, lay.n - r0))
-                continue
-            ids = enc.order[r0:r0 + rows_per_shard]
-            vec = metric.stored_rows(src.take(ids)).astype(dt, copy=False)
-            written += writer.write_shard(VECTORS, s, store_rows_bytes(lay, vec,
-                                                                       ids if user_ids is None else user_ids[ids]))
-            _fault(f"shard:{VECTORS}:{s}")
-            bar.update(len(ids))
+            if not done:
+                done = writer.write_shard(VECTORS, s, store_shard(s, src, metric, enc, rows_per_shard, user_ids))
+                _fault(f"shard:{VECTORS}:{s}")
+            written += done
+            bar.update(min(rows_per_shard, lay.n - r0))
     return written
 
 
@@ -446,7 +474,7 @@ def label_lists_stage(src, metric: Metric, labels: np.ndarray, user_ids: np.ndar
 
 def _write_all(src, m: Metric, heads: Heads, graph: HeadGraph, asg: AssignmentRuns, plan: PostingPlan,
                enc: Encoder, params: BuildParams, writer: IndexWriter, progress: bool,
-               user_ids: np.ndarray | None = None, labels: np.ndarray | None = None) -> int:
+               user_ids: np.ndarray | None = None, labels: np.ndarray | None = None, runner=None) -> int:
     writer.write_array("heads", stored_heads(heads, enc))
     writer.write_array("neighbors", graph.neighbors.astype(np.int32))
     writer.write_array("entries", graph.entries.astype(np.int32))
@@ -458,10 +486,15 @@ def _write_all(src, m: Metric, heads: Heads, graph: HeadGraph, asg: AssignmentRu
     if not enc.layout.coded:  # kept across a resumed build: skipped shards filled theirs before
         f = asg.dir / "prim_loc.npy"
         prim_loc = np.lib.format.open_memmap(f, "r+" if f.exists() else "w+", np.int64, (src.n,))
-    n = write_stage(src, m, heads, asg, plan, enc, writer, progress, user_ids=user_ids, labels=labels,
-                    prim_loc=prim_loc)
-    if enc.store is not None:
-        n += store_stage(src, m, enc, params, writer, progress, user_ids=user_ids)
+    if runner is not None:  # on the cluster's workers (see spann.distributed)
+        n = runner.write_postings(m.name, heads, asg, plan, enc, writer, prim_loc, user_ids, labels, progress)
+        if enc.store is not None:
+            n += runner.write_store(m.name, enc, params, writer, user_ids, progress)
+    else:
+        n = write_stage(src, m, heads, asg, plan, enc, writer, progress, user_ids=user_ids, labels=labels,
+                        prim_loc=prim_loc)
+        if enc.store is not None:
+            n += store_stage(src, m, enc, params, writer, progress, user_ids=user_ids)
     n += idmap_stage(enc, prim_loc, user_ids, src.n, params, writer)
     if labels is not None:
         n += label_lists_stage(src, m, labels, user_ids, params, writer, plan.layout.dtype)
@@ -551,7 +584,7 @@ def _peak_rss() -> int:
 def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params: BuildParams | None = None,
                 fmt: str | None = None, overwrite: bool = False, progress: bool = True,
                 log: Callable[[str], None] | None = None, ids=None, labels=None,
-                resume: bool = False, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+                resume: bool = False, storage_options: dict[str, Any] | None = None, client=None) -> dict[str, Any]:
     """Build an index from ``data`` (array (n, d) or vector file path) into ``index_dir``.
 
     ``ids``: int64 (n,) distinct ids >= 0 that searches return (default: row numbers);
@@ -560,8 +593,9 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
     path from its last completed stage (and shard); the result equals an uninterrupted build.
 
     ``index_dir`` may also be a ``.zip`` file or an object-store URL (``s3://bucket/prefix``,
-    with ``storage_options``): the index is built in a local work directory, then exported
-    (see :func:`build_and_export`).
+    with ``storage_options``): the index is built in a local work directory, then exported.
+    ``client``: a Dask client; the heavy stages then run on its workers (see
+    :mod:`spann.distributed`; ``data`` must be a vector file they can all read).
 
     Returns the attributes stored in the index (metric, dims, parameters, statistics). The
     index appears at ``index_dir`` only when complete; a failure leaves nothing behind.
@@ -570,7 +604,7 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
     if is_url(index_dir) or str(index_dir).lower().endswith(".zip"):
         return _build_and_export(data, str(index_dir), metric=metric, params=params, fmt=fmt, overwrite=overwrite,
                                  progress=progress, log=log, ids=ids, labels=labels, resume=resume,
-                                 storage_options=storage_options)
+                                 storage_options=storage_options, client=client)
     if storage_options:
         from spann.errors import ParameterError
         raise ParameterError("storage options apply to object-store URLs only")
@@ -578,6 +612,10 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
     params = params or BuildParams()
     index_dir = Path(index_dir)
     check_target(index_dir, overwrite)
+    if client is not None and not isinstance(data, (str, os.PathLike)):
+        from spann.errors import ParameterError
+        raise ParameterError("a distributed build reads the base from a vector file every worker can open: pass its "
+                             "path, not an array")
     src = as_vector_source(data, fmt)
     try:
         user_ids = check_ids(ids, src.n) if ids is not None else None
@@ -623,13 +661,26 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
                 _fault(name)
                 return out
 
-            sample = stage("sample", sample_stage, src, m, params, progress)
-            heads = stage("heads", heads_stage, sample, src.n, params, progress)
+            runner = None
+            if client is not None:
+                from spann.distributed import DaskRunner, describe
+                runner = DaskRunner(client, (os.fspath(data), fmt))
+                say(f"building on a Dask cluster: {describe(client)}")
+                sample = stage("sample", runner.on_source, sample_stage, m, params)
+                heads = stage("heads", runner.call, heads_stage, sample, src.n, params)
+                graph = stage("graph", runner.call, graph_stage, heads, params)
+            else:
+                sample = stage("sample", sample_stage, src, m, params, progress)
+                heads = stage("heads", heads_stage, sample, src.n, params, progress)
+                graph = stage("graph", graph_stage, heads, params, progress)
             max_norm = sample.max_norm
-            graph = stage("graph", graph_stage, heads, params, progress)
             graph_recall = graph_check(sample, heads, graph, params)
-            asg = stage("assign", assign_stage, src, m, max_norm, heads, graph, params, threads, progress,
-                        writer.ckpt / "assign", n_buckets)
+            if runner is not None:
+                asg = stage("assign", runner.assign, src.n, m.name, max_norm, heads, graph, params,
+                            writer.ckpt / "assign", n_buckets, progress)
+            else:
+                asg = stage("assign", assign_stage, src, m, max_norm, heads, graph, params, threads, progress,
+                            writer.ckpt / "assign", n_buckets)
             enc = stage("encoding", encoding_stage, src, m, sample, asg, params,
                         labels.shape[1] if labels is not None else 0)
             model = stage("pruner", pruner_stage, m, sample, src.dim, heads, graph, asg, params)
@@ -639,7 +690,7 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
             if model is not None:
                 writer.write_array("pruner", model)
             stage("write", _write_all, src, m, heads, graph, asg, plan, enc, params, writer, progress, user_ids,
-                  labels)
+                  labels, runner)
         H = heads.vectors.shape[0]
         counts = asg.counts
         stats = {

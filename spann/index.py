@@ -686,19 +686,21 @@ class Index:
 
 def build(data, index_dir: str | os.PathLike[str], *, metric: str, params: BuildParams | None = None,
           fmt: str | None = None, overwrite: bool = False, progress: bool = True, ids=None, labels=None,
-          resume: bool = False, storage_options: dict[str, Any] | None = None, **param_overrides: Any) -> Index:
+          resume: bool = False, storage_options: dict[str, Any] | None = None, client=None,
+          **param_overrides: Any) -> Index:
     """Build an index from ``data`` (array (n, d) float32/uint8/int8, or a vector file path) and
     open it. ``ids``: int64 (n,) distinct ids >= 0 (default: row numbers); ``labels``: int
     (n,) or (n, L) labels for filtered search; ``resume``: continue an interrupted build of the
     same data and parameters. ``index_dir`` may be a ``.zip`` file or an object-store URL
-    (``storage_options`` for the store). Keyword overrides are :class:`BuildParams` fields
+    (``storage_options`` for the store). ``client``: a Dask client to build on its cluster
+    (``data`` a vector file path the workers can read; see :mod:`spann.distributed`). Keyword overrides are :class:`BuildParams` fields
     (``head_ratio=0.1`` ...)."""
     from spann.builder import build_index
     p = params or BuildParams()
     if param_overrides:
         p = p.replace(**param_overrides)
     build_index(data, index_dir, metric=metric, params=p, fmt=fmt, overwrite=overwrite, progress=progress, ids=ids,
-                labels=labels, resume=resume, storage_options=storage_options)
+                labels=labels, resume=resume, storage_options=storage_options, client=client)
     return Index(index_dir, storage_options=storage_options)
 
 

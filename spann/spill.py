@@ -11,6 +11,7 @@ one block's records, and one bucket.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numba
@@ -37,28 +38,73 @@ class AssignmentRuns:
     """
 
     def __init__(self, directory: Path, n: int, n_heads: int, n_buckets: int, replica_count: int,
-                 create: bool = True):
+                 create: bool = True, part: tuple[int, int, int] | None = None):
         self.dir = Path(directory)
         self.n, self.H = n, n_heads
         self.n_buckets = max(1, min(n_buckets, n_heads))
         self.bounds = np.linspace(0, n_heads, self.n_buckets + 1).astype(np.int64)
+        self.part = part
+        self._offset = 0
         if create:
             self.dir.mkdir(parents=True, exist_ok=True)
             for b in range(self.n_buckets):
                 open(self._path(b), "wb").close()
             self.counts = np.zeros(n_heads, np.int64)
             self.replica_histogram = np.zeros(replica_count + 1, np.int64)
-            self.primary = np.lib.format.open_memmap(self.dir / "primary.npy", "w+", np.int32, (n,))
+            if part is None:
+                self.primary = np.lib.format.open_memmap(self.dir / "primary.npy", "w+", np.int32, (n,))
+            else:  # a task's rows part[1] .. part[2] (see :meth:`finish_part`)
+                self._offset = part[1]
+                self.primary = np.zeros(part[2] - part[1], np.int32)
         self._cache: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def _path(self, b: int) -> Path:
+        if self.part is not None:
+            return self.dir / f"bucket-{b:05d}.part-{self.part[0]:06d}.bin.tmp"
         return self.dir / f"bucket-{b:05d}.bin"
+
+    def _files(self, b: int) -> list[Path]:
+        """Files holding bucket b's records: the local build's one, or every task's part."""
+        one = self.dir / f"bucket-{b:05d}.bin"
+        return ([one] if one.exists() else []) + sorted(self.dir.glob(f"bucket-{b:05d}.part-*.bin"))
+
+    def _records(self, b: int) -> np.ndarray:
+        fs = self._files(b)
+        return np.concatenate([np.fromfile(f, dtype=RECORD) for f in fs]) if fs else np.zeros(0, RECORD)
+
+    # -- a distributed assignment: one part per task ---------------------------------------------
+    def finish_part(self) -> tuple[np.ndarray, np.ndarray]:
+        """Publish a task's part (its bucket files and primary heads renamed into place, so a
+        task run again replaces them whole); returns its (counts, replica histogram)."""
+        t, a, b = self.part
+        np.save(self.dir / f"primary.part-{t:06d}.tmp.npy", self.primary, allow_pickle=False)
+        os.replace(self.dir / f"primary.part-{t:06d}.tmp.npy", self.dir / f"primary.part-{t:06d}.npy")
+        for k in range(self.n_buckets):
+            p = self._path(k)
+            os.replace(p, p.with_suffix(""))
+        return self.counts, self.replica_histogram
+
+    @classmethod
+    def from_parts(cls, directory: Path, n: int, n_heads: int, n_buckets: int, replica_count: int,
+                   parts: list[tuple[int, int, int]], results: list[tuple[np.ndarray, np.ndarray]]) -> "AssignmentRuns":
+        """The whole assignment from the tasks' parts (``parts`` (task, start, stop) covering
+        0..n, ``results`` their :meth:`finish_part` values)."""
+        r = cls(directory, n, n_heads, n_buckets, replica_count, create=False)
+        r.counts = np.sum([c for c, _ in results], axis=0).astype(np.int64)
+        r.replica_histogram = np.sum([h for _, h in results], axis=0).astype(np.int64)
+        r.primary = np.lib.format.open_memmap(r.dir / "primary.npy", "w+", np.int32, (n,))
+        for t, a, b in parts:
+            f = r.dir / f"primary.part-{t:06d}.npy"
+            r.primary[a:b] = np.load(f, allow_pickle=False)
+            f.unlink()
+        r.finish()
+        return r
 
     # -- writing -------------------------------------------------------------------------------
     def add_block(self, start: int, rep_i: np.ndarray, rep_d: np.ndarray, cnt: np.ndarray) -> None:
         """Records of vectors ``start .. start + len(rep_i)`` (their replica heads, -1 padded)."""
         self.replica_histogram += np.bincount(cnt, minlength=self.replica_histogram.shape[0])
-        self.primary[start:start + rep_i.shape[0]] = rep_i[:, 0]
+        self.primary[start - self._offset:start - self._offset + rep_i.shape[0]] = rep_i[:, 0]
         ok = rep_i >= 0
         rec = np.empty(int(ok.sum()), RECORD)
         rec["h"] = rep_i[ok]
@@ -97,7 +143,7 @@ class AssignmentRuns:
     def _bucket(self, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Bucket b sorted by (head, distance): (heads int32, ids int64, list starts int64)."""
         if self._cache is None or self._cache[0] != b:
-            rec = np.fromfile(self._path(b), dtype=RECORD)
+            rec = self._records(b)
             order = np.lexsort((rec["id"], rec["d"], rec["h"]))
             h = np.ascontiguousarray(rec["h"][order])
             ids = np.ascontiguousarray(rec["id"][order])
@@ -105,7 +151,7 @@ class AssignmentRuns:
             lo, hi = int(self.bounds[b]), int(self.bounds[b + 1])
             starts = np.concatenate([[0], np.cumsum(self.counts[lo:hi])]).astype(np.int64)
             if starts[-1] != ids.shape[0]:
-                raise RuntimeError(f"{self._path(b)}: holds {ids.shape[0]} records, the counts say {starts[-1]}")
+                raise RuntimeError(f"{self.dir}: bucket {b} holds {ids.shape[0]} records, the counts say {starts[-1]}")
             self._cache = (b, h, ids, starts)
         return self._cache[1], self._cache[2], self._cache[3]
 
@@ -135,7 +181,7 @@ class AssignmentRuns:
         """Every (id, head) record of the sorted ``ids``: (ids int64, heads int32), by id."""
         e_id, e_h = [], []
         for b in range(self.n_buckets):
-            rec = np.fromfile(self._path(b), dtype=RECORD)
+            rec = self._records(b)
             hit = np.isin(rec["id"], ids)
             e_id.append(rec["id"][hit])
             e_h.append(rec["h"][hit])

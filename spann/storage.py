@@ -152,6 +152,17 @@ def swap_directories(a: Path, b: Path) -> bool:
     return r == 0
 
 
+def put_shard(build_dir: Path, name: str, shard: int, data: np.ndarray, shard_bytes: int,
+              chunk_bytes: int) -> tuple[list[int], int]:
+    """Write shard ``shard`` of byte array ``name`` into a build directory, then its checkpoint
+    record (crc, file size); returns both. Any process that sees the directory may call it."""
+    crc = [int(data.nbytes), crc32c(np.ascontiguousarray(data).tobytes())]
+    size = write_shard(str(Path(build_dir) / name / "c" / str(shard)), data, shard_bytes, chunk_bytes)
+    write_json(str(Path(build_dir) / CHECKPOINTS / f"shard.{name}.{shard}.json"), {"crc": crc, "file_bytes": size},
+               fsync=False)
+    return crc, size
+
+
 class IndexWriter:
     """Writes an index into a hidden temporary sibling of ``final``; :meth:`commit` swaps it into
     place; :meth:`abort` removes it (a failed build leaves nothing behind)."""
@@ -234,11 +245,20 @@ class IndexWriter:
     def write_shard(self, name: str, shard: int, data: np.ndarray) -> int:
         """Shard ``shard`` of byte array ``name``: its used bytes (uint8, from the shard start)."""
         _, shard_bytes, chunk_bytes = self._arrays[name]
-        crc = [int(data.nbytes), crc32c(np.ascontiguousarray(data).tobytes())]
+        crc, size = put_shard(self.tmp, name, shard, data, shard_bytes, chunk_bytes)
         self._crcs.setdefault(name, {})[str(shard)] = crc
-        size = write_shard(str(self.tmp / name / "c" / str(shard)), data, shard_bytes, chunk_bytes)
-        write_json(str(self.ckpt / f"shard.{name}.{shard}.json"), {"crc": crc, "file_bytes": size}, fsync=False)
         return size
+
+    def shard_geometry(self, name: str) -> tuple[int, int]:
+        """(shard bytes, inner chunk bytes) of a begun byte array."""
+        return self._arrays[name][1], self._arrays[name][2]
+
+    def adopt_shard(self, name: str, shard: int) -> int:
+        """Record a shard that another process wrote with :func:`put_shard` (a distributed
+        build); returns its file bytes."""
+        rec = read_json(str(self.ckpt / f"shard.{name}.{shard}.json"))
+        self._crcs.setdefault(name, {})[str(shard)] = rec["crc"]
+        return int(rec["file_bytes"])
 
     def commit(self, attrs: dict[str, Any], overwrite: bool = False) -> Path:
         """Write the group metadata (last: its presence marks a complete index), make it durable,
