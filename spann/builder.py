@@ -27,7 +27,7 @@ from spann.clustering import select_heads
 from spann.datasets.formats import check_finite
 from spann.head_index import EntrySeeds, build_graph, head_search_recall
 from spann.layout import EntryLayout, full_entries, pack_lists
-from spann.threads import NumbaThreads
+from spann.threads import BuildThreads
 from spann.labels import check_labels, label_directory
 from spann.idmap import check_ids, idmap_bytes
 from spann.spill import AssignmentRuns, buckets_for
@@ -638,7 +638,7 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
     sizes = [directory_bytes(writer.tmp)]
     grown: dict[str, int] = {}
     try:
-        with NumbaThreads(params.threads) as threads:
+        with BuildThreads(params.threads) as threads:
             def stage(name, fn, *a, **kw):
                 ck = checkpoints.get(name)
                 if ck is not None and writer.stage_done(name):
@@ -664,11 +664,11 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
             runner = None
             if client is not None:
                 from spann.distributed import DaskRunner, describe
-                runner = DaskRunner(client, (os.fspath(data), fmt))
+                runner = DaskRunner(client, (os.fspath(data), fmt), writer.ckpt / "dask")
                 say(f"building on a Dask cluster: {describe(client)}")
                 sample = stage("sample", runner.on_source, sample_stage, m, params)
-                heads = stage("heads", runner.call, heads_stage, sample, src.n, params)
-                graph = stage("graph", runner.call, graph_stage, heads, params)
+                heads = stage("heads", runner.heads, sample, src.n, params)
+                graph = stage("graph", runner.graph, heads, params)
             else:
                 sample = stage("sample", sample_stage, src, m, params, progress)
                 heads = stage("heads", heads_stage, sample, src.n, params, progress)

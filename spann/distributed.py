@@ -85,19 +85,29 @@ def _open_source(spec: tuple[str, str | None]):
 
 def _on_source(fn, spec, threads: int, *args):
     """``fn(src, *args)`` on a worker, with the base opened there (numba on ``threads``)."""
-    from spann.threads import NumbaThreads
+    from spann.threads import BuildThreads
     src = _open_source(spec)
     try:
-        with NumbaThreads(threads):
+        with BuildThreads(threads):
             return fn(src, *args)
     finally:
         src.close()
 
 
-def _on_worker(fn, threads: int, *args):
-    from spann.threads import NumbaThreads
-    with NumbaThreads(threads):
-        return fn(*args)
+def _heads_task(shared, max_norm, n, params, threads):
+    from spann.builder import Sample, heads_stage
+    from spann.threads import BuildThreads
+    a = _load_shared(shared)
+    with BuildThreads(threads):
+        return heads_stage(Sample(rows=np.ascontiguousarray(a["rows"]), ids=np.asarray(a["ids"]), max_norm=max_norm),
+                           n, params)
+
+
+def _graph_task(shared, params, threads):
+    from spann.builder import Heads, graph_stage
+    from spann.threads import BuildThreads
+    with BuildThreads(threads):
+        return graph_stage(Heads(vectors=np.ascontiguousarray(_load_shared(shared)["heads"])), params)
 
 
 def _save_shared(directory: Path, arrays: dict[str, np.ndarray]) -> dict[str, str]:
@@ -125,7 +135,7 @@ def _assign_task(spec, part, metric_name, max_norm, shared, params, runs_dir, n_
     from spann.head_index import EntrySeeds
     from spann.metrics import get_metric
     from spann.spill import AssignmentRuns
-    from spann.threads import NumbaThreads
+    from spann.threads import BuildThreads
     m = get_metric(metric_name)
     t, a, b = part
     arr = _load_shared(shared)
@@ -136,7 +146,7 @@ def _assign_task(spec, part, metric_name, max_norm, shared, params, runs_dir, n_
                               part=part)
         seeds_of = EntrySeeds(heads_vectors, entries)
         ef = max(params.assign_candidates, 32)
-        with NumbaThreads(threads):
+        with BuildThreads(threads):
             for s in range(a, b, params.block_rows):
                 blk = src.read(s, min(b, s + params.block_rows))
                 check_finite(blk, f"{src.path}", s)
@@ -161,7 +171,7 @@ def _write_task(spec, shards, build_dir, metric_name, shared, plan, enc, asg_arg
     from spann.metrics import get_metric
     from spann.spill import AssignmentRuns
     from spann.storage import CHECKPOINTS, POSTINGS, put_shard
-    from spann.threads import NumbaThreads
+    from spann.threads import BuildThreads
     from dataclasses import replace
     from spann.builder import Heads
     m = get_metric(metric_name)
@@ -175,7 +185,7 @@ def _write_task(spec, shards, build_dir, metric_name, shared, plan, enc, asg_arg
         user_ids = np.load(ids_path, mmap_mode="r") if ids_path else None
         labels = np.load(labels_path, mmap_mode="r") if labels_path else None
         prim = []
-        with NumbaThreads(threads):
+        with BuildThreads(threads):
             for s, hs in shards:
                 ck = Path(build_dir) / CHECKPOINTS / f"shard.{POSTINGS}.{s}.json"
                 want_prim = not plan.layout.coded
@@ -199,13 +209,13 @@ def _store_task(spec, shards, build_dir, metric_name, enc, asg_dir, rows_per_sha
     from spann.builder import store_shard
     from spann.metrics import get_metric
     from spann.storage import CHECKPOINTS, VECTORS, put_shard
-    from spann.threads import NumbaThreads
+    from spann.threads import BuildThreads
     m = get_metric(metric_name)
     src = _open_source(spec)
     try:
         enc = _reopen_encoder(enc, Path(asg_dir))
         user_ids = np.load(ids_path, mmap_mode="r") if ids_path else None
-        with NumbaThreads(threads):
+        with BuildThreads(threads):
             for s in shards:
                 if (Path(build_dir) / CHECKPOINTS / f"shard.{VECTORS}.{s}.json").exists():
                     continue
@@ -229,9 +239,11 @@ class DaskRunner:
     """Runs a build's heavy stages on the workers of ``client``; ``spec`` (path, format) is
     the base as every worker opens it."""
 
-    def __init__(self, client, spec: tuple[str, str | None], threads: int = 1):
+    def __init__(self, client, spec: tuple[str, str | None], work_dir: Path, threads: int = 1):
         _dask()
         self.client = client
+        self.work = Path(work_dir)
+        self.work.mkdir(parents=True, exist_ok=True)
         self.spec = (os.path.abspath(spec[0]), spec[1])
         self.threads = max(1, int(threads))
         self.workers = max(1, len(client.scheduler_info().get("workers", {})) or 1)
@@ -251,9 +263,15 @@ class DaskRunner:
         """``fn(src, *args)`` on one worker (the sample)."""
         return self.client.submit(_on_source, fn, self.spec, 0, *args, pure=False).result()
 
-    def call(self, fn, *args):
-        """``fn(*args)`` on one worker, numba on all its cores (heads, head graph)."""
-        return self.client.submit(_on_worker, fn, 0, *args, pure=False).result()
+    def heads(self, sample, n: int, params):
+        """:func:`spann.builder.heads_stage` on one worker (numba on all its cores)."""
+        shared = _save_shared(self.work, {"rows": sample.rows, "ids": sample.ids})
+        return self.client.submit(_heads_task, shared, sample.max_norm, n, params, 0, pure=False).result()
+
+    def graph(self, heads, params):
+        """:func:`spann.builder.graph_stage` on one worker."""
+        shared = _save_shared(self.work, {"heads": heads.vectors})
+        return self.client.submit(_graph_task, shared, params, 0, pure=False).result()
 
     def assign(self, n: int, metric_name: str, max_norm: float, heads, graph, params, runs_dir: Path, n_buckets: int,
                progress: bool = False):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numba
 
-__all__ = ["NumbaThreads"]
+__all__ = ["NumbaThreads", "BuildThreads"]
 
 
 class NumbaThreads:
@@ -21,3 +21,19 @@ class NumbaThreads:
 
     def __exit__(self, *exc) -> None:
         numba.set_num_threads(self.old)
+
+
+class BuildThreads(NumbaThreads):
+    """:class:`NumbaThreads` for a build, with BLAS held to one thread: a BLAS product's
+    rounding depends on how many threads split it, and k-means and the head graph must come
+    out the same on every machine and every worker of a cluster (same seed, same index).
+    The build's parallel work is numba's; BLAS threads bought nothing measurable."""
+
+    def __enter__(self) -> int:
+        from threadpoolctl import threadpool_limits
+        self._blas = threadpool_limits(1)
+        return super().__enter__()
+
+    def __exit__(self, *exc) -> None:
+        super().__exit__(*exc)
+        self._blas.restore_original_limits()
