@@ -93,10 +93,11 @@ class FetchedBytes:
         meta = read_json(f"{name}/zarr.json", store=store)
         self.total, self.shard_bytes, self.chunk_bytes = check_postings_meta(meta, self.where)
         need = need_fn(self.total, self.shard_bytes)
-        sizes = store.sizes(f"{name}/c/")
+        n_shards = self.total // self.shard_bytes
+        sizes = store.sizes_of([f"{name}/c/{s}" for s in range(n_shards)])
         n_idx = shard_index_bytes(self.shard_bytes, self.chunk_bytes)
         keys, starts, ends, shards = [], [], [], []
-        for s in range(self.total // self.shard_bytes):
+        for s in range(n_shards):
             key = f"{name}/c/{s}"
             size = sizes.get(key)
             if size is None:

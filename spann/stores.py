@@ -32,6 +32,8 @@ from spann.errors import IndexCorruptError, IndexNotFoundError, ParameterError
 
 __all__ = ["Store", "DirectoryStore", "ZipStore", "ObjectStore", "open_store", "is_url", "parse_storage_options"]
 
+MAX_IN_FLIGHT = 64  #: ranged GETs in flight at once (a batch of queries may need hundreds)
+
 URL_SCHEMES = ("s3://", "s3a://", "gs://", "gcs://", "az://", "abfs://", "azure://", "http://", "https://",
                "memory://")
 
@@ -71,6 +73,14 @@ class Store:
     def read_ranges(self, keys: Sequence[str], starts: Sequence[int], ends: Sequence[int]) -> list[bytes]:
         """Bytes [start, end) of each key, all requests in flight together."""
         raise NotImplementedError
+
+    def sizes_of(self, keys: Sequence[str]) -> dict[str, int]:
+        """Sizes of those of ``keys`` that exist."""
+        if not keys:
+            return {}
+        common = os.path.commonprefix(list(keys))
+        have = self.sizes(common[:common.rfind("/") + 1])  # a directory: stores list by path segments
+        return {k: have[k] for k in keys if k in have}
 
     def total_bytes(self) -> int:
         return sum(self.sizes("").values())
@@ -244,7 +254,7 @@ def object_store_client(url: str, storage_options: dict[str, Any] | None = None)
     client = {}
     endpoint = opts.get("endpoint_url") or opts.get("aws_endpoint_url") or opts.get("endpoint") or \
         os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT")
-    if endpoint and str(endpoint).startswith("http://"):
+    if url.startswith("http://") or (endpoint and str(endpoint).startswith("http://")):
         client["allow_http"] = True
     for k in ("endpoint_url", "aws_endpoint_url"):
         if k in opts:
@@ -274,9 +284,10 @@ class ObjectStore(Store):
 
     def read(self, key: str, max_bytes: int | None = None) -> bytes:
         try:
-            if max_bytes is not None:
-                self._check_size(key, int(self.obstore.head(self.client, key)["size"]), max_bytes)
-            return bytes(self.obstore.get(self.client, key).bytes())
+            res = self.obstore.get(self.client, key)
+            if max_bytes is not None:  # refused before its body is read
+                self._check_size(key, int(res.meta["size"]), max_bytes)
+            return bytes(res.bytes())
         except IndexCorruptError:
             raise
         except Exception as e:
@@ -292,14 +303,42 @@ class ObjectStore(Store):
             raise self._err(prefix, e) from None
         return out
 
+    def sizes_of(self, keys: Sequence[str]) -> dict[str, int]:
+        """Listed where the store lists (S3, GCS, Azure: one request per 1,000 keys); a plain
+        HTTP server that cannot: one HEAD per key, concurrently."""
+        if not self.where.startswith(("http://", "https://")):
+            return super().sizes_of(keys)
+        ob, cl = self.obstore, self.client
+
+        async def heads():
+            return await asyncio.gather(*[ob.head_async(cl, k) for k in keys], return_exceptions=True)
+
+        out = {}
+        for k, r in zip(keys, _Loop.run(heads())):
+            if isinstance(r, FileNotFoundError):
+                continue
+            if isinstance(r, BaseException):
+                raise self._err(k, r) from None
+            out[k] = int(r["size"])
+        return out
+
+    def total_bytes(self) -> int:
+        if self.where.startswith(("http://", "https://")):
+            return -1  # a plain web server does not list
+        return super().total_bytes()
+
     def read_ranges(self, keys, starts, ends) -> list[bytes]:
         if not keys:
             return []
         ob, cl = self.obstore, self.client
 
         async def all_():
-            return await asyncio.gather(*[ob.get_range_async(cl, k, start=int(a), end=int(b))
-                                          for k, a, b in zip(keys, starts, ends)], return_exceptions=True)
+            sem = asyncio.Semaphore(MAX_IN_FLIGHT)
+
+            async def one(k, a, b):
+                async with sem:
+                    return await ob.get_range_async(cl, k, start=int(a), end=int(b))
+            return await asyncio.gather(*[one(k, a, b) for k, a, b in zip(keys, starts, ends)], return_exceptions=True)
 
         out = _Loop.run(all_())
         for k, r in zip(keys, out):

@@ -238,3 +238,19 @@ def test_cli_on_an_s3_index(s3, synth, synth_full, tmp_path):
     assert json.loads(p.stdout)["n"] == synth_full.n
     p = run("info", "s3://bkt/cli-index", "--storage-option", "bogus", "-q")
     assert p.returncode != 0 and "KEY=VALUE" in p.stderr
+
+
+# -- a plain web server ------------------------------------------------------------------------
+
+def test_index_over_plain_http_fetches_each_query_s_lists_concurrently(synth, synth_full):
+    from spann.range_server import RangeServer
+    q = synth[1][:30]
+    with RangeServer(synth_full.path, delay_ms=50) as srv:  # the delay keeps concurrent GETs overlapping
+        with spann.open(srv.url + "/", cache_bytes=0) as r:
+            assert r.fetching and r.info()["disk_bytes"] == -1  # (a web server does not list)
+            before = srv.requests
+            one = r.search(q[0], 10)
+            assert one.lists_read[0] >= 2
+            assert srv.requests - before == one.requests[0] == one.lists_read[0]  # one ranged GET per list
+            assert srv.max_in_flight > 1  # ... all in flight together
+            _same(synth_full.search(q, 10), r.search(q, 10))
