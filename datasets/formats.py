@@ -291,6 +291,10 @@ def open_vectors(path: str | os.PathLike[str], fmt: str | None = None, *, ids: b
     also accepts integer id files (.ibin, .ivecs, int npy). Raises :class:`VectorFileError`
     for a missing, empty, truncated or inconsistent file, or an unsupported dtype.
     """
+    from spann.stores import is_url
+    if is_url(path):
+        from spann.datasets.remote import open_remote_vectors
+        return open_remote_vectors(str(path), fmt)
     p, key = _split_hdf5(path)
     try:
         name = detect_format(path, fmt)

@@ -244,7 +244,8 @@ class DaskRunner:
         self.client = client
         self.work = Path(work_dir)
         self.work.mkdir(parents=True, exist_ok=True)
-        self.spec = (os.path.abspath(spec[0]), spec[1])
+        from spann.stores import is_url
+        self.spec = (spec[0] if is_url(spec[0]) else os.path.abspath(spec[0]), spec[1])
         self.threads = max(1, int(threads))
         self.workers = max(1, len(client.scheduler_info().get("workers", {})) or 1)
 

@@ -109,3 +109,26 @@ def test_cli_build_with_workers(base, tmp_path):
     p = subprocess.run([sys.executable, "-m", "spann.cli.main", "build", str(f), str(tmp_path / "j"), "--metric", "l2",
                         "--workers", "2", "--scheduler", "tcp://127.0.0.1:1", "-q"], capture_output=True, text=True)
     assert p.returncode != 0 and "not both" in p.stderr
+
+
+def test_base_read_from_a_url(base, tmp_path):
+    """The base as a URL: the local and the distributed build read it with ranged GETs."""
+    from spann.errors import VectorFileError
+    from spann.range_server import RangeServer
+    f, x, q = base
+    local = spann.build(f, tmp_path / "local", metric="l2", progress=False)
+    with RangeServer(f.parent) as srv:
+        url = f"{srv.url}/{f.name}"
+        from_url = spann.build(url, tmp_path / "url", metric="l2", progress=False)
+        _equal_indexes(local, from_url, q)
+        client, cluster = _cluster()
+        try:
+            dist = spann.build(url, tmp_path / "dist", metric="l2", progress=False, client=client)
+        finally:
+            client.close()
+            cluster.close()
+        _equal_indexes(local, dist, q)
+        with pytest.raises(VectorFileError, match="no such object"):
+            spann.build(f"{srv.url}/missing.fbin", tmp_path / "m", metric="l2", progress=False)
+        with pytest.raises(VectorFileError, match="local paths only"):
+            spann.build(f"{srv.url}/base.fvecs", tmp_path / "m", metric="l2", progress=False)
