@@ -88,9 +88,9 @@ def open_remote_vectors(url: str, fmt: str | None = None, storage_options=None) 
     parent, _, key = url.rpartition("/")
     store = ObjectStore(parent, storage_options)
     try:
-        size = store.sizes_of([key]).get(key)
+        size = store.sizes_of([key]).get(key)  # one HEAD
     except OSError as e:
-        raise VectorFileError(f"{url}: cannot read ({e})") from None
+        raise VectorFileError(f"{url}: cannot read ({str(e).splitlines()[0] if str(e) else e})") from None
     if size is None:
         raise VectorFileError(f"{url}: no such object")
     if size == 0:

@@ -6,7 +6,7 @@ compile (and are cached on disk) on first use or :meth:`Index.prepare`.
 """
 
 from spann.errors import (DataError, IndexCorruptError, IndexNotFoundError, ParameterError, QueryError,
-                          SpannError, VectorFileError)
+                          SpannError, StoreError, VectorFileError)
 from spann.index import Index, SearchResult, build, open_index
 from spann.params import BuildParams, SearchParams
 
@@ -16,4 +16,4 @@ open = open_index  # noqa: A001  (spann.open(path), like zarr.open)
 
 __all__ = ["__version__", "build", "open", "open_index", "Index", "SearchResult", "BuildParams", "SearchParams",
            "SpannError", "VectorFileError", "ParameterError", "DataError", "IndexNotFoundError",
-           "IndexCorruptError", "QueryError"]
+           "IndexCorruptError", "QueryError", "StoreError"]

@@ -521,13 +521,23 @@ def _digest(a: np.ndarray | None) -> str:
     return f"{a.dtype.str}{a.shape}:{crc}"
 
 
-def build_fingerprint(src, data, metric: Metric, params: BuildParams, user_ids, labels) -> str:
+def build_fingerprint(src, data, metric: Metric, params: BuildParams, user_ids, labels, mode: str = "local") -> str:
     """What a resumed build must share with the interrupted one: the data (a file's path, size
-    and modification time; an array's checksum), ids, labels, metric and parameters."""
+    and modification time; an object's URL, size and ETag; an array's checksum), ids, labels,
+    metric, parameters, and where it ran (``mode``: a local and a distributed build leave
+    different intermediate files, so one never resumes the other)."""
     import hashlib
     import json
     from spann.storage import FORMAT_VERSION
-    if isinstance(data, (str, os.PathLike)):
+    from spann.stores import is_url
+    if is_url(data):
+        rows = src.rows
+        try:
+            meta = rows.store.obstore.head(rows.store.client, rows.key)
+            what = f"{data}:{meta['size']}:{meta.get('e_tag')}:{meta.get('last_modified')}"
+        except Exception:  # noqa: BLE001  (a server that answers no HEAD: the URL alone)
+            what = str(data)
+    elif isinstance(data, (str, os.PathLike)):
         try:  # the file behind the spec (an HDF5 "file.hdf5:dataset" names its file in src.path)
             st = os.stat(src.path)
             what = f"{os.path.abspath(data)}:{st.st_size}:{st.st_mtime_ns}"
@@ -537,7 +547,7 @@ def build_fingerprint(src, data, metric: Metric, params: BuildParams, user_ids, 
         what = _digest(np.asarray(data)) if isinstance(data, np.ndarray) else f"{src.path}:{src.n}"
     doc = json.dumps({"data": what, "n": src.n, "dim": src.dim, "dtype": src.dtype.name, "metric": metric.name,
                       "params": params.to_dict(), "ids": _digest(user_ids), "labels": _digest(labels),
-                      "format": FORMAT_VERSION}, sort_keys=True)
+                      "format": FORMAT_VERSION, "mode": mode}, sort_keys=True)
     return hashlib.sha256(doc.encode()).hexdigest()
 
 
@@ -628,7 +638,7 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
     say = log if (log and progress) else (lambda _msg: None)
     times: dict[str, float] = {}
     params, n_buckets = fit_to_memory(params, src.n, src.dim, m.head_dim(src.dim))
-    fp = build_fingerprint(src, data, m, params, user_ids, labels)
+    fp = build_fingerprint(src, data, m, params, user_ids, labels, "local" if client is None else "dask")
     restored: list[str] = []
     checkpoints = dict(_CHECKPOINT)
     checkpoints["assign"] = (lambda o: ({}, {"n_buckets": o.n_buckets}),
@@ -754,11 +764,11 @@ def _build_and_export(data, target: str, *, storage_options=None, overwrite: boo
     work = export_work_dir(target)
     work.mkdir(parents=True, exist_ok=True)
     local = work / "index"
-    try:
-        attrs = build_index(data, local, overwrite=True, progress=progress, log=log, **kw)
-        if log and progress:
-            log(f"exporting to {target}")
-        export_index(local, target, overwrite=overwrite, storage_options=storage_options, progress=progress)
-    finally:  # (a build killed with SIGKILL leaves its work directory for --resume)
-        shutil.rmtree(work, ignore_errors=True)
+    attrs = build_index(data, local, overwrite=True, progress=progress, log=log, **kw)
+    # (a failed or interrupted build leaves its work directory: --resume continues it; a failed
+    # export leaves the built index there, and the next build of the target starts over)
+    if log and progress:
+        log(f"exporting to {target}")
+    export_index(local, target, overwrite=overwrite, storage_options=storage_options, progress=progress)
+    shutil.rmtree(work, ignore_errors=True)
     return attrs

@@ -47,8 +47,12 @@ def local_cluster(workers: int, threads_per_worker: int = 1):
     distributed = _dask()
     cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
                                        dashboard_address=None)
-    client = distributed.Client(cluster)
-    client.wait_for_workers(workers)
+    try:
+        client = distributed.Client(cluster)
+        client.wait_for_workers(workers)
+    except BaseException:
+        cluster.close()
+        raise
     return client, cluster
 
 
@@ -57,8 +61,9 @@ def connect(scheduler: str):
     distributed = _dask()
     try:
         return distributed.Client(scheduler, timeout="30s")
-    except OSError as e:
-        raise ParameterError(f"cannot reach the Dask scheduler {scheduler} ({e})") from None
+    except (OSError, ValueError, TypeError) as e:
+        raise ParameterError(f"cannot reach the Dask scheduler {scheduler!r} ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''})") from None
 
 
 def _task_fault(point: str) -> None:

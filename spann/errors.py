@@ -17,6 +17,7 @@ __all__ = [
     "IndexExistsError",
     "IndexCorruptError",
     "QueryError",
+    "StoreError",
 ]
 
 
@@ -50,6 +51,11 @@ class IndexExistsError(SpannError, FileExistsError):
 
 class IndexCorruptError(SpannError, OSError):
     """An index part is missing, truncated, or fails its checksum."""
+
+
+class StoreError(SpannError, OSError):
+    """An object store or web server could not be reached, or refused a request (credentials,
+    network, permissions)."""
 
 
 class QueryError(SpannError, ValueError):

@@ -50,6 +50,7 @@ class FetchCache:
         self.arrays.pop(id(arr), None)
         for k in [k for k in self.lru if k[0] == id(arr)]:
             del self.lru[k]
+        self.resident_bytes -= sum(b - a for a, b in arr.resident.values())
 
     def touch(self, arr: "FetchedBytes", key: int) -> None:
         self.lru.move_to_end((id(arr), key))
@@ -188,7 +189,7 @@ class FetchedBytes:
         self.resident.clear()
 
     def evict(self) -> None:
-        self.cache.clear()
+        pass  # the index empties the shared cache under its fetch lock (Index.evict)
 
     def close(self) -> None:
         self.u8 = None

@@ -161,7 +161,8 @@ class _Base:
             self.postings = LocalPostings(f.store, root, f.postings_path, f.offsets, f.counts, f.layout)
             if f.layout.coded:
                 self.vectors = LocalVectors(f.store, root, f.vectors_path, f.store_layout)
-            if not self.postings.fetched:  # (fetched indexes are read-only: no id lookups)
+            if not self.postings.fetched and (self.vectors is None or not self.vectors.fetched):
+                # (fetched indexes are read-only: no id lookups)
                 self.idmap = IdMap(f.store, root, f.idmap_path, int(f.attrs["n"]))
             if f.label_lists_path is not None:
                 ll = full_entries(f.layout.dim, f.layout.dtype)
@@ -191,7 +192,7 @@ class Index:
                  cache_bytes: int = DEFAULT_CACHE_BYTES):
         from spann.stores import is_url, open_store
         self._store = None
-        if is_url(path) or os.path.isfile(path):  # an object store or a zip file: read-only
+        if is_url(path) or os.path.isfile(path) or str(path).lower().endswith(".zip"):  # read-only
             self._store = open_store(path, storage_options)
             self._store.cache = FetchCache(cache_bytes)
             self.path = self._store.where
@@ -235,7 +236,8 @@ class Index:
             f.close()
         self._stamp = stamp
         #: lists (and vector-store pages) are fetched from the store before a search scans them
-        self.fetching: bool = self._base.postings.fetched
+        self.fetching: bool = any(r.fetched for r in (self._base.postings, self._base.vectors, self._base.label_lists,
+                                                      *self._snap._readers) if r is not None)
         self.codebook = codebook_view(f.layout.encoding, f.codebook)
         self._no_model = np.zeros(0, np.float64)
         self._no_i32 = np.zeros(0, np.int32)

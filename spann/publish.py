@@ -25,7 +25,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from spann.errors import IndexExistsError, IndexNotFoundError, ParameterError
-from spann.stores import _Loop, is_url, object_store_client
+from spann.stores import _Loop, is_url, object_store_client, store_error
 
 __all__ = ["export_index", "ZIP_ALIGN"]
 
@@ -69,72 +69,89 @@ def _write_zip(src: Path, dest: Path, keys: list[str], progress: bool) -> None:
                             break
                         fout.write(b)
                         bar.update(len(b))
+        with open(tmp, "rb+") as fh:  # durable before it takes the name
+            os.fsync(fh.fileno())
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
+def _client(url: str, storage_options):
+    from spann.stores import _obstore
+    obstore, _ = _obstore()
+    return obstore, object_store_client(url, storage_options)
+
+
+def _survey(obstore, client, url: str) -> tuple[str, set[str]]:
+    """What the prefix holds: ("empty" | "index" | "partial" | "foreign", its keys). "partial"
+    is a spann index without its root zarr.json (an interrupted export)."""
+    from spann.storage import _is_index_entry
+    try:
+        keys = {m["path"] for page in obstore.list(client) for m in page}
+    except Exception as e:  # noqa: BLE001  (obstore's own exception types)
+        raise store_error(url, e) from None
+    if not keys:
+        return "empty", keys
+    if not all(_is_index_entry(k.split("/", 1)[0]) for k in keys):
+        return "foreign", keys
+    if "zarr.json" not in keys:
+        return "partial", keys
+    try:
+        attrs = json.loads(bytes(obstore.get(client, "zarr.json").bytes())).get("attributes", {}).get("spann")
+    except (ValueError, AttributeError):
+        attrs = None
+    except Exception as e:  # noqa: BLE001
+        raise store_error(f"{url}/zarr.json", e) from None
+    return ("index" if isinstance(attrs, dict) else "foreign"), keys
+
+
+def _check_survey(url: str, kind: str, overwrite: bool) -> None:
+    if kind == "foreign":
+        raise IndexExistsError(f"{url}: holds objects that are not part of a spann index; refusing to write into it")
+    if kind == "partial" and not overwrite:
+        raise IndexExistsError(f"{url}: holds an incomplete spann index (an interrupted export); use overwrite=True / "
+                               f"--overwrite to replace it")
+    if kind == "index" and not overwrite:
+        raise IndexExistsError(f"{url}: already holds an index (use overwrite=True / --overwrite to replace it)")
+
+
 def _upload(src: Path, url: str, keys: list[str], storage_options: dict[str, Any] | None, overwrite: bool,
             progress: bool) -> None:
-    import obstore
-    client = object_store_client(url, storage_options)
-    old = set()
-    for page in obstore.list(client):
-        old.update(m["path"] for m in page)
-    if old:
-        if "zarr.json" not in old:
-            raise IndexExistsError(f"{url}: holds objects but no spann index; refusing to write into it")
-        try:
-            attrs = json.loads(bytes(obstore.get(client, "zarr.json").bytes())).get("attributes", {}).get("spann")
-        except (ValueError, AttributeError):
-            attrs = None
-        if not isinstance(attrs, dict):
-            raise IndexExistsError(f"{url}: is not a spann index; refusing to replace it")
-        if not overwrite:
-            raise IndexExistsError(f"{url}: already holds an index (use overwrite=True / --overwrite to replace it)")
-        obstore.delete(client, "zarr.json")
+    obstore, client = _client(url, storage_options)
+    kind, old = _survey(obstore, client, url)
+    _check_survey(url, kind, overwrite)
     body = [k for k in keys if k != "zarr.json"]
     total = sum((src / k).stat().st_size for k in keys)
-    with tqdm(total=total, desc="upload", unit="B", unit_scale=True, disable=not progress, leave=False) as bar:
-        async def put_all():
-            sem = asyncio.Semaphore(8)
+    try:
+        if "zarr.json" in old:  # the prefix stops being an index until the new root is in place
+            obstore.delete(client, "zarr.json")
+        with tqdm(total=total, desc="upload", unit="B", unit_scale=True, disable=not progress, leave=False) as bar:
+            async def put_all():
+                sem = asyncio.Semaphore(8)
 
-            async def put(k):
-                async with sem:
-                    await obstore.put_async(client, k, src / k)
-                    bar.update((src / k).stat().st_size)
-            await asyncio.gather(*[put(k) for k in body])
+                async def put(k):
+                    async with sem:
+                        await obstore.put_async(client, k, src / k)
+                        bar.update((src / k).stat().st_size)
+                await asyncio.gather(*[put(k) for k in body])
 
-        _Loop.run(put_all())
-        stale = sorted(old - set(keys))
-        if stale:
-            obstore.delete(client, stale)
-        obstore.put(client, "zarr.json", src / "zarr.json")
-        bar.update((src / "zarr.json").stat().st_size)
+            _Loop.run(put_all())
+            stale = sorted(old - set(keys))  # the old index's leftovers (nothing else is there: surveyed)
+            if stale:
+                obstore.delete(client, stale)
+            obstore.put(client, "zarr.json", src / "zarr.json")
+            bar.update((src / "zarr.json").stat().st_size)
+    except Exception as e:  # noqa: BLE001
+        raise store_error(url, e) from None
 
 
 def check_export_target(dest: str, overwrite: bool, storage_options: dict[str, Any] | None = None) -> None:
     """Raise now if :func:`export_index` would refuse ``dest`` (exists without ``overwrite``,
     is not a spann index, is not a .zip or URL)."""
     if is_url(dest):
-        import obstore
-        client = object_store_client(dest, storage_options)
-        try:
-            first = next(iter(obstore.list(client, chunk_size=1)), [])
-        except Exception as e:
-            raise ParameterError(f"{dest}: cannot list the object store ({type(e).__name__}: {e})") from None
-        if first:
-            try:
-                obstore.head(client, "zarr.json")
-                has_root = True
-            except FileNotFoundError:
-                has_root = False
-            if not has_root:
-                raise IndexExistsError(f"{dest}: holds objects but no spann index; refusing to write into it")
-            if not overwrite:
-                raise IndexExistsError(f"{dest}: already holds an index (use overwrite=True / --overwrite to "
-                                       f"replace it)")
+        obstore, client = _client(dest, storage_options)
+        _check_survey(dest, _survey(obstore, client, dest)[0], overwrite)
         return
     if storage_options:
         raise ParameterError("storage options apply to object-store URLs only")
@@ -165,11 +182,21 @@ def export_index(src: str | os.PathLike[str], dest: str | os.PathLike[str], *, o
     src = Path(src)
     if not src.is_dir():
         raise IndexNotFoundError(f"{src}: no such index directory")
-    keys = _index_files(src)
-    if is_url(dest):
-        _upload(src, str(dest), keys, storage_options, overwrite, progress)
+    import fcntl
+    from spann.storage import LOCK
+    try:
+        fd = os.open(src / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:  # a read-only copy: nothing updates it
+        fd = os.open(src, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # updates (which take it exclusively) wait: one generation is copied
+        keys = _index_files(src)
+        if is_url(dest):
+            _upload(src, str(dest), keys, storage_options, overwrite, progress)
+            return str(dest)
+        check_export_target(str(dest), overwrite, storage_options)
+        _write_zip(src, Path(dest), keys, progress)
         return str(dest)
-    check_export_target(str(dest), overwrite, storage_options)
-    dest = Path(dest)
-    _write_zip(src, dest, keys, progress)
-    return str(dest)
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

@@ -12,6 +12,7 @@ one block's records, and one bucket.
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 import numba
@@ -45,6 +46,7 @@ class AssignmentRuns:
         self.bounds = np.linspace(0, n_heads, self.n_buckets + 1).astype(np.int64)
         self.part = part
         self._offset = 0
+        self._run = uuid.uuid4().hex[:12]
         if create:
             self.dir.mkdir(parents=True, exist_ok=True)
             for b in range(self.n_buckets):
@@ -59,8 +61,8 @@ class AssignmentRuns:
         self._cache: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def _path(self, b: int) -> Path:
-        if self.part is not None:
-            return self.dir / f"bucket-{b:05d}.part-{self.part[0]:06d}.bin.tmp"
+        if self.part is not None:  # (this run's own name: a task run twice at once writes two files)
+            return self.dir / f"bucket-{b:05d}.part-{self.part[0]:06d}.bin.{self._run}.tmp"
         return self.dir / f"bucket-{b:05d}.bin"
 
     def _files(self, b: int) -> list[Path]:
@@ -77,11 +79,11 @@ class AssignmentRuns:
         """Publish a task's part (its bucket files and primary heads renamed into place, so a
         task run again replaces them whole); returns its (counts, replica histogram)."""
         t, a, b = self.part
-        np.save(self.dir / f"primary.part-{t:06d}.tmp.npy", self.primary, allow_pickle=False)
-        os.replace(self.dir / f"primary.part-{t:06d}.tmp.npy", self.dir / f"primary.part-{t:06d}.npy")
+        tmp = self.dir / f"primary.part-{t:06d}.{self._run}.tmp.npy"
+        np.save(tmp, self.primary, allow_pickle=False)
+        os.replace(tmp, self.dir / f"primary.part-{t:06d}.npy")
         for k in range(self.n_buckets):
-            p = self._path(k)
-            os.replace(p, p.with_suffix(""))
+            os.replace(self._path(k), self.dir / f"bucket-{k:05d}.part-{t:06d}.bin")
         return self.counts, self.replica_histogram
 
     @classmethod

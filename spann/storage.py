@@ -157,7 +157,14 @@ def put_shard(build_dir: Path, name: str, shard: int, data: np.ndarray, shard_by
     """Write shard ``shard`` of byte array ``name`` into a build directory, then its checkpoint
     record (crc, file size); returns both. Any process that sees the directory may call it."""
     crc = [int(data.nbytes), crc32c(np.ascontiguousarray(data).tobytes())]
-    size = write_shard(str(Path(build_dir) / name / "c" / str(shard)), data, shard_bytes, chunk_bytes)
+    final = Path(build_dir) / name / "c" / str(shard)
+    tmp = final.with_name(f".{shard}.tmp-{uuid.uuid4().hex[:12]}")  # a task run twice at once: whole files only
+    try:
+        size = write_shard(str(tmp), data, shard_bytes, chunk_bytes)
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     write_json(str(Path(build_dir) / CHECKPOINTS / f"shard.{name}.{shard}.json"), {"crc": crc, "file_bytes": size},
                fsync=False)
     return crc, size

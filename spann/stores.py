@@ -28,9 +28,9 @@ import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from spann.errors import IndexCorruptError, IndexNotFoundError, ParameterError
+from spann.errors import IndexCorruptError, IndexNotFoundError, ParameterError, StoreError
 
-__all__ = ["Store", "DirectoryStore", "ZipStore", "ObjectStore", "open_store", "is_url", "parse_storage_options"]
+__all__ = ["store_error", "Store", "DirectoryStore", "ZipStore", "ObjectStore", "open_store", "is_url", "parse_storage_options"]
 
 MAX_IN_FLIGHT = 64  #: ranged GETs in flight at once (a batch of queries may need hundreds)
 
@@ -238,6 +238,12 @@ class _Loop:
         return asyncio.run_coroutine_threadsafe(coro, cls._loop).result()
 
 
+def store_error(where: str, e: BaseException) -> StoreError:
+    """One line for an object store's failure (obstore's messages run to many lines)."""
+    first = str(e).splitlines()[0] if str(e) else ""
+    return StoreError(f"{where}: object store request failed ({type(e).__name__}: {first[:300]})")
+
+
 def _obstore():
     try:
         import obstore
@@ -275,12 +281,21 @@ class ObjectStore(Store):
         self.where = url.rstrip("/")
         self.obstore, _ = _obstore()
         self.client = object_store_client(url, storage_options)
+        #: each object's ETag when first seen (at open): later ranged GETs require it (If-Match),
+        #: so an index replaced under an open reader fails loudly instead of mixing two builds
+        self.etags: dict[str, str] = {}
+
+    def _seen(self, meta) -> None:
+        if meta.get("e_tag") and meta["path"] not in self.etags:
+            self.etags[meta["path"]] = meta["e_tag"]
 
     def _err(self, key: str, e: Exception) -> Exception:
         if isinstance(e, FileNotFoundError):
             return self._missing(key)
-        return IndexCorruptError(f"{self.where}/{key}: object store error ({type(e).__name__}: "
-                                 f"{str(e).splitlines()[0] if str(e) else ''})")
+        if type(e).__name__ == "PreconditionError":
+            return IndexCorruptError(f"{self.where}/{key}: changed since the index was opened (replaced by another "
+                                     f"build or export); open the index again")
+        return store_error(f"{self.where}/{key}", e)
 
     def read(self, key: str, max_bytes: int | None = None) -> bytes:
         try:
@@ -299,6 +314,7 @@ class ObjectStore(Store):
             for page in self.obstore.list(self.client, prefix=prefix or None):
                 for meta in page:
                     out[meta["path"]] = int(meta["size"])
+                    self._seen(meta)
         except Exception as e:
             raise self._err(prefix, e) from None
         return out
@@ -306,7 +322,7 @@ class ObjectStore(Store):
     def sizes_of(self, keys: Sequence[str]) -> dict[str, int]:
         """Listed where the store lists (S3, GCS, Azure: one request per 1,000 keys); a plain
         HTTP server that cannot: one HEAD per key, concurrently."""
-        if not self.where.startswith(("http://", "https://")):
+        if len(keys) > 1 and not self.where.startswith(("http://", "https://")):
             return super().sizes_of(keys)
         ob, cl = self.obstore, self.client
 
@@ -320,6 +336,7 @@ class ObjectStore(Store):
             if isinstance(r, BaseException):
                 raise self._err(k, r) from None
             out[k] = int(r["size"])
+            self._seen({**r, "path": k})
         return out
 
     def total_bytes(self) -> int:
@@ -337,7 +354,11 @@ class ObjectStore(Store):
 
             async def one(k, a, b):
                 async with sem:
-                    return await ob.get_range_async(cl, k, start=int(a), end=int(b))
+                    tag = self.etags.get(k)
+                    if tag is None:
+                        return await ob.get_range_async(cl, k, start=int(a), end=int(b))
+                    r = await ob.get_async(cl, k, options={"range": (int(a), int(b)), "if_match": tag})
+                    return await r.bytes_async()
             return await asyncio.gather(*[one(k, a, b) for k, a, b in zip(keys, starts, ends)], return_exceptions=True)
 
         out = _Loop.run(all_())
@@ -352,7 +373,7 @@ def open_store(location: str | os.PathLike[str], storage_options: dict[str, Any]
     if is_url(location):
         return ObjectStore(str(location), storage_options)
     p = Path(location)
-    if os.path.isfile(p):
+    if os.path.isfile(p) or p.suffix.lower() == ".zip":
         return ZipStore(p)
     if storage_options:
         raise ParameterError("storage options apply to object-store URLs only")

@@ -143,6 +143,9 @@ def verify_index(path: str | os.PathLike[str]) -> dict[str, Any]:
     from spann.index import Index
     problems: list[str] = []
     with Index(path) as index:
+        if index.read_only:
+            from spann.errors import ParameterError
+            raise ParameterError(f"{path}: verify reads a local index directory (export a verified one)")
         n = index.n
         shards = _check_crcs(index, problems)
         lay = index.layout

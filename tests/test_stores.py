@@ -43,7 +43,8 @@ def test_exported_zip_is_aligned_mapped_and_searches_like_the_directory(synth, w
     z = export_index(idx.path, tmp_path / "i.zip")
     st = ZipStore(z)
     assert st.aligned("") and all(m[0] % ZIP_ALIGN == 0 for m in st.members.values())
-    assert set(st.members) == {str(p.relative_to(idx.path)) for p in idx.path.rglob("*") if p.is_file()}
+    assert set(st.members) == {str(p.relative_to(idx.path)) for p in idx.path.rglob("*")
+                               if p.is_file() and p.name != ".spann-lock"}
     st.close()
     with spann.open(z) as zi:
         assert zi.read_only and not zi.fetching  # shards are mapped in place
@@ -80,6 +81,27 @@ def test_plain_zip_is_fetched_on_demand(synth, synth_index, tmp_path):
         assert zi.cache.resident_bytes == 0
         with pytest.raises(QueryError, match="object-store"):
             zi.get([1])
+
+
+def test_zip_with_some_members_aligned_is_fetched_whole(synth, synth_index, tmp_path):
+    """A hand-made zip where only some arrays happen to be page-aligned: nothing is mapped
+    (a mapped postings array beside an unfetched vector store would scan zeros)."""
+    src = synth_index.path
+    z = tmp_path / "mixed.zip"
+    with zipfile.ZipFile(z, "w") as zz:  # postings first and padded to a page; the rest unaligned
+        names = sorted(str(p.relative_to(src)) for p in src.rglob("*") if p.is_file())
+        for k in sorted(names, key=lambda k: not k.startswith("postings/c/")):
+            zi = zipfile.ZipInfo(k)
+            if k.startswith("postings/c/"):
+                at = zz.fp.tell() + 30 + len(k)
+                zi.extra = b"\x35\xd9" + ((-(at + 4)) % 4096).to_bytes(2, "little") + bytes((-(at + 4)) % 4096)
+            zz.writestr(zi, (src / k).read_bytes())
+    st = ZipStore(z)
+    assert st.aligned("postings/c/") and not st.aligned("")
+    st.close()
+    with spann.open(z) as zi:
+        assert zi.fetching
+        _same(synth_index.search(synth[1][:30], 10), zi.search(synth[1][:30], 10))
 
 
 def test_compressed_zip_is_refused_in_one_line(synth_index, tmp_path):
@@ -201,9 +223,13 @@ def test_s3_build_overwrite_and_damage(s3, synth, tmp_path):
     r.close()
     with pytest.raises(IndexExistsError, match="already holds an index"):
         spann.build(x, url, metric="l2", progress=False)
+    old_reader = spann.open(url, cache_bytes=0)
     r = spann.build(x[:2000], url, metric="l2", progress=False, overwrite=True)
     assert r.n == 2000
     r.close()
+    with pytest.raises(IndexCorruptError, match="changed since the index was opened"):
+        old_reader.search(q, 5)  # never the new build's bytes under the old metadata
+    old_reader.close()
     ob, cl = s3["obstore"], s3["client"]
     keys = [m["path"] for page in ob.list(cl, prefix="built/postings/c/") for m in page]
     ob.delete(cl, keys[0])
@@ -211,8 +237,19 @@ def test_s3_build_overwrite_and_damage(s3, synth, tmp_path):
         spann.open(url)
     assert "\n" not in str(e.value)
     ob.put(cl, "foreign/data.txt", b"not an index")
-    with pytest.raises(IndexExistsError, match="no spann index"):
-        export_index(ref.path, "s3://bkt/foreign")
+    with pytest.raises(IndexExistsError, match="not part of a spann index"):
+        export_index(ref.path, "s3://bkt/foreign", overwrite=True)
+    # an interrupted export (no root zarr.json) is replaced only with overwrite; nothing else is touched
+    ob.delete(cl, "built/zarr.json")
+    with pytest.raises(IndexExistsError, match="incomplete spann index"):
+        export_index(ref.path, url)
+    export_index(ref.path, url, overwrite=True)
+    with spann.open(url) as again:
+        _same(ref.search(q, 5), again.search(q, 5))
+    ob.put(cl, "built/NOTES.md", b"mine")
+    with pytest.raises(IndexExistsError, match="not part of a spann index"):
+        export_index(ref.path, url, overwrite=True)
+    assert bytes(ob.get(cl, "built/NOTES.md").bytes()) == b"mine"
     with pytest.raises(spann.IndexNotFoundError, match="not a spann index"):
         spann.open("s3://bkt/nothing-here")
     ref.close()
