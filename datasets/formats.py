@@ -284,7 +284,8 @@ def _open_hdf5(path: Path, key: str | None, ids: bool) -> VectorFile:
     return vf
 
 
-def open_vectors(path: str | os.PathLike[str], fmt: str | None = None, *, ids: bool = False) -> VectorFile:
+def open_vectors(path: str | os.PathLike[str], fmt: str | None = None, *, ids: bool = False,
+                 storage_options=None) -> VectorFile:
     """Open a vector file for block reads without loading it.
 
     ``path`` may name an HDF5 dataset as ``file.hdf5:test`` (default ``train``). ``ids=True``
@@ -294,7 +295,7 @@ def open_vectors(path: str | os.PathLike[str], fmt: str | None = None, *, ids: b
     from spann.stores import is_url
     if is_url(path):
         from spann.datasets.remote import open_remote_vectors
-        return open_remote_vectors(str(path), fmt)
+        return open_remote_vectors(str(path), fmt, storage_options)
     p, key = _split_hdf5(path)
     try:
         name = detect_format(path, fmt)

@@ -604,6 +604,7 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
 
     ``index_dir`` may also be a ``.zip`` file or an object-store URL (``s3://bucket/prefix``,
     with ``storage_options``): the index is built in a local work directory, then exported.
+    ``data`` may be a URL too; ``storage_options`` then apply to it as well.
     ``client``: a Dask client; the heavy stages then run on its workers (see
     :mod:`spann.distributed`; ``data`` must be a vector file they can all read).
 
@@ -615,9 +616,10 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
         return _build_and_export(data, str(index_dir), metric=metric, params=params, fmt=fmt, overwrite=overwrite,
                                  progress=progress, log=log, ids=ids, labels=labels, resume=resume,
                                  storage_options=storage_options, client=client)
-    if storage_options:
+    from spann.stores import is_url
+    if storage_options and not is_url(data):
         from spann.errors import ParameterError
-        raise ParameterError("storage options apply to object-store URLs only")
+        raise ParameterError("storage options apply to object-store URLs only (the base's or the index's)")
     m = get_metric(metric)
     params = params or BuildParams()
     index_dir = Path(index_dir)
@@ -626,7 +628,8 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
         from spann.errors import ParameterError
         raise ParameterError("a distributed build reads the base from a vector file every worker can open: pass its "
                              "path, not an array")
-    src = as_vector_source(data, fmt)
+    from spann.stores import is_url as _is_url
+    src = as_vector_source(data, fmt, storage_options if _is_url(data) else None)
     try:
         user_ids = check_ids(ids, src.n) if ids is not None else None
         labels = check_labels(labels, src.n) if labels is not None else None
@@ -674,7 +677,8 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
             runner = None
             if client is not None:
                 from spann.distributed import DaskRunner, describe
-                runner = DaskRunner(client, (os.fspath(data), fmt), writer.ckpt / "dask")
+                runner = DaskRunner(client, (os.fspath(data), fmt, storage_options if _is_url(data) else None),
+                                    writer.ckpt / "dask")
                 say(f"building on a Dask cluster: {describe(client)}")
                 sample = stage("sample", runner.on_source, sample_stage, m, params)
                 heads = stage("heads", runner.heads, sample, src.n, params)
@@ -758,17 +762,29 @@ def export_work_dir(target: str) -> Path:
 def _build_and_export(data, target: str, *, storage_options=None, overwrite: bool = False, progress: bool = True,
                       log=None, **kw) -> dict[str, Any]:
     """Build into a local work directory, then export it to the zip file or URL ``target``."""
+    import fcntl
     import shutil
+    from spann.errors import IndexExistsError
     from spann.publish import check_export_target, export_index
-    check_export_target(target, overwrite, storage_options)  # fail now, not after the build
+    from spann.stores import is_url
+    target_opts = storage_options if is_url(target) else None
+    check_export_target(target, overwrite, target_opts)  # fail now, not after the build
     work = export_work_dir(target)
     work.mkdir(parents=True, exist_ok=True)
-    local = work / "index"
-    attrs = build_index(data, local, overwrite=True, progress=progress, log=log, **kw)
-    # (a failed or interrupted build leaves its work directory: --resume continues it; a failed
-    # export leaves the built index there, and the next build of the target starts over)
-    if log and progress:
-        log(f"exporting to {target}")
-    export_index(local, target, overwrite=overwrite, storage_options=storage_options, progress=progress)
-    shutil.rmtree(work, ignore_errors=True)
-    return attrs
+    fd = os.open(work / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise IndexExistsError(f"{target}: another build of it is running (work directory {work})") from None
+        attrs = build_index(data, work / "index", overwrite=True, progress=progress, log=log,
+                            storage_options=storage_options if is_url(data) else None, **kw)
+        # (a failed or interrupted build leaves its work directory: --resume continues it; a failed
+        # export leaves the built index there, and the next build of the target starts over)
+        if log and progress:
+            log(f"exporting to {target}")
+        export_index(work / "index", target, overwrite=overwrite, storage_options=target_opts, progress=progress)
+        shutil.rmtree(work, ignore_errors=True)
+        return attrs
+    finally:
+        os.close(fd)

@@ -83,9 +83,10 @@ def _task_fault(point: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _open_source(spec: tuple[str, str | None]):
+def _open_source(spec: tuple):
+    """The base as a task opens it: spec (path or URL, format[, storage options])."""
     from spann.vectors import as_vector_source
-    return as_vector_source(spec[0], spec[1])
+    return as_vector_source(spec[0], spec[1], spec[2] if len(spec) > 2 else None)
 
 
 def _on_source(fn, spec, threads: int, *args):
@@ -244,13 +245,13 @@ class DaskRunner:
     """Runs a build's heavy stages on the workers of ``client``; ``spec`` (path, format) is
     the base as every worker opens it."""
 
-    def __init__(self, client, spec: tuple[str, str | None], work_dir: Path, threads: int = 1):
+    def __init__(self, client, spec: tuple, work_dir: Path, threads: int = 1):
         _dask()
         self.client = client
         self.work = Path(work_dir)
         self.work.mkdir(parents=True, exist_ok=True)
         from spann.stores import is_url
-        self.spec = (spec[0] if is_url(spec[0]) else os.path.abspath(spec[0]), spec[1])
+        self.spec = (spec[0] if is_url(spec[0]) else os.path.abspath(spec[0]), *spec[1:])
         self.threads = max(1, int(threads))
         self.workers = max(1, len(client.scheduler_info().get("workers", {})) or 1)
 

@@ -192,6 +192,7 @@ class Index:
                  cache_bytes: int = DEFAULT_CACHE_BYTES):
         from spann.stores import is_url, open_store
         self._store = None
+        self.path = path
         if is_url(path) or os.path.isfile(path) or str(path).lower().endswith(".zip"):  # read-only
             self._store = open_store(path, storage_options)
             self._store.cache = FetchCache(cache_bytes)
@@ -703,7 +704,8 @@ def build(data, index_dir: str | os.PathLike[str], *, metric: str, params: Build
         p = p.replace(**param_overrides)
     build_index(data, index_dir, metric=metric, params=p, fmt=fmt, overwrite=overwrite, progress=progress, ids=ids,
                 labels=labels, resume=resume, storage_options=storage_options, client=client)
-    return Index(index_dir, storage_options=storage_options)
+    from spann.stores import is_url
+    return Index(index_dir, storage_options=storage_options if is_url(index_dir) else None)
 
 
 def open_index(index_dir: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None,

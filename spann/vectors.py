@@ -22,11 +22,12 @@ def array_source(arr: np.ndarray):
     return VectorFile(Path("<array>"), "array", arr, arr.dtype)
 
 
-def as_vector_source(data, fmt: str | None = None):
-    """An array, a path or an open VectorFile -> an object with n, dim, dtype, read, take, iter_blocks."""
+def as_vector_source(data, fmt: str | None = None, storage_options=None):
+    """An array, a path (or URL; ``storage_options`` for its store) or an open VectorFile -> an
+    object with n, dim, dtype, read, take, iter_blocks."""
     if isinstance(data, (str, os.PathLike)):
         from spann.datasets.formats import open_vectors
-        src = open_vectors(data, fmt)
+        src = open_vectors(data, fmt, storage_options=storage_options)
     elif isinstance(data, np.ndarray):
         src = array_source(data)
     elif hasattr(data, "iter_blocks"):

@@ -291,3 +291,20 @@ def test_index_over_plain_http_fetches_each_query_s_lists_concurrently(synth, sy
             assert srv.requests - before == one.requests[0] == one.lists_read[0]  # one ranged GET per list
             assert srv.max_in_flight > 1  # ... all in flight together
             _same(synth_full.search(q, 10), r.search(q, 10))
+
+
+def test_base_in_s3_with_storage_options(s3, synth, tmp_path):
+    from spann.datasets.formats import write_vectors
+    x, q = synth[0][:3000], synth[1][:10]
+    write_vectors(tmp_path / "b.fbin", x)
+    s3["obstore"].put(s3["client"], "bases/b.fbin", tmp_path / "b.fbin")
+    ref = spann.build(x, tmp_path / "ref", metric="l2", progress=False)
+    opts = {"region": "us-east-1", "endpoint": s3["env"]["AWS_ENDPOINT_URL"]}
+    got = spann.build("s3://bkt/bases/b.fbin", tmp_path / "got", metric="l2", progress=False, storage_options=opts)
+    _same(ref.search(q, 5), got.search(q, 5))
+    z = spann.build("s3://bkt/bases/b.fbin", tmp_path / "got.zip", metric="l2", progress=False, storage_options=opts)
+    _same(ref.search(q, 5), z.search(q, 5))
+    with pytest.raises(ParameterError, match="object-store URLs only"):
+        spann.build(x, tmp_path / "bad", metric="l2", progress=False, storage_options=opts)
+    for i in (ref, got, z):
+        i.close()
