@@ -96,7 +96,9 @@ class BuildParams(_Params):
     posting_size: target vectors per head (N / heads); overrides ``head_ratio``.
     branching: max children per node of the balanced k-means tree.
     balance_slack: a cluster holds at most ``ceil(n/k * (1 + slack))`` points.
-    cluster_sample: max points the head selection clusters (in RAM as float32).
+    cluster_sample: points the head selection clusters (in RAM as float32); raised to 8 per
+        head where memory allows (a quarter of the machine's RAM, or ``memory_limit``); where
+        it does not, the build makes fewer heads (8 sample points each, logged).
     kmeans_iters: Lloyd iterations per tree node.
     closure_eps: replica j needs ``d(x, c_j) <= (1 + eps) * d(x, c_1)`` (true L2 distances).
         None = by encoding: 2.0 for coded postings (entries are small: more replicas, fewer
