@@ -51,7 +51,6 @@ def eval_cmd(index: str, queries: str | None, gt: str | None, dataset: str | Non
     """Evaluate INDEX on QUERIES against ground truth GT (or --dataset)."""
     import time
     import numpy as np
-    import spann
     from spann.datasets import load, read_vectors
     from spann.datasets.groundtruth import distances_path_for
     from spann.eval import evaluate, parse_sweep, plot_recall_qps, write_csv

@@ -52,7 +52,6 @@ def search_cmd(index: str, queries: str, k: int, output: str, max_postings: int,
                prefetch: bool, rerank: int, pruner: bool, threads: int, queries_format: str | None, json_out: str | None,
                filt: list[int] | None, storage_option: tuple[str, ...]) -> None:
     """Search INDEX for the k nearest neighbours of every vector in QUERIES."""
-    import spann
     from spann.datasets.formats import check_distinct_paths, metric_from_hdf5, read_vectors, write_vectors
     from spann.datasets.groundtruth import check_ids_output, distances_path_for
     from spann.errors import DataError

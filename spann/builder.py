@@ -35,6 +35,7 @@ from spann.posting_writer import entry_positions as _positions, fill_entries, pa
 from spann.metrics import Metric, get_metric
 from spann.params import BuildParams
 from spann.encodings import encode_rows, train_codebook
+from spann.stores import is_url
 from spann.storage import IDMAP, LABEL_LISTS, POSTINGS, VECTORS, IndexWriter, check_target, directory_bytes
 from spann.vector_store import StoreLayout, store_rows_bytes
 from spann.vectors import as_vector_source
@@ -544,7 +545,6 @@ def build_fingerprint(src, data, metric: Metric, params: BuildParams, user_ids, 
     import hashlib
     import json
     from spann.storage import FORMAT_VERSION
-    from spann.stores import is_url
     if is_url(data):
         rows = src.rows
         try:
@@ -631,12 +631,10 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
     Returns the attributes stored in the index (metric, dims, parameters, statistics). The
     index appears at ``index_dir`` only when complete; a failure leaves nothing behind.
     """
-    from spann.stores import is_url
     if is_url(index_dir) or str(index_dir).lower().endswith(".zip"):
         return _build_and_export(data, str(index_dir), metric=metric, params=params, fmt=fmt, overwrite=overwrite,
                                  progress=progress, log=log, ids=ids, labels=labels, resume=resume,
                                  storage_options=storage_options, client=client)
-    from spann.stores import is_url
     if storage_options and not is_url(data):
         from spann.errors import ParameterError
         raise ParameterError("storage options apply to object-store URLs only (the base's or the index's)")
@@ -648,8 +646,7 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
         from spann.errors import ParameterError
         raise ParameterError("a distributed build reads the base from a vector file every worker can open: pass its "
                              "path, not an array")
-    from spann.stores import is_url as _is_url
-    src = as_vector_source(data, fmt, storage_options if _is_url(data) else None)
+    src = as_vector_source(data, fmt, storage_options if is_url(data) else None)
     try:
         user_ids = check_ids(ids, src.n) if ids is not None else None
         labels = check_labels(labels, src.n) if labels is not None else None
@@ -697,7 +694,7 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
             runner = None
             if client is not None:
                 from spann.distributed import DaskRunner, describe
-                runner = DaskRunner(client, (os.fspath(data), fmt, storage_options if _is_url(data) else None),
+                runner = DaskRunner(client, (os.fspath(data), fmt, storage_options if is_url(data) else None),
                                     writer.ckpt / "dask")
                 say(f"building on a Dask cluster: {describe(client)}")
                 sample = stage("sample", runner.on_source, sample_stage, m, params)
@@ -778,7 +775,6 @@ def export_work_dir(target: str) -> Path:
     same target gets the same directory, so ``--resume`` finds an interrupted build."""
     import hashlib
     import tempfile
-    from spann.stores import is_url
     if not is_url(target):
         t = Path(target)
         return t.with_name(f".{t.name}.work")
@@ -793,7 +789,6 @@ def _build_and_export(data, target: str, *, storage_options=None, overwrite: boo
     import shutil
     from spann.errors import IndexExistsError
     from spann.publish import check_export_target, export_index
-    from spann.stores import is_url
     target_opts = storage_options if is_url(target) else None
     check_export_target(target, overwrite, target_opts)  # fail now, not after the build
     work = export_work_dir(target)

@@ -190,7 +190,6 @@ def _write_task(spec, shards, build_dir, metric_name, shared, plan, enc, asg_arg
         enc = _reopen_encoder(enc, asg.dir)
         user_ids = np.load(ids_path, mmap_mode="r") if ids_path else None
         labels = np.load(labels_path, mmap_mode="r") if labels_path else None
-        prim = []
         with BuildThreads(threads):
             for s, hs in shards:
                 ck = Path(build_dir) / CHECKPOINTS / f"shard.{POSTINGS}.{s}.json"

@@ -507,9 +507,8 @@ class Index:
         R = p.effective_rerank(k, self.layout.encoding)
         code = self._metric.scan_code
         dead = snap.dead_keys
-        if self.fetching:
-            return self._search_fetched(snap, qs, qh, k, p, threads, f32, model, budget, m, efv, eps, R)
-        if nq == 1:
+        fetching = self.fetching
+        if nq == 1 and not fetching:
             st = self._local
             if st.visited is None or st.visited.shape[0] != H:
                 st.visited = np.zeros(H, np.uint32)
@@ -525,9 +524,12 @@ class Index:
                        model, eps, pv, cb, vv, snap.dv, f32, dead, snap.delta_dead, R, bool(p.prefetch), st.visited,
                        np.uint32(st.tag), top_d, top_i, stats)
             dists, ids, stt = top_d[None], top_i[None], stats[None]
+            req = got = None
         else:
             coded = self.layout.coded
-            with NumbaThreads(threads):
+            req = np.zeros(nq, np.int64)  # ranged GETs and bytes of a fetched index's lists and pages
+            got = np.zeros(nq, np.int64)
+            with NumbaThreads(threads if nq > 1 else 1):
                 n_threads = numba.get_num_threads()
                 sel_i, _sel_d, kept, evals = select_batch(qh, snap.heads, snap.neighbors, snap.seeds.for_rows(qh), efv,
                                                           m, budget, model, eps, max(1, min(nq, n_threads * 8)))
@@ -535,52 +537,33 @@ class Index:
                 ids = np.empty((nq, k), np.int64)
                 stt = np.empty((nq, N_STATS), np.int64)
                 # scan in groups; with prefetch, the next group's lists are requested before this
-                # group is scanned, so the device works while the CPU scans
-                group = max(16, n_threads * 8) if p.prefetch else nq
-                if p.prefetch:
+                # group is scanned, so the device works while the CPU scans (a fetched index
+                # fetches the whole batch's lists at once instead: all its GETs in flight together)
+                prefetch = p.prefetch and not fetching
+                group = max(16, n_threads * 8) if prefetch else nq
+                if prefetch:
                     prefetch_lists(pv, sel_i[:group], kept[:group])
                 for a in range(0, nq, group):
                     b = min(nq, a + group)
+                    if fetching:
+                        _fetch_lists(self._base.postings, pv, sel_i[a:b], kept[a:b], req[a:b], got[a:b])
+                        _fetch_lists(snap.delta_reader, snap.dv, sel_i[a:b], kept[a:b], req[a:b], got[a:b])
                     d_, i_, s_ = scan_batch(qs[a:b], qh[a:b], snap.heads, code, pv, cb, sel_i[a:b], kept[a:b],
                                             R if coded else k, f32, dead)
-                    if coded:
-                        if p.prefetch:
-                            prefetch_rows_batch(vv, i_)
-                    if p.prefetch and b < nq:
+                    if coded and prefetch:
+                        prefetch_rows_batch(vv, i_)
+                    if prefetch and b < nq:
                         prefetch_lists(pv, sel_i[b:b + group], kept[b:b + group])
                     if coded:
+                        if fetching:
+                            _fetch_rows(self._base.vectors, i_, req[a:b], got[a:b])
                         d_, i_ = rerank_batch(qs[a:b], code, vv, i_, k, s_)
                     full_lists_batch(qs[a:b], code, snap.dv, sel_i[a:b], kept[a:b], f32, snap.delta_dead, d_, i_, s_)
                     dists[a:b], ids[a:b], stt[a:b] = d_, i_, s_
                 stt[:, 2] += evals
         dists = self._metric.report(dists)
         return SearchResult(ids=ids, distances=dists, lists_read=stt[:, 0], bytes_read=stt[:, 1],
-                            distance_evals=stt[:, 2])
-
-    def _search_fetched(self, snap, qs, qh, k, p, threads, f32, model, budget, m, efv, eps, R) -> SearchResult:
-        """The batch path of an index whose lists are fetched: select every query's heads,
-        fetch the lists none of them has in the cache (all GETs in flight together), scan;
-        coded: fetch the candidates' vector-store pages, re-rank."""
-        nq = qs.shape[0]
-        code = self._metric.scan_code
-        coded = self.layout.coded
-        vv = self._vectors_view()
-        req = np.zeros(nq, np.int64)
-        got = np.zeros(nq, np.int64)
-        with NumbaThreads(threads if nq > 1 else 1):
-            sel_i, _sel_d, kept, evals = select_batch(qh, snap.heads, snap.neighbors, snap.seeds.for_rows(qh), efv, m,
-                                                      budget, model, eps, max(1, min(nq, numba.get_num_threads() * 8)))
-            _fetch_lists(self._base.postings, snap.pv, sel_i, kept, req, got)
-            _fetch_lists(snap.delta_reader, snap.dv, sel_i, kept, req, got)
-            d_, i_, s_ = scan_batch(qs, qh, snap.heads, code, snap.pv, self.codebook, sel_i, kept, R if coded else k, f32,
-                                    snap.dead_keys)
-            if coded:
-                _fetch_rows(self._base.vectors, i_, req, got)
-                d_, i_ = rerank_batch(qs, code, vv, i_, k, s_)
-            full_lists_batch(qs, code, snap.dv, sel_i, kept, f32, snap.delta_dead, d_, i_, s_)
-        s_[:, 2] += evals
-        return SearchResult(ids=i_, distances=self._metric.report(d_), lists_read=s_[:, 0], bytes_read=s_[:, 1],
-                            distance_evals=s_[:, 2], requests=req, bytes_fetched=got)
+                            distance_evals=stt[:, 2], requests=req, bytes_fetched=got)
 
     def _search_label_lists(self, snap, qs, k, pos, threads) -> SearchResult:
         """Exact filtered search over the label lists of rare labels (base and delta)."""

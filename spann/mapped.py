@@ -108,7 +108,8 @@ def open_bytes(store, root: str, name: str, need_fn):
     """Array ``name`` of the index in ``store``: mapped (a local directory; a zip file whose
     members are page-aligned) or fetched on demand (object stores, other zips; see
     :mod:`spann.fetched`, with the store's ``cache``)."""
-    if store.dir_fd is None and not (hasattr(store, "members") and store.aligned("")):  # all mapped, or none
+    from spann.stores import ZipStore
+    if store.dir_fd is None and not (isinstance(store, ZipStore) and store.aligned("")):  # all mapped, or none
         from spann.fetched import FetchedBytes
         return FetchedBytes(store, root, name, need_fn, store.cache)
     return MappedBytes(store, root, name, need_fn)

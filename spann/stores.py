@@ -108,26 +108,6 @@ class DirectoryStore(Store):
         from spann.zarr_io import read_file
         return read_file(key, self.dir_fd, max_bytes)
 
-    def sizes(self, prefix: str) -> dict[str, int]:
-        root = Path(f"/proc/self/fd/{self.dir_fd}")
-        out = {}
-        for p in root.rglob("*"):
-            if p.is_file():
-                k = str(p.relative_to(root))
-                if k.startswith(prefix):
-                    out[k] = p.stat().st_size
-        return out
-
-    def read_ranges(self, keys, starts, ends) -> list[bytes]:
-        out = []
-        for k, a, b in zip(keys, starts, ends):
-            fd = os.open(k, os.O_RDONLY, dir_fd=self.dir_fd)
-            try:
-                out.append(os.pread(fd, b - a, a))
-            finally:
-                os.close(fd)
-        return out
-
     def close(self) -> None:
         if self.dir_fd is not None and self.dir_fd >= 0:
             os.close(self.dir_fd)
