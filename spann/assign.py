@@ -18,7 +18,7 @@ import numba
 import numpy as np
 
 from spann.distances import FASTMATH, sq_l2
-from spann.head_index import beam_search
+from spann.head_index import WalkCodes, beam_search
 
 __all__ = ["assign_block", "select_replicas"]
 
@@ -63,6 +63,8 @@ def assign_block(x, heads, neighbors, seeds, ef, candidates, replica_count, eps,
     rep_d = np.full((b, replica_count), np.inf, np.float32)
     cnt = np.zeros(b, np.int32)
     step = (b + n_chunks - 1) // n_chunks
+    exact = WalkCodes(np.zeros((0, heads.shape[1]), np.uint8), np.zeros(heads.shape[1], np.float32),
+                      np.ones(heads.shape[1], np.float32))  # the assignment walks on exact distances
     for ch in numba.prange(n_chunks):
         visited = np.zeros(heads.shape[0], np.uint32)
         ci = np.empty(candidates, np.int32)
@@ -70,6 +72,6 @@ def assign_block(x, heads, neighbors, seeds, ef, candidates, replica_count, eps,
         tag = np.uint32(0)
         for i in range(ch * step, min(b, (ch + 1) * step)):
             tag += np.uint32(1)
-            beam_search(x[i], heads, neighbors, seeds[i], ef, visited, tag, ci, cd)
+            beam_search(x[i], heads, neighbors, seeds[i], ef, visited, tag, ci, cd, exact)
             cnt[i] = select_replicas(ci, cd, heads, replica_count, eps, rng_factor, rep_i[i], rep_d[i])
     return rep_i, rep_d, cnt

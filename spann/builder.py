@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from spann.assign import assign_block
 from spann.clustering import select_heads
 from spann.datasets.formats import check_finite
-from spann.head_index import EntrySeeds, build_graph, head_search_recall
+from spann.head_index import EntrySeeds, build_graph, head_search_recall, walk_codes
 from spann.layout import EntryLayout, full_entries, pack_lists
 from spann.threads import BuildThreads
 from spann.labels import check_labels, label_directory
@@ -217,8 +217,8 @@ def pruner_stage(metric: Metric, sample: Sample, dim: int, heads: Heads, graph: 
     M = min(128, H)
     qrows = np.ascontiguousarray(sample.rows[qi])
     seeds = EntrySeeds(heads.vectors, graph.entries).for_rows(qrows)
-    sel, sel_d, _, _ = select_batch(qrows, heads.vectors, graph.neighbors, seeds, 160, M, M, np.zeros(0, np.float64),
-                                    np.float32(1e18), 16)
+    sel, sel_d, _, _ = select_batch(qrows, heads.vectors, walk_codes(heads.vectors), graph.neighbors, seeds, 160, M, M,
+                                    np.zeros(0, np.float64), np.float32(1e18), 16)  # the walk searches make
     need = training_targets(sel, ptr, lists, 10, 9)
     return fit_pruner(sel_d[:, :MIN_HEADS], need)
 
@@ -751,7 +751,7 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
             "peak_rss_bytes": _peak_rss(),
             "resumed": {"stages": restored, "shards": writer.shards_reused} if writer.resumed else None,
             "raw_bytes": int(src.n * src.dim * src.dtype.itemsize),
-            "index_bytes": directory_bytes(writer.tmp),
+            "index_bytes": directory_bytes(writer.tmp) - directory_bytes(writer.ckpt),  # checkpoints go at commit
         }
         attrs = {"metric": m.name, "dim": src.dim, "n": src.n, "dtype": layout.dtype, "source_dtype": src.dtype.name,
                  "layout": layout.to_dict(), "store": enc.store.to_dict() if enc.store else None,

@@ -18,7 +18,7 @@ entries cannot reach (NSG's). Entry points: heads spread evenly through the head
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numba
 import numpy as np
@@ -28,10 +28,51 @@ from spann.distances import FASTMATH as _FM
 from spann.distances import sq_l2
 from spann.prefetch import prefetch_element
 
-__all__ = ["EXACT_KNN_MAX", "build_graph", "default_entry_count", "spread_entries", "EntrySeeds", "refine_graph", "beam_search", "knn_candidates", "head_search_recall"]
+__all__ = ["EXACT_KNN_MAX", "WALK_CODES_MIN_DIM", "WalkCodes", "walk_codes", "no_walk_codes", "build_graph", "default_entry_count", "spread_entries", "EntrySeeds", "refine_graph", "beam_search", "knn_candidates", "head_search_recall"]
 
 #: up to this many heads the candidate kNN is exact (O(H^2 d) BLAS work); above, partitioned.
 EXACT_KNN_MAX = 30_000
+
+#: from this head-space width on, searches walk the graph on one byte per coordinate
+WALK_CODES_MIN_DIM = 128
+
+
+class WalkCodes(NamedTuple):
+    """The heads at one byte per coordinate, for the graph walk of a search (numba-passable).
+
+    ``u8`` uint8 (H, Dh): ``heads ~ lo + step * u8``, per coordinate over the heads' range;
+    ``lo``, ``step`` float32 (Dh,). Empty (``u8`` of shape (0, Dh)) when the walk reads the
+    float32 heads. A walk on codes moves a quarter of the bytes (at 768 dimensions a query's
+    walk touches ~1,500 heads: 4.5 MB of float32 rows, which no cache holds); its pool is
+    then re-scored on the float32 heads, so the heads it returns carry exact distances.
+    """
+    u8: np.ndarray
+    lo: np.ndarray
+    step: np.ndarray
+
+
+def no_walk_codes(dim: int) -> WalkCodes:
+    """An empty :class:`WalkCodes`: walks read the float32 heads."""
+    return WalkCodes(np.zeros((0, dim), np.uint8), np.zeros(dim, np.float32), np.ones(dim, np.float32))
+
+
+def walk_codes(heads: np.ndarray, min_dim: int = WALK_CODES_MIN_DIM) -> WalkCodes:
+    """Byte codes of ``heads`` (float32 (H, Dh)) when Dh >= ``min_dim``, else empty."""
+    H, dim = heads.shape
+    if dim < min_dim or H == 0:
+        return no_walk_codes(dim)
+    lo = np.empty(dim, np.float32)
+    hi = np.empty(dim, np.float32)
+    for s in range(0, H, 65536):  # blocks: no float copy of every head at once
+        b = heads[s:s + 65536]
+        bl, bh = b.min(axis=0), b.max(axis=0)
+        lo = bl if s == 0 else np.minimum(lo, bl)
+        hi = bh if s == 0 else np.maximum(hi, bh)
+    step = np.maximum((hi - lo) / np.float32(255.0), np.float32(1e-30)).astype(np.float32)
+    u8 = np.empty((H, dim), np.uint8)
+    for s in range(0, H, 65536):
+        u8[s:s + 65536] = np.clip(np.rint((heads[s:s + 65536] - lo) / step), 0, 255)
+    return WalkCodes(u8, lo.astype(np.float32), step)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -54,14 +95,34 @@ def _pool_insert(pd, pi, done, size, cap, d, node):
     return size, j
 
 
+@numba.njit(cache=True, fastmath=_FM, nogil=True, inline="always")
+def _head_dist(q, heads, codes, qq, step, node):
+    """Squared L2 from ``q`` to head ``node``: exact, or on its byte code (``qq = q - lo``)."""
+    if codes.shape[0] == 0:
+        return sq_l2(q, heads[node])
+    c = codes[node]
+    s = np.float32(0.0)
+    for i in range(qq.shape[0]):
+        t = qq[i] - step[i] * np.float32(c[i])
+        s += t * t
+    return s
+
+
 @numba.njit(cache=True, fastmath=_FM, nogil=True)
-def _beam(q, heads, neighbors, entries, ef, visited, tag, pd, pi, done, trail_i, trail_d):
+def _beam(q, heads, neighbors, entries, ef, visited, tag, pd, pi, done, trail_i, trail_d, wc):
     """The walk of :func:`beam_search` into the pool ``pd``/``pi``/``done`` (length ef); every
     expanded head is also appended to ``trail_i``/``trail_d`` while they have room (the graph
-    build's candidates; pass empty arrays to skip). Returns (pool size, distance evaluations,
+    build's candidates; pass empty arrays to skip). ``wc``: :class:`WalkCodes` (empty: exact
+    distances; else the pool holds code distances). Returns (pool size, distance evaluations,
     trail length)."""
     deg = neighbors.shape[1]
+    codes = wc.u8
+    coded = codes.shape[0] > 0
+    qq = np.empty(q.shape[0] if coded else 0, np.float32)
+    for i in range(qq.shape[0]):
+        qq[i] = q[i] - wc.lo[i]
     line2 = min(heads.shape[1] - 1, 128 // heads.itemsize)  # a row spans several cache lines
+    cline2 = min(codes.shape[1] - 1, 128)
     size = 0
     n_eval = 0
     n_trail = 0
@@ -70,7 +131,7 @@ def _beam(q, heads, neighbors, entries, ef, visited, tag, pd, pi, done, trail_i,
             continue
         visited[e] = tag
         n_eval += 1
-        size, _ = _pool_insert(pd, pi, done, size, ef, sq_l2(q, heads[e]), e)
+        size, _ = _pool_insert(pd, pi, done, size, ef, _head_dist(q, heads, codes, qq, wc.step, e), e)
     cur = 0
     while cur < size:
         node = pi[cur]
@@ -84,8 +145,12 @@ def _beam(q, heads, neighbors, entries, ef, visited, tag, pd, pi, done, trail_i,
             if nb < 0:
                 break
             if visited[nb] != tag:
-                prefetch_element(heads, nb, 0)
-                prefetch_element(heads, nb, line2)
+                if coded:
+                    prefetch_element(codes, nb, 0)
+                    prefetch_element(codes, nb, cline2)
+                else:
+                    prefetch_element(heads, nb, 0)
+                    prefetch_element(heads, nb, line2)
         nxt = cur + 1
         for t in range(deg):
             nb = neighbors[node, t]
@@ -95,7 +160,7 @@ def _beam(q, heads, neighbors, entries, ef, visited, tag, pd, pi, done, trail_i,
                 continue
             visited[nb] = tag
             n_eval += 1
-            size, j = _pool_insert(pd, pi, done, size, ef, sq_l2(q, heads[nb]), nb)
+            size, j = _pool_insert(pd, pi, done, size, ef, _head_dist(q, heads, codes, qq, wc.step, nb), nb)
             if j < nxt:
                 nxt = j
         while nxt < size and done[nxt]:
@@ -105,21 +170,36 @@ def _beam(q, heads, neighbors, entries, ef, visited, tag, pd, pi, done, trail_i,
 
 
 @numba.njit(cache=True, fastmath=_FM, nogil=True)
-def beam_search(q, heads, neighbors, entries, ef, visited, tag, out_i, out_d):
+def beam_search(q, heads, neighbors, entries, ef, visited, tag, out_i, out_d, wc):
     """Greedy best-first search of the head graph for query ``q`` (float32 (Dh,)).
 
     The pool holds the ``ef`` nearest heads seen so far, sorted, each marked once expanded
     (DiskANN's search list): expand the nearest unexpanded head, offer its neighbours, stop
     when every head in the pool is expanded. ``visited`` (uint32 (H,)) marks heads seen in this
-    query with ``tag`` (callers change it per query). Writes the ``len(out_i)`` nearest heads
-    into ``out_i`` (int32) / ``out_d`` (float32), ascending, -1 / inf padded; returns the
-    number of distance evaluations.
+    query with ``tag`` (callers change it per query). ``wc``: :class:`WalkCodes` (empty: the
+    walk reads the float32 heads; else it walks on the codes and re-scores its pool exactly).
+    Writes the ``len(out_i)`` nearest heads into ``out_i`` (int32) / ``out_d`` (float32, exact),
+    ascending, -1 / inf padded; returns the number of distance evaluations.
     """
     pd = np.empty(ef, np.float32)
     pi = np.empty(ef, np.int32)
     done = np.zeros(ef, np.bool_)
     size, n_eval, _ = _beam(q, heads, neighbors, entries, ef, visited, tag, pd, pi, done,
-                            np.empty(0, np.int32), np.empty(0, np.float32))
+                            np.empty(0, np.int32), np.empty(0, np.float32), wc)
+    if wc.u8.shape[0] > 0:  # exact distances for the pool, re-sorted (insertion: ef is small)
+        for j in range(size):
+            prefetch_element(heads, pi[j], 0)
+        n_eval += size
+        for j in range(size):
+            d = sq_l2(q, heads[pi[j]])
+            node = pi[j]
+            t = j
+            while t > 0 and pd[t - 1] > d:
+                pd[t] = pd[t - 1]
+                pi[t] = pi[t - 1]
+                t -= 1
+            pd[t] = d
+            pi[t] = node
     m = out_i.shape[0]
     for j in range(m):
         if j < size:
@@ -190,6 +270,8 @@ def _refine_batch(x, nbrs, seeds, nodes, ef, alpha2, n_chunks):
     out = np.full((b, deg), -1, np.int32)
     step = (b + n_chunks - 1) // n_chunks
     cap = 4 * ef
+    exact = WalkCodes(np.zeros((0, x.shape[1]), np.uint8), np.zeros(x.shape[1], np.float32),
+                      np.ones(x.shape[1], np.float32))
     for ch in numba.prange(n_chunks):
         visited = np.zeros(x.shape[0], np.uint32)
         pd = np.empty(ef, np.float32)
@@ -202,7 +284,7 @@ def _refine_batch(x, nbrs, seeds, nodes, ef, alpha2, n_chunks):
             p = nodes[j]
             tag += np.uint32(1)
             visited[p] = tag
-            size, _, m = _beam(x[p], x, nbrs, seeds[j], ef, visited, tag, pd, pi, done, ti[:cap], td[:cap])
+            size, _, m = _beam(x[p], x, nbrs, seeds[j], ef, visited, tag, pd, pi, done, ti[:cap], td[:cap], exact)
             for t in range(size):  # the final pool (the trail may have filled before the walk ended)
                 ti[m] = pi[t]
                 td[m] = pd[t]
@@ -287,6 +369,8 @@ def _connect(x, nbrs, entries, starts, ef):
     queue = np.empty(n, np.int64)
     _mark_reachable(nbrs, starts, seen, queue)
     visited = np.zeros(n, np.uint32)
+    exact = WalkCodes(np.zeros((0, x.shape[1]), np.uint8), np.zeros(x.shape[1], np.float32),
+                      np.ones(x.shape[1], np.float32))
     pd = np.empty(ef, np.float32)
     pi = np.empty(ef, np.int32)
     done = np.zeros(ef, np.bool_)
@@ -300,7 +384,7 @@ def _connect(x, nbrs, entries, starts, ef):
         if seen[u]:
             continue
         tag += np.uint32(1)
-        size, _, _ = _beam(x[u], x, nbrs, entries, ef, visited, tag, pd, pi, done, none_i, none_d)
+        size, _, _ = _beam(x[u], x, nbrs, entries, ef, visited, tag, pd, pi, done, none_i, none_d, exact)
         host = -1
         slot = deg - 1
         for j in range(size):
@@ -532,8 +616,9 @@ def head_search_recall(x: np.ndarray, neighbors: np.ndarray, entries: np.ndarray
     vis = np.zeros(x.shape[0], np.uint32)
     oi, od = np.empty(k, np.int32), np.empty(k, np.float32)
     seeds = EntrySeeds(x, entries).for_rows(queries)
+    exact = no_walk_codes(x.shape[1])
     hits = 0
     for i in range(queries.shape[0]):
-        beam_search(queries[i], x, neighbors, seeds[i], max(ef, k), vis, np.uint32(i + 1), oi, od)
+        beam_search(queries[i], x, neighbors, seeds[i], max(ef, k), vis, np.uint32(i + 1), oi, od, exact)
         hits += np.intersect1d(oi, gi[i]).size
     return hits / (k * max(1, queries.shape[0]))

@@ -12,7 +12,7 @@ import numba
 import numpy as np
 
 from spann.errors import IndexCorruptError, ParameterError, QueryError
-from spann.head_index import EntrySeeds
+from spann.head_index import EntrySeeds, walk_codes
 from spann.idmap import IdMap
 from spann.labels import check_filter
 from spann.layout import EntryLayout, full_entries
@@ -78,6 +78,7 @@ class _Snapshot:
         self.build_id = f.build_id
         self.heads, self.neighbors, self.entries = f.heads, f.neighbors, f.entries
         self.seeds = EntrySeeds(self.heads, self.entries)
+        self.walk = walk_codes(self.heads)
         self.pruner = f.pruner
         H = self.heads.shape[0]
         self.offsets = f.offsets
@@ -374,15 +375,16 @@ class Index:
         return self
 
     # -- search --------------------------------------------------------------------------------
-    def _params(self, max_postings, prune_eps, ef, rerank, prefetch, pruner) -> SearchParams:
+    def _params(self, max_postings, prune_eps, ef, rerank, prefetch, pruner, rerank_bound=None) -> SearchParams:
         """SearchParams for these overrides, cached (validation is not free on a 0.1 ms path)."""
-        key = (max_postings, prune_eps, ef, rerank, prefetch, pruner)
+        key = (max_postings, prune_eps, ef, rerank, prefetch, pruner, rerank_bound)
         try:
             p = self._param_cache.get(key)
         except TypeError:  # unhashable argument: validate (and fail) below
             p = None
         if p is None:
-            changes = {k_: v for k_, v in zip(("max_postings", "prune_eps", "ef", "rerank", "prefetch", "pruner"), key)
+            changes = {k_: v for k_, v in zip(("max_postings", "prune_eps", "ef", "rerank", "prefetch", "pruner",
+                                               "rerank_bound"), key)
                        if v is not None}
             p = self.default_params.replace(**changes) if changes else self.default_params
             if len(self._param_cache) > 256:
@@ -425,7 +427,7 @@ class Index:
     def search(self, queries: np.ndarray, k: int = 10, *, max_postings: int | None = None,
                prune_eps: float | None = None, ef: int | None = None, rerank: int | None = None,
                prefetch: bool | None = None, pruner: bool | None = None, threads: int | None = None,
-               params: SearchParams | None = None, filter=None) -> SearchResult:
+               params: SearchParams | None = None, filter=None, rerank_bound: bool | None = None) -> SearchResult:
         """k nearest neighbours of ``queries`` (nq, dim) or (dim,).
 
         One query takes a low-overhead single-thread path; a batch runs on ``threads`` cores
@@ -434,7 +436,8 @@ class Index:
         """
         if params is not None and not isinstance(params, SearchParams):
             raise ParameterError(f"params must be a spann.SearchParams, got {type(params).__name__}")
-        p = params if params is not None else self._params(max_postings, prune_eps, ef, rerank, prefetch, pruner)
+        p = params if params is not None else self._params(max_postings, prune_eps, ef, rerank, prefetch, pruner,
+                                                           rerank_bound)
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
                                     or threads < 0):
             raise ParameterError(f"threads must be an integer >= 0, got {threads!r}")
@@ -505,6 +508,7 @@ class Index:
         efv = p.effective_ef(m)
         eps = np.float32(min(p.prune_eps, 1e18))
         R = p.effective_rerank(k, self.layout.encoding)
+        bounded = self.layout.encoding == "rabitq" and bool(p.rerank_bound)
         code = self._metric.scan_code
         dead = snap.dead_keys
         fetching = self.fetching
@@ -520,8 +524,8 @@ class Index:
             top_d = np.empty(k, np.float32)
             top_i = np.empty(k, np.int64)
             stats = np.zeros(N_STATS, np.int64)
-            search_one(qs[0], qh[0], code, snap.heads, snap.neighbors, snap.seeds.for_rows(qh)[0], efv, m, budget,
-                       model, eps, pv, cb, vv, snap.dv, f32, dead, snap.delta_dead, R, bool(p.prefetch), st.visited,
+            search_one(qs[0], qh[0], code, snap.heads, snap.walk, snap.neighbors, snap.seeds.for_rows(qh)[0], efv, m, budget,
+                       model, eps, pv, cb, vv, snap.dv, f32, dead, snap.delta_dead, R, bounded, bool(p.prefetch), st.visited,
                        np.uint32(st.tag), top_d, top_i, stats)
             dists, ids, stt = top_d[None], top_i[None], stats[None]
             req = got = None
@@ -531,7 +535,7 @@ class Index:
             got = np.zeros(nq, np.int64)
             with NumbaThreads(threads if nq > 1 else 1):
                 n_threads = numba.get_num_threads()
-                sel_i, _sel_d, kept, evals = select_batch(qh, snap.heads, snap.neighbors, snap.seeds.for_rows(qh), efv,
+                sel_i, _sel_d, kept, evals = select_batch(qh, snap.heads, snap.walk, snap.neighbors, snap.seeds.for_rows(qh), efv,
                                                           m, budget, model, eps, max(1, min(nq, n_threads * 8)))
                 dists = np.empty((nq, k), np.float32)
                 ids = np.empty((nq, k), np.int64)
@@ -549,7 +553,7 @@ class Index:
                         _fetch_lists(self._base.postings, pv, sel_i[a:b], kept[a:b], req[a:b], got[a:b])
                         _fetch_lists(snap.delta_reader, snap.dv, sel_i[a:b], kept[a:b], req[a:b], got[a:b])
                     d_, i_, s_ = scan_batch(qs[a:b], qh[a:b], snap.heads, code, pv, cb, sel_i[a:b], kept[a:b],
-                                            R if coded else k, f32, dead)
+                                            R if coded else k, f32, dead, k if bounded else 0)
                     if coded and prefetch:
                         prefetch_rows_batch(vv, i_)
                     if prefetch and b < nq:
@@ -648,7 +652,7 @@ class Index:
         """Bytes the open index holds in RAM: heads, graph, list directories, tombstones and the
         delta's id directory (nothing per base vector)."""
         sn = self._snap
-        parts = [sn.heads, sn.neighbors, sn.entries, sn.counts, sn.offsets, sn.dead_keys, sn.dead_ids, sn.delta_dead,
+        parts = [sn.heads, sn.walk.u8, sn.neighbors, sn.entries, sn.counts, sn.offsets, sn.dead_keys, sn.dead_ids, sn.delta_dead,
                  sn.delta_ids,
                  sn.delta_locs, sn.dv.offsets, sn.dv.counts]
         if sn.labels is not None:

@@ -228,6 +228,9 @@ class SearchParams(_Params):
     rerank: candidates re-ranked exactly from the vector store (coded encodings; at least k):
         0 = automatic: ``k + k // 2`` (at least 12) for sq8, whose code distances are close to
         the true ones; ``4 k`` (at least 40) for rabitq's coarser one-bit codes.
+    rerank_bound: rabitq: of those candidates, re-rank only the ones whose estimate's error
+        bound lets them reach the top-k (RaBitQ's confidence interval; see
+        :func:`spann.rabitq.bound_cut`); False re-ranks all of them.
     prefetch: before scanning, ask the kernel to read every selected list at once
         (madvise WILLNEED, one call per run of adjacent pages): all of a query's reads are
         in flight together when the index is not in the page cache; about 1 us per list when
@@ -239,6 +242,7 @@ class SearchParams(_Params):
     prune_eps: float = float("inf")
     ef: int = 0
     rerank: int = 0
+    rerank_bound: bool = True
     prefetch: bool = True
 
     def __post_init__(self) -> None:
@@ -249,6 +253,8 @@ class SearchParams(_Params):
                f"ef must be 0 (auto) or in max_postings ({self.max_postings})..1048576, got {self.ef!r}")
         _check(_int(self.rerank) and 0 <= self.rerank <= 1 << 16, f"rerank must be in 0..65536, got {self.rerank!r}")
         _check(isinstance(self.prefetch, (bool, np.bool_)), f"prefetch must be True or False, got {self.prefetch!r}")
+        _check(isinstance(self.rerank_bound, (bool, np.bool_)),
+               f"rerank_bound must be True or False, got {self.rerank_bound!r}")
         _check(isinstance(self.pruner, (bool, np.bool_)), f"pruner must be True or False, got {self.pruner!r}")
 
     def effective_ef(self, retrieved: int | None = None) -> int:

@@ -28,7 +28,12 @@ from numba.extending import intrinsic
 
 from spann.distances import FASTMATH
 
-__all__ = ["random_rotation", "encode", "popcount64", "prepare_list_query", "estimate"]
+__all__ = ["EPS0", "random_rotation", "encode", "popcount64", "prepare_list_query", "estimate", "error_bound",
+           "bound_cut"]
+
+#: width of the estimator's confidence interval (RaBitQ's epsilon_0; the paper's 1.9 "gives
+#: nearly perfect recall" of the candidates that matter)
+EPS0 = 1.9
 
 
 def random_rotation(dim: int, seed: int) -> np.ndarray:
@@ -139,3 +144,45 @@ def estimate(words, planes, lo, w, s_all, dp):
         sb += popcount64(x & planes[0, b]) + 2 * popcount64(x & planes[1, b]) \
             + 4 * popcount64(x & planes[2, b]) + 8 * popcount64(x & planes[3, b])
     return (2.0 * (lo * pc + w * sb) - dp * lo - w * s_all) / np.sqrt(dp)
+
+
+@numba.njit(cache=True, fastmath=FASTMATH, nogil=True, inline="always")
+def error_bound(a, dp, w):
+    """Bound on |estimate / a - <u, q'>| for an entry with ``a = <o_bar, u>`` and a query
+    quantised with step ``w``: RaBitQ's (Theorem 3.2) ``sqrt(1 - a^2) / a * EPS0 / sqrt(Dp - 1)``
+    plus the query's rounding, ``<o_bar, delta> / a`` with delta uniform in +-w/2 per coordinate
+    (standard deviation w / sqrt(12) / a), also at EPS0 deviations."""
+    if a <= 0.0:
+        return np.float32(2.0)  # no information: a cosine is within [-1, 1]
+    code = np.sqrt(max(np.float32(1.0) - a * a, np.float32(0.0))) / np.sqrt(np.float32(dp - 1))
+    return np.float32(EPS0) / a * (code + w * np.float32(0.28867513))
+
+
+@numba.njit(cache=True, nogil=True)
+def bound_cut(cand_d, cand_e, cand_r, k):
+    """Keep the candidates (ascending estimates ``cand_d``, error bounds ``cand_e``, rows
+    ``cand_r``, -1 padded) that may be among the true k nearest: those whose lower bound
+    ``d - e`` is below the k-th smallest upper bound ``d + e``. Survivors move to the front in
+    their order, the rest become -1 / inf. Returns how many survive."""
+    n = 0
+    while n < cand_r.shape[0] and cand_r[n] >= 0:
+        n += 1
+    if n <= k:
+        return n
+    hi = np.empty(n, np.float32)
+    for j in range(n):
+        hi[j] = cand_d[j] + cand_e[j]
+    hi.sort()
+    u = hi[k - 1]
+    kept = 0
+    for j in range(n):
+        if cand_d[j] - cand_e[j] <= u:
+            cand_d[kept] = cand_d[j]
+            cand_e[kept] = cand_e[j]
+            cand_r[kept] = cand_r[j]
+            kept += 1
+    for j in range(kept, cand_r.shape[0]):
+        cand_d[j] = np.inf
+        cand_e[j] = 0.0
+        cand_r[j] = -1
+    return kept

@@ -29,8 +29,8 @@ from spann.labels import has_label, is_dead
 from spann.postings import aux_offset, codes_offset, entry_id, labels_start, union_pages
 from spann.pruner import lists_for
 from spann.prefetch import prefetch_element
-from spann.rabitq import estimate, prepare_list_query
-from spann.topk import topk_insert, topk_insert_unique
+from spann.rabitq import bound_cut, error_bound, estimate, prepare_list_query
+from spann.topk import topk_insert, topk_insert_unique, topk_insert_unique_with
 from spann.vector_store import row_id, row_vector, union_row_pages
 
 __all__ = ["N_STATS", "select_lists", "scan_full", "scan_coded", "scan_rabitq", "rerank", "search_one", "select_batch",
@@ -40,12 +40,13 @@ N_STATS = 4  #: lists read, page bytes, distance evaluations, entry bytes
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
-def select_lists(qh, heads, neighbors, entries, ef, budget, model, prune_eps, visited, tag, sel_i, sel_d):
-    """Nearest heads of head-space query ``qh`` into ``sel_i``/``sel_d`` (ascending), then how
+def select_lists(qh, heads, wc, neighbors, entries, ef, budget, model, prune_eps, visited, tag, sel_i, sel_d):
+    """Nearest heads of head-space query ``qh`` into ``sel_i``/``sel_d`` (ascending; ``wc``: the
+    heads' :class:`~spann.head_index.WalkCodes`, empty for an exact walk), then how
     many of them to read: the pruner's choice for a ``budget`` (see :mod:`spann.pruner`; just
     ``budget`` without a model), cut further by the distance-ratio rule ``prune_eps``.
     Returns (kept, distance evaluations)."""
-    n_eval = beam_search(qh, heads, neighbors, entries, ef, visited, tag, sel_i, sel_d)
+    n_eval = beam_search(qh, heads, neighbors, entries, ef, visited, tag, sel_i, sel_d, wc)
     found = 0
     while found < sel_i.shape[0] and sel_i[found] >= 0:
         found += 1
@@ -138,11 +139,12 @@ def scan_coded(q, metric, pv, cb, qa, sel_i, kept, filt, dead, cand_d, cand_r, s
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True, error_model="numpy")
-def scan_rabitq(qh, metric, pv, heads, sel_i, kept, filt, dead, cand_d, cand_r, stats):
+def scan_rabitq(qh, metric, pv, heads, sel_i, kept, filt, dead, cand_d, cand_r, cand_e, stats):
     """Scan the first ``kept`` lists' RaBitQ codes (see :mod:`spann.rabitq`) into the best
-    ``len(cand_d)`` candidates. ``qh``: the head-space query, whose first Dp columns are the
-    rotated query; ``heads``: the rotated head vectors (the lists' centres); ``filt``, ``dead``:
-    as in :func:`scan_coded`."""
+    ``len(cand_d)`` candidates, with each estimate's error bound in ``cand_e`` (float32, same
+    length). ``qh``: the head-space query, whose first Dp columns are the rotated query;
+    ``heads``: the rotated head vectors (the lists' centres); ``filt``, ``dead``: as in
+    :func:`scan_coded`."""
     R = cand_d.shape[0]
     nf = filt.shape[0] > 0
     L = pv.label_width
@@ -177,7 +179,8 @@ def scan_rabitq(qh, metric, pv, heads, sel_i, kept, filt, dead, cand_d, cand_r, 
             if nf and not has_label(pv.i32, labels_start(pv, o, c, t), L, filt):
                 continue
             nr = pv.f32[ao + A * t]
-            est = estimate(words[t], planes, lo, w, s_all, dp) / pv.f32[ao + A * t + 1]
+            a = pv.f32[ao + A * t + 1]
+            est = estimate(words[t], planes, lo, w, s_all, dp) / a
             if metric == NEG_DOT:
                 d = -(base + nr * nq * est)
             else:
@@ -185,7 +188,8 @@ def scan_rabitq(qh, metric, pv, heads, sel_i, kept, filt, dead, cand_d, cand_r, 
             if d < cand_d[R - 1]:
                 r = entry_id(pv, o, t)
                 if not is_dead(dead, r):
-                    topk_insert_unique(cand_d, cand_r, d, r)
+                    e = nr * nq * error_bound(a, dp, w)
+                    topk_insert_unique_with(cand_d, cand_r, cand_e, d, r, e if metric == NEG_DOT else 2.0 * e)
         stats[0] += 1
         stats[2] += c
         stats[3] += codes_offset(pv, c) + c * pv.code_bytes
@@ -207,17 +211,19 @@ def rerank(q, metric, vv, cand_r, top_d, top_i, stats):
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
-def search_one(q, qh, metric, heads, neighbors, entries, ef, m, budget, model, prune_eps, pv, cb, vv, dv, filt,
-               dead, delta_dead, rerank_depth, prefetch, visited, tag, top_d, top_i, stats):
+def search_one(q, qh, metric, heads, wc, neighbors, entries, ef, m, budget, model, prune_eps, pv, cb, vv, dv, filt,
+               dead, delta_dead, rerank_depth, bounded, prefetch, visited, tag, top_d, top_i, stats):
     """One query end to end: fills ``top_d``/``top_i`` (length k, ascending) and ``stats``.
     ``m``: heads retrieved (>= the most lists the pruner may choose); ``budget``: lists for
     the median query (see :func:`select_lists`); ``dv``: the delta lists of an updated index
     (full vectors, same heads; all empty when there is none); ``filt``: sorted int32 labels
     (empty: no filter); ``dead``: deleted ids (full) or store rows (coded) of the base lists,
-    sorted int64; ``delta_dead``: deleted ids still in the delta lists (sorted int64)."""
+    sorted int64; ``delta_dead``: deleted ids still in the delta lists (sorted int64);
+    ``bounded``: re-rank only the rabitq candidates whose error bound lets them reach the
+    top-k (at most ``rerank_depth``; see :func:`spann.rabitq.bound_cut`)."""
     sel_i = np.empty(m, np.int32)
     sel_d = np.empty(m, np.float32)
-    kept, n_eval = select_lists(qh, heads, neighbors, entries, ef, budget, model, prune_eps, visited, tag, sel_i,
+    kept, n_eval = select_lists(qh, heads, wc, neighbors, entries, ef, budget, model, prune_eps, visited, tag, sel_i,
                                 sel_d)
     stats[1] += 4096 * union_pages(pv, sel_i, kept, prefetch and pv.prefetchable)
     stats[1] += 4096 * union_pages(dv, sel_i, kept, prefetch and dv.prefetchable)
@@ -234,7 +240,10 @@ def search_one(q, qh, metric, heads, neighbors, entries, ef, m, budget, model, p
             qa = np.empty(q.shape[0], np.float32)
             scan_coded(q, metric, pv, cb, qa, sel_i, kept, filt, dead, cand_d, cand_r, stats)
         else:
-            scan_rabitq(qh, metric, pv, heads, sel_i, kept, filt, dead, cand_d, cand_r, stats)
+            cand_e = np.zeros(rerank_depth, np.float32)
+            scan_rabitq(qh, metric, pv, heads, sel_i, kept, filt, dead, cand_d, cand_r, cand_e, stats)
+            if bounded:
+                bound_cut(cand_d, cand_e, cand_r, top_d.shape[0])
         n_c = 0
         while n_c < rerank_depth and cand_r[n_c] >= 0:
             n_c += 1
@@ -244,7 +253,7 @@ def search_one(q, qh, metric, heads, neighbors, entries, ef, m, budget, model, p
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True, parallel=True)
-def select_batch(qh, heads, neighbors, seeds, ef, m, budget, model, prune_eps, n_chunks):
+def select_batch(qh, heads, wc, neighbors, seeds, ef, m, budget, model, prune_eps, n_chunks):
     """Batch phase 1: the pruned nearest heads of every query, in parallel chunks (one visited
     array per chunk); query i's walk starts from ``seeds[i]`` (int32 (nq, s), see
     :class:`spann.head_index.EntrySeeds`). Returns sel_i (nq, m) int32, sel_d (nq, m) float32, kept (nq,), evals (nq,)."""
@@ -259,17 +268,18 @@ def select_batch(qh, heads, neighbors, seeds, ef, m, budget, model, prune_eps, n
         tag = np.uint32(0)
         for i in range(ch * step, min(nq, (ch + 1) * step)):
             tag += np.uint32(1)
-            kept[i], evals[i] = select_lists(qh[i], heads, neighbors, seeds[i], ef, budget, model, prune_eps, visited,
+            kept[i], evals[i] = select_lists(qh[i], heads, wc, neighbors, seeds[i], ef, budget, model, prune_eps, visited,
                                              tag, sel_i[i], sel_d[i])
     return sel_i, sel_d, kept, evals
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True, parallel=True)
-def scan_batch(qs, qh, heads, metric, pv, cb, sel_i, kept, width, filt, dead):
+def scan_batch(qs, qh, heads, metric, pv, cb, sel_i, kept, width, filt, dead, bounded_k):
     """Batch phase 2: scan the selected lists of every query in parallel (``qs`` scan-space
     queries, ``qh`` head-space queries, ``heads`` the head vectors). Returns (dists
     (nq, width), ids or rows (nq, width), stats (nq, N_STATS)): the top-k (full encoding,
-    width = k) or the re-rank candidates (coded, width = rerank depth)."""
+    width = k) or the re-rank candidates (coded, width = rerank depth; rabitq candidates cut to
+    those whose error bound lets them reach the top ``bounded_k`` when it is > 0)."""
     nq = qs.shape[0]
     out_d = np.full((nq, width), np.inf, np.float32)
     out_i = np.full((nq, width), -1, np.int64)
@@ -282,7 +292,10 @@ def scan_batch(qs, qh, heads, metric, pv, cb, sel_i, kept, width, filt, dead):
             qa = np.empty(qs.shape[1], np.float32)
             scan_coded(qs[i], metric, pv, cb, qa, sel_i[i], kept[i], filt, dead, out_d[i], out_i[i], stats[i])
         else:
-            scan_rabitq(qh[i], metric, pv, heads, sel_i[i], kept[i], filt, dead, out_d[i], out_i[i], stats[i])
+            cand_e = np.zeros(width, np.float32)
+            scan_rabitq(qh[i], metric, pv, heads, sel_i[i], kept[i], filt, dead, out_d[i], out_i[i], cand_e, stats[i])
+            if bounded_k > 0:
+                bound_cut(out_d[i], cand_e, out_i[i], bounded_k)
     return out_d, out_i, stats
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numba
 
-__all__ = ["topk_insert", "topk_insert_unique"]
+__all__ = ["topk_insert", "topk_insert_unique", "topk_insert_unique_with"]
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -37,3 +37,24 @@ def topk_insert_unique(dists, ids, d, i) -> bool:
         if ids[j] == i:
             return False
     return topk_insert(dists, ids, d, i)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def topk_insert_unique_with(dists, ids, extra, d, i, x) -> bool:
+    """As :func:`topk_insert_unique`, carrying ``x`` into ``extra`` (float32, parallel to ``dists``)."""
+    k = dists.shape[0]
+    if not d < dists[k - 1]:
+        return False
+    for j in range(k):
+        if ids[j] == i:
+            return False
+    j = k - 1
+    while j > 0 and dists[j - 1] > d:
+        dists[j] = dists[j - 1]
+        ids[j] = ids[j - 1]
+        extra[j] = extra[j - 1]
+        j -= 1
+    dists[j] = d
+    ids[j] = i
+    extra[j] = x
+    return True

@@ -46,7 +46,7 @@ import numpy as np
 from spann.assign import assign_block
 from spann.datasets.formats import check_finite
 from spann.errors import DataError, IndexCorruptError, QueryError
-from spann.head_index import EntrySeeds, beam_search
+from spann.head_index import EntrySeeds, beam_search, no_walk_codes
 from spann.idmap import MAX_ID, check_ids, lookup_sorted
 from spann.labels import check_labels
 from spann.layout import full_entries
@@ -343,7 +343,8 @@ class _Batch:
         vis = np.zeros(H, np.uint32)
         sel_i = np.empty(min(m, H), np.int32)
         sel_d = np.empty(min(m, H), np.float32)
-        beam_search(q, self.heads, self.neighbors, self.entries, max(2 * m, 64), vis, np.uint32(1), sel_i, sel_d)
+        beam_search(q, self.heads, self.neighbors, self.entries, max(2 * m, 64), vis, np.uint32(1), sel_i, sel_d,
+                    no_walk_codes(self.heads.shape[1]))
         ok = sel_i >= 0
         return sel_i[ok], sel_d[ok]
 

@@ -3,7 +3,7 @@ import pytest
 
 from spann.datasets import synthetic_array
 from spann.exact import exact_knn
-from spann.head_index import beam_search, build_graph, knn_candidates
+from spann.head_index import beam_search, build_graph, knn_candidates, no_walk_codes, walk_codes
 
 
 def test_graph_search_finds_nearest_heads():
@@ -17,13 +17,39 @@ def test_graph_search_finds_nearest_heads():
     oi, od = np.empty(32, np.int32), np.empty(32, np.float32)
     hits = first = 0
     for i in range(len(q)):
-        n_eval = beam_search(q[i], x, nb, entries, 64, vis, np.uint32(i + 1), oi, od)
+        n_eval = beam_search(q[i], x, nb, entries, 64, vis, np.uint32(i + 1), oi, od, no_walk_codes(16))
         assert 0 < n_eval < 5000
         assert np.all(np.diff(od) >= 0)
         hits += len(np.intersect1d(oi, gi[i]))
         first += oi[0] == gi[i, 0]
     assert hits / (32 * len(q)) > 0.97
     assert first / len(q) > 0.98
+
+
+def test_walk_on_byte_codes_returns_the_nearest_heads_with_exact_distances():
+    x = synthetic_array(5000, 192, seed=11)
+    nb, entries = build_graph(x, degree=24, candidates=48)
+    wc = walk_codes(x)
+    assert wc.u8.shape == x.shape and wc.u8.dtype == np.uint8  # 192 >= WALK_CODES_MIN_DIM
+    assert walk_codes(x[:, :16]).u8.shape[0] == 0  # narrow heads walk on float32
+    decoded = wc.lo + wc.step * wc.u8.astype(np.float32)
+    assert np.abs(decoded - x).max() <= 0.5001 * wc.step.max()
+    q = synthetic_array(200, 192, seed=11, stream=1, n_hint=5000)
+    gi, _ = exact_knn(x, q, 32, "l2")
+    vis = np.zeros(5000, np.uint32)
+    oi, od = np.empty(32, np.int32), np.empty(32, np.float32)
+    ri, rd = np.empty(32, np.int32), np.empty(32, np.float32)
+    hits = same = 0
+    for i in range(len(q)):
+        beam_search(q[i], x, nb, entries, 64, vis, np.uint32(2 * i + 1), oi, od, wc)
+        beam_search(q[i], x, nb, entries, 64, vis, np.uint32(2 * i + 2), ri, rd, no_walk_codes(192))
+        exact = ((x[oi] - q[i]) ** 2).sum(1)
+        np.testing.assert_allclose(od, exact, rtol=1e-4, atol=1e-4)  # re-scored on the float32 heads
+        assert np.all(np.diff(od) >= 0)
+        hits += len(np.intersect1d(oi, gi[i]))
+        same += len(np.intersect1d(oi, ri))
+    assert hits / (32 * len(q)) > 0.95
+    assert same / (32 * len(q)) > 0.95
 
 
 def test_partitioned_knn_is_close_to_exact(monkeypatch):

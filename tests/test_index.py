@@ -64,16 +64,17 @@ def test_learned_pruner_adapts_lists_per_query(synth, synth_index):
     off = synth_index.search(q, 10, max_postings=16, pruner=False)
     assert (off.lists_read == 16).all()
     from spann.search import select_lists
-    from spann.head_index import beam_search
+    from spann.head_index import beam_search, walk_codes
     qs, qh = synth_index._metric.query_space(q[:50])
+    walk = walk_codes(synth_index.heads, min_dim=1)  # the walk on byte codes: its pool is re-scored exactly
     vis = np.zeros(synth_index.heads.shape[0], np.uint32)
     for i in range(50):
         sel, sd = np.empty(32, np.int32), np.empty(32, np.float32)
-        kept, _ = select_lists(qh[i], synth_index.heads, synth_index.neighbors, synth_index.entries, 64, 16,
+        kept, _ = select_lists(qh[i], synth_index.heads, walk, synth_index.neighbors, synth_index.entries, 64, 16,
                                synth_index.pruner, np.float32(1e18), vis, np.uint32(2 * i + 1), sel, sd)
         ref, rd = np.empty(1, np.int32), np.empty(1, np.float32)
         beam_search(qh[i], synth_index.heads, synth_index.neighbors, synth_index.entries, 64, vis,
-                    np.uint32(2 * i + 2), ref, rd)
+                    np.uint32(2 * i + 2), ref, rd, walk)
         assert kept >= 1 and sel[0] == ref[0]
 
 

@@ -7,7 +7,7 @@ import spann
 from spann.datasets import synthetic_array
 from spann.eval import recall_at_k
 from spann.exact import exact_knn, pairwise_distances
-from spann.rabitq import encode, estimate, popcount64, prepare_list_query, random_rotation
+from spann.rabitq import bound_cut, encode, error_bound, estimate, popcount64, prepare_list_query, random_rotation
 
 
 def test_rotation_is_orthonormal_and_padded():
@@ -56,6 +56,9 @@ def test_estimator_is_unbiased_within_its_error_bound(dim):
     a = aux[:, 1].astype(np.float64)
     bound = np.sqrt(1 - a * a) / a * 1.9 / np.sqrt(dp - 1) + 2 * w
     assert np.mean(np.abs(err) <= bound) >= 0.99
+    kernel = np.array([error_bound(np.float32(v), dp, np.float32(w)) for v in aux[:, 1]])  # what search uses
+    np.testing.assert_allclose(kernel, (bound - 2 * w) + 1.9 * w / np.sqrt(12) / a, rtol=1e-4)
+    assert np.mean(np.abs(err) <= kernel) >= 0.95  # EPS0 = 1.9: about two standard deviations
     assert abs(err.mean()) < 3 * err.std() / np.sqrt(n) + 1e-3  # unbiased
     assert 0.7 < a.mean() < 0.9  # <o_bar, u> concentrates near sqrt(2 / pi) ~ 0.8
     assert err.std() < 1.0 / np.sqrt(dp)  # theory: ~ sqrt(1 - a^2) / a / sqrt(Dp) ~ 0.75 / sqrt(Dp)
@@ -94,3 +97,41 @@ def test_rabitq_index_reopens_with_the_same_results(tmp_path):
         assert idx.info()["layout"]["encoding"] == "rabitq"
     np.testing.assert_array_equal(a.ids, b.ids)
     np.testing.assert_array_equal(a.distances, b.distances)
+
+
+def test_bound_cut_keeps_exactly_the_candidates_that_can_reach_the_top_k():
+    rng = np.random.default_rng(4)
+    for _ in range(200):
+        n, cap, k = int(rng.integers(0, 30)), 32, int(rng.integers(1, 8))
+        d = np.sort(rng.uniform(0, 1, n)).astype(np.float32)
+        e = rng.uniform(0, 0.2, n).astype(np.float32)
+        r = rng.permutation(1000)[:n].astype(np.int64)
+        cd, ce, cr = (np.full(cap, np.inf, np.float32), np.zeros(cap, np.float32), np.full(cap, -1, np.int64))
+        cd[:n], ce[:n], cr[:n] = d, e, r
+        kept = bound_cut(cd, ce, cr, k)
+        if n <= k:
+            want = np.ones(n, bool)
+        else:
+            want = d - e <= np.sort(d + e)[k - 1]
+        assert kept == want.sum()
+        np.testing.assert_array_equal(cr[:kept], r[want])  # survivors in their order
+        np.testing.assert_array_equal(cd[:kept], d[want])
+        assert (cr[kept:] == -1).all() and np.isinf(cd[kept:]).all()
+        if n > k:  # the k best estimates always survive (a d - e <= d + e)
+            assert set(r[:k]) <= set(cr[:kept])
+
+
+def test_rerank_bound_reranks_fewer_candidates_at_the_same_recall(tmp_path):
+    """768-d clusters: the error bound drops candidates that cannot reach the top 10 (few on
+    isotropic synthetic clusters, whose neighbours are nearly equidistant); the top 10 stays."""
+    x = synthetic_array(6000, 768, seed=2)
+    q = synthetic_array(40, 768, seed=2, stream=1, n_hint=6000)
+    gi, _ = exact_knn(x, q, 10, "l2")
+    with spann.build(x, tmp_path / "b", metric="l2", progress=False, encoding="rabitq") as idx:
+        full = idx.search(q, 10, max_postings=16, rerank=100, rerank_bound=False)
+        cut = idx.search(q, 10, max_postings=16, rerank=100)
+        one = np.vstack([idx.search(v, 10, max_postings=16, rerank=100).ids for v in q])
+        np.testing.assert_array_equal(one, cut.ids)
+        assert (cut.distance_evals <= full.distance_evals).all()
+        assert (cut.distance_evals < full.distance_evals).sum() >= 10  # fewer rows re-ranked for many queries
+        assert recall_at_k(cut.ids, gi, 10) >= recall_at_k(full.ids, gi, 10) - 0.01
