@@ -63,6 +63,8 @@ def main() -> None:
     ap.add_argument("--rebuild", action="store_true")
     ap.add_argument("--sweep", default="8,12,16,24,32,48,64", help="max_postings values, or max_postings/rerank")
     ap.add_argument("--no-pruner-sweep", default="", help="max_postings values measured with the pruner off")
+    ap.add_argument("--no-bound-sweep", default="",
+                    help="max_postings values measured with rabitq's error-bound cut of the re-rank off")
     ap.add_argument("--queries", type=int, default=1000, help="spread sample of queries timed")
     ap.add_argument("--faiss", default="1024,4096", help="IVF-Flat nlist values ('' = none)")
     ap.add_argument("--nprobe", default="8,16,24,32,48,64,96,128")
@@ -99,6 +101,7 @@ def main() -> None:
 
     points = [point(v) for v in a.sweep.split(",")]
     points += [point(v, pruner=False) for v in a.no_pruner_sweep.split(",") if v]
+    points += [point(v, rerank_bound=False) for v in a.no_bound_sweep.split(",") if v]
 
     faiss_cfg = []
     if a.faiss:
@@ -162,7 +165,9 @@ def main() -> None:
         key = json.dumps(p)
         r, lists, kib = rec[key]
         w, c = np.array(lat[key]) * 1e3, np.array(cold[key]) * 1e3
-        rows.append({"system": "spann" + ("" if p.get("pruner", True) else " (pruner off)"), "params": p, "recall": r,
+        label = "" if p.get("pruner", True) else " (pruner off)"
+        label += "" if p.get("rerank_bound", True) else " (bound off)"
+        rows.append({"system": "spann" + label, "params": p, "recall": r,
                      "lists": lists, "kib": kib, "warm_median_ms": float(np.median(w)), "warm_mean_ms": float(w.mean()),
                      "cold_median_ms": float(np.median(c)), "cold_mean_ms": float(c.mean()),
                      "cold_p99_ms": float(np.percentile(c, 99))})
