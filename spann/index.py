@@ -67,11 +67,6 @@ class _ThreadState(threading.local):
     tag: int = 0
 
 
-#: single cold queries request their best candidates' rows half-way through the scan (see
-#: :func:`spann.search.search_one`)
-SPECULATE = True
-
-
 class _Snapshot:
     """One generation of an index as searches read it (immutable once built): heads, graph,
     the base lists' directory (lists replaced by a split read as empty), tombstones, and the
@@ -530,7 +525,7 @@ class Index:
             top_i = np.empty(k, np.int64)
             stats = np.zeros(N_STATS, np.int64)
             search_one(qs[0], qh[0], code, snap.heads, snap.walk, snap.neighbors, snap.seeds.for_rows(qh)[0], efv, m, budget,
-                       model, eps, pv, cb, vv, snap.dv, f32, dead, snap.delta_dead, R, bounded, SPECULATE, bool(p.prefetch), st.visited,
+                       model, eps, pv, cb, vv, snap.dv, f32, dead, snap.delta_dead, R, bounded, bool(p.prefetch), st.visited,
                        np.uint32(st.tag), top_d, top_i, stats)
             dists, ids, stt = top_d[None], top_i[None], stats[None]
             req = got = None

@@ -118,18 +118,27 @@ def prepare_list_query(qr, c_rot, planes, subtract):
     w = (hi - lo) / 15.0
     if w <= 0.0:
         w = 1e-30
-    for j in range(4):
-        for b in range(planes.shape[1]):
-            planes[j, b] = 0
+    inv = 1.0 / (nq * w)
+    off = lo * nq
     s = 0
-    for i in range(dp):
-        c = int((t[i] / nq - lo) / w + 0.5)
-        if c > 15:
-            c = 15
-        s += c
-        for j in range(4):
-            if (c >> j) & 1:
-                planes[j, i >> 6] |= np.int64(1) << np.int64(i & 63)
+    for b in range(planes.shape[1]):  # branch-free: one word of each plane per 64 coordinates
+        p0 = np.int64(0)
+        p1 = np.int64(0)
+        p2 = np.int64(0)
+        p3 = np.int64(0)
+        for i in range(64):
+            c = np.int64((t[b * 64 + i] - off) * inv + 0.5)
+            c = min(max(c, 0), 15)
+            s += c
+            sh = np.int64(i)
+            p0 |= (c & 1) << sh
+            p1 |= ((c >> 1) & 1) << sh
+            p2 |= ((c >> 2) & 1) << sh
+            p3 |= ((c >> 3) & 1) << sh
+        planes[0, b] = p0
+        planes[1, b] = p1
+        planes[2, b] = p2
+        planes[3, b] = p3
     return nq, lo, w, s
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from spann.distances import FASTMATH, pair_distance
 from spann.distances import NEG_DOT
 from spann.encodings import FULL, SQ8, sq8_distance, sq8_prepare
-from spann.head_index import _contains, beam_search
+from spann.head_index import beam_search
 from spann.labels import has_label, is_dead
 from spann.postings import aux_offset, codes_offset, entry_id, labels_start, union_pages
 from spann.pruner import lists_for
@@ -212,7 +212,7 @@ def rerank(q, metric, vv, cand_r, top_d, top_i, stats):
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
 def search_one(q, qh, metric, heads, wc, neighbors, entries, ef, m, budget, model, prune_eps, pv, cb, vv, dv, filt,
-               dead, delta_dead, rerank_depth, bounded, speculate, prefetch, visited, tag, top_d, top_i, stats):
+               dead, delta_dead, rerank_depth, bounded, prefetch, visited, tag, top_d, top_i, stats):
     """One query end to end: fills ``top_d``/``top_i`` (length k, ascending) and ``stats``.
     ``m``: heads retrieved (>= the most lists the pruner may choose); ``budget``: lists for
     the median query (see :func:`select_lists`); ``dv``: the delta lists of an updated index
@@ -220,9 +220,7 @@ def search_one(q, qh, metric, heads, wc, neighbors, entries, ef, m, budget, mode
     (empty: no filter); ``dead``: deleted ids (full) or store rows (coded) of the base lists,
     sorted int64; ``delta_dead``: deleted ids still in the delta lists (sorted int64);
     ``bounded``: re-rank only the rabitq candidates whose error bound lets them reach the
-    top-k (at most ``rerank_depth``; see :func:`spann.rabitq.bound_cut`); ``speculate``: request
-    the rows of the best k candidates once half of the lists are scanned (coded encodings, with
-    ``prefetch``)."""
+    top-k (at most ``rerank_depth``; see :func:`spann.rabitq.bound_cut`)."""
     sel_i = np.empty(m, np.int32)
     sel_d = np.empty(m, np.float32)
     kept, n_eval = select_lists(qh, heads, wc, neighbors, entries, ef, budget, model, prune_eps, visited, tag, sel_i,
@@ -238,39 +236,18 @@ def search_one(q, qh, metric, heads, wc, neighbors, entries, ef, m, budget, mode
     else:
         cand_d = np.full(rerank_depth, np.inf, np.float32)
         cand_r = np.full(rerank_depth, -1, np.int64)
-        cand_e = np.zeros(rerank_depth, np.float32)
-        qa = np.empty(q.shape[0], np.float32)
-        k = top_d.shape[0]
-        # with ``speculate``, the best k candidates after the nearer half of the lists have their
-        # rows requested then, so that their reads queue right behind the lists' instead of
-        # waiting for the whole scan
-        half = (kept + 1) // 2 if speculate and prefetch and vv.prefetchable and kept >= 4 else kept
-        early = np.full(k, -1, np.int64)
-        for part in range(2):
-            a, b = (0, half) if part == 0 else (half, kept)
-            if b <= a:
-                continue
-            if cb.kind == SQ8:
-                scan_coded(q, metric, pv, cb, qa, sel_i[a:], b - a, filt, dead, cand_d, cand_r, stats)
-            else:
-                scan_rabitq(qh, metric, pv, heads, sel_i[a:], b - a, filt, dead, cand_d, cand_r, cand_e, stats)
-            if part == 0 and half < kept:
-                early[:] = cand_r[:k]
-                union_row_pages(vv, early, k, True)
-        if cb.kind != SQ8 and bounded:
-            bound_cut(cand_d, cand_e, cand_r, k)
+        if cb.kind == SQ8:
+            qa = np.empty(q.shape[0], np.float32)
+            scan_coded(q, metric, pv, cb, qa, sel_i, kept, filt, dead, cand_d, cand_r, stats)
+        else:
+            cand_e = np.zeros(rerank_depth, np.float32)
+            scan_rabitq(qh, metric, pv, heads, sel_i, kept, filt, dead, cand_d, cand_r, cand_e, stats)
+            if bounded:
+                bound_cut(cand_d, cand_e, cand_r, top_d.shape[0])
         n_c = 0
         while n_c < rerank_depth and cand_r[n_c] >= 0:
             n_c += 1
         stats[1] += 4096 * union_row_pages(vv, cand_r, n_c, prefetch and vv.prefetchable)
-        # speculative rows that are no longer candidates were read all the same
-        n_x = 0
-        for j in range(k):
-            r = early[j]
-            if r >= 0 and not _contains(cand_r, n_c, r):
-                early[n_x] = r
-                n_x += 1
-        stats[1] += 4096 * union_row_pages(vv, early, n_x, False)
         rerank(q, metric, vv, cand_r, top_d, top_i, stats)
     scan_full(q, metric, dv, sel_i, kept, filt, delta_dead, top_d, top_i, stats)
 
