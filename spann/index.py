@@ -20,6 +20,7 @@ from spann.threads import NumbaThreads
 from spann.params import BuildParams, SearchParams
 from spann.encodings import codebook_view
 from spann.postings import LocalPostings, make_view, prefetch_lists
+from spann.query_space import single_query_space
 from spann.search import (N_STATS, full_lists_batch, prefetch_rows_batch, rerank_batch, scan_batch, search_one,
                           select_batch)
 from spann.vector_store import LocalVectors, VectorsView
@@ -202,6 +203,7 @@ class Index:
             if storage_options:
                 raise ParameterError("storage_options apply to object-store URLs only")
             self.path = Path(path)
+        self._root_meta = os.fspath(self.path / "zarr.json") if self._store is None else ""
         self._fetch_lock = threading.Lock()
         for attempt in range(5):  # a writer may retire the generation we are reading: read again
             stamp = self._root_stamp()
@@ -304,7 +306,7 @@ class Index:
         if self._store is not None:
             return "fixed"  # a zip or object-store index is not updated in place
         try:
-            st = os.stat(self.path / "zarr.json")
+            st = os.stat(self._root_meta)
             return (st.st_ino, st.st_mtime_ns, st.st_size)
         except OSError:
             return None
@@ -393,6 +395,13 @@ class Index:
         return p
 
     def _check_queries(self, queries: np.ndarray, k: int, live: int) -> tuple[np.ndarray, np.ndarray]:
+        if (type(queries) is np.ndarray and queries.ndim == 1 and queries.dtype == np.float32
+                and queries.shape[0] == self.dim and type(k) is int and 0 < k <= live
+                and not self._metric.mips and self.layout.encoding != "rabitq"):
+            # one float32 query (the latency path): checks and normalisation in one kernel
+            qs = np.empty((1, self.dim), np.float32)
+            if single_query_space(queries, self._metric.normalize, qs[0]):
+                return qs, qs
         q = np.asarray(queries)
         if q.ndim == 1:
             q = q[None, :]
