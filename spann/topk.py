@@ -30,24 +30,25 @@ def topk_insert(dists, ids, d, i) -> bool:
 @numba.njit(cache=True, nogil=True, inline="always")
 def topk_insert_unique(dists, ids, d, i) -> bool:
     """As :func:`topk_insert`, but an id already present is not inserted again (replica de-dup)."""
-    k = dists.shape[0]
-    if not d < dists[k - 1]:
+    if not d < dists[dists.shape[0] - 1] or _present(ids, i):
         return False
-    for j in range(k):
-        if ids[j] == i:
-            return False
     return topk_insert(dists, ids, d, i)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _present(ids, i) -> bool:
+    for j in range(ids.shape[0]):
+        if ids[j] == i:
+            return True
+    return False
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def topk_insert_unique_with(dists, ids, extra, d, i, x) -> bool:
     """As :func:`topk_insert_unique`, carrying ``x`` into ``extra`` (float32, parallel to ``dists``)."""
     k = dists.shape[0]
-    if not d < dists[k - 1]:
+    if not d < dists[k - 1] or _present(ids, i):
         return False
-    for j in range(k):
-        if ids[j] == i:
-            return False
     j = k - 1
     while j > 0 and dists[j - 1] > d:
         dists[j] = dists[j - 1]
