@@ -218,7 +218,7 @@ def pruner_stage(metric: Metric, sample: Sample, dim: int, heads: Heads, graph: 
     qrows = np.ascontiguousarray(sample.rows[qi])
     seeds = EntrySeeds(heads.vectors, graph.entries).for_rows(qrows)
     sel, sel_d, _, _ = select_batch(qrows, heads.vectors, walk_codes(heads.vectors), graph.neighbors, seeds, 160, M, M,
-                                    np.zeros(0, np.float64), np.float32(1e18), 16)  # the walk searches make
+                                    np.zeros(0, np.float64), np.float32(1e18), 16)  # walk as searches do
     need = training_targets(sel, ptr, lists, 10, 9)
     return fit_pruner(sel_d[:, :MIN_HEADS], need)
 

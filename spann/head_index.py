@@ -61,18 +61,12 @@ def walk_codes(heads: np.ndarray, min_dim: int = WALK_CODES_MIN_DIM) -> WalkCode
     H, dim = heads.shape
     if dim < min_dim or H == 0:
         return no_walk_codes(dim)
-    lo = np.empty(dim, np.float32)
-    hi = np.empty(dim, np.float32)
-    for s in range(0, H, 65536):  # blocks: no float copy of every head at once
-        b = heads[s:s + 65536]
-        bl, bh = b.min(axis=0), b.max(axis=0)
-        lo = bl if s == 0 else np.minimum(lo, bl)
-        hi = bh if s == 0 else np.maximum(hi, bh)
-    step = np.maximum((hi - lo) / np.float32(255.0), np.float32(1e-30)).astype(np.float32)
+    lo = heads.min(axis=0).astype(np.float32)
+    step = np.maximum((heads.max(axis=0) - lo) / np.float32(255.0), np.float32(1e-30)).astype(np.float32)
     u8 = np.empty((H, dim), np.uint8)
-    for s in range(0, H, 65536):
+    for s in range(0, H, 65536):  # blocks: no float copy of every head at once
         u8[s:s + 65536] = np.clip(np.rint((heads[s:s + 65536] - lo) / step), 0, 255)
-    return WalkCodes(u8, lo.astype(np.float32), step)
+    return WalkCodes(u8, lo, step)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -186,20 +180,15 @@ def beam_search(q, heads, neighbors, entries, ef, visited, tag, out_i, out_d, wc
     done = np.zeros(ef, np.bool_)
     size, n_eval, _ = _beam(q, heads, neighbors, entries, ef, visited, tag, pd, pi, done,
                             np.empty(0, np.int32), np.empty(0, np.float32), wc)
-    if wc.u8.shape[0] > 0:  # exact distances for the pool, re-sorted (insertion: ef is small)
+    if wc.u8.shape[0] > 0:  # exact distances for the pool, re-sorted
         for j in range(size):
             prefetch_element(heads, pi[j], 0)
         n_eval += size
         for j in range(size):
-            d = sq_l2(q, heads[pi[j]])
-            node = pi[j]
-            t = j
-            while t > 0 and pd[t - 1] > d:
-                pd[t] = pd[t - 1]
-                pi[t] = pi[t - 1]
-                t -= 1
-            pd[t] = d
-            pi[t] = node
+            pd[j] = sq_l2(q, heads[pi[j]])
+        o = np.argsort(pd[:size], kind="mergesort")
+        pd[:size] = pd[:size][o]
+        pi[:size] = pi[:size][o]
     m = out_i.shape[0]
     for j in range(m):
         if j < size:

@@ -517,7 +517,7 @@ class Index:
         efv = p.effective_ef(m)
         eps = np.float32(min(p.prune_eps, 1e18))
         R = p.effective_rerank(k, self.layout.encoding)
-        bounded = self.layout.encoding == "rabitq" and bool(p.rerank_bound)
+        bound_k = k if self.layout.encoding == "rabitq" and p.rerank_bound else 0
         code = self._metric.scan_code
         dead = snap.dead_keys
         fetching = self.fetching
@@ -534,7 +534,7 @@ class Index:
             top_i = np.empty(k, np.int64)
             stats = np.zeros(N_STATS, np.int64)
             search_one(qs[0], qh[0], code, snap.heads, snap.walk, snap.neighbors, snap.seeds.for_rows(qh)[0], efv, m, budget,
-                       model, eps, pv, cb, vv, snap.dv, f32, dead, snap.delta_dead, R, bounded, bool(p.prefetch), st.visited,
+                       model, eps, pv, cb, vv, snap.dv, f32, dead, snap.delta_dead, R, bound_k, bool(p.prefetch), st.visited,
                        np.uint32(st.tag), top_d, top_i, stats)
             dists, ids, stt = top_d[None], top_i[None], stats[None]
             req = got = None
@@ -562,7 +562,7 @@ class Index:
                         _fetch_lists(self._base.postings, pv, sel_i[a:b], kept[a:b], req[a:b], got[a:b])
                         _fetch_lists(snap.delta_reader, snap.dv, sel_i[a:b], kept[a:b], req[a:b], got[a:b])
                     d_, i_, s_ = scan_batch(qs[a:b], qh[a:b], snap.heads, code, pv, cb, sel_i[a:b], kept[a:b],
-                                            R if coded else k, f32, dead, k if bounded else 0)
+                                            R if coded else k, f32, dead, bound_k)
                     if coded and prefetch:
                         prefetch_rows_batch(vv, i_)
                     if prefetch and b < nq:

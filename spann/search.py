@@ -212,15 +212,15 @@ def rerank(q, metric, vv, cand_r, top_d, top_i, stats):
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
 def search_one(q, qh, metric, heads, wc, neighbors, entries, ef, m, budget, model, prune_eps, pv, cb, vv, dv, filt,
-               dead, delta_dead, rerank_depth, bounded, prefetch, visited, tag, top_d, top_i, stats):
+               dead, delta_dead, rerank_depth, bound_k, prefetch, visited, tag, top_d, top_i, stats):
     """One query end to end: fills ``top_d``/``top_i`` (length k, ascending) and ``stats``.
     ``m``: heads retrieved (>= the most lists the pruner may choose); ``budget``: lists for
     the median query (see :func:`select_lists`); ``dv``: the delta lists of an updated index
     (full vectors, same heads; all empty when there is none); ``filt``: sorted int32 labels
     (empty: no filter); ``dead``: deleted ids (full) or store rows (coded) of the base lists,
     sorted int64; ``delta_dead``: deleted ids still in the delta lists (sorted int64);
-    ``bounded``: re-rank only the rabitq candidates whose error bound lets them reach the
-    top-k (at most ``rerank_depth``; see :func:`spann.rabitq.bound_cut`)."""
+    ``bound_k`` > 0: re-rank only the rabitq candidates whose error bound lets them reach the
+    top ``bound_k`` (at most ``rerank_depth``; see :func:`spann.rabitq.bound_cut`)."""
     sel_i = np.empty(m, np.int32)
     sel_d = np.empty(m, np.float32)
     kept, n_eval = select_lists(qh, heads, wc, neighbors, entries, ef, budget, model, prune_eps, visited, tag, sel_i,
@@ -242,8 +242,8 @@ def search_one(q, qh, metric, heads, wc, neighbors, entries, ef, m, budget, mode
         else:
             cand_e = np.zeros(rerank_depth, np.float32)
             scan_rabitq(qh, metric, pv, heads, sel_i, kept, filt, dead, cand_d, cand_r, cand_e, stats)
-            if bounded:
-                bound_cut(cand_d, cand_e, cand_r, top_d.shape[0])
+            if bound_k > 0:
+                bound_cut(cand_d, cand_e, cand_r, bound_k)
         n_c = 0
         while n_c < rerank_depth and cand_r[n_c] >= 0:
             n_c += 1
@@ -274,12 +274,12 @@ def select_batch(qh, heads, wc, neighbors, seeds, ef, m, budget, model, prune_ep
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True, parallel=True)
-def scan_batch(qs, qh, heads, metric, pv, cb, sel_i, kept, width, filt, dead, bounded_k):
+def scan_batch(qs, qh, heads, metric, pv, cb, sel_i, kept, width, filt, dead, bound_k):
     """Batch phase 2: scan the selected lists of every query in parallel (``qs`` scan-space
     queries, ``qh`` head-space queries, ``heads`` the head vectors). Returns (dists
     (nq, width), ids or rows (nq, width), stats (nq, N_STATS)): the top-k (full encoding,
     width = k) or the re-rank candidates (coded, width = rerank depth; rabitq candidates cut to
-    those whose error bound lets them reach the top ``bounded_k`` when it is > 0)."""
+    those whose error bound lets them reach the top ``bound_k`` when it is > 0)."""
     nq = qs.shape[0]
     out_d = np.full((nq, width), np.inf, np.float32)
     out_i = np.full((nq, width), -1, np.int64)
@@ -294,8 +294,8 @@ def scan_batch(qs, qh, heads, metric, pv, cb, sel_i, kept, width, filt, dead, bo
         else:
             cand_e = np.zeros(width, np.float32)
             scan_rabitq(qh[i], metric, pv, heads, sel_i[i], kept[i], filt, dead, out_d[i], out_i[i], cand_e, stats[i])
-            if bounded_k > 0:
-                bound_cut(out_d[i], cand_e, out_i[i], bounded_k)
+            if bound_k > 0:
+                bound_cut(out_d[i], cand_e, out_i[i], bound_k)
     return out_d, out_i, stats
 
 
