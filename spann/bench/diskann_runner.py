@@ -76,6 +76,9 @@ def main() -> None:
         os.makedirs(a.workdir, exist_ok=True)
         out = {"system": "diskann", "params": {"R": a.R, "L": a.L, "beam": a.beam, "cache_nodes": a.cache_nodes}}
         if a.rebuild or not os.path.exists(os.path.join(a.workdir, "ann_disk.index")):
+            for stale in os.listdir(a.workdir):  # an interrupted build's files make diskannpy refuse to start
+                if stale.startswith("ann_"):
+                    os.remove(os.path.join(a.workdir, stale))
             pq = a.pq_bytes or x.shape[1] / 2
             t = time.perf_counter()
             dap.build_disk_index(data=x, distance_metric=dist, index_directory=a.workdir, complexity=a.L,
