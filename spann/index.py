@@ -20,6 +20,7 @@ from spann.threads import NumbaThreads
 from spann.params import BuildParams, SearchParams
 from spann.encodings import codebook_view
 from spann.postings import LocalPostings, make_view, prefetch_lists
+from spann.recent import NO_ADVICE, RECENT, epoch_now, forget
 from spann.query_space import single_query_space
 from spann.search import (N_STATS, full_lists_batch, prefetch_rows_batch, rerank_batch, scan_batch, search_one,
                           select_batch)
@@ -477,7 +478,7 @@ class Index:
             self._no_vectors = VectorsView(u8=u8, i64=u8.view(np.int64), vec=u8.view(self.dtype), base=np.int64(0),
                                            n=np.int64(0), dim=np.int64(self.dim), rows_per_page=np.int64(1),
                                            page_bytes=np.int64(4096), row_bytes=np.int64(8), id_offset=np.int64(0),
-                                           prefetchable=False)
+                                           prefetchable=False, recent=RECENT)
         return self._no_vectors
 
     def _filter_plan(self, snap: "_Snapshot", filt: np.ndarray) -> tuple[np.ndarray, float, bool]:
@@ -534,7 +535,8 @@ class Index:
             top_i = np.empty(k, np.int64)
             stats = np.zeros(N_STATS, np.int64)
             search_one(qs[0], qh[0], code, snap.heads, snap.walk, snap.neighbors, snap.seeds.for_rows(qh)[0], efv, m, budget,
-                       model, eps, pv, cb, vv, snap.dv, f32, dead, snap.delta_dead, R, bound_k, bool(p.prefetch), st.visited,
+                       model, eps, pv, cb, vv, snap.dv, f32, dead, snap.delta_dead, R, bound_k,
+                       epoch_now() if p.prefetch else NO_ADVICE, st.visited,
                        np.uint32(st.tag), top_d, top_i, stats)
             dists, ids, stt = top_d[None], top_i[None], stats[None]
             req = got = None
@@ -554,8 +556,9 @@ class Index:
                 # fetches the whole batch's lists at once instead: all its GETs in flight together)
                 prefetch = p.prefetch and not fetching
                 group = max(16, n_threads * 8) if prefetch else nq
+                epoch = epoch_now()
                 if prefetch:
-                    prefetch_lists(pv, sel_i[:group], kept[:group])
+                    prefetch_lists(pv, sel_i[:group], kept[:group], epoch)
                 for a in range(0, nq, group):
                     b = min(nq, a + group)
                     if fetching:
@@ -564,9 +567,9 @@ class Index:
                     d_, i_, s_ = scan_batch(qs[a:b], qh[a:b], snap.heads, code, pv, cb, sel_i[a:b], kept[a:b],
                                             R if coded else k, f32, dead, bound_k)
                     if coded and prefetch:
-                        prefetch_rows_batch(vv, i_)
+                        prefetch_rows_batch(vv, i_, epoch)
                     if prefetch and b < nq:
-                        prefetch_lists(pv, sel_i[b:b + group], kept[b:b + group])
+                        prefetch_lists(pv, sel_i[b:b + group], kept[b:b + group], epoch)
                     if coded:
                         if fetching:
                             _fetch_rows(self._base.vectors, i_, req[a:b], got[a:b])
@@ -654,6 +657,7 @@ class Index:
             for r in (self._base.postings, self._base.vectors, self._base.label_lists, *snap._readers):
                 if r is not None:
                     r.evict()
+            forget()  # the pages requested lately are gone: request them again
         finally:
             self._leave()
 

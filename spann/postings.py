@@ -19,17 +19,20 @@ import numpy as np
 from spann import osio
 from spann.layout import PAGE, EntryLayout
 from spann.mapped import MappedReader, need_for_ranges, open_bytes
+from spann.recent import RECENT, run_is_recent, stamp_run
 
 __all__ = ["PostingsView", "make_view", "LocalPostings", "union_pages", "prefetch_lists", "list_pages"]
 
 PostingsView = namedtuple("PostingsView", ["u8", "i64", "i32", "f32", "vec", "base", "offsets", "counts", "dim",
-                                           "label_width", "aux_floats", "code_bytes", "id_bytes", "prefetchable"])
+                                           "label_width", "aux_floats", "code_bytes", "id_bytes", "prefetchable",
+                                           "recent"])
 PostingsView.__doc__ = """Posting lists as numba sees them.
 
 u8, i64, i32, f32, vec: the same bytes as uint8 / int64 / int32 / float32 / stored-dtype 1-D
 arrays; base: their address (int64); offsets: int64 (H,) byte offset of list h; counts: int32
 (H,) entries of list h; dim, label_width, aux_floats, code_bytes, id_bytes: the entry layout;
-prefetchable: madvise works on the memory (a file map).
+prefetchable: madvise works on the memory (a file map); recent: the table of pages requested
+lately (:data:`spann.recent.RECENT`).
 """
 
 
@@ -42,7 +45,7 @@ def make_view(u8: np.ndarray, offsets: np.ndarray, counts: np.ndarray, layout: E
                         counts=np.ascontiguousarray(counts, dtype=np.int32), dim=np.int64(layout.dim),
                         label_width=np.int64(layout.label_width), aux_floats=np.int64(layout.aux_floats),
                         code_bytes=np.int64(layout.code_bytes), id_bytes=np.int64(layout.id_bytes),
-                        prefetchable=bool(prefetchable))
+                        prefetchable=bool(prefetchable), recent=RECENT)
 
 
 class LocalPostings(MappedReader):
@@ -108,10 +111,11 @@ BRIDGE_PAGES = 1
 
 
 @numba.njit(cache=True, nogil=True)
-def merge_page_runs(first, last, m, advise):
+def merge_page_runs(first, last, m, recent, epoch):
     """Pages of the ranges [first[j], last[j]] (j < m, in any order) counted once, gaps of up to
-    BRIDGE_PAGES pages between ranges read along (one request instead of two); with ``advise``,
-    one madvise(WILLNEED) per resulting run."""
+    BRIDGE_PAGES pages between ranges read along (one request instead of two). With ``epoch``
+    >= 0 (see :mod:`spann.recent`), one madvise(WILLNEED) per resulting run, except for runs whose
+    pages the table ``recent`` says were requested within the last second."""
     if m == 0:
         return 0
     o = np.argsort(first[:m])
@@ -124,8 +128,9 @@ def merge_page_runs(first, last, m, advise):
                 run_b = last[o[t]]
             continue
         total += run_b - run_a + 1
-        if advise:
+        if epoch >= 0 and not run_is_recent(recent, run_a, run_b, epoch):
             osio.madvise_nb(run_a * PAGE, (run_b - run_a + 1) * PAGE, np.int32(osio.MADV_WILLNEED))
+            stamp_run(recent, run_a, run_b, epoch)
         if t < m:
             run_a = first[o[t]]
             run_b = last[o[t]]
@@ -133,9 +138,10 @@ def merge_page_runs(first, last, m, advise):
 
 
 @numba.njit(cache=True, nogil=True)
-def union_pages(pv, sel, kept, advise):
-    """Pages the first ``kept`` lists of ``sel`` touch, counted once; with ``advise``, also ask
-    the kernel to read them now."""
+def union_pages(pv, sel, kept, epoch):
+    """Pages the first ``kept`` lists of ``sel`` touch, counted once; with ``epoch`` >= 0 (see
+    :mod:`spann.recent`; -1: only count) and a prefetchable view, also ask the kernel to read
+    those not requested lately."""
     first = np.empty(max(kept, 1), np.int64)
     last = np.empty(max(kept, 1), np.int64)
     m = 0
@@ -145,16 +151,17 @@ def union_pages(pv, sel, kept, advise):
             first[m] = a
             last[m] = b
             m += 1
-    return merge_page_runs(first, last, m, advise)
+    return merge_page_runs(first, last, m, pv.recent, epoch if pv.prefetchable else -1)
 
 
-def prefetch_lists(pv: PostingsView, sel: np.ndarray, kept: np.ndarray) -> None:
-    """Request the pages of every selected list of a batch (sel (nq, m), kept (nq,))."""
+def prefetch_lists(pv: PostingsView, sel: np.ndarray, kept: np.ndarray, epoch: int) -> None:
+    """Request the pages of every selected list of a batch (sel (nq, m), kept (nq,)); ``epoch``
+    from :func:`spann.recent.epoch_now`."""
     if pv.prefetchable:
-        _prefetch_batch(pv, sel, kept)
+        _prefetch_batch(pv, sel, kept, np.int64(epoch))
 
 
 @numba.njit(cache=True, nogil=True)
-def _prefetch_batch(pv, sel, kept):
+def _prefetch_batch(pv, sel, kept, epoch):
     for i in range(sel.shape[0]):
-        union_pages(pv, sel[i], kept[i], True)
+        union_pages(pv, sel[i], kept[i], epoch)

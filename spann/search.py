@@ -212,21 +212,23 @@ def rerank(q, metric, vv, cand_r, top_d, top_i, stats):
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
 def search_one(q, qh, metric, heads, wc, neighbors, entries, ef, m, budget, model, prune_eps, pv, cb, vv, dv, filt,
-               dead, delta_dead, rerank_depth, bound_k, prefetch, visited, tag, top_d, top_i, stats):
+               dead, delta_dead, rerank_depth, bound_k, epoch, visited, tag, top_d, top_i, stats):
     """One query end to end: fills ``top_d``/``top_i`` (length k, ascending) and ``stats``.
     ``m``: heads retrieved (>= the most lists the pruner may choose); ``budget``: lists for
     the median query (see :func:`select_lists`); ``dv``: the delta lists of an updated index
     (full vectors, same heads; all empty when there is none); ``filt``: sorted int32 labels
     (empty: no filter); ``dead``: deleted ids (full) or store rows (coded) of the base lists,
     sorted int64; ``delta_dead``: deleted ids still in the delta lists (sorted int64);
+    ``epoch`` >= 0: request every list's and candidate row's pages at once, except those requested
+    within the last second (:mod:`spann.recent`; -1: request nothing, let the reads fault);
     ``bound_k`` > 0: re-rank only the rabitq candidates whose error bound lets them reach the
     top ``bound_k`` (at most ``rerank_depth``; see :func:`spann.rabitq.bound_cut`)."""
     sel_i = np.empty(m, np.int32)
     sel_d = np.empty(m, np.float32)
     kept, n_eval = select_lists(qh, heads, wc, neighbors, entries, ef, budget, model, prune_eps, visited, tag, sel_i,
                                 sel_d)
-    stats[1] += 4096 * union_pages(pv, sel_i, kept, prefetch and pv.prefetchable)
-    stats[1] += 4096 * union_pages(dv, sel_i, kept, prefetch and dv.prefetchable)
+    stats[1] += 4096 * union_pages(pv, sel_i, kept, epoch)
+    stats[1] += 4096 * union_pages(dv, sel_i, kept, epoch)
     stats[2] += n_eval
     for j in range(top_d.shape[0]):
         top_d[j] = np.inf
@@ -247,7 +249,7 @@ def search_one(q, qh, metric, heads, wc, neighbors, entries, ef, m, budget, mode
         n_c = 0
         while n_c < rerank_depth and cand_r[n_c] >= 0:
             n_c += 1
-        stats[1] += 4096 * union_row_pages(vv, cand_r, n_c, prefetch and vv.prefetchable)
+        stats[1] += 4096 * union_row_pages(vv, cand_r, n_c, epoch)
         rerank(q, metric, vv, cand_r, top_d, top_i, stats)
     scan_full(q, metric, dv, sel_i, kept, filt, delta_dead, top_d, top_i, stats)
 
@@ -285,7 +287,7 @@ def scan_batch(qs, qh, heads, metric, pv, cb, sel_i, kept, width, filt, dead, bo
     out_i = np.full((nq, width), -1, np.int64)
     stats = np.zeros((nq, N_STATS), np.int64)
     for i in numba.prange(nq):
-        stats[i, 1] = 4096 * union_pages(pv, sel_i[i], kept[i], False)
+        stats[i, 1] = 4096 * union_pages(pv, sel_i[i], kept[i], -1)
         if cb.kind == FULL:
             scan_full(qs[i], metric, pv, sel_i[i], kept[i], filt, dead, out_d[i], out_i[i], stats[i])
         elif cb.kind == SQ8:
@@ -305,18 +307,19 @@ def full_lists_batch(qs, metric, pv, sel_i, kept, filt, dead, top_d, top_i, stat
     into its existing top-k ``top_d[i]``/``top_i[i]`` (replicas and ids already there are not
     inserted twice)."""
     for i in numba.prange(qs.shape[0]):
-        stats[i, 1] += 4096 * union_pages(pv, sel_i[i], kept[i], False)
+        stats[i, 1] += 4096 * union_pages(pv, sel_i[i], kept[i], -1)
         scan_full(qs[i], metric, pv, sel_i[i], kept[i], filt, dead, top_d[i], top_i[i], stats[i])
 
 
 @numba.njit(cache=True, nogil=True)
-def prefetch_rows_batch(vv, cand_r):
-    """Request the vector-store pages of every query's candidates (advise)."""
+def prefetch_rows_batch(vv, cand_r, epoch):
+    """Request the vector-store pages of every query's candidates (``epoch``: see
+    :mod:`spann.recent`)."""
     for i in range(cand_r.shape[0]):
         n = 0
         while n < cand_r.shape[1] and cand_r[i, n] >= 0:
             n += 1
-        union_row_pages(vv, cand_r[i], n, True)
+        union_row_pages(vv, cand_r[i], n, epoch)
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True, parallel=True)
@@ -329,6 +332,6 @@ def rerank_batch(qs, metric, vv, cand_r, k, stats):
         n = 0
         while n < cand_r.shape[1] and cand_r[i, n] >= 0:
             n += 1
-        stats[i, 1] += 4096 * union_row_pages(vv, cand_r[i], n, False)
+        stats[i, 1] += 4096 * union_row_pages(vv, cand_r[i], n, -1)
         rerank(qs[i], metric, vv, cand_r[i], out_d[i], out_i[i], stats[i])
     return out_d, out_i

@@ -22,6 +22,7 @@ from spann.errors import IndexCorruptError
 from spann.layout import PAGE
 from spann.mapped import MappedReader, open_bytes
 from spann.postings import merge_page_runs
+from spann.recent import RECENT
 
 __all__ = ["StoreLayout", "VectorsView", "LocalVectors", "store_rows_bytes", "row_offset", "row_vector", "row_id",
            "union_row_pages"]
@@ -100,7 +101,7 @@ def _scatter_rows(buf, vb, ids, rpp, pb, rb, id_off):
 
 
 VectorsView = namedtuple("VectorsView", ["u8", "i64", "vec", "base", "n", "dim", "rows_per_page", "page_bytes",
-                                         "row_bytes", "id_offset", "prefetchable"])
+                                         "row_bytes", "id_offset", "prefetchable", "recent"])
 
 
 class LocalVectors(MappedReader):
@@ -123,7 +124,7 @@ class LocalVectors(MappedReader):
                                 base=np.int64(u8.ctypes.data), n=np.int64(lay.n), dim=np.int64(lay.dim),
                                 rows_per_page=np.int64(lay.rows_per_page), page_bytes=np.int64(lay.page_bytes),
                                 row_bytes=np.int64(lay.row_bytes), id_offset=np.int64(lay.id_offset),
-                                prefetchable=not self.fetched)
+                                prefetchable=not self.fetched, recent=RECENT)
 
 
 
@@ -144,8 +145,9 @@ def row_id(vv, r):
 
 
 @numba.njit(cache=True, nogil=True)
-def union_row_pages(vv, rows, m, advise):
-    """Pages rows[:m] lie on, counted once; with ``advise``, ask the kernel to read them now."""
+def union_row_pages(vv, rows, m, epoch):
+    """Pages rows[:m] lie on, counted once; with ``epoch`` >= 0 (see :mod:`spann.recent`; -1:
+    only count) and a prefetchable view, also ask the kernel to read those not requested lately."""
     first = np.empty(max(m, 1), np.int64)
     last = np.empty(max(m, 1), np.int64)
     k = 0
@@ -157,4 +159,4 @@ def union_row_pages(vv, rows, m, advise):
         first[k] = o // PAGE
         last[k] = (o + vv.row_bytes - 1) // PAGE
         k += 1
-    return merge_page_runs(first, last, k, advise)
+    return merge_page_runs(first, last, k, vv.recent, epoch if vv.prefetchable else -1)
