@@ -102,6 +102,19 @@ def _head_dist(q, heads, codes, qq, step, node):
     return s
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _prefetch_head(heads, codes, coded, node):
+    """Software-prefetch every cache line of head ``node``'s row (its codes when ``coded``)."""
+    if coded:
+        for b in range(0, codes.shape[1], 64):
+            prefetch_element(codes, node, b)
+        prefetch_element(codes, node, codes.shape[1] - 1)
+    else:
+        for c in range(0, heads.shape[1], 64 // heads.itemsize):
+            prefetch_element(heads, node, c)
+        prefetch_element(heads, node, heads.shape[1] - 1)  # a row need not start on a line
+
+
 @numba.njit(cache=True, fastmath=_FM, nogil=True)
 def _beam(q, heads, neighbors, entries, ef, visited, tag, pd, pi, done, trail_i, trail_d, wc):
     """The walk of :func:`beam_search` into the pool ``pd``/``pi``/``done`` (length ef); every
@@ -115,11 +128,12 @@ def _beam(q, heads, neighbors, entries, ef, visited, tag, pd, pi, done, trail_i,
     qq = np.empty(q.shape[0] if coded else 0, np.float32)
     for i in range(qq.shape[0]):
         qq[i] = q[i] - wc.lo[i]
-    line2 = min(heads.shape[1] - 1, 128 // heads.itemsize)  # a row spans several cache lines
-    cline2 = min(codes.shape[1] - 1, 128)
     size = 0
     n_eval = 0
     n_trail = 0
+    for e in entries:  # all their loads first: the misses overlap
+        if visited[e] != tag:
+            _prefetch_head(heads, codes, coded, e)
     for e in entries:
         if visited[e] == tag:
             continue
@@ -139,12 +153,7 @@ def _beam(q, heads, neighbors, entries, ef, visited, tag, pd, pi, done, trail_i,
             if nb < 0:
                 break
             if visited[nb] != tag:
-                if coded:
-                    prefetch_element(codes, nb, 0)
-                    prefetch_element(codes, nb, cline2)
-                else:
-                    prefetch_element(heads, nb, 0)
-                    prefetch_element(heads, nb, line2)
+                _prefetch_head(heads, codes, coded, nb)
         nxt = cur + 1
         for t in range(deg):
             nb = neighbors[node, t]
@@ -521,17 +530,34 @@ def spread_entries(n_heads: int, n_entries: int) -> np.ndarray:
     return np.unique((np.arange(e) * step + step / 2).astype(np.int64)).astype(np.int32)
 
 
-#: up to this many entries a walk compares them all; above, it starts from its SEEDS nearest
-ALL_ENTRIES_MAX = 256
+#: a walk starts from the SEEDS entries nearest the query (all of them when there are no more).
+#: Measured on GloVe-50 (19,500 heads, 152 entries, pool 40): seeding with the nearest 16 instead
+#: of all 152 cut the evaluations of a walk from 647 to 511 at the same head recall (0.986 of the
+#: 32 nearest heads); the entry rows are compared from a contiguous copy, which costs little
+#: beside that many random head rows when the CPU caches are cold (interleaved queries)
 SEEDS = 16
+ALL_ENTRIES_MAX = SEEDS
+
+
+@numba.njit(cache=True, fastmath=_FM, nogil=True)
+def _nearest_entries(x, rows, entries, m):
+    """The ``m`` entries (int32 (1, m)) whose ``rows`` are nearest to the one row ``x``."""
+    d = np.empty(rows.shape[0], np.float32)
+    for e in range(rows.shape[0]):
+        d[e] = sq_l2(x, rows[e])
+    o = np.argsort(d)
+    out = np.empty((1, m), np.int32)
+    for j in range(m):
+        out[0, j] = entries[o[j]]
+    return out
 
 
 class EntrySeeds:
     """Where walks start: the entry heads (int32 (E,)) and their rows, kept for BLAS.
 
     ``for_rows(x)`` gives int32 (b, m) seeds for head-space rows ``x`` (float32 (b, Dh)): all E
-    entries when E <= ALL_ENTRIES_MAX (comparing them costs less than finding the nearest),
-    else each row's SEEDS nearest entries, found by BLAS in blocks of ~32 MiB of distances.
+    entries when E <= ALL_ENTRIES_MAX, else each row's SEEDS nearest entries (one row: one
+    kernel; a batch: BLAS in blocks of ~32 MiB of distances).
     """
 
     def __init__(self, heads: np.ndarray, entries: np.ndarray):
@@ -547,6 +573,8 @@ class EntrySeeds:
         if self.all:
             return self._one if x.shape[0] == 1 else np.ascontiguousarray(np.broadcast_to(e, (x.shape[0], e.size)))
         m = SEEDS
+        if x.shape[0] == 1 and x.dtype == np.float32 and x.flags.c_contiguous:
+            return _nearest_entries(x[0], self.rows, e, m)
         out = np.empty((x.shape[0], m), np.int32)
         block = max(64, (32 << 20) // (4 * e.size))
         for s in range(0, x.shape[0], block):

@@ -152,10 +152,14 @@ def test_entry_seeds_are_the_nearest_entries():
     from spann.head_index import ALL_ENTRIES_MAX, SEEDS, EntrySeeds
     x = synthetic_array(5000, 16, seed=2)
     q = synthetic_array(50, 16, seed=2, stream=1, n_hint=5000)
-    few = np.arange(0, 5000, 50, dtype=np.int32)
+    few = np.arange(0, 5000, 5000 // ALL_ENTRIES_MAX, dtype=np.int32)[:ALL_ENTRIES_MAX]
     assert ALL_ENTRIES_MAX >= few.size and np.array_equal(EntrySeeds(x, few).for_rows(q), np.tile(few, (50, 1)))
     many = np.arange(0, 5000, 10, dtype=np.int32)
     got = EntrySeeds(x, many).for_rows(q)
     want, _ = exact_knn(x[many], q, SEEDS, "l2")
     assert got.shape == (50, SEEDS)
     assert all(set(g) == set(many[w]) for g, w in zip(got, want))
+    seeds = EntrySeeds(x, many)
+    for i in range(5):  # one row takes the kernel path: the same entries
+        one = seeds.for_rows(np.ascontiguousarray(q[i:i + 1], dtype=np.float32))
+        assert one.shape == (1, SEEDS) and set(one[0]) == set(got[i])
