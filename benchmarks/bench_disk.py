@@ -9,7 +9,8 @@ spread sample of queries, one thread, k = 10:
   configuration runs a query first finds the CPU caches cold for it);
 - spann cold: the index's pages evicted (MADV_DONTNEED + POSIX_FADV_DONTNEED) before every
   query, so every list and row comes from the device, as DiskANN's O_DIRECT reads always do;
-- DiskANN (diskannpy 0.7, R 64, L 100, PQ dim/2 bytes in RAM, beam width 2, no node cache) in
+- DiskANN (diskannpy 0.7, R 64, L 100, PQ dim/2 bytes in RAM unless --diskann-pq-bytes, beam
+  width 2, no node cache; a built index in --diskann-workdir is reused, its PQ size reported) in
   its own interpreter (``--diskann-python``: a venv with numpy==1.25.* and diskannpy==0.7.0);
 - for each system its operating points (recall on the sample, median and mean latency, lists
   and KiB read per query for spann), and the latency interpolated at recall 0.90 and 0.95 with
@@ -72,6 +73,8 @@ def main() -> None:
     ap.add_argument("--diskann-python", help="interpreter with diskannpy 0.7 (numpy 1.25)")
     ap.add_argument("--diskann-workdir", help="where DiskANN's index goes (default OUT/diskann)")
     ap.add_argument("--diskann-sweep", default="10,12,16,20,25,30,40,50,60,80")
+    ap.add_argument("--diskann-pq-bytes", type=float, default=0,
+                    help="PQ bytes per vector DiskANN keeps in RAM, when it builds here (0: dim / 2)")
     ap.add_argument("--out", default="bench-out/disk")
     a = ap.parse_args()
 
@@ -188,11 +191,13 @@ def main() -> None:
     if a.diskann_python:
         from spann.bench.runner import run_diskann
         dk = run_diskann(a.diskann_python, a.data, 10, len(sample), str(out), sweep=a.diskann_sweep,
-                         index_dir=a.diskann_workdir)
+                         index_dir=a.diskann_workdir,
+                         extra_args=["--pq-bytes", str(a.diskann_pq_bytes)] if a.diskann_pq_bytes else ())
         if "records" not in dk:
             print(dk.get("traceback", ""), file=sys.stderr)
             raise SystemExit(f"DiskANN: {dk.get('failed') or dk.get('skipped')}")
-        report["diskann_index"] = {"index_bytes": dk["records"][0]["index_bytes"], "build_seconds": dk["build_seconds"]}
+        report["diskann_index"] = {"index_bytes": dk["records"][0]["index_bytes"], "build_seconds": dk["build_seconds"],
+                                   "pq_bytes_per_vector": dk.get("pq_bytes_per_vector")}
         for r in dk["records"]:
             rows.append({"system": "diskann", "params": r["params"], "recall": r["recall"],
                          "cold_median_ms": r["latency_p50_ms"], "cold_mean_ms": r["latency_mean_ms"],

@@ -18,6 +18,18 @@ on a sample of the base used as queries, against their exact nearest neighbours 
 clustering sample: the target is the number of lists (in head order) that hold 9 of the 10.
 The model is 8 floats stored with the index (``pruner``); an index built without it, or with
 fewer heads than the features need, reads ``max_postings`` lists.
+
+How far this goes, measured offline on GloVe-50 (2,000 held-out queries; recall counted as the
+true neighbours present in the lists read): a fixed count needs 27 lists for 0.90, this model
+22 (-18 %), mpnet-768 -27 %. An oracle that knew each query's neighbours would need 12.4. What
+did not beat the model there (each fitted on half the queries, tested on the other half):
+more head-distance ratios (all 31 or 63), density counts of heads within 1.1-2x d_1 (R^2 0.37 ->
+0.64, yet 21.4 lists), list sizes, features from the first 6 lists' scan (Li et al.'s
+intermediate results: 21.0), a per-bin Lagrangian allocation instead of scaling (21.5),
+re-ordering lists by spread or size (25-26 at a fixed count), the Voronoi-bisector bound (reads
+nearly every list at 50 dimensions), SPANN's distance-ratio rule (23.6), and stopping after
+p lists without a top-k change (~22). On GloVe-50 the query's head distances say little about
+where its neighbours are.
 """
 
 from __future__ import annotations

@@ -86,6 +86,11 @@ def main() -> None:
                                  build_memory_maximum=8.0, num_threads=a.threads, pq_disk_bytes=0)
             out["build_seconds"] = time.perf_counter() - t
         out["index_bytes"] = _dir_bytes(a.workdir)
+        pq_file = os.path.join(a.workdir, "ann_pq_compressed.bin")  # int32 n, int32 bytes, codes
+        if os.path.exists(pq_file):
+            with open(pq_file, "rb") as fh:
+                n_pq, b_pq = np.frombuffer(fh.read(8), np.int32)
+            out["pq_bytes_per_vector"] = int(b_pq)
         idx = dap.StaticDiskIndex(index_directory=a.workdir, num_threads=2, num_nodes_to_cache=a.cache_nodes)
         sample = np.linspace(0, len(q) - 1, min(a.latency_queries, len(q))).astype(int)
         records = []

@@ -127,7 +127,8 @@ WORKDIR/diskann) unless one is there. Returns a :func:`run_system`-shaped dict."
                        latency_mean_ms=r["latency_mean_ms"], latency_p50_ms=r["latency_p50_ms"],
                        latency_p99_ms=r["latency_p99_ms"], index_bytes=dk["index_bytes"], cold=True,
                        extra={"build_seconds": dk.get("build_seconds")}).to_dict() for r in dk["records"]]
-    return {"system": "diskann", "build_seconds": dk.get("build_seconds") or float("nan"), "records": recs}
+    return {"system": "diskann", "build_seconds": dk.get("build_seconds") or float("nan"), "records": recs,
+            "pq_bytes_per_vector": dk.get("pq_bytes_per_vector")}
 
 
 def _child(conn, args: tuple, kwargs: dict, quiet: bool = False) -> None:
