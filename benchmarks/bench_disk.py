@@ -4,9 +4,11 @@ For one prepared dataset (``spann datasets prepare ...``) and one spann index, o
 spread sample of queries, one thread, k = 10:
 
 - spann warm: the index's files read once into the page cache first; latencies of single
-  queries, interleaved query by query with faiss IVF-Flat (nlist 1024 and 4096, in RAM) so a
-  shared machine's load hits both alike, in an order that rotates per query (whichever
-  configuration runs a query first finds the CPU caches cold for it);
+  queries, interleaved with faiss IVF-Flat (nlist 1024 and 4096, in RAM) so a shared machine's
+  load hits both alike: the configurations take turns on blocks of ``--block`` queries, in an
+  order that rotates per block. Alternating per query instead charged the cache misses of a
+  switch between systems (each evicts the other's heads or centroids from the CPU caches) to
+  whichever configuration came first after it;
 - spann cold: the index's pages evicted (MADV_DONTNEED + POSIX_FADV_DONTNEED) before every
   query, so every list and row comes from the device, as DiskANN's O_DIRECT reads always do;
 - DiskANN (diskannpy 0.7, R 64, L 100, PQ dim/2 bytes in RAM unless --diskann-pq-bytes, beam
@@ -73,6 +75,8 @@ def main() -> None:
     ap.add_argument("--diskann-python", help="interpreter with diskannpy 0.7 (numpy 1.25)")
     ap.add_argument("--diskann-workdir", help="where DiskANN's index goes (default OUT/diskann)")
     ap.add_argument("--diskann-sweep", default="10,12,16,20,25,30,40,50,60,80")
+    ap.add_argument("--block", type=int, default=20,
+                    help="warm: queries each configuration runs back to back per turn (1: alternate per query)")
     ap.add_argument("--diskann-pq-bytes", type=float, default=0,
                     help="PQ bytes per vector DiskANN keeps in RAM, when it builds here (0: dim / 2)")
     ap.add_argument("--out", default="bench-out/disk")
@@ -147,21 +151,24 @@ def main() -> None:
     lat = {json.dumps(p): [] for p in points}
     flat = {(name, p["nprobe"]): [] for name, p, _ in faiss_cfg}
     runs = [("spann", p) for p in points] + [("faiss", c) for c in faiss_cfg]
-    for j in range(len(sample)):
-        # every configuration runs each query; the first to run it finds the CPU caches cold
-        # (the others then share its heads, centroids and lists), so the order rotates per query
-        r0 = j % len(runs)
+    # configurations take turns on blocks of queries: each block runs back to back in one
+    # configuration (its heads, centroids and graph stay in the CPU caches, as when a service
+    # runs one configuration), and the order of the turns rotates per block, so a shared
+    # machine's load and the cache misses of the first query after a switch fall on all alike
+    for b, s in enumerate(range(0, len(sample), a.block)):
+        r0 = b % len(runs)
         for kind, c in runs[r0:] + runs[:r0]:
-            if kind == "spann":
-                t = time.perf_counter()
-                idx.search(qs[j], 10, **c)
-                lat[json.dumps(c)].append(time.perf_counter() - t)
-            else:
-                name, p, ivf = c
-                ivf.nprobe = p["nprobe"]
-                t = time.perf_counter()
-                ivf.search(xq[j:j + 1], 10)
-                flat[(name, p["nprobe"])].append(time.perf_counter() - t)
+            for j in range(s, min(s + a.block, len(sample))):
+                if kind == "spann":
+                    t = time.perf_counter()
+                    idx.search(qs[j], 10, **c)
+                    lat[json.dumps(c)].append(time.perf_counter() - t)
+                else:
+                    name, p, ivf = c
+                    ivf.nprobe = p["nprobe"]
+                    t = time.perf_counter()
+                    ivf.search(xq[j:j + 1], 10)
+                    flat[(name, p["nprobe"])].append(time.perf_counter() - t)
     # cold: every query from the device; operating points interleaved query by query
     cold = {json.dumps(p): [] for p in points}
     for j in range(len(sample)):
