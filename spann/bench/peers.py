@@ -113,6 +113,7 @@ class SpannPeer(_Peer):
             raise RuntimeError(f"spann build failed (exit code {p.exitcode})")
         self.index = spann.open(path)
         self.index.prepare()
+        self.index.preload()  # warm as the in-RAM peers are (the runner's cold mode evicts it)
 
     def query(self, q: np.ndarray, k: int) -> np.ndarray:
         self._last = self.index.search(q, k, **self.args)
