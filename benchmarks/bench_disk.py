@@ -76,7 +76,7 @@ def main() -> None:
     ap.add_argument("--diskann-python", help="interpreter with diskannpy 0.7 (numpy 1.25)")
     ap.add_argument("--diskann-workdir", help="where DiskANN's index goes (default OUT/diskann)")
     ap.add_argument("--diskann-sweep", default="10,12,16,20,25,30,40,50,60,80")
-    ap.add_argument("--block", type=int, default=20,
+    ap.add_argument("--block", type=lambda v: max(1, int(v)), default=20,
                     help="warm: queries each configuration runs back to back per turn (1: alternate per query)")
     ap.add_argument("--diskann-pq-bytes", type=float, default=0,
                     help="PQ bytes per vector DiskANN keeps in RAM, when it builds here (0: dim / 2)")

@@ -5,8 +5,8 @@
 compile (and are cached on disk) on first use or :meth:`Index.prepare`.
 """
 
-from spann.errors import (DataError, IndexCorruptError, IndexNotFoundError, ParameterError, QueryError,
-                          SpannError, StoreError, VectorFileError)
+from spann.errors import (DataError, IndexCorruptError, IndexNotFoundError, OutOfMemoryError, ParameterError,
+                          QueryError, SpannError, StoreError, VectorFileError)
 from spann.index import Index, SearchResult, build, open_index
 from spann.params import BuildParams, SearchParams
 
@@ -16,4 +16,4 @@ open = open_index  # noqa: A001  (spann.open(path), like zarr.open)
 
 __all__ = ["__version__", "build", "open", "open_index", "Index", "SearchResult", "BuildParams", "SearchParams",
            "SpannError", "VectorFileError", "ParameterError", "DataError", "IndexNotFoundError",
-           "IndexCorruptError", "QueryError", "StoreError"]
+           "IndexCorruptError", "QueryError", "StoreError", "OutOfMemoryError"]

@@ -18,6 +18,7 @@ __all__ = [
     "IndexCorruptError",
     "QueryError",
     "StoreError",
+    "OutOfMemoryError",
 ]
 
 
@@ -60,3 +61,7 @@ class StoreError(SpannError, OSError):
 
 class QueryError(SpannError, ValueError):
     """Queries disagree with the index (dimension, dtype, metric) or k is invalid."""
+
+
+class OutOfMemoryError(SpannError, MemoryError):
+    """An operation needs more RAM than the machine has available (e.g. ``Index.preload``)."""

@@ -11,7 +11,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from spann.errors import IndexCorruptError, ParameterError, QueryError
+from spann.errors import IndexCorruptError, OutOfMemoryError, ParameterError, QueryError
 from spann.head_index import EntrySeeds, walk_codes
 from spann.idmap import IdMap
 from spann.labels import check_filter
@@ -67,6 +67,18 @@ class _ThreadState(threading.local):
 
     visited: np.ndarray | None = None
     tag: int = 0
+
+
+def _mem_available() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (None where there is none)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 class _Snapshot:
@@ -225,7 +237,8 @@ class Index:
         self._write_lock = threading.Lock()
         self._active = 0
         self._closed = False
-        self._preloaded = False  # preload() put every page in RAM: no page requests until evict()
+        self._preloaded = None  # the snapshot preload() put in RAM: its searches make no page requests
+        self._evictions = 0  # evict() calls, so a preload racing one does not claim its pages
         self.default_params = SearchParams()
         self._param_cache: dict[tuple, SearchParams] = {}
 
@@ -355,7 +368,6 @@ class Index:
                 snap.close()
                 return
             self._snap = snap  # searches in flight keep the old one until they end
-            self._preloaded = False  # its delta lists are not preloaded: request pages again
             self.attrs = attrs
             self._stamp = stamp
 
@@ -538,7 +550,7 @@ class Index:
             stats = np.zeros(N_STATS, np.int64)
             search_one(qs[0], qh[0], code, snap.heads, snap.walk, snap.neighbors, snap.seeds.for_rows(qh)[0], efv, m, budget,
                        model, eps, pv, cb, vv, snap.dv, f32, dead, snap.delta_dead, R, bound_k,
-                       epoch_now() if p.prefetch and not self._preloaded else NO_ADVICE, st.visited,
+                       epoch_now() if p.prefetch and self._preloaded is not snap else NO_ADVICE, st.visited,
                        np.uint32(st.tag), top_d, top_i, stats)
             dists, ids, stt = top_d[None], top_i[None], stats[None]
             req = got = None
@@ -556,7 +568,7 @@ class Index:
                 # scan in groups; with prefetch, the next group's lists are requested before this
                 # group is scanned, so the device works while the CPU scans (a fetched index
                 # fetches the whole batch's lists at once instead: all its GETs in flight together)
-                prefetch = p.prefetch and not fetching and not self._preloaded
+                prefetch = p.prefetch and not fetching and self._preloaded is not snap
                 group = max(16, n_threads * 8) if prefetch else nq
                 epoch = epoch_now()
                 if prefetch:
@@ -653,15 +665,29 @@ class Index:
         that no query waits for the device or takes a page fault: for an index that fits in
         RAM, what a long-running process reaches after enough queries. Measured on GloVe-50
         (max_postings 16): the first pass over 1,000 queries took 2.2 page faults and 0.31 ms per
-        query (median), later passes 0 and 0.20 ms. Until :meth:`evict`, searches then make no page
-        requests (``prefetch``): if the system reclaims pages anyway, their reads fault one by one.
-        Local indexes only (a fetched one: nothing). Returns the index."""
+        query (median), later passes 0 and 0.20 ms. Until :meth:`evict` or an update installs a new
+        generation, searches then make no page requests (``prefetch``): if the system reclaims
+        pages anyway, their reads fault one by one. Raises :class:`~spann.errors.OutOfMemoryError` if
+        the mapped bytes exceed the memory available (``MemAvailable``). Local indexes only (a
+        fetched one: nothing). Returns the index."""
         snap = self._enter()
         try:
-            for r in (self._base.postings, self._base.vectors, self._base.label_lists, *snap._readers):
-                if r is not None:
-                    r.preload()
-            self._preloaded = not self.fetching
+            if self.fetching:
+                return self
+            readers = [r for r in (self._base.postings, self._base.vectors, self._base.label_lists, *snap._readers)
+                       if r is not None and not r.fetched]
+            need = sum(r.mapped.mapped_bytes for r in readers)
+            avail = _mem_available()
+            if avail is not None and need > avail:
+                raise OutOfMemoryError(f"{self.path}: preloading needs {need / 2**30:.1f} GiB in RAM, "
+                                 f"{avail / 2**30:.1f} GiB are available")
+            with self._state:
+                evictions = self._evictions
+            for r in readers:
+                r.preload()
+            with self._state:
+                if self._evictions == evictions and self._snap is snap:
+                    self._preloaded = snap
         finally:
             self._leave()
         return self
@@ -677,8 +703,10 @@ class Index:
             for r in (self._base.postings, self._base.vectors, self._base.label_lists, *snap._readers):
                 if r is not None:
                     r.evict()
+            with self._state:
+                self._evictions += 1
+                self._preloaded = None
             forget()  # the pages requested lately are gone: request them again
-            self._preloaded = False
         finally:
             self._leave()
 

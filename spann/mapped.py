@@ -16,6 +16,7 @@ import stat
 import numpy as np
 
 from spann import osio
+from spann.recent import forget
 from spann.errors import IndexCorruptError
 from spann.zarr_io import check_postings_meta, check_shard_index, read_json, shard_index_bytes
 
@@ -97,8 +98,17 @@ class MappedBytes:
         """Read the whole array into the page cache and map every page into this process, so
         that no read of it faults (what a long-running warm process reaches by itself)."""
         if self._mapped:
-            for addr, n in self._maps:
-                osio.populate(addr, n, self.u8)
+            for addr, n in self._maps:  # read ahead in big requests (MADV_RANDOM reads page by page)
+                osio.madvise(addr, n, osio.MADV_SEQUENTIAL)
+                try:
+                    osio.populate(addr, n, self.u8)
+                finally:
+                    osio.madvise(addr, n, osio.MADV_RANDOM)
+
+    @property
+    def mapped_bytes(self) -> int:
+        """Bytes of file data mapped (what :meth:`preload` brings into RAM)."""
+        return sum(n for _, n in self._maps)
 
     def evict(self) -> None:
         """Drop the array's pages from this process and from the page cache."""
@@ -111,6 +121,7 @@ class MappedBytes:
         if self._mapped:
             self._mapped = False
             osio.unmap(self.base, self.size)
+            forget()  # the addresses may be mapped again, to other pages
 
 
 def open_bytes(store, root: str, name: str, need_fn):

@@ -8,6 +8,7 @@ it stay cacheable (no function address is baked into the compiled code).
 from __future__ import annotations
 
 import ctypes
+import errno
 import mmap
 import os
 
@@ -18,10 +19,11 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 __all__ = ["PAGE", "MADV_NORMAL", "MADV_RANDOM", "MADV_WILLNEED", "MADV_DONTNEED", "reserve", "map_file_fixed",
-           "unmap", "reserve_writable", "madvise", "madvise_nb", "evict_files", "populate"]
+           "unmap", "reserve_writable", "madvise", "madvise_nb", "evict_files", "populate", "touch_pages",
+           "MADV_SEQUENTIAL", "MADV_POPULATE_READ"]
 
 PAGE = mmap.PAGESIZE
-MADV_NORMAL, MADV_RANDOM, MADV_WILLNEED, MADV_DONTNEED = 0, 1, 3, 4
+MADV_NORMAL, MADV_RANDOM, MADV_SEQUENTIAL, MADV_WILLNEED, MADV_DONTNEED = 0, 1, 2, 3, 4
 MADV_POPULATE_READ = 22  # Linux >= 5.14
 _PROT_NONE, _PROT_READ, _PROT_WRITE = 0, 1, 2
 _MAP_SHARED, _MAP_PRIVATE, _MAP_FIXED, _MAP_ANONYMOUS, _MAP_NORESERVE = 0x01, 0x02, 0x10, 0x20, 0x4000
@@ -114,12 +116,13 @@ def touch_pages(u8, start, end):
 
 def populate(addr: int, nbytes: int, u8=None) -> None:
     """Read a mapped range in and map all of its pages into this process (page-table entries
-    included, so later reads take no page fault): ``MADV_POPULATE_READ``; on kernels without it,
-    touch one byte per page of ``u8`` (the uint8 array over the whole map) from ``addr``."""
+    included, so later reads take no page fault): ``MADV_POPULATE_READ``; on kernels without it
+    (EINVAL), touch one byte per page of ``u8`` (the uint8 array over the whole map) from ``addr``.
+    Any other failure (e.g. EFAULT: the file shrank under the map) raises OSError."""
     start = addr - addr % PAGE
     if _c().madvise(ctypes.c_void_p(start), nbytes + (addr - start), MADV_POPULATE_READ) == 0:
         return
-    if u8 is None:
+    if ctypes.get_errno() != errno.EINVAL or u8 is None:
         raise _fail("madvise(MADV_POPULATE_READ)")
     base = u8.ctypes.data
     touch_pages(u8, start - base if start >= base else 0, min(u8.shape[0], addr - base + nbytes))

@@ -4,7 +4,7 @@ Per query:
 1. beam search of the head graph -> the ``m`` nearest heads (head-space squared L2);
 2. prune: keep head j only while ``d(q, c_j) <= (1 + eps)^2 * d(q, c_1)`` (true distances
    within a factor 1 + eps; the nearest head always survives);
-3. request every kept list's pages from the device at once (``union_pages`` with advise),
+3. request every kept list's pages from the device at once (``union_pages`` with an epoch),
    then scan each kept list through the :class:`~spann.postings.PostingsView`:
    - ``full`` encoding: exact distances straight into the top-k;
    - coded encodings: approximate distances into the best ``rerank`` candidates (their rows in

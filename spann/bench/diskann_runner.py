@@ -77,8 +77,9 @@ def main() -> None:
         out = {"system": "diskann", "params": {"R": a.R, "L": a.L, "beam": a.beam, "cache_nodes": a.cache_nodes}}
         if a.rebuild or not os.path.exists(os.path.join(a.workdir, "ann_disk.index")):
             for stale in os.listdir(a.workdir):  # an interrupted build's files make diskannpy refuse to start
-                if stale.startswith("ann_"):
-                    os.remove(os.path.join(a.workdir, stale))
+                p = os.path.join(a.workdir, stale)
+                if stale.startswith("ann_") and os.path.isfile(p):
+                    os.remove(p)
             pq = a.pq_bytes or x.shape[1] / 2
             t = time.perf_counter()
             dap.build_disk_index(data=x, distance_metric=dist, index_directory=a.workdir, complexity=a.L,
