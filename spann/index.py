@@ -255,8 +255,7 @@ class Index:
             f.close()
         self._stamp = stamp
         #: lists (and vector-store pages) are fetched from the store before a search scans them
-        self.fetching: bool = any(r.fetched for r in (self._base.postings, self._base.vectors, self._base.label_lists,
-                                                      *self._snap._readers) if r is not None)
+        self.fetching: bool = any(r.fetched for r in self._readers(self._snap))
         self.codebook = codebook_view(f.layout.encoding, f.codebook)
         self._no_model = np.zeros(0, np.float64)
         self._no_i32 = np.zeros(0, np.int32)
@@ -655,10 +654,13 @@ class Index:
         """The files a query reads from (posting shards, and vector-store shards when coded)."""
         if self._base is None:
             return []
-        out = self._base.postings.files() + (self._base.vectors.files() if self._base.vectors is not None else [])
-        if self._base.label_lists is not None:
-            out += self._base.label_lists.files()
-        return out + [f for r in self._snap._readers for f in r.files()]
+        return [f for r in self._readers(self._snap) for f in r.files()]
+
+    def _readers(self, snap: "_Snapshot") -> list:
+        """Every byte-array reader a search of ``snap`` may read: base postings, vector store,
+        label lists, the generation's delta readers."""
+        return [r for r in (self._base.postings, self._base.vectors, self._base.label_lists, *snap._readers)
+                if r is not None]
 
     def preload(self) -> "Index":
         """Read the index's posting lists and vectors into RAM and map them into this process, so
@@ -674,8 +676,7 @@ class Index:
         try:
             if self.fetching:
                 return self
-            readers = [r for r in (self._base.postings, self._base.vectors, self._base.label_lists, *snap._readers)
-                       if r is not None and not r.fetched]
+            readers = self._readers(snap)
             need = sum(r.mapped.mapped_bytes for r in readers)
             avail = _mem_available()
             if avail is not None and need > avail:
@@ -700,9 +701,8 @@ class Index:
             if self.cache is not None:
                 with self._fetch_lock:
                     self.cache.clear()
-            for r in (self._base.postings, self._base.vectors, self._base.label_lists, *snap._readers):
-                if r is not None:
-                    r.evict()
+            for r in self._readers(snap):
+                r.evict()
             with self._state:
                 self._evictions += 1
                 self._preloaded = None

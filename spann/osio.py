@@ -124,8 +124,8 @@ def populate(addr: int, nbytes: int, u8=None) -> None:
         return
     if ctypes.get_errno() != errno.EINVAL or u8 is None:
         raise _fail("madvise(MADV_POPULATE_READ)")
-    base = u8.ctypes.data
-    touch_pages(u8, start - base if start >= base else 0, min(u8.shape[0], addr - base + nbytes))
+    at = addr - u8.ctypes.data  # the range lies inside u8's map
+    touch_pages(u8, at, at + nbytes)
 
 
 def evict_files(paths) -> None:

@@ -115,7 +115,7 @@ def merge_page_runs(first, last, m, recent, epoch):
     """Pages of the ranges [first[j], last[j]] (j < m, in any order) counted once, gaps of up to
     BRIDGE_PAGES pages between ranges read along (one request instead of two). With ``epoch``
     >= 0 (see :mod:`spann.recent`), one madvise(WILLNEED) per resulting run, except for runs whose
-    pages the table ``recent`` says were requested within the last second."""
+    pages the table ``recent`` says were requested lately (within ~1 s)."""
     if m == 0:
         return 0
     o = np.argsort(first[:m])

@@ -220,7 +220,7 @@ def search_one(q, qh, metric, heads, wc, neighbors, entries, ef, m, budget, mode
     (empty: no filter); ``dead``: deleted ids (full) or store rows (coded) of the base lists,
     sorted int64; ``delta_dead``: deleted ids still in the delta lists (sorted int64);
     ``epoch`` >= 0: request every list's and candidate row's pages at once, except those requested
-    within the last second (:mod:`spann.recent`; -1: request nothing, let the reads fault);
+    lately (within ~1 s, :mod:`spann.recent`; -1: request nothing, let the reads fault);
     ``bound_k`` > 0: re-rank only the rabitq candidates whose error bound lets them reach the
     top ``bound_k`` (at most ``rerank_depth``; see :func:`spann.rabitq.bound_cut`)."""
     sel_i = np.empty(m, np.int32)
