@@ -22,7 +22,7 @@ from spann.encodings import codebook_view
 from spann.postings import LocalPostings, make_view, prefetch_lists
 from spann.recent import NO_ADVICE, RECENT, epoch_now, forget
 from spann.query_space import single_query_space
-from spann.search import (N_STATS, full_lists_batch, prefetch_rows_batch, rerank_batch, scan_batch, search_one,
+from spann.search import (N_STATS, compiled_entry, full_lists_batch, prefetch_rows_batch, rerank_batch, scan_batch, search_one,
                           select_batch)
 from spann.vector_store import LocalVectors, VectorsView
 from spann.storage import IndexFiles, directory_bytes
@@ -93,6 +93,7 @@ class _Snapshot:
         self.heads, self.neighbors, self.entries = f.heads, f.neighbors, f.entries
         self.seeds = EntrySeeds(self.heads, self.entries)
         self.walk = walk_codes(self.heads)
+        self.kernels: dict = {}  # compiled entry points of the single-query kernel (Index._search)
         self.pruner = f.pruner
         H = self.heads.shape[0]
         self.offsets = f.offsets
@@ -547,10 +548,21 @@ class Index:
             top_d = np.empty(k, np.float32)
             top_i = np.empty(k, np.int64)
             stats = np.zeros(N_STATS, np.int64)
-            search_one(qs[0], qh[0], code, snap.heads, snap.walk, snap.neighbors, snap.seeds.for_rows(qh)[0], efv, m, budget,
-                       model, eps, pv, cb, vv, snap.dv, f32, dead, snap.delta_dead, R, bound_k,
-                       epoch_now() if p.prefetch and self._preloaded is not snap else NO_ADVICE, st.visited,
-                       np.uint32(st.tag), top_d, top_i, stats)
+            args = (np.ascontiguousarray(qs[0]), np.ascontiguousarray(qh[0]), int(code), snap.heads, snap.walk,
+                    snap.neighbors, snap.seeds.entries, snap.seeds.seed_rows, int(efv), int(m), int(budget), model, eps,
+                    pv, cb, vv, snap.dv, f32, dead, snap.delta_dead, int(R), int(bound_k),
+                    epoch_now() if p.prefetch and self._preloaded is not snap else NO_ADVICE, st.visited,
+                    np.uint32(st.tag), top_d, top_i, stats)
+            # every argument's type is fixed by the snapshot except the model's and the filter's
+            # presence (scalars are ints, queries contiguous float32): after the first call of a
+            # kind, the compiled entry point is called directly
+            kind = (model is self._no_model, f32 is self._no_i32)
+            kernel = snap.kernels.get(kind)
+            if kernel is None:
+                search_one(*args)
+                snap.kernels[kind] = compiled_entry(search_one, args)
+            else:
+                kernel(*args)
             dists, ids, stt = top_d[None], top_i[None], stats[None]
             req = got = None
         else:

@@ -24,7 +24,7 @@ import numpy as np
 from spann.distances import FASTMATH, pair_distance
 from spann.distances import NEG_DOT
 from spann.encodings import FULL, SQ8, sq8_distance, sq8_prepare
-from spann.head_index import beam_search
+from spann.head_index import SEEDS, beam_search, nearest_entries
 from spann.labels import has_label, is_dead
 from spann.postings import aux_offset, codes_offset, entry_id, labels_start, union_pages
 from spann.pruner import lists_for
@@ -33,10 +33,22 @@ from spann.rabitq import bound_cut, error_bound, estimate, prepare_list_query
 from spann.topk import topk_insert, topk_insert_unique, topk_insert_unique_with
 from spann.vector_store import row_id, row_vector, union_row_pages
 
-__all__ = ["N_STATS", "select_lists", "scan_full", "scan_coded", "scan_rabitq", "rerank", "search_one", "select_batch",
+__all__ = ["N_STATS", "compiled_entry", "select_lists", "scan_full", "scan_coded", "scan_rabitq", "rerank", "search_one", "select_batch",
            "scan_batch", "full_lists_batch"]
 
 N_STATS = 4  #: lists read, page bytes, distance evaluations, entry bytes
+
+
+def compiled_entry(kernel, args: tuple):
+    """The compiled entry point of numba ``kernel`` for the types of ``args`` (after a call
+    with them), or ``kernel`` itself if numba has none to give. Calling it skips the
+    dispatcher's type resolution, ~5-10 us for a kernel of ~30 arguments (a warm GloVe query
+    takes ~200 us); the caller must then pass arguments of exactly those types (arrays of the
+    same dtype, dimension and layout), as the entry point converts them without checking."""
+    try:
+        return kernel.overloads[tuple(kernel.typeof_pyval(a) for a in args)].entry_point
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return kernel
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
@@ -211,9 +223,12 @@ def rerank(q, metric, vv, cand_r, top_d, top_i, stats):
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
-def search_one(q, qh, metric, heads, wc, neighbors, entries, ef, m, budget, model, prune_eps, pv, cb, vv, dv, filt,
-               dead, delta_dead, rerank_depth, bound_k, epoch, visited, tag, top_d, top_i, stats):
+def search_one(q, qh, metric, heads, wc, neighbors, entries, seed_rows, ef, m, budget, model, prune_eps, pv, cb, vv,
+               dv, filt, dead, delta_dead, rerank_depth, bound_k, epoch, visited, tag, top_d, top_i, stats):
     """One query end to end: fills ``top_d``/``top_i`` (length k, ascending) and ``stats``.
+    The walk starts from the entries (int32 (E,)): all of them when ``seed_rows`` is empty, else
+    the :data:`~spann.head_index.SEEDS` whose rows (``seed_rows`` float32 (E, Dh), the entries'
+    heads) are nearest ``qh`` (see :class:`~spann.head_index.EntrySeeds`).
     ``m``: heads retrieved (>= the most lists the pruner may choose); ``budget``: lists for
     the median query (see :func:`select_lists`); ``dv``: the delta lists of an updated index
     (full vectors, same heads; all empty when there is none); ``filt``: sorted int32 labels
@@ -225,7 +240,8 @@ def search_one(q, qh, metric, heads, wc, neighbors, entries, ef, m, budget, mode
     top ``bound_k`` (at most ``rerank_depth``; see :func:`spann.rabitq.bound_cut`)."""
     sel_i = np.empty(m, np.int32)
     sel_d = np.empty(m, np.float32)
-    kept, n_eval = select_lists(qh, heads, wc, neighbors, entries, ef, budget, model, prune_eps, visited, tag, sel_i,
+    seeds = nearest_entries(qh, seed_rows, entries, SEEDS) if seed_rows.shape[0] > 0 else entries
+    kept, n_eval = select_lists(qh, heads, wc, neighbors, seeds, ef, budget, model, prune_eps, visited, tag, sel_i,
                                 sel_d)
     stats[1] += 4096 * union_pages(pv, sel_i, kept, epoch)
     stats[1] += 4096 * union_pages(dv, sel_i, kept, epoch)

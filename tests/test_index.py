@@ -40,6 +40,26 @@ def test_single_query_path_matches_batch(synth, synth_index):
     np.testing.assert_array_equal(one.ids, b.ids)
 
 
+def test_single_queries_through_compiled_entry_points_match_batch(synth, synth_index):
+    """After the first single query of a kind (pruner on/off), the kernel's compiled entry point
+    is called directly: alternating kinds, strided and float64 queries must still match a batch."""
+    from spann.search import search_one
+    _, q, _, _ = synth
+    on = synth_index.search(q[:12], 10, threads=1)
+    off = synth_index.search(q[:12], 10, threads=1, pruner=False)
+    assert not np.array_equal(on.lists_read, off.lists_read)  # the two kinds differ
+    wide = np.repeat(q[:12], 2, axis=1)[:, ::2]  # strided rows of the same values
+    for i in range(12):
+        for kw, ref in (({}, on), ({"pruner": False}, off)):
+            for x in (q[i], wide[i], q[i].astype(np.float64)):
+                r = synth_index.search(x, 10, **kw)
+                np.testing.assert_array_equal(r.ids[0], ref.ids[i])
+                assert r.lists_read[0] == ref.lists_read[i]
+    kernels = synth_index._snap.kernels
+    assert set(kernels) == {(False, True), (True, True)}
+    assert all(k is not search_one for k in kernels.values())  # the entry points are in use
+
+
 def test_pruning_reads_fewer_lists_and_never_drops_nearest_head(synth, synth_index):
     _, q, gi, _ = synth
     for pruner in (False, True):
