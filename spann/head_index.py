@@ -28,7 +28,7 @@ from spann.distances import FASTMATH as _FM
 from spann.distances import sq_l2
 from spann.prefetch import prefetch_element
 
-__all__ = ["EXACT_KNN_MAX", "WALK_CODES_MIN_DIM", "WalkCodes", "walk_codes", "no_walk_codes", "build_graph", "default_entry_count", "spread_entries", "EntrySeeds", "refine_graph", "beam_search", "knn_candidates", "head_search_recall"]
+__all__ = ["EXACT_KNN_MAX", "SEEDS", "nearest_entries", "WALK_CODES_MIN_DIM", "WalkCodes", "walk_codes", "no_walk_codes", "build_graph", "default_entry_count", "spread_entries", "EntrySeeds", "refine_graph", "beam_search", "knn_candidates", "head_search_recall"]
 
 #: up to this many heads the candidate kNN is exact (O(H^2 d) BLAS work); above, partitioned.
 EXACT_KNN_MAX = 30_000

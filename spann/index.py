@@ -548,14 +548,14 @@ class Index:
             top_d = np.empty(k, np.float32)
             top_i = np.empty(k, np.int64)
             stats = np.zeros(N_STATS, np.int64)
-            args = (np.ascontiguousarray(qs[0]), np.ascontiguousarray(qh[0]), int(code), snap.heads, snap.walk,
-                    snap.neighbors, snap.seeds.entries, snap.seeds.seed_rows, int(efv), int(m), int(budget), model, eps,
-                    pv, cb, vv, snap.dv, f32, dead, snap.delta_dead, int(R), int(bound_k),
+            args = (np.require(qs[0], np.float32, "CW"), np.require(qh[0], np.float32, "CW"), int(code), snap.heads,
+                    snap.walk, snap.neighbors, snap.seeds.entries, snap.seeds.seed_rows, int(efv), int(m), int(budget),
+                    model, eps, pv, cb, vv, snap.dv, f32, dead, snap.delta_dead, int(R), int(bound_k),
                     epoch_now() if p.prefetch and self._preloaded is not snap else NO_ADVICE, st.visited,
                     np.uint32(st.tag), top_d, top_i, stats)
-            # every argument's type is fixed by the snapshot except the model's and the filter's
-            # presence (scalars are ints, queries contiguous float32): after the first call of a
-            # kind, the compiled entry point is called directly
+            # every argument's numba type is fixed by the snapshot (its arrays, the index's views,
+            # int and float32 scalars, writable contiguous float32 queries): after the first call,
+            # the compiled entry point is called directly (kinds kept apart for safety only)
             kind = (model is self._no_model, f32 is self._no_i32)
             kernel = snap.kernels.get(kind)
             if kernel is None:

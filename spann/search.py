@@ -42,11 +42,12 @@ N_STATS = 4  #: lists read, page bytes, distance evaluations, entry bytes
 def compiled_entry(kernel, args: tuple):
     """The compiled entry point of numba ``kernel`` for the types of ``args`` (after a call
     with them), or ``kernel`` itself if numba has none to give. Calling it skips the
-    dispatcher's type resolution, ~5-10 us for a kernel of ~30 arguments (a warm GloVe query
-    takes ~200 us); the caller must then pass arguments of exactly those types (arrays of the
-    same dtype, dimension and layout), as the entry point converts them without checking."""
+    dispatcher's type resolution of every argument (~5-10 us for ~30 arguments, of a warm
+    GloVe-50 query's ~100-200 us). The caller must then pass arguments of exactly those numba
+    types: arrays of the same dtype, dimension, layout and writability, namedtuples with such
+    fields, scalars of the same kind; the entry point converts arrays without checking."""
     try:
-        return kernel.overloads[tuple(kernel.typeof_pyval(a) for a in args)].entry_point
+        return kernel.overloads[tuple(numba.typeof(a) for a in args)].entry_point
     except (AttributeError, KeyError, TypeError, ValueError):
         return kernel
 

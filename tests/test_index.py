@@ -42,23 +42,44 @@ def test_single_query_path_matches_batch(synth, synth_index):
 
 def test_single_queries_through_compiled_entry_points_match_batch(synth, synth_index):
     """After the first single query of a kind (pruner on/off), the kernel's compiled entry point
-    is called directly: alternating kinds, strided and float64 queries must still match a batch."""
+    is called directly, which converts arrays without checking their types: every later call
+    must pass exactly the types it was compiled for, whatever the query looks like."""
+    import numba
     from spann.search import search_one
     _, q, _, _ = synth
     on = synth_index.search(q[:12], 10, threads=1)
     off = synth_index.search(q[:12], 10, threads=1, pruner=False)
     assert not np.array_equal(on.lists_read, off.lists_read)  # the two kinds differ
-    wide = np.repeat(q[:12], 2, axis=1)[:, ::2]  # strided rows of the same values
-    for i in range(12):
-        for kw, ref in (({}, on), ({"pruner": False}, off)):
-            for x in (q[i], wide[i], q[i].astype(np.float64)):
-                r = synth_index.search(x, 10, **kw)
-                np.testing.assert_array_equal(r.ids[0], ref.ids[i])
-                assert r.lists_read[0] == ref.lists_read[i]
-    kernels = synth_index._snap.kernels
-    assert set(kernels) == {(False, True), (True, True)}
-    assert all(k is not search_one for k in kernels.values())  # the entry points are in use
+    synth_index.search(q[0], 10)
+    synth_index.search(q[0], 10, pruner=False)
+    snap = synth_index._snap
+    assert set(snap.kernels) == {(False, True), (True, True)}
+    assert all(k is not search_one for k in snap.kernels.values())  # the entry points are in use
+    compiled = {cres.entry_point: sig for sig, cres in search_one.overloads.items()}
+    calls = []
 
+    def checked(entry):
+        def call(*args):
+            assert tuple(numba.typeof(a) for a in args) == compiled[entry]
+            calls.append(1)
+            return entry(*args)
+        return call
+
+    saved = dict(snap.kernels)
+    snap.kernels.update({kind: checked(e) for kind, e in saved.items()})
+    try:
+        wide = np.repeat(q[:12], 2, axis=1)[:, ::2]  # strided rows of the same values
+        frozen = q[:12].copy()
+        frozen.flags.writeable = False
+        for i in range(12):
+            for kw, ref in (({}, on), ({"pruner": False}, off)):
+                for x in (q[i], wide[i], q[i].astype(np.float64), frozen[i], frozen[i:i + 1]):
+                    r = synth_index.search(x, 10, **kw)
+                    np.testing.assert_array_equal(r.ids[0], ref.ids[i])
+                    assert r.lists_read[0] == ref.lists_read[i]
+    finally:
+        snap.kernels.update(saved)
+    assert len(calls) == 12 * 2 * 5
 
 def test_pruning_reads_fewer_lists_and_never_drops_nearest_head(synth, synth_index):
     _, q, gi, _ = synth
