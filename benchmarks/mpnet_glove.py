@@ -23,6 +23,12 @@ differ):
 
    writes base.fbin, queries.fbin (10,000 seeded held-out words), exact top-100 ground truth
    (cosine) and a manifest, usable as ``spann eval/bench data/mpnet-768``.
+
+3. ``pca`` (optional) — a real mid-dimensional set in the sq8 range: the prepared set's base and
+   queries projected on the base's top principal components (fitted on a seeded 50,000-row
+   sample), with its own exact ground truth::
+
+       python benchmarks/mpnet_glove.py pca --data data/mpnet-768 --dim 128 --out data/mpnet-pca128
 """
 
 from __future__ import annotations
@@ -110,6 +116,38 @@ def prepare(args: argparse.Namespace) -> None:
     print(f"prepared {m.name}: {m.n_base:,} x {m.dim} base, {m.n_queries:,} queries -> {args.out}")
 
 
+def pca(args: argparse.Namespace) -> None:
+    import numpy as np
+    from spann.datasets import load
+    from spann.datasets.formats import read_vectors, write_vectors
+    from spann.datasets.groundtruth import compute_ground_truth
+    from spann.datasets.registry import MANIFEST, Manifest
+    src = load(args.data)
+    base = read_vectors(src.path("base"))
+    queries = src.load_queries()
+    rng = np.random.default_rng(0)
+    sample = base[np.sort(rng.choice(base.shape[0], min(50_000, base.shape[0]), replace=False))].astype(np.float64)
+    mu = sample.mean(axis=0)
+    _, _, vt = np.linalg.svd(sample - mu, full_matrices=False)
+    proj = vt[:args.dim].T
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=False)
+    write_vectors(out / "base.fbin", ((base - mu) @ proj).astype(np.float32))
+    q = ((queries - mu) @ proj).astype(np.float32)
+    write_vectors(out / "queries.fbin", q)
+    ids, dists = compute_ground_truth(read_vectors(out / "base.fbin"), q, 100, src.metric)
+    write_vectors(out / "gt.ibin", ids.astype(np.int32))
+    write_vectors(out / "gt.dist.fbin", dists)
+    name = f"{src.name.split('-')[0]}-pca{args.dim}"
+    m = Manifest(name=name, metric=src.metric, dtype="float32", dim=args.dim, n_base=base.shape[0],
+                 n_queries=q.shape[0], gt_k=ids.shape[1], base="base.fbin", queries="queries.fbin", gt="gt.ibin",
+                 gt_distances="gt.dist.fbin",
+                 extra={"source": f"{src.name} projected on its top {args.dim} principal components "
+                                  "(50,000-row sample, seed 0)"})
+    (out / MANIFEST).write_text(m.to_json())
+    print(f"prepared {name}: {m.n_base:,} x {m.dim} base, {m.n_queries:,} queries -> {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -122,8 +160,12 @@ def main() -> None:
     p.add_argument("--out", default="data/mpnet-768")
     p.add_argument("--n-queries", type=int, default=10_000)
     p.add_argument("--seed", type=int, default=42)
+    c = sub.add_parser("pca")
+    c.add_argument("--data", default="data/mpnet-768")
+    c.add_argument("--dim", type=int, default=128)
+    c.add_argument("--out", default="data/mpnet-pca128")
     a = ap.parse_args()
-    embed(a) if a.cmd == "embed" else prepare(a)
+    {"embed": embed, "prepare": prepare, "pca": pca}[a.cmd](a)
 
 
 if __name__ == "__main__":
