@@ -22,8 +22,8 @@ from spann.encodings import codebook_view
 from spann.postings import LocalPostings, make_view, prefetch_lists
 from spann.recent import NO_ADVICE, RECENT, epoch_now, forget
 from spann.query_space import single_query_space
-from spann.search import (N_STATS, compiled_entry, full_lists_batch, prefetch_rows_batch, rerank_batch, scan_batch, search_one,
-                          select_batch)
+from spann.search import (N_STATS, compiled_entry, full_lists_batch, prefetch_rows_batch, rerank_batch, scan_batch,
+                          search_one, select_batch)
 from spann.vector_store import LocalVectors, VectorsView
 from spann.storage import IndexFiles, directory_bytes
 from spann.fetched import FetchCache

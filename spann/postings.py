@@ -4,7 +4,8 @@
 (``u8``/``i64``/``i32``/``f32``/``vec`` views of the same memory), the base address of that
 memory, and per list its byte offset and entry count, plus the entry layout. How the bytes got
 there is the reader's business: :class:`~spann.mapped.MappedBytes` maps local shard files into
-one range (all of a query's reads put in flight at once by :func:`union_pages` with an epoch, see :mod:`spann.recent`);
+one range (all of a query's reads put in flight at once by :func:`union_pages` with an epoch,
+see :mod:`spann.recent`);
 a reader that fetches bytes elsewhere (pread, object storage) fills a buffer and builds a view
 over it with list offsets into that buffer. The kernels do not change.
 """

@@ -33,8 +33,8 @@ from spann.rabitq import bound_cut, error_bound, estimate, prepare_list_query
 from spann.topk import topk_insert, topk_insert_unique, topk_insert_unique_with
 from spann.vector_store import row_id, row_vector, union_row_pages
 
-__all__ = ["N_STATS", "compiled_entry", "select_lists", "scan_full", "scan_coded", "scan_rabitq", "rerank", "search_one", "select_batch",
-           "scan_batch", "full_lists_batch"]
+__all__ = ["N_STATS", "compiled_entry", "select_lists", "scan_full", "scan_coded", "scan_rabitq", "rerank",
+           "search_one", "select_batch", "scan_batch", "full_lists_batch"]
 
 N_STATS = 4  #: lists read, page bytes, distance evaluations, entry bytes
 

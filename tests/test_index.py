@@ -81,6 +81,7 @@ def test_single_queries_through_compiled_entry_points_match_batch(synth, synth_i
         snap.kernels.update(saved)
     assert len(calls) == 12 * 2 * 5
 
+
 def test_pruning_reads_fewer_lists_and_never_drops_nearest_head(synth, synth_index):
     _, q, gi, _ = synth
     for pruner in (False, True):
