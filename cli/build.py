@@ -19,7 +19,8 @@ def build_summary(attrs: dict) -> str:
     secs = ", ".join(f"{k} {v:.1f}s" for k, v in st["seconds"].items())
     return "\n".join([
         f"vectors {attrs['n']:,} x {attrs['dim']} {attrs['source_dtype']}, metric {attrs['metric']}",
-        f"heads {st['heads']:,} ({st['head_ratio']:.1%}), head graph degree {st['graph_degree_mean']:.1f}",
+        f"heads {st['heads']:,} ({st['head_ratio']:.1%}), head graph degree {st['graph_degree_mean']:.1f}, "
+        f"head groups {st.get('head_groups') or 'none (graph walk)'}",
         f"posting lists: mean {st['posting_mean']:.1f}, max {st['posting_max']}, empty {st['posting_empty']}, "
         f"replicas/vector {st['replicas_per_vector']:.2f}",
         f"index {st['index_bytes'] / 2**20:.1f} MiB on disk ({st['index_bytes'] / st['raw_bytes']:.2f}x raw), "
@@ -63,6 +64,9 @@ class ByteSize(click.ParamType):
 @click.option("--closure-eps", type=click.FloatRange(0), help="Replica closure rule [by encoding: 2.0 coded, 0.5 full].")
 @click.option("--rng-factor", type=click.FloatRange(0, min_open=True), help="Replica RNG rule [by encoding: 2.0 coded, 1.3 full].")
 @click.option("--graph-degree", type=click.IntRange(4, 256), default=_DEFAULTS.graph_degree, show_default=True)
+@click.option("--head-groups", type=click.IntRange(-1, 1 << 20), default=_DEFAULTS.head_groups, show_default=True,
+              help="Groups of heads searches scan instead of walking the head graph: -1 = ~4 sqrt(heads) up to "
+              "32,768 heads, 0 = none.")
 @click.option("--threads", type=click.IntRange(0), default=0, help="Build threads (0 = all cores).")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @click.option("--param", "extra", multiple=True, metavar="NAME=VALUE",

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from spann.assign import assign_block
 from spann.clustering import select_heads
 from spann.datasets.formats import check_finite
+from spann.head_groups import default_group_count, group_labels, head_groups, no_head_groups
 from spann.head_index import EntrySeeds, build_graph, head_search_recall, walk_codes
 from spann.layout import EntryLayout, full_entries, pack_lists
 from spann.threads import BuildThreads
@@ -147,6 +148,16 @@ def graph_stage(heads: Heads, params: BuildParams, progress: bool = False) -> He
     return HeadGraph(neighbors=nb, entries=en)
 
 
+def groups_stage(heads: Heads, params: BuildParams) -> np.ndarray | None:
+    """Group of every head (int32 (H,)) for searches to scan (see :mod:`spann.head_groups`), or
+    None when searches walk the graph (``params.head_groups`` 0, or -1 with too many heads)."""
+    H = heads.vectors.shape[0]
+    n = default_group_count(H) if params.head_groups < 0 else min(params.head_groups, H)
+    if n < 1:
+        return None
+    return group_labels(heads.vectors, n, params.seed)
+
+
 def graph_check(sample: Sample, heads: Heads, graph: HeadGraph, params: BuildParams, n: int = 1000) -> float:
     """Recall@8 of the head graph's walk (the assignment's pool and seeds) against the exact 8
     nearest heads, for up to ``n`` rows of the clustering sample: how well the graph finds heads."""
@@ -185,8 +196,8 @@ def assign_stage(src, metric: Metric, max_norm: float, heads: Heads, graph: Head
     return runs
 
 
-def pruner_stage(metric: Metric, sample: Sample, dim: int, heads: Heads, graph: HeadGraph, asg: AssignmentRuns,
-                 params: BuildParams, n_queries: int = 600) -> np.ndarray | None:
+def pruner_stage(metric: Metric, sample: Sample, dim: int, heads: Heads, graph: HeadGraph, groups: np.ndarray | None,
+                 asg: AssignmentRuns, params: BuildParams, n_queries: int = 600) -> np.ndarray | None:
     """Fit the learned pruner (see :mod:`spann.pruner`) on sample rows used as queries, against
     their exact 10 nearest neighbours within the sample. None if there are too few heads."""
     from spann.exact import exact_knn
@@ -217,8 +228,9 @@ def pruner_stage(metric: Metric, sample: Sample, dim: int, heads: Heads, graph: 
     M = min(128, H)
     qrows = np.ascontiguousarray(sample.rows[qi])
     seeds = EntrySeeds(heads.vectors, graph.entries).for_rows(qrows)
-    sel, sel_d, _, _ = select_batch(qrows, heads.vectors, walk_codes(heads.vectors), graph.neighbors, seeds, 160, M, M,
-                                    np.zeros(0, np.float64), np.float32(1e18), 16)  # walk as searches do
+    hg = head_groups(heads.vectors, groups) if groups is not None else no_head_groups(heads.vectors.shape[1])
+    sel, sel_d, _, _ = select_batch(qrows, heads.vectors, walk_codes(heads.vectors), graph.neighbors, hg, seeds, 160, M,
+                                    M, np.zeros(0, np.float64), np.float32(1e18), 16)  # heads found as searches do
     need = training_targets(sel, ptr, lists, 10, 9)
     return fit_pruner(sel_d[:, :MIN_HEADS], need)
 
@@ -574,6 +586,7 @@ _CHECKPOINT = {
     "graph": (lambda o: ({"neighbors": o.neighbors, "entries": o.entries}, {}),
               lambda a, m: HeadGraph(neighbors=a["neighbors"], entries=a["entries"])),
     "pruner": (lambda o: ({} if o is None else {"model": o}, {}), lambda a, m: a.get("model")),
+    "groups": (lambda o: ({} if o is None else {"labels": o}, {}), lambda a, m: a.get("labels")),
 }
 
 
@@ -711,6 +724,7 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
                     f"sample holds {sample_rows:,} rows and a head averages at least {MIN_SAMPLE_PER_HEAD} (a larger "
                     f"--memory-limit allows more)")
             graph_recall = graph_check(sample, heads, graph, params)
+            groups = stage("groups", groups_stage, heads, params)
             if runner is not None:
                 asg = stage("assign", runner.assign, src.n, m.name, max_norm, heads, graph, params,
                             writer.ckpt / "assign", n_buckets, progress)
@@ -719,12 +733,14 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
                             writer.ckpt / "assign", n_buckets)
             enc = stage("encoding", encoding_stage, src, m, sample, asg, params,
                         labels.shape[1] if labels is not None else 0)
-            model = stage("pruner", pruner_stage, m, sample, src.dim, heads, graph, asg, params)
+            model = stage("pruner", pruner_stage, m, sample, src.dim, heads, graph, groups, asg, params)
             del sample
             layout = enc.layout
             plan = stage("plan", plan_stage, asg.counts, layout, params)
             if model is not None:
                 writer.write_array("pruner", model)
+            if groups is not None:
+                writer.write_array("head_groups", groups)
             stage("write", _write_all, src, m, heads, graph, asg, plan, enc, params, writer, progress, user_ids,
                   labels, runner)
         H = heads.vectors.shape[0]
@@ -745,6 +761,7 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
             "graph_degree_mean": float((graph.neighbors >= 0).sum(1).mean()),
             "graph_entries": int(graph.entries.size),
             "head_search_recall": graph_recall,
+            "head_groups": int(groups.max()) + 1 if groups is not None else 0,
             "seconds": {k: round(v, 3) for k, v in times.items()},
             "directory_growth_bytes": grown,
             "build_seconds": round(sum(times.values()), 3),
@@ -755,7 +772,8 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
         }
         attrs = {"metric": m.name, "dim": src.dim, "n": src.n, "dtype": layout.dtype, "source_dtype": src.dtype.name,
                  "layout": layout.to_dict(), "store": enc.store.to_dict() if enc.store else None,
-                 "pruner": model is not None, "idmap_path": IDMAP, "user_ids": user_ids is not None,
+                 "pruner": model is not None, "head_groups": int(groups.max()) + 1 if groups is not None else 0,
+                 "idmap_path": IDMAP, "user_ids": user_ids is not None,
                  "label_lists_path": LABEL_LISTS if labels is not None else None,
                  "live": src.n, "next_id": int(user_ids.max()) + 1 if user_ids is not None else src.n,
                  "max_norm": max_norm, "params": params.to_dict(), "stats": stats}

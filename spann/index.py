@@ -12,7 +12,8 @@ import numba
 import numpy as np
 
 from spann.errors import IndexCorruptError, OutOfMemoryError, ParameterError, QueryError
-from spann.head_index import EntrySeeds, walk_codes
+from spann.head_groups import head_groups
+from spann.head_index import EntrySeeds, no_walk_codes, walk_codes
 from spann.idmap import IdMap
 from spann.labels import check_filter
 from spann.layout import EntryLayout, full_entries
@@ -92,7 +93,8 @@ class _Snapshot:
         self.build_id = f.build_id
         self.heads, self.neighbors, self.entries = f.heads, f.neighbors, f.entries
         self.seeds = EntrySeeds(self.heads, self.entries)
-        self.walk = walk_codes(self.heads)
+        self.groups = head_groups(self.heads, f.head_groups)  # searches scan these when there are any
+        self.walk = walk_codes(self.heads) if self.groups.centroids.shape[0] == 0 else no_walk_codes(self.heads.shape[1])
         self.kernels: dict = {}  # compiled entry points of the single-query kernel (Index._search)
         self.pruner = f.pruner
         H = self.heads.shape[0]
@@ -549,7 +551,8 @@ class Index:
             top_i = np.empty(k, np.int64)
             stats = np.zeros(N_STATS, np.int64)
             args = (np.require(qs[0], np.float32, "CW"), np.require(qh[0], np.float32, "CW"), int(code), snap.heads,
-                    snap.walk, snap.neighbors, snap.seeds.entries, snap.seeds.seed_rows, int(efv), int(m), int(budget),
+                    snap.walk, snap.neighbors, snap.groups, snap.seeds.entries, snap.seeds.seed_rows, int(efv), int(m),
+                    int(budget),
                     model, eps, pv, cb, vv, snap.dv, f32, dead, snap.delta_dead, int(R), int(bound_k),
                     epoch_now() if p.prefetch and self._preloaded is not snap else NO_ADVICE, st.visited,
                     np.uint32(st.tag), top_d, top_i, stats)
@@ -571,7 +574,8 @@ class Index:
             got = np.zeros(nq, np.int64)
             with NumbaThreads(threads if nq > 1 else 1):
                 n_threads = numba.get_num_threads()
-                sel_i, _sel_d, kept, evals = select_batch(qh, snap.heads, snap.walk, snap.neighbors, snap.seeds.for_rows(qh), efv,
+                seeds = snap.seeds.for_rows(qh) if snap.groups.centroids.shape[0] == 0 else np.zeros((nq, 0), np.int32)
+                sel_i, _sel_d, kept, evals = select_batch(qh, snap.heads, snap.walk, snap.neighbors, snap.groups, seeds, efv,
                                                           m, budget, model, eps, max(1, min(nq, n_threads * 8)))
                 dists = np.empty((nq, k), np.float32)
                 ids = np.empty((nq, k), np.int64)
@@ -726,9 +730,10 @@ class Index:
         """Bytes the open index holds in RAM: heads, graph, list directories, tombstones and the
         delta's id directory (nothing per base vector)."""
         sn = self._snap
-        parts = [sn.heads, sn.walk.u8, sn.neighbors, sn.entries, sn.counts, sn.offsets, sn.dead_keys, sn.dead_ids, sn.delta_dead,
-                 sn.delta_ids,
-                 sn.delta_locs, sn.dv.offsets, sn.dv.counts]
+        g = sn.groups
+        parts = [sn.heads, sn.walk.u8, sn.neighbors, sn.entries, g.perm, g.starts, g.centroids, g.u8, g.rows, sn.counts,
+                 sn.offsets, sn.dead_keys, sn.dead_ids, sn.delta_dead, sn.delta_ids, sn.delta_locs, sn.dv.offsets,
+                 sn.dv.counts]
         if sn.labels is not None:
             parts += list(sn.labels.values())
         return int(sum(a.nbytes for a in parts))

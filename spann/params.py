@@ -112,6 +112,9 @@ class BuildParams(_Params):
     graph_candidates: kNN candidates per head before RNG pruning.
     graph_alpha: RNG pruning slack of the head graph (1.0 = strict RNG; larger keeps more
         long edges).
+    head_groups: groups of heads that searches scan instead of walking the head graph (see
+        :mod:`spann.head_groups`): -1 = about 4 sqrt(heads) up to 32,768 heads, none above;
+        0 = none (searches walk the graph); n > 0 = n groups (at most the heads).
     encoding: what posting entries hold: ``full`` vectors, ``sq8`` (one byte per dimension) or
         ``rabitq`` (one bit per dimension) codes re-ranked from a full-precision vector store;
         ``auto``: ``full`` for 8-bit data, ``rabitq`` for float data of 384 or more dimensions,
@@ -147,6 +150,7 @@ class BuildParams(_Params):
     graph_degree: int = 32
     graph_candidates: int = 64
     graph_alpha: float = 1.2
+    head_groups: int = -1
     encoding: str = "auto"
     shard_bytes: int = 64 << 20
     chunk_bytes: int = 256 << 10
@@ -189,6 +193,8 @@ class BuildParams(_Params):
                f"graph_candidates must be in graph_degree..1024, got {self.graph_candidates!r}")
         _check(_real(self.graph_alpha) and 1.0 <= self.graph_alpha <= 100,
                f"graph_alpha must be in [1, 100], got {self.graph_alpha!r}")
+        _check(_int(self.head_groups) and -1 <= self.head_groups <= 1 << 20,
+               f"head_groups must be -1 (auto), 0 (none) or a group count up to 1048576, got {self.head_groups!r}")
         _check(self.encoding in ("auto", "full", "sq8", "rabitq"),
                f"encoding must be one of auto, full, sq8, rabitq, got {self.encoding!r}")
         _check(_int(self.chunk_bytes) and self.chunk_bytes >= 4096 and self.chunk_bytes % 4096 == 0

@@ -24,6 +24,7 @@ import numpy as np
 from spann.distances import FASTMATH, pair_distance
 from spann.distances import NEG_DOT
 from spann.encodings import FULL, SQ8, sq8_distance, sq8_prepare
+from spann.head_groups import group_search
 from spann.head_index import SEEDS, beam_search, nearest_entries
 from spann.labels import has_label, is_dead
 from spann.postings import aux_offset, codes_offset, entry_id, labels_start, union_pages
@@ -53,13 +54,18 @@ def compiled_entry(kernel, args: tuple):
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
-def select_lists(qh, heads, wc, neighbors, entries, ef, budget, model, prune_eps, visited, tag, sel_i, sel_d):
-    """Nearest heads of head-space query ``qh`` into ``sel_i``/``sel_d`` (ascending; ``wc``: the
-    heads' :class:`~spann.head_index.WalkCodes`, empty for an exact walk), then how
+def select_lists(qh, heads, wc, neighbors, hg, entries, ef, budget, model, prune_eps, visited, tag, sel_i, sel_d):
+    """Nearest heads of head-space query ``qh`` into ``sel_i``/``sel_d`` (ascending): a scan of
+    the nearest head groups ``hg`` (:mod:`spann.head_groups`), or when there are none a walk of
+    the graph (``wc``: the heads' :class:`~spann.head_index.WalkCodes`, empty for an exact
+    walk; ``entries``: where it starts), then how
     many of them to read: the pruner's choice for a ``budget`` (see :mod:`spann.pruner`; just
     ``budget`` without a model), cut further by the distance-ratio rule ``prune_eps``.
     Returns (kept, distance evaluations)."""
-    n_eval = beam_search(qh, heads, neighbors, entries, ef, visited, tag, sel_i, sel_d, wc)
+    if hg.centroids.shape[0] > 0:
+        n_eval = group_search(qh, heads, hg, ef, sel_i, sel_d)
+    else:
+        n_eval = beam_search(qh, heads, neighbors, entries, ef, visited, tag, sel_i, sel_d, wc)
     found = 0
     while found < sel_i.shape[0] and sel_i[found] >= 0:
         found += 1
@@ -224,12 +230,13 @@ def rerank(q, metric, vv, cand_r, top_d, top_i, stats):
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
-def search_one(q, qh, metric, heads, wc, neighbors, entries, seed_rows, ef, m, budget, model, prune_eps, pv, cb, vv,
+def search_one(q, qh, metric, heads, wc, neighbors, hg, entries, seed_rows, ef, m, budget, model, prune_eps, pv, cb, vv,
                dv, filt, dead, delta_dead, rerank_depth, bound_k, epoch, visited, tag, top_d, top_i, stats):
     """One query end to end: fills ``top_d``/``top_i`` (length k, ascending) and ``stats``.
     The walk starts from the entries (int32 (E,)): all of them when ``seed_rows`` is empty, else
     the :data:`~spann.head_index.SEEDS` whose rows (``seed_rows`` float32 (E, Dh), the entries'
-    heads) are nearest ``qh`` (see :class:`~spann.head_index.EntrySeeds`).
+    heads) are nearest ``qh`` (see :class:`~spann.head_index.EntrySeeds`); ``hg``: the head
+    groups scanned instead of the walk when there are any (see :func:`select_lists`).
     ``m``: heads retrieved (>= the most lists the pruner may choose); ``budget``: lists for
     the median query (see :func:`select_lists`); ``dv``: the delta lists of an updated index
     (full vectors, same heads; all empty when there is none); ``filt``: sorted int32 labels
@@ -241,8 +248,9 @@ def search_one(q, qh, metric, heads, wc, neighbors, entries, seed_rows, ef, m, b
     top ``bound_k`` (at most ``rerank_depth``; see :func:`spann.rabitq.bound_cut`)."""
     sel_i = np.empty(m, np.int32)
     sel_d = np.empty(m, np.float32)
-    seeds = nearest_entries(qh, seed_rows, entries, SEEDS) if seed_rows.shape[0] > 0 else entries
-    kept, n_eval = select_lists(qh, heads, wc, neighbors, seeds, ef, budget, model, prune_eps, visited, tag, sel_i,
+    walk = hg.centroids.shape[0] == 0
+    seeds = nearest_entries(qh, seed_rows, entries, SEEDS) if walk and seed_rows.shape[0] > 0 else entries
+    kept, n_eval = select_lists(qh, heads, wc, neighbors, hg, seeds, ef, budget, model, prune_eps, visited, tag, sel_i,
                                 sel_d)
     stats[1] += 4096 * union_pages(pv, sel_i, kept, epoch)
     stats[1] += 4096 * union_pages(dv, sel_i, kept, epoch)
@@ -272,10 +280,10 @@ def search_one(q, qh, metric, heads, wc, neighbors, entries, seed_rows, ef, m, b
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True, parallel=True)
-def select_batch(qh, heads, wc, neighbors, seeds, ef, m, budget, model, prune_eps, n_chunks):
-    """Batch phase 1: the pruned nearest heads of every query, in parallel chunks (one visited
-    array per chunk); query i's walk starts from ``seeds[i]`` (int32 (nq, s), see
-    :class:`spann.head_index.EntrySeeds`). Returns sel_i (nq, m) int32, sel_d (nq, m) float32, kept (nq,), evals (nq,)."""
+def select_batch(qh, heads, wc, neighbors, hg, seeds, ef, m, budget, model, prune_eps, n_chunks):
+    """Batch phase 1: the pruned nearest heads of every query (see :func:`select_lists`), in
+    parallel chunks (one visited array per chunk); query i's walk starts from ``seeds[i]``
+    (int32 (nq, s), see :class:`spann.head_index.EntrySeeds`; unused with head groups). Returns sel_i (nq, m) int32, sel_d (nq, m) float32, kept (nq,), evals (nq,)."""
     nq = qh.shape[0]
     sel_i = np.full((nq, m), -1, np.int32)
     sel_d = np.full((nq, m), np.inf, np.float32)
@@ -287,8 +295,8 @@ def select_batch(qh, heads, wc, neighbors, seeds, ef, m, budget, model, prune_ep
         tag = np.uint32(0)
         for i in range(ch * step, min(nq, (ch + 1) * step)):
             tag += np.uint32(1)
-            kept[i], evals[i] = select_lists(qh[i], heads, wc, neighbors, seeds[i], ef, budget, model, prune_eps, visited,
-                                             tag, sel_i[i], sel_d[i])
+            kept[i], evals[i] = select_lists(qh[i], heads, wc, neighbors, hg, seeds[i], ef, budget, model, prune_eps,
+                                             visited, tag, sel_i[i], sel_d[i])
     return sel_i, sel_d, kept, evals
 
 

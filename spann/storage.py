@@ -11,6 +11,8 @@ Layout (``FORMAT_VERSION`` 2)::
         heads      (H, Dh) float32 head-space centroids (Dh = dim, +1 for inner product)
         neighbors  (H, R)  int32   head graph, -1 padded
         entries    (E,)    int32   graph entry heads
+        head_groups (H0,)  int32   group of each built head (when attributes["head_groups"] > 0;
+                                   see spann.head_groups)
         offsets    (H,)    int64   byte offset of list h in postings
         counts     (H,)    int32   entries in list h
 
@@ -458,6 +460,16 @@ class IndexFiles:
             from spann.pruner import N_WEIGHTS
             if self.pruner.shape != (N_WEIGHTS + 1,) or not np.isfinite(self.pruner).all():
                 raise IndexCorruptError(f"{where}: pruner model has shape {self.pruner.shape} or non-finite weights")
+        self.head_groups = None
+        n_groups = attrs.get("head_groups") or 0
+        if n_groups:
+            if not isinstance(n_groups, int) or n_groups < 1 or n_groups > H:
+                raise IndexCorruptError(f"{where}: bad head group count {n_groups!r} in the metadata")
+            self.head_groups = load("head_groups", np.int32, (None,))
+            g = self.head_groups
+            if g.shape[0] < 1 or g.shape[0] > H or g.min() < 0 or g.max() >= n_groups:
+                raise IndexCorruptError(f"{where}: head groups ({g.shape[0]} labels) out of range for {H} heads and "
+                                        f"{n_groups} groups")
         self.store_layout = None
         self.vectors_path = None
         if layout.coded:

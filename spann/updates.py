@@ -487,7 +487,7 @@ def _commit(index, b: _Batch) -> None:
         small("dead_ids", np.unique(b.dead_ids).astype(np.int64))
         small("delta_dead", np.unique(b.delta_dead).astype(np.int64))
         for e in os.listdir(root / old_gen):
-            if e.startswith("code_") or e == "pruner":
+            if e.startswith("code_") or e in ("pruner", "head_groups"):
                 _link_tree(root / old_gen / e, gdir / e)
         new_attrs = dict(attrs)
         if b._delta is None:  # unchanged (a batch of base deletes): the new generation links its files

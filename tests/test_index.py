@@ -106,18 +106,25 @@ def test_learned_pruner_adapts_lists_per_query(synth, synth_index):
     off = synth_index.search(q, 10, max_postings=16, pruner=False)
     assert (off.lists_read == 16).all()
     from spann.search import select_lists
+    from spann.head_groups import group_search, no_head_groups
     from spann.head_index import beam_search, walk_codes
     qs, qh = synth_index._metric.query_space(q[:50])
     walk = walk_codes(synth_index.heads, min_dim=1)  # the walk on byte codes: its pool is re-scored exactly
+    groups = synth_index._snap.groups
+    assert groups.centroids.shape[0] > 0  # the default build groups its heads
     vis = np.zeros(synth_index.heads.shape[0], np.uint32)
     for i in range(50):
-        sel, sd = np.empty(32, np.int32), np.empty(32, np.float32)
-        kept, _ = select_lists(qh[i], synth_index.heads, walk, synth_index.neighbors, synth_index.entries, 64, 16,
-                               synth_index.pruner, np.float32(1e18), vis, np.uint32(2 * i + 1), sel, sd)
-        ref, rd = np.empty(1, np.int32), np.empty(1, np.float32)
-        beam_search(qh[i], synth_index.heads, synth_index.neighbors, synth_index.entries, 64, vis,
-                    np.uint32(2 * i + 2), ref, rd, walk)
-        assert kept >= 1 and sel[0] == ref[0]
+        for hg in (no_head_groups(qh.shape[1]), groups):
+            sel, sd = np.empty(32, np.int32), np.empty(32, np.float32)
+            kept, _ = select_lists(qh[i], synth_index.heads, walk, synth_index.neighbors, hg, synth_index.entries, 64,
+                                   16, synth_index.pruner, np.float32(1e18), vis, np.uint32(2 * i + 1), sel, sd)
+            ref, rd = np.empty(1, np.int32), np.empty(1, np.float32)
+            if hg is groups:
+                group_search(qh[i], synth_index.heads, hg, 64, ref, rd)
+            else:
+                beam_search(qh[i], synth_index.heads, synth_index.neighbors, synth_index.entries, 64, vis,
+                            np.uint32(2 * i + 2), ref, rd, walk)
+            assert kept >= 1 and sel[0] == ref[0]
 
 
 def test_statistics(synth, synth_index):
@@ -135,7 +142,7 @@ def test_statistics(synth, synth_index):
     assert sum(st["replica_histogram"]) == len(synth[0]) and st["replica_histogram"][0] == 0
     assert 0.9 <= st["head_search_recall"] <= 1.0  # the graph walk against exact nearest heads
     # bytes the build directory grew by, per stage (every stage listed; the write stage adds the postings)
-    assert set(st["directory_growth_bytes"]) == {"sample", "heads", "graph", "assign", "encoding", "pruner", "plan",
+    assert set(st["directory_growth_bytes"]) == {"sample", "heads", "graph", "groups", "assign", "encoding", "pruner", "plan",
                                                  "write"} and st["directory_growth_bytes"]["write"] > 0
 
 

@@ -42,8 +42,9 @@ def _run(data_dir, target, fault=None):
 
 @pytest.mark.parametrize("fault,stages", [("sample", ["sample"]), ("heads", ["sample", "heads"]),
                                           ("graph", ["sample", "heads", "graph"]),
-                                          ("assign", ["sample", "heads", "graph", "assign"]),
-                                          ("pruner", ["sample", "heads", "graph", "assign", "pruner"]),
+                                          ("groups", ["sample", "heads", "graph", "groups"]),
+                                          ("assign", ["sample", "heads", "graph", "groups", "assign"]),
+                                          ("pruner", ["sample", "heads", "graph", "groups", "assign", "pruner"]),
                                           ("shard:postings:1", None), ("shard:vectors:0", None)])
 def test_kill_then_resume_gives_the_same_index(data, tmp_path, fault, stages):
     d, want = data
@@ -57,7 +58,7 @@ def test_kill_then_resume_gives_the_same_index(data, tmp_path, fault, stages):
     with spann.open(target) as idx:
         res = idx.attrs["stats"]["resumed"]
         if stages is None:  # killed while writing: every stage restored, the written shards kept
-            assert res["stages"] == ["sample", "heads", "graph", "assign", "pruner"] and res["shards"] >= 1
+            assert res["stages"] == ["sample", "heads", "graph", "groups", "assign", "pruner"] and res["shards"] >= 1
         else:
             assert res["stages"] == stages and res["shards"] == 0
         np.testing.assert_array_equal(idx.search(Q, 10).ids, want)

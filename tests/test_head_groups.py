@@ -1,0 +1,155 @@
+"""Head groups: labels, the in-RAM group order, the group scan, and their place in an index."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+import spann
+from spann.datasets import synthetic_array
+from spann.errors import IndexCorruptError
+from spann.exact import exact_knn
+from spann.head_groups import (default_group_count, group_labels, group_search, head_groups, no_head_groups,
+                               probes_for)
+from spann.zarr_io import read_json, write_small_array
+
+
+def _exact_heads(heads, q, m):
+    gi, gd = exact_knn(heads, q, m, "l2")
+    return gi, gd
+
+
+@pytest.fixture(scope="module")
+def heads():
+    return synthetic_array(3000, 40, seed=5)
+
+
+def test_group_count_and_labels(heads):
+    assert default_group_count(3000) == round(4 * np.sqrt(3000))
+    assert default_group_count(10) == 0 and default_group_count(40000) == 0  # too few / too many: the walk
+    lab = group_labels(heads, 64)
+    assert lab.shape == (3000,) and lab.dtype == np.int32 and lab.min() >= 0 and lab.max() < 64
+    assert np.bincount(lab).max() <= 2 * 3000 / 64 + 1  # balanced: no group over twice the mean
+
+
+def test_group_order_and_centroids(heads):
+    lab = group_labels(heads, 50)
+    hg = head_groups(heads, lab)
+    C = hg.centroids.shape[0]
+    assert np.array_equal(np.sort(hg.perm), np.arange(3000))
+    assert hg.starts[0] == 0 and hg.starts[-1] == 3000 and np.all(np.diff(hg.starts) > 0)
+    for g in range(C):
+        members = hg.perm[hg.starts[g]:hg.starts[g + 1]]
+        assert len(set(lab[members].tolist())) == 1  # one stored group each
+        np.testing.assert_allclose(hg.centroids[g], heads[members].mean(0), rtol=1e-4, atol=1e-5)
+    # the byte codes are the heads in group order
+    np.testing.assert_allclose(hg.lo + hg.step * hg.u8, heads[hg.perm], atol=float(hg.step.max()))
+    assert hg.rows.shape[0] == 0
+    narrow = head_groups(np.ascontiguousarray(heads[:, :8]), lab)  # below 32 dims: float rows, no codes
+    assert narrow.u8.shape[0] == 0 and np.array_equal(narrow.rows, heads[narrow.perm, :8])
+
+
+def test_heads_added_later_join_their_nearest_group(heads):
+    lab = group_labels(heads[:2900], 40)
+    hg = head_groups(heads, lab)  # 100 heads past the labels (an updated index's splits)
+    assert np.array_equal(np.sort(hg.perm), np.arange(3000))
+    pos = np.empty(3000, np.int64)
+    pos[hg.perm] = np.arange(3000)
+    group = np.searchsorted(hg.starts, pos, side="right") - 1
+    for h in range(2900, 3000):
+        d = ((hg.centroids - heads[h]) ** 2).sum(1)
+        assert d[group[h]] <= d.min() * (1 + 1e-5) + 1e-6
+
+
+@pytest.mark.parametrize("dim", [40, 8])
+def test_scan_of_every_group_is_exact(heads, dim):
+    """ef >= H / 2 scans every group: the m heads found are the exact m nearest, exact distances."""
+    x = np.ascontiguousarray(heads[:, :dim])
+    hg = head_groups(x, group_labels(x, 60))
+    q = synthetic_array(30, dim, seed=5, stream=1, n_hint=3000)
+    gi, gd = _exact_heads(x, q, 20)
+    assert probes_for(1500, 60, 3000) == 60
+    for i in range(len(q)):
+        oi, od = np.empty(20, np.int32), np.empty(20, np.float32)
+        n_eval = group_search(q[i], x, hg, 1500, oi, od)
+        assert n_eval >= 3000
+        np.testing.assert_allclose(od, gd[i], rtol=1e-4, atol=1e-4)
+        assert np.array_equal(np.sort(oi), np.sort(gi[i])) or np.allclose(np.sort(od), np.sort(gd[i]), rtol=1e-4)
+        np.testing.assert_allclose(od, ((x[oi] - q[i]) ** 2).sum(1), rtol=1e-4, atol=1e-4)
+
+
+def test_default_probes_find_most_nearest_heads(heads):
+    hg = head_groups(heads, group_labels(heads, default_group_count(3000)))
+    q = synthetic_array(200, 40, seed=5, stream=1, n_hint=3000)
+    gi, _ = _exact_heads(heads, q, 32)
+    rec = []
+    for i in range(len(q)):
+        oi, od = np.empty(32, np.int32), np.empty(32, np.float32)
+        group_search(q[i], heads, hg, 40, oi, od)
+        assert np.all(np.diff(od) >= 0) and oi[0] >= 0
+        rec.append(len(set(oi.tolist()) & set(gi[i].tolist())) / 32)
+    assert np.mean(rec) > 0.9, np.mean(rec)
+
+
+def test_empty_groups_mean_the_walk():
+    g = no_head_groups(7)
+    assert g.centroids.shape == (0, 7) and head_groups(np.zeros((5, 7), np.float32), None).centroids.shape[0] == 0
+
+
+@pytest.fixture(scope="module")
+def two_indexes(tmp_path_factory):
+    x = synthetic_array(12000, 24, seed=8)
+    d = tmp_path_factory.mktemp("hg")
+    a = spann.build(x, d / "groups", metric="l2", progress=False)
+    b = spann.build(x, d / "walk", metric="l2", progress=False, head_groups=0)
+    yield x, a, b
+    a.close()
+    b.close()
+
+
+def test_index_with_and_without_groups(two_indexes):
+    x, a, b = two_indexes
+    assert a.attrs["head_groups"] == a.attrs["stats"]["head_groups"] > 0
+    assert a._snap.groups.centroids.shape[0] == a.attrs["head_groups"] and a._snap.walk.u8.shape[0] == 0
+    assert b.attrs["head_groups"] == 0 and b._snap.groups.centroids.shape[0] == 0
+    assert np.array_equal(a.heads, b.heads)  # the same heads: only how searches find them differs
+    q = synthetic_array(200, 24, seed=8, stream=1, n_hint=12000)
+    gi, _ = exact_knn(x, q, 10, "l2")
+    for idx in (a, b):
+        one = np.vstack([idx.search(v, 10).ids for v in q])
+        batch = idx.search(q, 10, threads=2)
+        assert np.array_equal(one, batch.ids)  # the single-query kernel and the batch agree
+        rec = np.mean([len(set(r) & set(g)) / 10 for r, g in zip(one.tolist(), gi.tolist())])
+        assert rec > 0.9, rec
+    # every list read: both find the exact neighbours
+    H = a.heads.shape[0]
+    for idx in (a, b):
+        r = idx.search(q[:20], 10, max_postings=H, pruner=False)
+        assert np.array_equal(np.sort(r.ids, 1), np.sort(gi[:20], 1))
+    assert a.ram_bytes() > 0 and a.info()
+
+
+def test_bad_head_groups_are_refused_in_one_line(two_indexes, tmp_path):
+    _, a, _ = two_indexes
+    p = shutil.copytree(a.path, tmp_path / "c")
+    meta = read_json(str(p / "zarr.json"))["attributes"]["spann"]
+    d = p / meta["generation_path"] / "head_groups"
+    C = meta["head_groups"]
+    bad = np.full(a.heads.shape[0], C, np.int32)  # a group past the count
+    shutil.rmtree(d)
+    write_small_array(str(d), bad, {"build_id": meta["build_id"]})
+    with pytest.raises(IndexCorruptError, match="head groups .* out of range") as e:
+        spann.open(p)
+    assert "\n" not in str(e.value)
+    shutil.rmtree(d)
+    with pytest.raises(IndexCorruptError, match="head_groups is missing"):
+        spann.open(p)
+
+
+def test_build_parameter_is_checked():
+    from spann.errors import ParameterError
+    with pytest.raises(ParameterError, match="head_groups"):
+        spann.BuildParams(head_groups=-2)
+    assert spann.BuildParams(head_groups=0).head_groups == 0
