@@ -96,6 +96,7 @@ class _Snapshot:
         self.groups = head_groups(self.heads, f.head_groups)  # searches scan these when there are any
         self.walk = walk_codes(self.heads) if self.groups.centroids.shape[0] == 0 else no_walk_codes(self.heads.shape[1])
         self.kernels: dict = {}  # compiled entry points of the single-query kernel (Index._search)
+        self.single: dict = {}  # (params, k) -> (entry point, arguments): the unfiltered single query
         self.pruner = f.pruner
         H = self.heads.shape[0]
         self.offsets = f.offsets
@@ -510,7 +511,42 @@ class Index:
         listed = bool(pos.size) and bool(np.all(lab["listed"][pos] > 0))
         return pos, min(share, 1.0), listed
 
+    def _run_single(self, snap, kernel, mid: tuple, qs, qh, k: int, p: SearchParams):
+        """One query through ``kernel`` (search_one or its compiled entry point) with the
+        snapshot's arguments ``mid``; returns (top_d, top_i, stats, every argument)."""
+        st = self._local
+        H = snap.heads.shape[0]
+        if st.visited is None or st.visited.shape[0] != H:
+            st.visited = np.zeros(H, np.uint32)
+            st.tag = 0
+        st.tag += 1
+        if st.tag >= 2**32 - 1:
+            st.visited[:] = 0
+            st.tag = 1
+        top_d = np.empty(k, np.float32)
+        top_i = np.empty(k, np.int64)
+        stats = np.zeros(N_STATS, np.int64)
+        q, h = qs[0], qh[0]
+        if not (q.dtype == np.float32 and q.flags.c_contiguous and q.flags.writeable):
+            q = np.require(q, np.float32, "CW")
+        if not (h.dtype == np.float32 and h.flags.c_contiguous and h.flags.writeable):
+            h = np.require(h, np.float32, "CW")
+        args = (q, h) + mid + (epoch_now() if p.prefetch and self._preloaded is not snap else NO_ADVICE, st.visited,
+                               np.uint32(st.tag), top_d, top_i, stats)
+        kernel(*args)
+        return top_d, top_i, stats, args
+
+    def _search_single(self, snap, plan, qs, qh, k: int, p: SearchParams) -> SearchResult:
+        """The latency path: one query, no filter, its kernel and arguments cached in ``plan``."""
+        top_d, top_i, stats, _ = self._run_single(snap, plan[0], plan[1], qs, qh, k, p)
+        return SearchResult(ids=top_i[None], distances=self._metric.report(top_d[None]), lists_read=stats[0:1],
+                            bytes_read=stats[1:2], distance_evals=stats[2:3])
+
     def _search(self, snap, qs, qh, k, p, threads, filt) -> SearchResult:
+        if filt is None and qs.shape[0] == 1:
+            plan = snap.single.get((p, k))
+            if plan is not None:
+                return self._search_single(snap, plan, qs, qh, k, p)
         pv = snap.pv
         vv = self._vectors_view()
         cb = self.codebook
@@ -539,33 +575,24 @@ class Index:
         dead = snap.dead_keys
         fetching = self.fetching
         if nq == 1 and not fetching:
-            st = self._local
-            if st.visited is None or st.visited.shape[0] != H:
-                st.visited = np.zeros(H, np.uint32)
-                st.tag = 0
-            st.tag += 1
-            if st.tag >= 2**32 - 1:
-                st.visited[:] = 0
-                st.tag = 1
-            top_d = np.empty(k, np.float32)
-            top_i = np.empty(k, np.int64)
-            stats = np.zeros(N_STATS, np.int64)
-            args = (np.require(qs[0], np.float32, "CW"), np.require(qh[0], np.float32, "CW"), int(code), snap.heads,
-                    snap.walk, snap.neighbors, snap.groups, snap.seeds.entries, snap.seeds.seed_rows, int(efv), int(m),
-                    int(budget),
-                    model, eps, pv, cb, vv, snap.dv, f32, dead, snap.delta_dead, int(R), int(bound_k),
-                    epoch_now() if p.prefetch and self._preloaded is not snap else NO_ADVICE, st.visited,
-                    np.uint32(st.tag), top_d, top_i, stats)
             # every argument's numba type is fixed by the snapshot (its arrays, the index's views,
             # int and float32 scalars, writable contiguous float32 queries): after the first call,
-            # the compiled entry point is called directly (kinds kept apart for safety only)
-            kind = (model is self._no_model, f32 is self._no_i32)
+            # the compiled entry point is called directly, with the arguments this snapshot, these
+            # parameters and k fix (see _search_single)
+            mid = (int(code), snap.heads, snap.walk, snap.neighbors, snap.groups, snap.seeds.entries,
+                   snap.seeds.seed_rows, int(efv), int(m), int(budget), model, eps, pv, cb, vv, snap.dv, f32, dead,
+                   snap.delta_dead, int(R), int(bound_k))
+            kind = (model is self._no_model, f32 is self._no_i32)  # kinds kept apart for safety only
             kernel = snap.kernels.get(kind)
             if kernel is None:
-                search_one(*args)
+                top_d, top_i, stats, args = self._run_single(snap, search_one, mid, qs, qh, k, p)
                 snap.kernels[kind] = compiled_entry(search_one, args)
             else:
-                kernel(*args)
+                top_d, top_i, stats, _ = self._run_single(snap, kernel, mid, qs, qh, k, p)
+                if filt is None:
+                    if len(snap.single) > 64:
+                        snap.single.clear()
+                    snap.single[(p, k)] = (kernel, mid)
             dists, ids, stt = top_d[None], top_i[None], stats[None]
             req = got = None
         else:

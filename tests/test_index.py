@@ -67,6 +67,7 @@ def test_single_queries_through_compiled_entry_points_match_batch(synth, synth_i
 
     saved = dict(snap.kernels)
     snap.kernels.update({kind: checked(e) for kind, e in saved.items()})
+    snap.single.clear()  # the cached plans (entry point + arguments) are made again, with the checks
     try:
         wide = np.repeat(q[:12], 2, axis=1)[:, ::2]  # strided rows of the same values
         frozen = q[:12].copy()
@@ -77,8 +78,10 @@ def test_single_queries_through_compiled_entry_points_match_batch(synth, synth_i
                     r = synth_index.search(x, 10, **kw)
                     np.testing.assert_array_equal(r.ids[0], ref.ids[i])
                     assert r.lists_read[0] == ref.lists_read[i]
+        assert len(snap.single) == 2  # later calls took the cached plans
     finally:
         snap.kernels.update(saved)
+        snap.single.clear()
     assert len(calls) == 12 * 2 * 5
 
 
