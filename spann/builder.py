@@ -196,17 +196,34 @@ def assign_stage(src, metric: Metric, max_norm: float, heads: Heads, graph: Head
     return runs
 
 
+@dataclass(frozen=True)
+class HeadSearch:
+    """How searches find their heads, decided on sample queries: ``groups`` int32 (H,) (scan
+    the head groups) or None (walk the graph); the pruner ``model`` for that search (None: too
+    few heads); ``need_walk`` / ``need_groups``: mean lists (in head order) holding 9 of a
+    sample query's 10 neighbours with each (0: not measured)."""
+
+    groups: np.ndarray | None
+    model: np.ndarray | None
+    need_walk: float = 0.0
+    need_groups: float = 0.0
+
+
 def pruner_stage(metric: Metric, sample: Sample, dim: int, heads: Heads, graph: HeadGraph, groups: np.ndarray | None,
-                 asg: AssignmentRuns, params: BuildParams, n_queries: int = 600) -> np.ndarray | None:
-    """Fit the learned pruner (see :mod:`spann.pruner`) on sample rows used as queries, against
-    their exact 10 nearest neighbours within the sample. None if there are too few heads."""
+                 asg: AssignmentRuns, params: BuildParams, n_queries: int = 600) -> HeadSearch:
+    """On sample rows used as queries, against their exact 10 nearest neighbours within the
+    sample: with ``head_groups`` -1 (auto), keep the head ``groups`` only if the lists they
+    select hold the neighbours in fewer lists than the graph walk's (the lists a disk-bound
+    query reads: GloVe-50 and mpnet-768 need fewer with groups, the hub-heavy uint8 mixture
+    more); then fit the learned pruner (see :mod:`spann.pruner`) on the heads the kept search
+    finds. No model if there are too few heads."""
     from spann.exact import exact_knn
     from spann.pruner import MIN_HEADS, fit_pruner, training_targets
     from spann.search import select_batch
     H = heads.vectors.shape[0]
     s = sample.rows.shape[0]
     if H < 2 * MIN_HEADS or s < 20 * n_queries // 10:
-        return None
+        return HeadSearch(groups=groups, model=None)
     rng = np.random.default_rng(params.seed + 7)
     qi = np.sort(rng.choice(s, min(n_queries, s // 10), replace=False))
     universe = np.ascontiguousarray(sample.rows[:, :dim])
@@ -228,11 +245,24 @@ def pruner_stage(metric: Metric, sample: Sample, dim: int, heads: Heads, graph: 
     M = min(128, H)
     qrows = np.ascontiguousarray(sample.rows[qi])
     seeds = EntrySeeds(heads.vectors, graph.entries).for_rows(qrows)
-    hg = head_groups(heads.vectors, groups) if groups is not None else no_head_groups(heads.vectors.shape[1])
-    sel, sel_d, _, _ = select_batch(qrows, heads.vectors, walk_codes(heads.vectors), graph.neighbors, hg, seeds, 160, M,
-                                    M, np.zeros(0, np.float64), np.float32(1e18), 16)  # heads found as searches do
-    need = training_targets(sel, ptr, lists, 10, 9)
-    return fit_pruner(sel_d[:, :MIN_HEADS], need)
+    dh = heads.vectors.shape[1]
+
+    def found(hg):  # heads found as searches find them, and the lists each query needs
+        sel, sel_d, _, _ = select_batch(qrows, heads.vectors, walk_codes(heads.vectors), graph.neighbors, hg, seeds, 160,
+                                        M, M, np.zeros(0, np.float64), np.float32(1e18), 16)
+        return sel_d, training_targets(sel, ptr, lists, 10, 9)
+
+    sel_d, need = found(no_head_groups(dh))
+    need_walk, need_groups = float(need.mean()), 0.0
+    if groups is not None:
+        g_sel_d, g_need = found(head_groups(heads.vectors, groups))
+        need_groups = float(g_need.mean())
+        if params.head_groups > 0 or need_groups < need_walk:
+            sel_d, need = g_sel_d, g_need
+        else:
+            groups = None
+    return HeadSearch(groups=groups, model=fit_pruner(sel_d[:, :MIN_HEADS], need), need_walk=need_walk,
+                      need_groups=need_groups)
 
 
 def plan_stage(counts: np.ndarray, layout: EntryLayout, params: BuildParams) -> PostingPlan:
@@ -585,7 +615,10 @@ _CHECKPOINT = {
     "heads": (lambda o: ({"vectors": o.vectors}, {}), lambda a, m: Heads(vectors=a["vectors"])),
     "graph": (lambda o: ({"neighbors": o.neighbors, "entries": o.entries}, {}),
               lambda a, m: HeadGraph(neighbors=a["neighbors"], entries=a["entries"])),
-    "pruner": (lambda o: ({} if o is None else {"model": o}, {}), lambda a, m: a.get("model")),
+    "pruner": (lambda o: ({k: v for k, v in (("model", o.model), ("groups", o.groups)) if v is not None},
+                          {"need_walk": o.need_walk, "need_groups": o.need_groups}),
+               lambda a, m: HeadSearch(groups=a.get("groups"), model=a.get("model"), need_walk=float(m["need_walk"]),
+                                       need_groups=float(m["need_groups"]))),
     "groups": (lambda o: ({} if o is None else {"labels": o}, {}), lambda a, m: a.get("labels")),
 }
 
@@ -733,7 +766,8 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
                             writer.ckpt / "assign", n_buckets)
             enc = stage("encoding", encoding_stage, src, m, sample, asg, params,
                         labels.shape[1] if labels is not None else 0)
-            model = stage("pruner", pruner_stage, m, sample, src.dim, heads, graph, groups, asg, params)
+            chosen = stage("pruner", pruner_stage, m, sample, src.dim, heads, graph, groups, asg, params)
+            model, groups = chosen.model, chosen.groups
             del sample
             layout = enc.layout
             plan = stage("plan", plan_stage, asg.counts, layout, params)
@@ -762,6 +796,8 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
             "graph_entries": int(graph.entries.size),
             "head_search_recall": graph_recall,
             "head_groups": int(groups.max()) + 1 if groups is not None else 0,
+            "lists_needed_walk": round(chosen.need_walk, 2),
+            "lists_needed_groups": round(chosen.need_groups, 2),
             "seconds": {k: round(v, 3) for k, v in times.items()},
             "directory_growth_bytes": grown,
             "build_seconds": round(sum(times.values()), 3),

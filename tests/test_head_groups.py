@@ -102,7 +102,7 @@ def test_empty_groups_mean_the_walk():
 def two_indexes(tmp_path_factory):
     x = synthetic_array(12000, 24, seed=8)
     d = tmp_path_factory.mktemp("hg")
-    a = spann.build(x, d / "groups", metric="l2", progress=False)
+    a = spann.build(x, d / "groups", metric="l2", progress=False, head_groups=96)
     b = spann.build(x, d / "walk", metric="l2", progress=False, head_groups=0)
     yield x, a, b
     a.close()
@@ -111,7 +111,7 @@ def two_indexes(tmp_path_factory):
 
 def test_index_with_and_without_groups(two_indexes):
     x, a, b = two_indexes
-    assert a.attrs["head_groups"] == a.attrs["stats"]["head_groups"] > 0
+    assert a.attrs["head_groups"] == a.attrs["stats"]["head_groups"] == 96  # asked for: kept
     assert a._snap.groups.centroids.shape[0] == a.attrs["head_groups"] and a._snap.walk.u8.shape[0] == 0
     assert b.attrs["head_groups"] == 0 and b._snap.groups.centroids.shape[0] == 0
     assert np.array_equal(a.heads, b.heads)  # the same heads: only how searches find them differs
@@ -153,3 +153,15 @@ def test_build_parameter_is_checked():
     with pytest.raises(ParameterError, match="head_groups"):
         spann.BuildParams(head_groups=-2)
     assert spann.BuildParams(head_groups=0).head_groups == 0
+
+
+def test_auto_keeps_groups_only_where_they_need_fewer_lists(tmp_path):
+    """-1 (the default): the build measures, on sample queries, how many lists hold 9 of their 10
+    neighbours with each head search and keeps the groups only if they need fewer."""
+    x = synthetic_array(12000, 40, seed=9)
+    with spann.build(x, tmp_path / "auto", metric="l2", progress=False) as idx:
+        st = idx.attrs["stats"]
+        assert st["lists_needed_walk"] > 0 and st["lists_needed_groups"] > 0
+        kept = st["lists_needed_groups"] < st["lists_needed_walk"]
+        assert (idx.attrs["head_groups"] > 0) == kept == (idx._snap.groups.centroids.shape[0] > 0)
+        assert (idx._snap.walk.u8.shape[0] == 0) == kept
