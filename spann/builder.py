@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from spann.assign import assign_block
 from spann.clustering import select_heads
 from spann.datasets.formats import check_finite
-from spann.head_groups import default_group_count, group_labels, head_groups, no_head_groups
+from spann.head_groups import COVERAGE_MARGIN, default_group_count, group_labels, head_groups, no_head_groups
 from spann.head_index import EntrySeeds, build_graph, head_search_recall, walk_codes
 from spann.layout import EntryLayout, full_entries, pack_lists
 from spann.threads import BuildThreads
@@ -200,25 +200,28 @@ def assign_stage(src, metric: Metric, max_norm: float, heads: Heads, graph: Head
 class HeadSearch:
     """How searches find their heads, decided on sample queries: ``groups`` int32 (H,) (scan
     the head groups) or None (walk the graph); the pruner ``model`` for that search (None: too
-    few heads); ``need_walk`` / ``need_groups``: mean lists (in head order) holding 9 of a
-    sample query's 10 neighbours with each (0: not measured)."""
+    few heads); ``covered_walk`` / ``covered_groups``: the share of sample queries' 10
+    neighbours that the first max_postings / 2 and max_postings lists hold (mean of the two),
+    heads found as a default search finds them (0: not measured)."""
 
     groups: np.ndarray | None
     model: np.ndarray | None
-    need_walk: float = 0.0
-    need_groups: float = 0.0
+    covered_walk: float = 0.0
+    covered_groups: float = 0.0
 
 
 def pruner_stage(metric: Metric, sample: Sample, dim: int, heads: Heads, graph: HeadGraph, groups: np.ndarray | None,
                  asg: AssignmentRuns, params: BuildParams, n_queries: int = 600) -> HeadSearch:
     """On sample rows used as queries, against their exact 10 nearest neighbours within the
-    sample: with ``head_groups`` -1 (auto), keep the head ``groups`` only if the lists they
-    select hold the neighbours in fewer lists than the graph walk's (the lists a disk-bound
-    query reads: GloVe-50 and mpnet-768 need fewer with groups, the hub-heavy uint8 mixture
-    more); then fit the learned pruner (see :mod:`spann.pruner`) on the heads the kept search
-    finds. No model if there are too few heads."""
+    sample: with ``head_groups`` -1 (auto), keep the head ``groups`` unless the lists the graph
+    walk selects hold more of the neighbours, by more than
+    :data:`~spann.head_groups.COVERAGE_MARGIN`, at the default max_postings and its half (lists
+    read being what a disk-bound query pays for); then fit
+    the learned pruner (see :mod:`spann.pruner`) on the heads the kept search finds. No model if
+    there are too few heads."""
     from spann.exact import exact_knn
-    from spann.pruner import MIN_HEADS, fit_pruner, training_targets
+    from spann.params import SearchParams
+    from spann.pruner import MIN_HEADS, covered, fit_pruner, training_targets
     from spann.search import select_batch
     H = heads.vectors.shape[0]
     s = sample.rows.shape[0]
@@ -246,23 +249,31 @@ def pruner_stage(metric: Metric, sample: Sample, dim: int, heads: Heads, graph: 
     qrows = np.ascontiguousarray(sample.rows[qi])
     seeds = EntrySeeds(heads.vectors, graph.entries).for_rows(qrows)
     dh = heads.vectors.shape[1]
+    budget = min(SearchParams().max_postings, H)
+    m = min(2 * budget, H)
+    no_model = np.zeros(0, np.float64)
 
-    def found(hg):  # heads found as searches find them, and the lists each query needs
-        sel, sel_d, _, _ = select_batch(qrows, heads.vectors, walk_codes(heads.vectors), graph.neighbors, hg, seeds, 160,
-                                        M, M, np.zeros(0, np.float64), np.float32(1e18), 16)
-        return sel_d, training_targets(sel, ptr, lists, 10, 9)
+    def select(hg, ef, width):  # heads found as searches find them
+        return select_batch(qrows, heads.vectors, walk_codes(heads.vectors), graph.neighbors, hg, seeds, ef, width,
+                            width, no_model, np.float32(1e18), 16)[:2]
 
-    sel_d, need = found(no_head_groups(dh))
-    need_walk, need_groups = float(need.mean()), 0.0
+    def coverage(hg):
+        sel = select(hg, SearchParams().effective_ef(m), m)[0]
+        return 0.5 * (covered(sel, ptr, lists, 10, max(1, budget // 2)) + covered(sel, ptr, lists, 10, budget))
+
+    hg = no_head_groups(dh)
+    cov_walk, cov_groups = coverage(hg), 0.0
     if groups is not None:
-        g_sel_d, g_need = found(head_groups(heads.vectors, groups))
-        need_groups = float(g_need.mean())
-        if params.head_groups > 0 or need_groups < need_walk:
-            sel_d, need = g_sel_d, g_need
+        g = head_groups(heads.vectors, groups)
+        cov_groups = coverage(g)
+        if params.head_groups > 0 or cov_groups >= cov_walk - COVERAGE_MARGIN:
+            hg = g
         else:
             groups = None
-    return HeadSearch(groups=groups, model=fit_pruner(sel_d[:, :MIN_HEADS], need), need_walk=need_walk,
-                      need_groups=need_groups)
+    sel, sel_d = select(hg, 160, M)
+    need = training_targets(sel, ptr, lists, 10, 9)
+    return HeadSearch(groups=groups, model=fit_pruner(sel_d[:, :MIN_HEADS], need), covered_walk=cov_walk,
+                      covered_groups=cov_groups)
 
 
 def plan_stage(counts: np.ndarray, layout: EntryLayout, params: BuildParams) -> PostingPlan:
@@ -616,9 +627,9 @@ _CHECKPOINT = {
     "graph": (lambda o: ({"neighbors": o.neighbors, "entries": o.entries}, {}),
               lambda a, m: HeadGraph(neighbors=a["neighbors"], entries=a["entries"])),
     "pruner": (lambda o: ({k: v for k, v in (("model", o.model), ("groups", o.groups)) if v is not None},
-                          {"need_walk": o.need_walk, "need_groups": o.need_groups}),
-               lambda a, m: HeadSearch(groups=a.get("groups"), model=a.get("model"), need_walk=float(m["need_walk"]),
-                                       need_groups=float(m["need_groups"]))),
+                          {"covered_walk": o.covered_walk, "covered_groups": o.covered_groups}),
+               lambda a, m: HeadSearch(groups=a.get("groups"), model=a.get("model"),
+                                       covered_walk=float(m["covered_walk"]), covered_groups=float(m["covered_groups"]))),
     "groups": (lambda o: ({} if o is None else {"labels": o}, {}), lambda a, m: a.get("labels")),
 }
 
@@ -796,8 +807,8 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
             "graph_entries": int(graph.entries.size),
             "head_search_recall": graph_recall,
             "head_groups": int(groups.max()) + 1 if groups is not None else 0,
-            "lists_needed_walk": round(chosen.need_walk, 2),
-            "lists_needed_groups": round(chosen.need_groups, 2),
+            "head_search_covered_walk": round(chosen.covered_walk, 4),
+            "head_search_covered_groups": round(chosen.covered_groups, 4),
             "seconds": {k: round(v, 3) for k, v in times.items()},
             "directory_growth_bytes": grown,
             "build_seconds": round(sum(times.values()), 3),

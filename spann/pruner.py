@@ -37,7 +37,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["FEATURE_HEADS", "N_WEIGHTS", "features", "lists_for", "fit_pruner", "training_targets"]
+__all__ = ["FEATURE_HEADS", "N_WEIGHTS", "features", "lists_for", "fit_pruner", "training_targets", "covered"]
 
 FEATURE_HEADS = (1, 3, 7, 15, 31)   #: ratios d_{j+1} / d_1 used as features (0-based j)
 N_WEIGHTS = 2 + len(FEATURE_HEADS)  #: intercept, log d_1, log ratios
@@ -100,6 +100,30 @@ def training_targets(sel, nbr_lists_ptr, nbr_lists, n_nbrs, need_of):
         pos.sort()
         out[i] = min(pos[need_of - 1] + 1, M)
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def covered(sel, nbr_lists_ptr, nbr_lists, n_nbrs, L):
+    """Mean fraction of each query's ``n_nbrs`` neighbours stored in one of its first ``L``
+    selected lists (``sel`` int32 (nq, >= L), CSR as in :func:`training_targets`)."""
+    nq = sel.shape[0]
+    L = min(L, sel.shape[1])
+    hit = 0
+    for i in range(nq):
+        for g in range(n_nbrs):
+            e = i * n_nbrs + g
+            found = False
+            for t in range(nbr_lists_ptr[e], nbr_lists_ptr[e + 1]):
+                h = nbr_lists[t]
+                for j in range(L):
+                    if sel[i, j] == h:
+                        found = True
+                        break
+                if found:
+                    break
+            if found:
+                hit += 1
+    return hit / max(1, nq * n_nbrs)
 
 
 def fit_pruner(sel_d: np.ndarray, need: np.ndarray) -> np.ndarray:

@@ -11,8 +11,8 @@ import spann
 from spann.datasets import synthetic_array
 from spann.errors import IndexCorruptError
 from spann.exact import exact_knn
-from spann.head_groups import (default_group_count, group_labels, group_search, head_groups, no_head_groups,
-                               probes_for)
+from spann.head_groups import (COVERAGE_MARGIN, default_group_count, group_labels, group_search, head_groups,
+                               no_head_groups, probes_for)
 from spann.zarr_io import read_json, write_small_array
 
 
@@ -155,13 +155,15 @@ def test_build_parameter_is_checked():
     assert spann.BuildParams(head_groups=0).head_groups == 0
 
 
-def test_auto_keeps_groups_only_where_they_need_fewer_lists(tmp_path):
-    """-1 (the default): the build measures, on sample queries, how many lists hold 9 of their 10
-    neighbours with each head search and keeps the groups only if they need fewer."""
+def test_auto_keeps_groups_only_where_they_cover_as_many_neighbours(tmp_path):
+    """-1 (the default): the build measures, on sample queries, the share of their 10 neighbours
+    that the first lists each head search selects hold, and keeps the groups unless the walk's
+    hold more by COVERAGE_MARGIN."""
     x = synthetic_array(12000, 40, seed=9)
     with spann.build(x, tmp_path / "auto", metric="l2", progress=False) as idx:
         st = idx.attrs["stats"]
-        assert st["lists_needed_walk"] > 0 and st["lists_needed_groups"] > 0
-        kept = st["lists_needed_groups"] < st["lists_needed_walk"]
+        cw, cg = st["head_search_covered_walk"], st["head_search_covered_groups"]
+        assert 0.3 < cw <= 1 and 0.3 < cg <= 1
+        kept = cg >= cw - COVERAGE_MARGIN
         assert (idx.attrs["head_groups"] > 0) == kept == (idx._snap.groups.centroids.shape[0] > 0)
         assert (idx._snap.walk.u8.shape[0] == 0) == kept
