@@ -35,6 +35,8 @@ import numpy as np
 from spann.clustering import balanced_kmeans, sq_dists
 from spann.distances import FASTMATH as _FM
 from spann.distances import sq_l2
+from spann.head_index import rescore_pool, write_pool
+from spann.topk import topk_insert
 
 __all__ = ["GROUPS_MAX_HEADS", "MIN_PROBES", "COVERAGE_MARGIN", "default_group_count", "group_labels", "HeadGroups", "head_groups",
            "no_head_groups", "probes_for", "group_search"]
@@ -142,21 +144,6 @@ def probes_for(ef, n_groups, n_heads):
     return min(max(MIN_PROBES, int(np.ceil(2.6 * ef ** (2.0 / 3.0)))), n_groups)
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
-def _insert(pd, pi, d, v):
-    """Insert (d, v) into the ascending pool pd/pi (full length; inf / -1 padded)."""
-    n = pd.shape[0]
-    if d >= pd[n - 1]:
-        return
-    j = n - 1
-    while j > 0 and pd[j - 1] > d:
-        pd[j] = pd[j - 1]
-        pi[j] = pi[j - 1]
-        j -= 1
-    pd[j] = d
-    pi[j] = v
-
-
 @numba.njit(cache=True, fastmath=_FM, nogil=True)
 def group_search(q, heads, hg, ef, out_i, out_d):
     """The ``len(out_i)`` nearest heads of ``q`` (float32 (Dh,)) by scanning the groups of
@@ -169,7 +156,7 @@ def group_search(q, heads, hg, ef, out_i, out_d):
     gd = np.full(P, np.inf, np.float32)
     gi = np.full(P, -1, np.int64)
     for g in range(C):
-        _insert(gd, gi, sq_l2(q, hg.centroids[g]), g)
+        topk_insert(gd, gi, sq_l2(q, hg.centroids[g]), g)
     n_eval = C
     pd = np.full(ef, np.inf, np.float32)
     pi = np.full(ef, -1, np.int64)
@@ -190,35 +177,18 @@ def group_search(q, heads, hg, ef, out_i, out_d):
                 for i in range(qq.shape[0]):
                     u = qq[i] - hg.step[i] * np.float32(c[i])
                     s += u * u
-                _insert(pd, pi, s, t)
+                topk_insert(pd, pi, s, t)
         else:
             for t in range(a, b):
-                _insert(pd, pi, sq_l2(q, hg.rows[t]), t)
+                topk_insert(pd, pi, sq_l2(q, hg.rows[t]), t)
     n = 0
     while n < ef and pi[n] >= 0:
         n += 1
-    for j in range(n):  # group positions -> head ids, exact distances
-        h = hg.perm[pi[j]]
-        pi[j] = h
-        if coded:
-            pd[j] = sq_l2(q, heads[h])
-    if coded:
+    pool = np.empty(n, np.int32)
+    for j in range(n):  # group positions -> head ids
+        pool[j] = hg.perm[pi[j]]
+    if coded:  # exact distances, re-sorted
+        rescore_pool(q, heads, pd, pool, n)
         n_eval += n
-        for a in range(1, n):  # insertion sort: the code order is nearly right
-            d = pd[a]
-            h = pi[a]
-            j = a
-            while j > 0 and pd[j - 1] > d:
-                pd[j] = pd[j - 1]
-                pi[j] = pi[j - 1]
-                j -= 1
-            pd[j] = d
-            pi[j] = h
-    for j in range(out_i.shape[0]):
-        if j < n:
-            out_i[j] = pi[j]
-            out_d[j] = pd[j]
-        else:
-            out_i[j] = -1
-            out_d[j] = np.inf
+    write_pool(pd, pool, n, out_i, out_d)
     return n_eval

@@ -191,23 +191,36 @@ def beam_search(q, heads, neighbors, entries, ef, visited, tag, out_i, out_d, wc
     size, n_eval, _ = _beam(q, heads, neighbors, entries, ef, visited, tag, pd, pi, done,
                             np.empty(0, np.int32), np.empty(0, np.float32), wc)
     if wc.u8.shape[0] > 0:  # exact distances for the pool, re-sorted
-        for j in range(size):
-            prefetch_element(heads, pi[j], 0)
+        rescore_pool(q, heads, pd, pi, size)
         n_eval += size
-        for j in range(size):
-            pd[j] = sq_l2(q, heads[pi[j]])
-        o = np.argsort(pd[:size], kind="mergesort")
-        pd[:size] = pd[:size][o]
-        pi[:size] = pi[:size][o]
-    m = out_i.shape[0]
-    for j in range(m):
+    write_pool(pd, pi, size, out_i, out_d)
+    return n_eval
+
+
+@numba.njit(cache=True, fastmath=_FM, nogil=True)
+def rescore_pool(q, heads, pd, pi, size):
+    """Exact squared distances from ``q`` to the heads ``pi[:size]`` into ``pd``, both re-sorted
+    ascending (stable): a pool found on byte codes, re-scored on the float32 heads."""
+    for j in range(size):
+        prefetch_element(heads, pi[j], 0)
+    for j in range(size):
+        pd[j] = sq_l2(q, heads[pi[j]])
+    o = np.argsort(pd[:size], kind="mergesort")
+    pd[:size] = pd[:size][o]
+    pi[:size] = pi[:size][o]
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def write_pool(pd, pi, size, out_i, out_d):
+    """The first ``len(out_i)`` of the ascending pool ``pd``/``pi`` (``size`` filled) into
+    ``out_i`` (int32) / ``out_d``, -1 / inf padded."""
+    for j in range(out_i.shape[0]):
         if j < size:
             out_i[j] = pi[j]
             out_d[j] = pd[j]
         else:
             out_i[j] = -1
             out_d[j] = np.inf
-    return n_eval
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
