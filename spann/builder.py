@@ -225,8 +225,8 @@ def pruner_stage(metric: Metric, sample: Sample, dim: int, heads: Heads, graph: 
     from spann.search import select_batch
     H = heads.vectors.shape[0]
     s = sample.rows.shape[0]
-    if H < 2 * MIN_HEADS or s < 20 * n_queries // 10:
-        return HeadSearch(groups=groups, model=None)
+    if H < 2 * MIN_HEADS or s < 20 * n_queries // 10:  # too few to measure: groups only if asked for
+        return HeadSearch(groups=groups if params.head_groups > 0 else None, model=None)
     rng = np.random.default_rng(params.seed + 7)
     qi = np.sort(rng.choice(s, min(n_queries, s // 10), replace=False))
     universe = np.ascontiguousarray(sample.rows[:, :dim])
@@ -628,8 +628,8 @@ _CHECKPOINT = {
               lambda a, m: HeadGraph(neighbors=a["neighbors"], entries=a["entries"])),
     "pruner": (lambda o: ({k: v for k, v in (("model", o.model), ("groups", o.groups)) if v is not None},
                           {"covered_walk": o.covered_walk, "covered_groups": o.covered_groups}),
-               lambda a, m: HeadSearch(groups=a.get("groups"), model=a.get("model"),
-                                       covered_walk=float(m["covered_walk"]), covered_groups=float(m["covered_groups"]))),
+               lambda a, m: HeadSearch(groups=a.get("groups"), model=a.get("model"), covered_walk=float(m["covered_walk"]),
+                                       covered_groups=float(m["covered_groups"]))),
     "groups": (lambda o: ({} if o is None else {"labels": o}, {}), lambda a, m: a.get("labels")),
 }
 

@@ -35,11 +35,11 @@ import numpy as np
 from spann.clustering import balanced_kmeans, sq_dists
 from spann.distances import FASTMATH as _FM
 from spann.distances import sq_l2
-from spann.head_index import rescore_pool, write_pool
+from spann.head_index import head_distance, no_walk_codes, rescore_pool, walk_codes, write_pool
 from spann.topk import topk_insert
 
-__all__ = ["GROUPS_MAX_HEADS", "MIN_PROBES", "COVERAGE_MARGIN", "default_group_count", "group_labels", "HeadGroups", "head_groups",
-           "no_head_groups", "probes_for", "group_search"]
+__all__ = ["GROUPS_MAX_HEADS", "MIN_PROBES", "COVERAGE_MARGIN", "default_group_count", "group_labels", "HeadGroups",
+           "head_groups", "no_head_groups", "probes_for", "group_search"]
 
 #: above this many heads, searches walk the head graph (a scan's cost grows as sqrt(H)); an
 #: estimate from the cost model above, measured at 14,500-19,500 heads only
@@ -90,9 +90,9 @@ class HeadGroups(NamedTuple):
 
 def no_head_groups(dim: int) -> HeadGroups:
     """Empty :class:`HeadGroups` (searches walk the graph)."""
-    return HeadGroups(np.zeros(0, np.int32), np.zeros(1, np.int64), np.zeros((0, dim), np.float32),
-                      np.zeros((0, dim), np.uint8), np.zeros(dim, np.float32), np.ones(dim, np.float32),
-                      np.zeros((0, dim), np.float32))
+    wc = no_walk_codes(dim)
+    return HeadGroups(np.zeros(0, np.int32), np.zeros(1, np.int64), np.zeros((0, dim), np.float32), wc.u8, wc.lo,
+                      wc.step, np.zeros((0, dim), np.float32))
 
 
 def head_groups(heads: np.ndarray, labels: np.ndarray | None, code_min_dim: int = 32) -> HeadGroups:
@@ -104,15 +104,13 @@ def head_groups(heads: np.ndarray, labels: np.ndarray | None, code_min_dim: int 
     if labels is None or labels.size == 0:
         return no_head_groups(dim)
     labels = np.asarray(labels, dtype=np.int64)
-    C = int(labels.max()) + 1
     h0 = labels.shape[0]
-    cnt = np.bincount(labels, minlength=C).astype(np.float64)
-    sums = np.zeros((C, dim), np.float64)
-    np.add.at(sums, labels, heads[:h0])
-    keep = cnt > 0
-    cent = (sums[keep] / cnt[keep, None]).astype(np.float32)
-    remap = np.cumsum(keep) - 1
-    labels = remap[labels]
+    cnt = np.bincount(labels)
+    full = cnt > 0  # k-means may leave a group empty: dropped, the labels renumbered
+    first = (np.cumsum(cnt) - cnt)[full]
+    sums = np.add.reduceat(heads[:h0][np.argsort(labels, kind="stable")].astype(np.float64), first, axis=0)
+    cent = np.ascontiguousarray(sums / cnt[full, None], dtype=np.float32)
+    labels = (np.cumsum(full) - 1)[labels]
     if H > h0:  # heads added by updates
         extra = np.argmin(sq_dists(np.ascontiguousarray(heads[h0:]), cent), axis=1)
         labels = np.concatenate([labels, extra])
@@ -120,17 +118,10 @@ def head_groups(heads: np.ndarray, labels: np.ndarray | None, code_min_dim: int 
     perm = np.argsort(labels, kind="stable").astype(np.int32)
     starts = np.zeros(C + 1, np.int64)
     starts[1:] = np.cumsum(np.bincount(labels, minlength=C))
-    ordered = heads[perm]
-    if dim >= code_min_dim:
-        lo = heads.min(axis=0).astype(np.float32)
-        step = np.maximum((heads.max(axis=0) - lo) / np.float32(255.0), np.float32(1e-30)).astype(np.float32)
-        u8 = np.clip(np.rint((ordered - lo) / step), 0, 255).astype(np.uint8)
-        rows = np.zeros((0, dim), np.float32)
-    else:
-        lo, step = np.zeros(dim, np.float32), np.ones(dim, np.float32)
-        u8 = np.zeros((0, dim), np.uint8)
-        rows = np.ascontiguousarray(ordered, dtype=np.float32)
-    return HeadGroups(perm, starts, np.ascontiguousarray(cent), np.ascontiguousarray(u8), lo, step, rows)
+    ordered = np.ascontiguousarray(heads[perm], dtype=np.float32)
+    wc = walk_codes(ordered, code_min_dim)  # the same codes as the walk's (min / max do not depend on the order)
+    rows = ordered if wc.u8.shape[0] == 0 else np.zeros((0, dim), np.float32)
+    return HeadGroups(perm, starts, cent, wc.u8, wc.lo, wc.step, rows)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -170,14 +161,9 @@ def group_search(q, heads, hg, ef, out_i, out_d):
             break
         a, b = hg.starts[g], hg.starts[g + 1]
         n_eval += b - a
-        if coded:
+        if coded:  # one loop per case (the case tested inside the loop: GloVe-50 ~110 vs ~65 us per search)
             for t in range(a, b):
-                c = hg.u8[t]
-                s = np.float32(0.0)
-                for i in range(qq.shape[0]):
-                    u = qq[i] - hg.step[i] * np.float32(c[i])
-                    s += u * u
-                topk_insert(pd, pi, s, t)
+                topk_insert(pd, pi, head_distance(q, hg.rows, hg.u8, qq, hg.step, t), t)
         else:
             for t in range(a, b):
                 topk_insert(pd, pi, sq_l2(q, hg.rows[t]), t)

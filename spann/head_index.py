@@ -28,7 +28,7 @@ from spann.distances import FASTMATH as _FM
 from spann.distances import sq_l2
 from spann.prefetch import prefetch_element
 
-__all__ = ["EXACT_KNN_MAX", "SEEDS", "nearest_entries", "WALK_CODES_MIN_DIM", "WalkCodes", "walk_codes", "no_walk_codes", "build_graph", "default_entry_count", "spread_entries", "EntrySeeds", "refine_graph", "beam_search", "knn_candidates", "head_search_recall"]
+__all__ = ["EXACT_KNN_MAX", "SEEDS", "nearest_entries", "WALK_CODES_MIN_DIM", "WalkCodes", "walk_codes", "no_walk_codes", "build_graph", "default_entry_count", "spread_entries", "EntrySeeds", "refine_graph", "beam_search", "head_distance", "rescore_pool", "write_pool", "knn_candidates", "head_search_recall"]
 
 #: up to this many heads the candidate kNN is exact (O(H^2 d) BLAS work); above, partitioned.
 EXACT_KNN_MAX = 30_000
@@ -91,7 +91,7 @@ def _pool_insert(pd, pi, done, size, cap, d, node):
 
 
 @numba.njit(cache=True, fastmath=_FM, nogil=True, inline="always")
-def _head_dist(q, heads, codes, qq, step, node):
+def head_distance(q, heads, codes, qq, step, node):
     """Squared L2 from ``q`` to head ``node``: exact, or on its byte code (``qq = q - lo``)."""
     if codes.shape[0] == 0:
         return sq_l2(q, heads[node])
@@ -140,7 +140,7 @@ def _beam(q, heads, neighbors, entries, ef, visited, tag, pd, pi, done, trail_i,
             continue
         visited[e] = tag
         n_eval += 1
-        size, _ = _pool_insert(pd, pi, done, size, ef, _head_dist(q, heads, codes, qq, wc.step, e), e)
+        size, _ = _pool_insert(pd, pi, done, size, ef, head_distance(q, heads, codes, qq, wc.step, e), e)
     cur = 0
     while cur < size:
         node = pi[cur]
@@ -164,7 +164,7 @@ def _beam(q, heads, neighbors, entries, ef, visited, tag, pd, pi, done, trail_i,
                 continue
             visited[nb] = tag
             n_eval += 1
-            size, j = _pool_insert(pd, pi, done, size, ef, _head_dist(q, heads, codes, qq, wc.step, nb), nb)
+            size, j = _pool_insert(pd, pi, done, size, ef, head_distance(q, heads, codes, qq, wc.step, nb), nb)
             if j < nxt:
                 nxt = j
         while nxt < size and done[nxt]:

@@ -77,6 +77,20 @@ def lists_for(sel_d, n_found, model, budget):
     return min(m, n_found)
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _first_position(sel_row, nbr_lists_ptr, nbr_lists, e, M):
+    """The first position among ``sel_row[:M]`` of a list neighbour ``e`` is stored in (CSR
+    ``nbr_lists_ptr``/``nbr_lists``), M if none."""
+    best = M
+    for t in range(nbr_lists_ptr[e], nbr_lists_ptr[e + 1]):
+        h = nbr_lists[t]
+        for j in range(min(best, M)):
+            if sel_row[j] == h:
+                best = j
+                break
+    return best
+
+
 @numba.njit(cache=True, nogil=True)
 def training_targets(sel, nbr_lists_ptr, nbr_lists, n_nbrs, need_of):
     """For each training query i: the smallest number of its selected lists (in head order) that
@@ -87,16 +101,7 @@ def training_targets(sel, nbr_lists_ptr, nbr_lists, n_nbrs, need_of):
     pos = np.empty(n_nbrs, np.int64)
     for i in range(nq):
         for g in range(n_nbrs):
-            best = M
-            e = i * n_nbrs + g
-            for t in range(nbr_lists_ptr[e], nbr_lists_ptr[e + 1]):
-                h = nbr_lists[t]
-                for j in range(M):
-                    if sel[i, j] == h:
-                        if j < best:
-                            best = j
-                        break
-            pos[g] = best
+            pos[g] = _first_position(sel[i], nbr_lists_ptr, nbr_lists, i * n_nbrs + g, M)
         pos.sort()
         out[i] = min(pos[need_of - 1] + 1, M)
     return out
@@ -111,17 +116,7 @@ def covered(sel, nbr_lists_ptr, nbr_lists, n_nbrs, L):
     hit = 0
     for i in range(nq):
         for g in range(n_nbrs):
-            e = i * n_nbrs + g
-            found = False
-            for t in range(nbr_lists_ptr[e], nbr_lists_ptr[e + 1]):
-                h = nbr_lists[t]
-                for j in range(L):
-                    if sel[i, j] == h:
-                        found = True
-                        break
-                if found:
-                    break
-            if found:
+            if _first_position(sel[i], nbr_lists_ptr, nbr_lists, i * n_nbrs + g, L) < L:
                 hit += 1
     return hit / max(1, nq * n_nbrs)
 

@@ -291,7 +291,8 @@ def search_one(q, qh, metric, heads, wc, neighbors, hg, entries, seed_rows, ef, 
 def select_batch(qh, heads, wc, neighbors, hg, seeds, ef, m, budget, model, prune_eps, n_chunks):
     """Batch phase 1: the pruned nearest heads of every query (see :func:`select_lists`), in
     parallel chunks (one visited array per chunk); query i's walk starts from ``seeds[i]``
-    (int32 (nq, s), see :class:`spann.head_index.EntrySeeds`; unused with head groups). Returns sel_i (nq, m) int32, sel_d (nq, m) float32, kept (nq,), evals (nq,)."""
+    (int32 (nq, s), see :class:`spann.head_index.EntrySeeds`; unused with head groups). Returns
+    sel_i (nq, m) int32, sel_d (nq, m) float32, kept (nq,), evals (nq,)."""
     nq = qh.shape[0]
     sel_i = np.full((nq, m), -1, np.int32)
     sel_d = np.full((nq, m), np.inf, np.float32)

@@ -463,7 +463,7 @@ class IndexFiles:
         self.head_groups = None
         n_groups = attrs.get("head_groups") or 0
         if n_groups:
-            if not isinstance(n_groups, int) or n_groups < 1 or n_groups > H:
+            if type(n_groups) is not int or n_groups < 1 or n_groups > H:
                 raise IndexCorruptError(f"{where}: bad head group count {n_groups!r} in the metadata")
             self.head_groups = load("head_groups", np.int32, (None,))
             g = self.head_groups
