@@ -820,6 +820,7 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
         attrs = {"metric": m.name, "dim": src.dim, "n": src.n, "dtype": layout.dtype, "source_dtype": src.dtype.name,
                  "layout": layout.to_dict(), "store": enc.store.to_dict() if enc.store else None,
                  "pruner": model is not None, "head_groups": int(groups.max()) + 1 if groups is not None else 0,
+                 "head_group_labels": int(groups.shape[0]) if groups is not None else 0,
                  "idmap_path": IDMAP, "user_ids": user_ids is not None,
                  "label_lists_path": LABEL_LISTS if labels is not None else None,
                  "live": src.n, "next_id": int(user_ids.max()) + 1 if user_ids is not None else src.n,

@@ -21,8 +21,9 @@ thread, 1,000 queries, same selection of lists otherwise; prototype with fixed p
 Contiguous ranges of the head order (the clustering tree's leaves) as groups needed 48 probes
 for the walk's recall on GloVe-50; k-means groups need 32.
 
-Heads added after the build (list splits of an updated index) join the group of their nearest
-centroid when the index is opened.
+Heads that list splits of an updated index move or add join the group of their nearest
+centroid: the update stores every head's label (moved heads relabelled); heads past the stored
+labels (none, unless an index's files predate that) join at open.
 """
 
 from __future__ import annotations
@@ -39,13 +40,19 @@ from spann.head_index import head_distance, no_walk_codes, rescore_pool, walk_co
 from spann.topk import topk_insert
 
 __all__ = ["GROUPS_MAX_HEADS", "MIN_PROBES", "COVERAGE_MARGIN", "default_group_count", "group_labels", "HeadGroups",
-           "head_groups", "no_head_groups", "probes_for", "group_search"]
+           "head_groups", "no_head_groups", "group_of_heads", "nearest_group", "probes_for", "group_order", "scan_groups", "pool_heads",
+           "group_search_start", "group_search_finish", "group_search", "EARLY_GROUPS"]
 
 #: above this many heads, searches walk the head graph (a scan's cost grows as sqrt(H)); an
 #: estimate from the cost model above, measured at 14,500-19,500 heads only
 GROUPS_MAX_HEADS = 32768
 MIN_PROBES = 16  #: groups scanned at least
 MIN_HEADS = 64   #: fewer heads: no groups (the walk compares every entry anyway)
+#: groups a search from the device scans before it requests its best heads' lists (the rest of
+#: the scan overlaps the reads). mpnet-768 (14,500 heads, 482 groups, 500 queries): after the 8
+#: (even 4) nearest of the 57 groups scanned for 44 lists, the 22 best heads so far were all
+#: among the 44 finally selected
+EARLY_GROUPS = 8
 #: a build with head_groups -1 keeps the groups unless the walk's lists hold this much more of
 #: sample queries' neighbours (the share of 10, see spann.builder.pruner_stage): scanning groups
 #: costs less time per query where both select as well. Set between the two sets measured:
@@ -124,6 +131,18 @@ def head_groups(heads: np.ndarray, labels: np.ndarray | None, code_min_dim: int 
     return HeadGroups(perm, starts, cent, wc.u8, wc.lo, wc.step, rows)
 
 
+def group_of_heads(hg: HeadGroups) -> np.ndarray:
+    """Each head's group in ``hg`` (the numbering of ``hg.centroids``): int32 (H,)."""
+    labels = np.empty(hg.perm.shape[0], np.int32)
+    labels[hg.perm] = np.repeat(np.arange(hg.starts.shape[0] - 1, dtype=np.int32), np.diff(hg.starts))
+    return labels
+
+
+def nearest_group(hg: HeadGroups, rows: np.ndarray) -> np.ndarray:
+    """The group of the centroid nearest each head-space row (float32 (n, Dh)): int32 (n,)."""
+    return np.argmin(sq_dists(np.ascontiguousarray(rows, dtype=np.float32), hg.centroids), axis=1).astype(np.int32)
+
+
 @numba.njit(cache=True, nogil=True)
 def probes_for(ef, n_groups, n_heads):
     """Groups a search with beam width ``ef`` scans: 2.6 ef^(2/3) (at least MIN_PROBES), all of
@@ -136,26 +155,24 @@ def probes_for(ef, n_groups, n_heads):
 
 
 @numba.njit(cache=True, fastmath=_FM, nogil=True)
-def group_search(q, heads, hg, ef, out_i, out_d):
-    """The ``len(out_i)`` nearest heads of ``q`` (float32 (Dh,)) by scanning the groups of
-    :class:`HeadGroups` ``hg`` nearest ``q`` (:func:`probes_for` ``ef``): the ``ef`` best on
-    the codes, re-scored on ``heads`` (exact). Writes head ids (int32) and exact squared
-    distances (float32), ascending, -1 / inf padded; returns the number of distance
-    evaluations."""
-    C = hg.centroids.shape[0]
-    P = probes_for(ef, C, hg.perm.shape[0])
+def group_order(q, hg, P):
+    """The ``P`` groups of ``hg`` whose centroids are nearest ``q``: int64 (P,), ascending
+    distance, -1 padded."""
     gd = np.full(P, np.inf, np.float32)
     gi = np.full(P, -1, np.int64)
-    for g in range(C):
+    for g in range(hg.centroids.shape[0]):
         topk_insert(gd, gi, sq_l2(q, hg.centroids[g]), g)
-    n_eval = C
-    pd = np.full(ef, np.inf, np.float32)
-    pi = np.full(ef, -1, np.int64)
+    return gi
+
+
+@numba.njit(cache=True, fastmath=_FM, nogil=True)
+def scan_groups(q, qq, hg, gi, p0, p1, pd, pi):
+    """Scan the heads of groups ``gi[p0:p1]`` into the ascending pool ``pd``/``pi`` (distances on
+    the byte codes, ``qq = q - hg.lo``, or on the float rows; group positions). Returns the
+    distance evaluations."""
     coded = hg.u8.shape[0] > 0
-    qq = np.empty(q.shape[0], np.float32)
-    for i in range(q.shape[0]):
-        qq[i] = q[i] - hg.lo[i]
-    for p in range(P):
+    n_eval = 0
+    for p in range(p0, p1):
         g = gi[p]
         if g < 0:
             break
@@ -167,14 +184,59 @@ def group_search(q, heads, hg, ef, out_i, out_d):
         else:
             for t in range(a, b):
                 topk_insert(pd, pi, sq_l2(q, hg.rows[t]), t)
+    return n_eval
+
+
+@numba.njit(cache=True, nogil=True)
+def pool_heads(hg, pi, n, out):
+    """Head ids of the pool's first ``n`` group positions ``pi`` into ``out`` (int32); returns
+    how many there were."""
+    m = 0
+    while m < n and m < pi.shape[0] and pi[m] >= 0:
+        out[m] = hg.perm[pi[m]]
+        m += 1
+    return m
+
+
+@numba.njit(cache=True, fastmath=_FM, nogil=True)
+def group_search_start(q, hg, ef):
+    """Begin a scan of the groups nearest ``q`` for ``ef`` heads: (probe order gi int64 (P,),
+    empty pool pd float32 / pi int64 (ef,), qq = q - hg.lo, distance evaluations so far)."""
+    P = probes_for(ef, hg.centroids.shape[0], hg.perm.shape[0])
+    gi = group_order(q, hg, P)
+    qq = np.empty(q.shape[0], np.float32)
+    for i in range(q.shape[0]):
+        qq[i] = q[i] - hg.lo[i]
+    return gi, np.full(ef, np.inf, np.float32), np.full(ef, -1, np.int64), qq, hg.centroids.shape[0]
+
+
+@numba.njit(cache=True, fastmath=_FM, nogil=True)
+def group_search_finish(q, heads, hg, pd, pi, out_i, out_d):
+    """End a group scan: the pool's heads re-scored exactly on ``heads`` (coded groups) into
+    ``out_i`` (int32 head ids) / ``out_d`` (float32 squared distances), ascending, -1 / inf
+    padded. Returns the distance evaluations of the re-scoring."""
+    ef = pi.shape[0]
     n = 0
     while n < ef and pi[n] >= 0:
         n += 1
     pool = np.empty(n, np.int32)
-    for j in range(n):  # group positions -> head ids
-        pool[j] = hg.perm[pi[j]]
-    if coded:  # exact distances, re-sorted
+    pool_heads(hg, pi, n, pool)
+    n_eval = 0
+    if hg.u8.shape[0] > 0:  # exact distances, re-sorted
         rescore_pool(q, heads, pd, pool, n)
-        n_eval += n
+        n_eval = n
     write_pool(pd, pool, n, out_i, out_d)
     return n_eval
+
+
+@numba.njit(cache=True, fastmath=_FM, nogil=True)
+def group_search(q, heads, hg, ef, out_i, out_d):
+    """The ``len(out_i)`` nearest heads of ``q`` (float32 (Dh,)) by scanning the groups of
+    :class:`HeadGroups` ``hg`` nearest ``q`` (:func:`probes_for` ``ef``): the ``ef`` best on
+    the codes, re-scored on ``heads`` (exact). Writes head ids (int32) and exact squared
+    distances (float32), ascending, -1 / inf padded; returns the number of distance
+    evaluations. (:func:`spann.search.select_lists` runs the same steps with a request for
+    the best heads' lists after the :data:`EARLY_GROUPS` nearest groups.)"""
+    gi, pd, pi, qq, n_eval = group_search_start(q, hg, ef)
+    n_eval += scan_groups(q, qq, hg, gi, 0, gi.shape[0], pd, pi)
+    return n_eval + group_search_finish(q, heads, hg, pd, pi, out_i, out_d)

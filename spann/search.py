@@ -24,7 +24,8 @@ import numpy as np
 from spann.distances import FASTMATH, pair_distance
 from spann.distances import NEG_DOT
 from spann.encodings import FULL, SQ8, sq8_distance, sq8_prepare
-from spann.head_groups import group_search
+from spann.head_groups import (EARLY_GROUPS, group_search, group_search_finish, group_search_start, pool_heads,
+                               scan_groups)
 from spann.head_index import SEEDS, beam_search, nearest_entries
 from spann.labels import has_label, is_dead
 from spann.postings import aux_offset, codes_offset, entry_id, labels_start, union_pages
@@ -66,6 +67,30 @@ def select_lists(qh, heads, wc, neighbors, hg, entries, ef, budget, model, prune
         n_eval = group_search(qh, heads, hg, ef, sel_i, sel_d)
     else:
         n_eval = beam_search(qh, heads, neighbors, entries, ef, visited, tag, sel_i, sel_d, wc)
+    return lists_to_read(sel_i, sel_d, model, budget, prune_eps), n_eval
+
+
+@numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
+def select_lists_early(qh, heads, hg, ef, budget, model, prune_eps, sel_i, sel_d, pv, epoch, early_i):
+    """:func:`select_lists` on head groups for a query whose lists come from the device: once
+    the :data:`~spann.head_groups.EARLY_GROUPS` nearest groups are scanned, the lists of the
+    ``len(early_i)`` best heads so far are requested (their ids into ``early_i``, int32), and
+    the device reads them while the remaining groups are scanned. Returns (kept, distance
+    evaluations, heads requested early)."""
+    gi, pd, pi, qq, n_eval = group_search_start(qh, hg, ef)
+    E = min(EARLY_GROUPS, gi.shape[0])
+    n_eval += scan_groups(qh, qq, hg, gi, 0, E, pd, pi)
+    n_early = pool_heads(hg, pi, early_i.shape[0], early_i)
+    union_pages(pv, early_i, n_early, epoch)
+    n_eval += scan_groups(qh, qq, hg, gi, E, gi.shape[0], pd, pi)
+    n_eval += group_search_finish(qh, heads, hg, pd, pi, sel_i, sel_d)
+    return lists_to_read(sel_i, sel_d, model, budget, prune_eps), n_eval, n_early
+
+
+@numba.njit(cache=True, nogil=True)
+def lists_to_read(sel_i, sel_d, model, budget, prune_eps):
+    """How many of the ascending selected heads ``sel_i``/``sel_d`` to read: the pruner's
+    choice (see :func:`spann.pruner.lists_for`), cut by the distance-ratio rule ``prune_eps``."""
     found = 0
     while found < sel_i.shape[0] and sel_i[found] >= 0:
         found += 1
@@ -74,7 +99,27 @@ def select_lists(qh, heads, wc, neighbors, hg, entries, ef, budget, model, prune
     kept = 0
     while kept < want and sel_d[kept] <= limit:
         kept += 1
-    return kept, n_eval
+    return kept
+
+
+@numba.njit(cache=True, nogil=True)
+def read_with_early(sel_i, kept, early_i, n_early):
+    """The heads whose lists a query read: ``sel_i[:kept]`` and those of ``early_i[:n_early]``
+    (requested early) that are not among them. Returns (int32 array, count)."""
+    out = np.empty(kept + n_early, np.int32)
+    out[:kept] = sel_i[:kept]
+    m = kept
+    for j in range(n_early):
+        h = early_i[j]
+        seen = False
+        for t in range(kept):
+            if sel_i[t] == h:
+                seen = True
+                break
+        if not seen:
+            out[m] = h
+            m += 1
+    return out, m
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -257,10 +302,17 @@ def search_one(q, qh, metric, heads, wc, neighbors, hg, entries, seed_rows, ef, 
     sel_i = np.empty(m, np.int32)
     sel_d = np.empty(m, np.float32)
     walk = hg.centroids.shape[0] == 0
-    seeds = nearest_entries(qh, seed_rows, entries, SEEDS) if walk and seed_rows.shape[0] > 0 else entries
-    kept, n_eval = select_lists(qh, heads, wc, neighbors, hg, seeds, ef, budget, model, prune_eps, visited, tag, sel_i,
-                                sel_d)
-    stats[1] += 4096 * union_pages(pv, sel_i, kept, epoch)
+    if not walk and epoch >= 0 and pv.prefetchable and budget >= 4:  # lists from the device: start early
+        early_i = np.empty(budget // 2, np.int32)
+        kept, n_eval, n_early = select_lists_early(qh, heads, hg, ef, budget, model, prune_eps, sel_i, sel_d, pv,
+                                                   epoch, early_i)
+        read_i, n_read = read_with_early(sel_i, kept, early_i, n_early)  # early requests not kept were read too
+        stats[1] += 4096 * union_pages(pv, read_i, n_read, epoch)
+    else:
+        seeds = nearest_entries(qh, seed_rows, entries, SEEDS) if walk and seed_rows.shape[0] > 0 else entries
+        kept, n_eval = select_lists(qh, heads, wc, neighbors, hg, seeds, ef, budget, model, prune_eps, visited, tag,
+                                    sel_i, sel_d)
+        stats[1] += 4096 * union_pages(pv, sel_i, kept, epoch)
     stats[1] += 4096 * union_pages(dv, sel_i, kept, epoch)
     stats[2] += n_eval
     for j in range(top_d.shape[0]):

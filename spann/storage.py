@@ -1,6 +1,6 @@
 """The on-disk index: one zarr v3 group, written atomically, opened with everything validated.
 
-Layout (``FORMAT_VERSION`` 2)::
+Layout (``FORMAT_VERSION`` 4; format 3, the same without ``head_groups``, is read too)::
 
     <index>/zarr.json              group; attributes["spann"]: format version, build id, metric,
                                    dims, entry layout, build parameters and statistics, and the
@@ -11,8 +11,9 @@ Layout (``FORMAT_VERSION`` 2)::
         heads      (H, Dh) float32 head-space centroids (Dh = dim, +1 for inner product)
         neighbors  (H, R)  int32   head graph, -1 padded
         entries    (E,)    int32   graph entry heads
-        head_groups (H0,)  int32   group of each built head (when attributes["head_groups"] > 0;
-                                   see spann.head_groups)
+        head_groups (H1,)  int32   group of each head (when attributes["head_groups"] > 0; H1 =
+                                   attributes["head_group_labels"]: the heads at the build or the
+                                   last update that split a list; see spann.head_groups)
         offsets    (H,)    int64   byte offset of list h in postings
         counts     (H,)    int32   entries in list h
 
@@ -52,7 +53,9 @@ from spann.zarr_io import (crc32c, group_meta, postings_meta, read_json, read_sm
 __all__ = ["FORMAT_VERSION", "IndexWriter", "IndexFiles", "check_target", "directory_bytes", "stale_builds",
            "swap_directories"]
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
+#: formats this spann opens: 3 is 4 without head groups (an older spann refuses 4 by its version)
+READABLE_FORMATS = (3, 4)
 POSTINGS = "postings"
 VECTORS = "vectors"
 IDMAP = "idmap"
@@ -391,9 +394,10 @@ class IndexFiles:
         if not isinstance(attrs, dict):
             raise IndexCorruptError(f"{where}: spann attributes are not a JSON object")
         version = attrs.get("format_version")
-        if version != FORMAT_VERSION:
+        if isinstance(version, bool) or version not in READABLE_FORMATS:
             raise IndexCorruptError(f"{where}: index format {version!r} is not supported by this spann (it reads "
-                                    f"format {FORMAT_VERSION}); rebuild the index with `spann build`")
+                                    f"formats {', '.join(map(str, READABLE_FORMATS))}); rebuild the index with "
+                                    "`spann build` or use the spann that built it")
         metric = _need(attrs, "metric", str, where)
         if metric not in METRICS:
             raise IndexCorruptError(f"{where}: unknown metric {metric!r} in the metadata")
@@ -467,6 +471,10 @@ class IndexFiles:
                 raise IndexCorruptError(f"{where}: bad head group count {n_groups!r} in the metadata")
             self.head_groups = load("head_groups", np.int32, (None,))
             g = self.head_groups
+            n_labels = attrs.get("head_group_labels", g.shape[0] if version == 3 else None)  # format 3: not stored
+            if type(n_labels) is not int or g.shape[0] != n_labels:
+                raise IndexCorruptError(f"{where}: head groups hold {g.shape[0]} labels, the metadata says "
+                                        f"{n_labels!r}")
             if g.shape[0] < 1 or g.shape[0] > H or g.min() < 0 or g.max() >= n_groups:
                 raise IndexCorruptError(f"{where}: head groups ({g.shape[0]} labels) out of range for {H} heads and "
                                         f"{n_groups} groups")

@@ -46,6 +46,7 @@ import numpy as np
 from spann.assign import assign_block
 from spann.datasets.formats import check_finite
 from spann.errors import DataError, IndexCorruptError, QueryError
+from spann.head_groups import group_of_heads, nearest_group
 from spann.head_index import EntrySeeds, beam_search, no_walk_codes
 from spann.idmap import MAX_ID, check_ids, lookup_sorted
 from spann.labels import check_labels
@@ -189,6 +190,8 @@ class _Batch:
         self.dead_ids = snap.dead_ids
         self.delta_dead = snap.delta_dead  # deleted ids still in the delta's files
         self.graph_dirty = False  # heads/graph/base directory changed (a split)
+        groups = snap.groups  # every head's group (the searches' head groups), kept for the heads a split moves
+        self.group_labels = group_of_heads(groups) if groups.centroids.shape[0] else None
         self.split_floor = snap.split_floor.astype(np.int64).copy()  # sizes at which splits failed
         self.live = int(snap.live)
         self.next_id = int(snap.next_id)
@@ -315,6 +318,10 @@ class _Batch:
         self.base_live = np.concatenate([self.base_live, [True]])
         self._link(new)
         self._link(h)
+        if self.group_labels is not None:  # the moved head and the new one: their nearest groups
+            g = nearest_group(self.snap.groups, np.vstack([c1[None], c2[None]]))
+            self.group_labels[h] = g[0]
+            self.group_labels = np.concatenate([self.group_labels, g[1:]])
         # each vector to the nearer half, and to the other only when nearly as close (closure
         # 0.5 and the strict RNG rule: a split must shrink the list, whatever the build's rules)
         p = self.index.build_params
@@ -486,10 +493,14 @@ def _commit(index, b: _Batch) -> None:
         small("dead_keys", np.unique(b.dead_keys).astype(np.int64))
         small("dead_ids", np.unique(b.dead_ids).astype(np.int64))
         small("delta_dead", np.unique(b.delta_dead).astype(np.int64))
-        for e in os.listdir(root / old_gen):
-            if e.startswith("code_") or e in ("pruner", "head_groups"):
-                _link_tree(root / old_gen / e, gdir / e)
         new_attrs = dict(attrs)
+        for e in os.listdir(root / old_gen):
+            if e == "head_groups" and b.graph_dirty and b.group_labels is not None:
+                small(e, b.group_labels)  # every head's group, those splits moved or added included
+                new_attrs.update(head_groups=int(b.snap.groups.centroids.shape[0]),
+                                 head_group_labels=int(b.group_labels.shape[0]))
+            elif e.startswith("code_") or e in ("pruner", "head_groups"):
+                _link_tree(root / old_gen / e, gdir / e)
         if b._delta is None:  # unchanged (a batch of base deletes): the new generation links its files
             _reuse_delta(root, old_gen, gdir, gname, attrs, new_attrs, crcs)
             if ix.layout.label_width or attrs.get("label_lists_path"):

@@ -11,9 +11,9 @@ import spann
 from spann.datasets import synthetic_array
 from spann.errors import IndexCorruptError
 from spann.exact import exact_knn
-from spann.head_groups import (COVERAGE_MARGIN, default_group_count, group_labels, group_search, head_groups,
-                               no_head_groups, probes_for)
-from spann.zarr_io import read_json, write_small_array
+from spann.head_groups import (COVERAGE_MARGIN, default_group_count, group_labels, group_of_heads, group_search,
+                               head_groups, nearest_group, no_head_groups, probes_for)
+from spann.zarr_io import read_json, read_small_array, write_small_array
 
 
 def _exact_heads(heads, q, m):
@@ -144,8 +144,44 @@ def test_bad_head_groups_are_refused_in_one_line(two_indexes, tmp_path):
         spann.open(p)
     assert "\n" not in str(e.value)
     shutil.rmtree(d)
+    write_small_array(str(d), np.zeros(a.heads.shape[0] - 1, np.int32), {"build_id": meta["build_id"]})
+    with pytest.raises(IndexCorruptError, match="head groups hold .* labels, the metadata says") as e:
+        spann.open(p)  # a truncated label array: not taken for heads added by splits
+    assert "\n" not in str(e.value)
+    shutil.rmtree(d)
     with pytest.raises(IndexCorruptError, match="head_groups is missing"):
         spann.open(p)
+
+
+def test_splits_relabel_the_heads_they_move_and_add(tmp_path):
+    x = synthetic_array(12000, 24, seed=8)
+    idx = spann.build(x, tmp_path / "s", metric="l2", progress=False, head_groups=96, head_ratio=0.02)
+    h0 = idx.heads.shape[0]
+    heads0 = idx.heads.copy()
+    blob = (np.random.default_rng(9).standard_normal((2500, 24)) * 0.05 + x[0]).astype(np.float32)
+    for part in np.array_split(blob, 5):
+        idx.add(part)
+    H = idx.heads.shape[0]
+    assert idx.attrs["splits"] > 0 and H > h0
+    assert idx.attrs["head_group_labels"] == H  # every head's label stored, the new ones too
+    gen = idx.path / idx.attrs["generation_path"] / "head_groups"
+    stored = read_small_array(str(gen), dtype=np.int32, shape=(None,))
+    assert stored.shape == (H,)
+    with spann.open(idx.path) as again:
+        hg = again._snap.groups
+        labels = group_of_heads(hg)
+        np.testing.assert_array_equal(labels, stored)  # opening keeps what the update stored
+        moved = np.flatnonzero(np.any(again.heads[:h0] != heads0, axis=1))
+        assert moved.size > 0
+        # a head a split moved or added joined its nearest group (by the centroids of the
+        # snapshot it split in: the final ones differ a little)
+        split_heads = np.concatenate([moved, np.arange(h0, H)])
+        near = nearest_group(hg, again.heads[split_heads])
+        assert np.mean(near == labels[split_heads]) > 0.9
+        # the blob's region is found through the groups
+        r = again.search(blob[:50] + 0.001, 1)
+        assert np.mean(r.ids[:, 0] == np.arange(12000, 12050)) > 0.9
+    idx.close()
 
 
 def test_build_parameter_is_checked():
@@ -167,3 +203,56 @@ def test_auto_keeps_groups_only_where_they_cover_as_many_neighbours(tmp_path):
         kept = cg >= cw - COVERAGE_MARGIN
         assert (idx.attrs["head_groups"] > 0) == kept == (idx._snap.groups.centroids.shape[0] > 0)
         assert (idx._snap.walk.u8.shape[0] == 0) == kept
+
+
+def test_early_requests_leave_the_selection_unchanged(two_indexes):
+    """A query from the device requests its best heads' lists after the EARLY_GROUPS nearest
+    groups (select_lists_early): the heads it then selects are exactly select_lists' ones, and
+    the early heads are the pool's best so far."""
+    from spann.recent import epoch_now
+    from spann.search import select_lists, select_lists_early
+    x, a, _ = two_indexes
+    snap = a._snap
+    hg = snap.groups
+    q = synthetic_array(100, 24, seed=8, stream=2, n_hint=12000)
+    _, qh = a._check_queries(q, 10, snap.live)
+    H = snap.heads.shape[0]
+    vis = np.zeros(H, np.uint32)
+    budget, m, ef = 16, 32, 40
+    model = snap.pruner if snap.pruner is not None else np.zeros(0)
+    n_early_seen = 0
+    for i in range(len(q)):
+        si, sd = np.empty(m, np.int32), np.empty(m, np.float32)
+        kept, ev = select_lists(qh[i], snap.heads, snap.walk, snap.neighbors, hg, snap.seeds.entries, ef, budget, model,
+                                np.float32(1e18), vis, np.uint32(i + 1), si, sd)
+        ei = np.empty(budget // 2, np.int32)
+        si2, sd2 = np.empty(m, np.int32), np.empty(m, np.float32)
+        kept2, ev2, n_early = select_lists_early(qh[i], snap.heads, hg, ef, budget, model, np.float32(1e18), si2, sd2,
+                                                 snap.pv, epoch_now(), ei)
+        assert kept2 == kept and ev2 == ev
+        np.testing.assert_array_equal(si2, si)
+        np.testing.assert_array_equal(sd2, sd)
+        assert n_early == budget // 2 and len(set(ei.tolist())) == n_early
+        n_early_seen += len(set(ei.tolist()) & set(si[:kept].tolist()))
+    assert n_early_seen > 0.8 * len(q) * (budget // 2)  # the early heads are mostly among the final ones
+
+
+def test_cold_single_queries_agree_with_warm_ones(two_indexes):
+    """Evicted before each query (the early request path) or preloaded (no requests): the same
+    results; the cold query's page bytes count the early-requested lists it did not keep."""
+    x, a, _ = two_indexes
+    q = synthetic_array(30, 24, seed=8, stream=3, n_hint=12000)
+    cold = []
+    for v in q:
+        a.evict()
+        cold.append(a.search(v, 10, max_postings=16))
+    a.preload()
+    try:
+        warm = [a.search(v, 10, max_postings=16) for v in q]
+    finally:
+        a.evict()
+    for c, w in zip(cold, warm):
+        np.testing.assert_array_equal(c.ids, w.ids)
+        np.testing.assert_array_equal(c.distances, w.distances)
+        assert c.lists_read[0] == w.lists_read[0]
+        assert c.bytes_read[0] >= w.bytes_read[0]

@@ -60,7 +60,7 @@ def test_plain_zarr_reads_what_search_scans(synth, which, read_list, request):
     gen = g[a["generation_path"]]
     np.testing.assert_array_equal(gen["heads"][:], idx.heads)
     np.testing.assert_array_equal(gen["neighbors"][:], idx.neighbors)
-    assert a["metric"] == "l2" and a["format_version"] == 3
+    assert a["metric"] == "l2" and a["format_version"] == 4
     assert g[a["postings_path"]].metadata.codecs[0].__class__.__name__ == "ShardingCodec"
 
 
