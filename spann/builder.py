@@ -211,7 +211,8 @@ class HeadSearch:
 
 
 def pruner_stage(metric: Metric, sample: Sample, dim: int, heads: Heads, graph: HeadGraph, groups: np.ndarray | None,
-                 asg: AssignmentRuns, params: BuildParams, n_queries: int = 600) -> HeadSearch:
+                 asg: AssignmentRuns, params: BuildParams, enc: "Encoder | None" = None,
+                 n_queries: int = 600) -> HeadSearch:
     """On sample rows used as queries, against their exact 10 nearest neighbours within the
     sample: with ``head_groups`` -1 (auto), keep the head ``groups`` unless the lists the graph
     walk selects hold more of the neighbours, by more than
@@ -246,16 +247,20 @@ def pruner_stage(metric: Metric, sample: Sample, dim: int, heads: Heads, graph: 
     ptr = np.concatenate([[0], np.cumsum(hi - lo)]).astype(np.int64)
     lists = np.concatenate([e_h[a:b] for a, b in zip(lo, hi)]).astype(np.int32)
     M = min(128, H)
+    hv = stored_heads(heads, enc) if enc is not None else heads.vectors
     qrows = np.ascontiguousarray(sample.rows[qi])
-    seeds = EntrySeeds(heads.vectors, graph.entries).for_rows(qrows)
-    dh = heads.vectors.shape[1]
+    if hv is not heads.vectors:  # rabitq: rotated as the index's heads and queries are
+        qrows = np.ascontiguousarray(np.hstack([qrows[:, :dim] @ enc.arrays["rotation"], qrows[:, dim:]]),
+                                     dtype=np.float32)
+    seeds = EntrySeeds(hv, graph.entries).for_rows(qrows)
+    dh = hv.shape[1]
     budget = min(SearchParams().max_postings, H)
     m = min(2 * budget, H)
     no_model = np.zeros(0, np.float64)
 
     def select(hg, ef, width):  # heads found as searches find them
-        return select_batch(qrows, heads.vectors, walk_codes(heads.vectors), graph.neighbors, hg, seeds, ef, width,
-                            width, no_model, np.float32(1e18), 16)[:2]
+        return select_batch(qrows, hv, walk_codes(hv), graph.neighbors, hg, seeds, ef, width, width, no_model,
+                            np.float32(1e18), 16)[:2]
 
     def coverage(hg):
         sel = select(hg, SearchParams().effective_ef(m), m)[0]
@@ -264,7 +269,7 @@ def pruner_stage(metric: Metric, sample: Sample, dim: int, heads: Heads, graph: 
     hg = no_head_groups(dh)
     cov_walk, cov_groups = coverage(hg), 0.0
     if groups is not None:
-        g = head_groups(heads.vectors, groups)
+        g = head_groups(hv, groups)
         cov_groups = coverage(g)
         if params.head_groups > 0 or cov_groups >= cov_walk - COVERAGE_MARGIN:
             hg = g
@@ -777,7 +782,7 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
                             writer.ckpt / "assign", n_buckets)
             enc = stage("encoding", encoding_stage, src, m, sample, asg, params,
                         labels.shape[1] if labels is not None else 0)
-            chosen = stage("pruner", pruner_stage, m, sample, src.dim, heads, graph, groups, asg, params)
+            chosen = stage("pruner", pruner_stage, m, sample, src.dim, heads, graph, groups, asg, params, enc)
             model, groups = chosen.model, chosen.groups
             del sample
             layout = enc.layout

@@ -135,3 +135,27 @@ def test_rerank_bound_reranks_fewer_candidates_at_the_same_recall(tmp_path):
         assert (cut.distance_evals <= full.distance_evals).all()
         assert (cut.distance_evals < full.distance_evals).sum() >= 10  # fewer rows re-ranked for many queries
         assert recall_at_k(cut.ids, gi, 10) >= recall_at_k(full.ids, gi, 10) - 0.01
+
+
+def test_build_measures_head_search_in_the_index_head_space(tmp_path, monkeypatch):
+    """The build's pruner stage selects heads as a search of the built index does: on the
+    rotated heads (rabitq keeps them rotated) with rotated sample queries, so the head search
+    it decides on and fits the pruner to is the one searches run."""
+    import spann.search
+    seen = []
+    real = spann.search.select_batch
+
+    def spy(qh, heads, *a):
+        seen.append((np.array(qh), np.array(heads)))
+        return real(qh, heads, *a)
+
+    monkeypatch.setattr(spann.search, "select_batch", spy)
+    x = synthetic_array(12000, 40, seed=3)
+    with spann.build(x, tmp_path / "r", metric="l2", encoding="rabitq", progress=False, head_groups=64) as idx:
+        assert seen
+        rot = np.asarray(idx.codebook.rotation, np.float64)  # (40, Dp), orthonormal rows
+        for qh, heads in seen:
+            np.testing.assert_array_equal(heads, idx.heads)  # the stored (rotated) heads
+            q = (qh.astype(np.float64) @ rot.T).astype(np.float32)  # back to the data space
+            _, qh2 = idx._check_queries(q, 1, idx._snap.live)  # rotated as a search rotates it
+            np.testing.assert_allclose(qh2, qh, atol=1e-4)
