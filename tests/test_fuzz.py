@@ -73,7 +73,7 @@ Q = synthetic_array(8, 12, seed=31, stream=1, n_hint=2000)
 @pytest.fixture(scope="module")
 def index_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("fz") / "i"
-    spann.build(X, d, metric="l2", progress=False, encoding="sq8").close()
+    spann.build(X, d, metric="l2", progress=False, encoding="sq8", head_groups=8).close()  # groups: fuzzed too
     return d
 
 
@@ -110,7 +110,8 @@ def test_mutated_metadata_opens_correctly_or_fails_in_one_line(index_dir, tmp_pa
     p = tmp_path_factory.mktemp("m") / "i"
     shutil.copytree(index_dir, p)
     files = ["zarr.json", "postings/zarr.json", "vectors/zarr.json"] + [
-        f"gen-000001/{a}/zarr.json" for a in ("heads", "neighbors", "entries", "offsets", "counts", "code_lo")]
+        f"gen-000001/{a}/zarr.json" for a in ("heads", "neighbors", "entries", "offsets", "counts", "code_lo",
+                                              "head_groups")]
     f = data.draw(st.sampled_from(files))
     meta = read_json(str(p / f))
     paths = [q for q in _paths(meta) if q]
@@ -141,7 +142,7 @@ def test_mutated_in_ram_arrays_with_valid_checksums(index_dir, tmp_path_factory,
     shutil.copytree(index_dir, p)
     a = read_json(str(p / "zarr.json"))["attributes"]["spann"]
     name = data.draw(st.sampled_from(["heads", "neighbors", "entries", "offsets", "counts", "code_lo", "code_scale",
-                                      "pruner"]))
+                                      "pruner", "head_groups"]))
     d = p / a["generation_path"] / name
     from spann.zarr_io import read_small_array
     meta = read_json(str(d / "zarr.json"))
