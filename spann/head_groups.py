@@ -23,7 +23,8 @@ for the walk's recall on GloVe-50; k-means groups need 32.
 
 Heads that list splits of an updated index move or add join the group of their nearest
 centroid: the update stores every head's label (moved heads relabelled); heads past the stored
-labels (none, unless an index's files predate that) join at open.
+labels join at open. (A format-3 index updated by an older spann keeps the build label of a
+head that spann's splits moved; the next update with a split relabels only the heads it moves.)
 """
 
 from __future__ import annotations
@@ -235,8 +236,8 @@ def group_search(q, heads, hg, ef, out_i, out_d):
     :class:`HeadGroups` ``hg`` nearest ``q`` (:func:`probes_for` ``ef``): the ``ef`` best on
     the codes, re-scored on ``heads`` (exact). Writes head ids (int32) and exact squared
     distances (float32), ascending, -1 / inf padded; returns the number of distance
-    evaluations. (:func:`spann.search.select_lists` runs the same steps with a request for
-    the best heads' lists after the :data:`EARLY_GROUPS` nearest groups.)"""
+    evaluations. (:func:`spann.search.select_lists_early` runs the same steps with a request
+    for the best heads' lists after the :data:`EARLY_GROUPS` nearest groups.)"""
     gi, pd, pi, qq, n_eval = group_search_start(q, hg, ef)
     n_eval += scan_groups(q, qq, hg, gi, 0, gi.shape[0], pd, pi)
     return n_eval + group_search_finish(q, heads, hg, pd, pi, out_i, out_d)

@@ -40,7 +40,10 @@ DEFAULT_CACHE_BYTES = 256 << 20
 class SearchResult:
     """Results of a batch: ``ids`` int64 (nq, k) and ``distances`` float32 (nq, k), ascending,
     -1 / inf padded; per query (int64 (nq,)): ``lists_read`` posting lists, ``bytes_read``
-    bytes of the 4 KiB pages those lists span (what a cold query reads from the device),
+    bytes of the 4 KiB pages those lists and the re-ranked rows span (what a cold query reads
+    from the device; a single query on head groups that requests its lists from the device
+    also counts the lists it requested early and then did not keep, see
+    :func:`spann.search.select_lists_early`),
     ``distance_evals`` (heads + entries); for an index in an object store, ``requests``
     (ranged GETs, 0 for what the cache held) and ``bytes_fetched`` (0 for local indexes)."""
 

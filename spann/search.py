@@ -103,23 +103,20 @@ def lists_to_read(sel_i, sel_d, model, budget, prune_eps):
 
 
 @numba.njit(cache=True, nogil=True)
-def read_with_early(sel_i, kept, early_i, n_early):
-    """The heads whose lists a query read: ``sel_i[:kept]`` and those of ``early_i[:n_early]``
-    (requested early) that are not among them. Returns (int32 array, count)."""
-    out = np.empty(kept + n_early, np.int32)
-    out[:kept] = sel_i[:kept]
-    m = kept
-    for j in range(n_early):
-        h = early_i[j]
+def heads_not_in(a, na, b, nb, out, m):
+    """Append to ``out`` (from position ``m``) the heads of ``a[:na]`` that are not among
+    ``b[:nb]``; returns the new length."""
+    for j in range(na):
+        h = a[j]
         seen = False
-        for t in range(kept):
-            if sel_i[t] == h:
+        for t in range(nb):
+            if b[t] == h:
                 seen = True
                 break
         if not seen:
             out[m] = h
             m += 1
-    return out, m
+    return m
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -295,8 +292,10 @@ def search_one(q, qh, metric, heads, wc, neighbors, hg, entries, seed_rows, ef, 
     (full vectors, same heads; all empty when there is none); ``filt``: sorted int32 labels
     (empty: no filter); ``dead``: deleted ids (full) or store rows (coded) of the base lists,
     sorted int64; ``delta_dead``: deleted ids still in the delta lists (sorted int64);
-    ``epoch`` >= 0: request every list's and candidate row's pages at once, except those requested
-    lately (within ~1 s, :mod:`spann.recent`; -1: request nothing, let the reads fault);
+    ``epoch`` >= 0: request the lists' pages (on head groups in two steps: the best heads' lists
+    once the nearest groups are scanned, see :func:`select_lists_early`, the rest when the
+    selection is done), then the candidate rows' pages at once, except pages requested lately
+    (within ~1 s, :mod:`spann.recent`; -1: request nothing, let the reads fault);
     ``bound_k`` > 0: re-rank only the rabitq candidates whose error bound lets them reach the
     top ``bound_k`` (at most ``rerank_depth``; see :func:`spann.rabitq.bound_cut`)."""
     sel_i = np.empty(m, np.int32)
@@ -306,8 +305,11 @@ def search_one(q, qh, metric, heads, wc, neighbors, hg, entries, seed_rows, ef, 
         early_i = np.empty(budget // 2, np.int32)
         kept, n_eval, n_early = select_lists_early(qh, heads, hg, ef, budget, model, prune_eps, sel_i, sel_d, pv,
                                                    epoch, early_i)
-        read_i, n_read = read_with_early(sel_i, kept, early_i, n_early)  # early requests not kept were read too
-        stats[1] += 4096 * union_pages(pv, read_i, n_read, epoch)
+        late = np.empty(kept, np.int32)
+        union_pages(pv, late, heads_not_in(sel_i, kept, early_i, n_early, late, 0), epoch)  # the rest
+        read_i = np.empty(kept + n_early, np.int32)  # counted: the kept lists and the early ones not kept
+        read_i[:kept] = sel_i[:kept]
+        stats[1] += 4096 * union_pages(pv, read_i, heads_not_in(early_i, n_early, sel_i, kept, read_i, kept), -1)
     else:
         seeds = nearest_entries(qh, seed_rows, entries, SEEDS) if walk and seed_rows.shape[0] > 0 else entries
         kept, n_eval = select_lists(qh, heads, wc, neighbors, hg, seeds, ef, budget, model, prune_eps, visited, tag,

@@ -1,6 +1,7 @@
 """The on-disk index: one zarr v3 group, written atomically, opened with everything validated.
 
-Layout (``FORMAT_VERSION`` 4; format 3, the same without ``head_groups``, is read too)::
+Layout (``FORMAT_VERSION`` 4; format 3 is read too: the same without the ``head_group_labels``
+attribute, so a truncated ``head_groups`` array could pass there)::
 
     <index>/zarr.json              group; attributes["spann"]: format version, build id, metric,
                                    dims, entry layout, build parameters and statistics, and the
@@ -54,7 +55,8 @@ __all__ = ["FORMAT_VERSION", "IndexWriter", "IndexFiles", "check_target", "direc
            "swap_directories"]
 
 FORMAT_VERSION = 4
-#: formats this spann opens: 3 is 4 without head groups (an older spann refuses 4 by its version)
+#: formats this spann opens: 3 is 4 without the head_group_labels attribute (an older spann refuses 4
+#: by its version)
 READABLE_FORMATS = (3, 4)
 POSTINGS = "postings"
 VECTORS = "vectors"
@@ -394,7 +396,7 @@ class IndexFiles:
         if not isinstance(attrs, dict):
             raise IndexCorruptError(f"{where}: spann attributes are not a JSON object")
         version = attrs.get("format_version")
-        if isinstance(version, bool) or version not in READABLE_FORMATS:
+        if type(version) is not int or version not in READABLE_FORMATS:
             raise IndexCorruptError(f"{where}: index format {version!r} is not supported by this spann (it reads "
                                     f"formats {', '.join(map(str, READABLE_FORMATS))}); rebuild the index with "
                                     "`spann build` or use the spann that built it")
