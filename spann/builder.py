@@ -249,9 +249,8 @@ def pruner_stage(metric: Metric, sample: Sample, dim: int, heads: Heads, graph: 
     M = min(128, H)
     hv = stored_heads(heads, enc) if enc is not None else heads.vectors
     qrows = np.ascontiguousarray(sample.rows[qi])
-    if hv is not heads.vectors:  # rabitq: rotated as the index's heads and queries are
-        qrows = np.ascontiguousarray(np.hstack([qrows[:, :dim] @ enc.arrays["rotation"], qrows[:, dim:]]),
-                                     dtype=np.float32)
+    if enc is not None:  # rabitq: rotated as the index's heads and queries are
+        qrows = to_head_space(qrows, enc)
     seeds = EntrySeeds(hv, graph.entries).for_rows(qrows)
     dh = hv.shape[1]
     budget = min(SearchParams().max_postings, H)
@@ -482,11 +481,16 @@ def store_stage(src, metric: Metric, enc: Encoder, params: BuildParams, writer: 
 def stored_heads(heads: Heads, enc: Encoder) -> np.ndarray:
     """Head vectors as the index keeps them: rabitq indexes keep them rotated (first D columns
     times the rotation, the inner-product column after), so a query is rotated once."""
+    return to_head_space(heads.vectors, enc)
+
+
+def to_head_space(rows: np.ndarray, enc: Encoder) -> np.ndarray:
+    """Head-space rows (float32 (n, Dh)) as the index keeps heads and queries: rabitq rotates the
+    first D columns (the inner-product column stays); other encodings return ``rows`` itself."""
     if enc.layout.encoding != "rabitq":
-        return heads.vectors
+        return rows
     d = enc.layout.dim
-    rot = enc.arrays["rotation"]
-    return np.ascontiguousarray(np.hstack([heads.vectors[:, :d] @ rot, heads.vectors[:, d:]]), dtype=np.float32)
+    return np.ascontiguousarray(np.hstack([rows[:, :d] @ enc.arrays["rotation"], rows[:, d:]]), dtype=np.float32)
 
 
 def write_byte_array(writer: IndexWriter, name: str, data: np.ndarray, total: int, shard: int, chunk: int) -> int:

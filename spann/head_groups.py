@@ -216,12 +216,8 @@ def group_search_finish(q, heads, hg, pd, pi, out_i, out_d):
     """End a group scan: the pool's heads re-scored exactly on ``heads`` (coded groups) into
     ``out_i`` (int32 head ids) / ``out_d`` (float32 squared distances), ascending, -1 / inf
     padded. Returns the distance evaluations of the re-scoring."""
-    ef = pi.shape[0]
-    n = 0
-    while n < ef and pi[n] >= 0:
-        n += 1
-    pool = np.empty(n, np.int32)
-    pool_heads(hg, pi, n, pool)
+    pool = np.empty(pi.shape[0], np.int32)
+    n = pool_heads(hg, pi, pi.shape[0], pool)
     n_eval = 0
     if hg.u8.shape[0] > 0:  # exact distances, re-sorted
         rescore_pool(q, heads, pd, pool, n)

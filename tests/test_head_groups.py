@@ -153,9 +153,18 @@ def test_bad_head_groups_are_refused_in_one_line(two_indexes, tmp_path):
         spann.open(p)
 
 
-def test_splits_relabel_the_heads_they_move_and_add(tmp_path):
+@pytest.fixture(scope="module")
+def split_base(tmp_path_factory):
+    """An index with head groups and long lists (split tests copy it)."""
     x = synthetic_array(12000, 24, seed=8)
-    idx = spann.build(x, tmp_path / "s", metric="l2", progress=False, head_groups=96, head_ratio=0.02)
+    d = tmp_path_factory.mktemp("split") / "base"
+    spann.build(x, d, metric="l2", progress=False, head_groups=96, head_ratio=0.02).close()
+    return x, d
+
+
+def test_splits_relabel_the_heads_they_move_and_add(split_base, tmp_path):
+    x, base = split_base
+    idx = spann.open(shutil.copytree(base, tmp_path / "s"))
     h0 = idx.heads.shape[0]
     heads0 = idx.heads.copy()
     blob = (np.random.default_rng(9).standard_normal((2500, 24)) * 0.05 + x[0]).astype(np.float32)
@@ -267,13 +276,11 @@ def test_cold_single_queries_agree_with_warm_ones(two_indexes):
     assert extra >= len(q) // 2, extra  # the pruned queries' early lists are counted
 
 
-def test_format_3_index_with_groups_opens_updates_and_reopens(tmp_path):
+def test_format_3_index_with_groups_opens_updates_and_reopens(split_base, tmp_path):
     """An index of the previous format (head groups, no head_group_labels attribute) opens,
     takes updates that split lists, and reopens with every head's group stored."""
-    x = synthetic_array(12000, 24, seed=8)
-    idx = spann.build(x, tmp_path / "s", metric="l2", progress=False, head_groups=96, head_ratio=0.02)
-    p = idx.path
-    idx.close()
+    x, base = split_base
+    p = shutil.copytree(base, tmp_path / "s")
     meta = read_json(str(p / "zarr.json"))
     a = meta["attributes"]["spann"]
     a["format_version"] = 3
