@@ -8,7 +8,8 @@ Per query:
    then scan each kept list through the :class:`~spann.postings.PostingsView`:
    - ``full`` encoding: exact distances straight into the top-k;
    - coded encodings: approximate distances into the best ``rerank`` candidates (their rows in
-     the vector store), whose pages are then requested at once and re-ranked exactly;
+     the vector store), whose pages are then requested at once and re-ranked exactly (from the
+     device, the best k candidates' rows are requested once half the lists is scanned);
 4. a vector's replicas share its id (or row), which enters the top-k only once.
 
 Statistics per query (int64 (4,)): posting lists read, bytes of the 4 KiB pages read (lists,
@@ -257,6 +258,17 @@ def scan_rabitq(qh, metric, pv, heads, sel_i, kept, filt, dead, cand_d, cand_r, 
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
+def scan_candidates(q, qh, metric, pv, cb, heads, sel_i, kept, filt, dead, cand_d, cand_r, cand_e, qa, stats):
+    """Scan the first ``kept`` lists of ``sel_i`` into the candidates with the codes of ``cb``:
+    :func:`scan_coded` for sq8 (``qa``: its scratch), else :func:`scan_rabitq` (``cand_e``: the
+    estimates' error bounds). Calls may continue one another's candidates."""
+    if cb.kind == SQ8:
+        scan_coded(q, metric, pv, cb, qa, sel_i, kept, filt, dead, cand_d, cand_r, stats)
+    else:
+        scan_rabitq(qh, metric, pv, heads, sel_i, kept, filt, dead, cand_d, cand_r, cand_e, stats)
+
+
+@numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
 def rerank(q, metric, vv, cand_r, top_d, top_i, stats):
     """Exact distances of the candidate rows (from the vector store) into the top-k; ids are
     the rows' stored ids. Every row's cache lines are requested first: the misses overlap
@@ -294,8 +306,10 @@ def search_one(q, qh, metric, heads, wc, neighbors, hg, entries, seed_rows, ef, 
     sorted int64; ``delta_dead``: deleted ids still in the delta lists (sorted int64);
     ``epoch`` >= 0: request the lists' pages (on head groups in two steps: the best heads' lists
     once the nearest groups are scanned, see :func:`select_lists_early`, the rest when the
-    selection is done), then the candidate rows' pages at once, except pages requested lately
-    (within ~1 s, :mod:`spann.recent`; -1: request nothing, let the reads fault);
+    selection is done), then the rows of the best k candidates once the nearest half of the
+    lists is scanned, and the other candidates' rows when the scan is done, except pages
+    requested lately (within ~1 s, :mod:`spann.recent`; -1: request nothing, let the reads
+    fault; ``bytes_read`` counts early rows that end up not re-ranked);
     ``bound_k`` > 0: re-rank only the rabitq candidates whose error bound lets them reach the
     top ``bound_k`` (at most ``rerank_depth``; see :func:`spann.rabitq.bound_cut`)."""
     sel_i = np.empty(m, np.int32)
@@ -325,18 +339,31 @@ def search_one(q, qh, metric, heads, wc, neighbors, hg, entries, seed_rows, ef, 
     else:
         cand_d = np.full(rerank_depth, np.inf, np.float32)
         cand_r = np.full(rerank_depth, -1, np.int64)
-        if cb.kind == SQ8:
-            qa = np.empty(q.shape[0], np.float32)
-            scan_coded(q, metric, pv, cb, qa, sel_i, kept, filt, dead, cand_d, cand_r, stats)
-        else:
-            cand_e = np.zeros(rerank_depth, np.float32)
-            scan_rabitq(qh, metric, pv, heads, sel_i, kept, filt, dead, cand_d, cand_r, cand_e, stats)
-            if bound_k > 0:
-                bound_cut(cand_d, cand_e, cand_r, bound_k)
+        cand_e = np.zeros(rerank_depth, np.float32)
+        qa = np.empty(q.shape[0], np.float32)
+        # rows from the device: once the nearest half of the lists is scanned, request the
+        # rows of the best k candidates so far; the device reads them during the rest of the scan
+        half = kept // 2 if epoch >= 0 and vv.prefetchable and kept >= 2 else 0
+        early_r = np.empty(min(top_d.shape[0], rerank_depth), np.int64)
+        n_early_r = 0
+        if half > 0:
+            scan_candidates(q, qh, metric, pv, cb, heads, sel_i[:half], half, filt, dead, cand_d, cand_r, cand_e, qa,
+                            stats)
+            while n_early_r < early_r.shape[0] and cand_r[n_early_r] >= 0:
+                early_r[n_early_r] = cand_r[n_early_r]
+                n_early_r += 1
+            union_row_pages(vv, early_r, n_early_r, epoch)
+        scan_candidates(q, qh, metric, pv, cb, heads, sel_i[half:], kept - half, filt, dead, cand_d, cand_r, cand_e, qa,
+                        stats)
+        if cb.kind != SQ8 and bound_k > 0:
+            bound_cut(cand_d, cand_e, cand_r, bound_k)
         n_c = 0
         while n_c < rerank_depth and cand_r[n_c] >= 0:
             n_c += 1
-        stats[1] += 4096 * union_row_pages(vv, cand_r, n_c, epoch)
+        union_row_pages(vv, cand_r, n_c, epoch)  # the rest (rows requested early are not requested again)
+        read_r = np.empty(n_c + n_early_r, np.int64)  # counted: the candidates and the early rows not among them
+        read_r[:n_c] = cand_r[:n_c]
+        stats[1] += 4096 * union_row_pages(vv, read_r, heads_not_in(early_r, n_early_r, cand_r, n_c, read_r, n_c), -1)
         rerank(q, metric, vv, cand_r, top_d, top_i, stats)
     scan_full(q, metric, dv, sel_i, kept, filt, delta_dead, top_d, top_i, stats)
 

@@ -127,7 +127,8 @@ def test_rerank_bound_reranks_fewer_candidates_at_the_same_recall(tmp_path):
     x = synthetic_array(6000, 768, seed=2)
     q = synthetic_array(40, 768, seed=2, stream=1, n_hint=6000)
     gi, _ = exact_knn(x, q, 10, "l2")
-    with spann.build(x, tmp_path / "b", metric="l2", progress=False, encoding="rabitq") as idx:
+    # the graph walk (no head groups): a cold query then requests no lists early
+    with spann.build(x, tmp_path / "b", metric="l2", progress=False, encoding="rabitq", head_groups=0) as idx:
         full = idx.search(q, 10, max_postings=16, rerank=100, rerank_bound=False)
         cut = idx.search(q, 10, max_postings=16, rerank=100)
         one = np.vstack([idx.search(v, 10, max_postings=16, rerank=100).ids for v in q])
@@ -135,6 +136,20 @@ def test_rerank_bound_reranks_fewer_candidates_at_the_same_recall(tmp_path):
         assert (cut.distance_evals <= full.distance_evals).all()
         assert (cut.distance_evals < full.distance_evals).sum() >= 10  # fewer rows re-ranked for many queries
         assert recall_at_k(cut.ids, gi, 10) >= recall_at_k(full.ids, gi, 10) - 0.01
+        # from the device (one row per page here), a single query requests the rows of its best
+        # 10 candidates once half its lists are scanned: the results stay, and with 10
+        # candidates in all, early rows that later lists push out are read and counted
+        assert idx._vectors_view().prefetchable and idx.layout.encoding == "rabitq"
+        ten = idx.search(q, 10, max_postings=16, rerank=10)
+        extra = 0
+        for i, v in enumerate(q):
+            idx.evict()
+            c = idx.search(v, 10, max_postings=16, rerank=10)
+            np.testing.assert_array_equal(c.ids[0], ten.ids[i])
+            np.testing.assert_array_equal(c.distances[0], ten.distances[i])
+            assert 0 <= c.bytes_read[0] - ten.bytes_read[i] <= 2 * 10 * 4096  # its page and a bridged gap
+            extra += c.bytes_read[0] > ten.bytes_read[i]
+        assert extra >= 4, extra
 
 
 def test_build_measures_head_search_in_the_index_head_space(tmp_path, monkeypatch):

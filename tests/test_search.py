@@ -10,6 +10,9 @@ from spann.exact import exact_knn
 
 
 def test_cold_search_returns_exactly_what_warm_does(synth, synth_index):
+    """Evicted before each query, a single query returns what a warm batch does; its page bytes
+    are the batch's plus the rows it requested early (the best k candidates after half the
+    lists) that did not stay among the candidates."""
     _, q, _, _ = synth
     warm = synth_index.search(q[:40], 10, max_postings=16)
     one = [synth_index.search(q[i], 10, max_postings=16, prefetch=False) for i in range(40)]
@@ -23,8 +26,9 @@ def test_cold_search_returns_exactly_what_warm_does(synth, synth_index):
         np.testing.assert_array_equal(one[i].ids[0], warm.ids[i])
         np.testing.assert_array_equal(cold_one[i].ids[0], warm.ids[i])
         np.testing.assert_array_equal(cold_one[i].distances[0], warm.distances[i])
-        assert cold_one[i].bytes_read[0] == warm.bytes_read[i]
+        assert 0 <= cold_one[i].bytes_read[0] - warm.bytes_read[i] <= 2 * 10 * 4096  # a page and a bridged gap
     np.testing.assert_array_equal(cold_batch.ids, warm.ids)
+    np.testing.assert_array_equal(cold_batch.bytes_read, warm.bytes_read)
 
 
 @pytest.mark.parametrize("encoding", ["full", "sq8"])
