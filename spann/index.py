@@ -761,8 +761,8 @@ class Index:
         delta's id directory (nothing per base vector)."""
         sn = self._snap
         g = sn.groups
-        parts = [sn.heads, sn.walk.u8, sn.neighbors, sn.entries, g.perm, g.starts, g.centroids, g.u8, g.rows, sn.counts,
-                 sn.offsets, sn.dead_keys, sn.dead_ids, sn.delta_dead, sn.delta_ids, sn.delta_locs, sn.dv.offsets,
+        parts = [sn.heads, sn.walk.u8, sn.neighbors, sn.entries, g.perm, g.starts, g.centroids, g.u8, g.rows, g.norms,
+                 sn.counts, sn.offsets, sn.dead_keys, sn.dead_ids, sn.delta_dead, sn.delta_ids, sn.delta_locs, sn.dv.offsets,
                  sn.dv.counts]
         if sn.labels is not None:
             parts += list(sn.labels.values())

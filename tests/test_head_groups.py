@@ -12,7 +12,7 @@ from spann.datasets import synthetic_array
 from spann.errors import IndexCorruptError
 from spann.exact import exact_knn
 from spann.head_groups import (COVERAGE_MARGIN, default_group_count, group_labels, group_of_heads, group_search,
-                               head_groups, nearest_group, no_head_groups, probes_for)
+                               code_dot, head_groups, nearest_group, no_head_groups, probes_for)
 from spann.zarr_io import read_json, read_small_array, write_json, write_small_array
 
 
@@ -47,8 +47,16 @@ def test_group_order_and_centroids(heads):
     # the byte codes are the heads in group order
     np.testing.assert_allclose(hg.lo + hg.step * hg.u8, heads[hg.perm], atol=float(hg.step.max()))
     assert hg.rows.shape[0] == 0
+    # a code's distance in the multiply-add form the scan uses: |q - lo|^2 + norm - 2 <(q - lo) step, code>
+    q = heads[:20] + 0.05
+    decoded = hg.lo + hg.step * hg.u8.astype(np.float32)
+    for v in q:
+        qq = ((v - hg.lo) * hg.step).astype(np.float32)
+        scan = np.array([hg.norms[t] - 2 * code_dot(qq, hg.u8[t]) for t in range(3000)]) + np.sum((v - hg.lo) ** 2)
+        np.testing.assert_allclose(scan, np.sum((decoded - v) ** 2, 1), rtol=1e-4, atol=1e-3)
     narrow = head_groups(np.ascontiguousarray(heads[:, :8]), lab)  # below 32 dims: float rows, no codes
     assert narrow.u8.shape[0] == 0 and np.array_equal(narrow.rows, heads[narrow.perm, :8])
+    assert narrow.norms.shape == (0,)
 
 
 def test_heads_added_later_join_their_nearest_group(heads):
