@@ -360,7 +360,8 @@ def search_one(q, qh, metric, heads, wc, neighbors, hg, entries, seed_rows, ef, 
         n_c = 0
         while n_c < rerank_depth and cand_r[n_c] >= 0:
             n_c += 1
-        union_row_pages(vv, cand_r, n_c, epoch)  # the rest (rows requested early are not requested again)
+        rest = np.empty(n_c, np.int64)  # the candidates' rows not requested early
+        union_row_pages(vv, rest, heads_not_in(cand_r, n_c, early_r, n_early_r, rest, 0), epoch)
         read_r = np.empty(n_c + n_early_r, np.int64)  # counted: the candidates and the early rows not among them
         read_r[:n_c] = cand_r[:n_c]
         stats[1] += 4096 * union_row_pages(vv, read_r, heads_not_in(early_r, n_early_r, cand_r, n_c, read_r, n_c), -1)

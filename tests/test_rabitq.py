@@ -147,7 +147,7 @@ def test_rerank_bound_reranks_fewer_candidates_at_the_same_recall(tmp_path):
             c = idx.search(v, 10, max_postings=16, rerank=10)
             np.testing.assert_array_equal(c.ids[0], ten.ids[i])
             np.testing.assert_array_equal(c.distances[0], ten.distances[i])
-            assert 0 <= c.bytes_read[0] - ten.bytes_read[i] <= 2 * 10 * 4096  # its page and a bridged gap
+            assert 0 <= c.bytes_read[0] - ten.bytes_read[i] <= 3 * 10 * 4096  # its page, bridged gaps either side
             extra += c.bytes_read[0] > ten.bytes_read[i]
         assert extra >= 4, extra
 

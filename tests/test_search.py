@@ -26,7 +26,7 @@ def test_cold_search_returns_exactly_what_warm_does(synth, synth_index):
         np.testing.assert_array_equal(one[i].ids[0], warm.ids[i])
         np.testing.assert_array_equal(cold_one[i].ids[0], warm.ids[i])
         np.testing.assert_array_equal(cold_one[i].distances[0], warm.distances[i])
-        assert 0 <= cold_one[i].bytes_read[0] - warm.bytes_read[i] <= 2 * 10 * 4096  # a page and a bridged gap
+        assert 0 <= cold_one[i].bytes_read[0] - warm.bytes_read[i] <= 3 * 10 * 4096  # a page, bridged gaps either side
     np.testing.assert_array_equal(cold_batch.ids, warm.ids)
     np.testing.assert_array_equal(cold_batch.bytes_read, warm.bytes_read)
 
