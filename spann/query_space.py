@@ -12,7 +12,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["single_query_space"]
+__all__ = ["single_query_space", "rotate_query"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -41,3 +41,18 @@ def single_query_space(q, normalize, out) -> bool:
     for i in range(d):
         out[i] = q[i] / n
     return True
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def rotate_query(qs, rot, out) -> None:
+    """``out[:Dp] = qs @ rot`` (qs float32 (D,), rot float32 (D, Dp) C order, out float32
+    (>= Dp,)), the rest of ``out`` 0: the head-space form of a rabitq index's query (see
+    :mod:`spann.rabitq`), one pass over ``rot`` row by row."""
+    dp = rot.shape[1]
+    for j in range(out.shape[0]):
+        out[j] = 0.0
+    for i in range(qs.shape[0]):
+        v = qs[i]
+        row = rot[i]
+        for j in range(dp):
+            out[j] += v * row[j]

@@ -7,6 +7,7 @@ most candidates are rejected by one comparison with the current worst.
 from __future__ import annotations
 
 import numba
+import numpy as np
 
 __all__ = ["topk_insert", "topk_insert_unique", "topk_insert_unique_with"]
 
@@ -45,10 +46,26 @@ def _present(ids, i) -> bool:
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def topk_insert_unique_with(dists, ids, extra, d, i, x) -> bool:
-    """As :func:`topk_insert_unique`, carrying ``x`` into ``extra`` (float32, parallel to ``dists``)."""
+    """As :func:`topk_insert_unique`, carrying ``x`` into ``extra`` (float32, parallel to
+    ``dists``), except that an id already present is replaced when ``d`` is smaller: replicas
+    of a vector carry their own estimates (rabitq codes are relative to their list's head), and
+    keeping each id's smallest makes the result independent of the order lists are scanned in
+    (a direct read scans them as they land)."""
     k = dists.shape[0]
-    if not d < dists[k - 1] or _present(ids, i):
+    if not d < dists[k - 1]:
         return False
+    for p in range(k):
+        if ids[p] == i:
+            if not d < dists[p]:
+                return False
+            for t in range(p, k - 1):  # take the old estimate out
+                dists[t] = dists[t + 1]
+                ids[t] = ids[t + 1]
+                extra[t] = extra[t + 1]
+            dists[k - 1] = np.inf
+            ids[k - 1] = -1
+            extra[k - 1] = 0.0
+            break
     j = k - 1
     while j > 0 and dists[j - 1] > d:
         dists[j] = dists[j - 1]

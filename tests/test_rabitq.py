@@ -81,6 +81,11 @@ def test_rabitq_search_is_exact_at_full_depth_and_matches_batch(tmp_path, metric
         np.testing.assert_array_equal(np.sort(r.ids, 1), np.sort(gi, 1))
         true = np.take_along_axis(pairwise_distances(q, x, metric), r.ids, 1)
         np.testing.assert_allclose(r.distances, true, rtol=1e-3, atol=1e-4)
+        qs1, qh1 = idx._check_queries(q[0], 10, idx._snap.live)  # one query: the rotation kernel
+        qs2, qh2 = idx._check_queries(q[:1], 10, idx._snap.live)  # a batch: numpy / BLAS
+        assert qh1.shape == qh2.shape
+        np.testing.assert_allclose(qh1, qh2, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(qs1, qs2)
         batch = idx.search(q, 10, rerank=100)
         one = np.vstack([idx.search(v, 10, rerank=100).ids for v in q])
         np.testing.assert_array_equal(one, batch.ids)
@@ -174,3 +179,29 @@ def test_build_measures_head_search_in_the_index_head_space(tmp_path, monkeypatc
             q = (qh.astype(np.float64) @ rot.T).astype(np.float32)  # back to the data space
             _, qh2 = idx._check_queries(q, 1, idx._snap.live)  # rotated as a search rotates it
             np.testing.assert_allclose(qh2, qh, atol=1e-4)
+
+
+def test_candidates_keep_each_rows_smallest_estimate_whatever_the_scan_order():
+    """Replicas of a row carry their own estimates: the candidates are the best rows by their
+    smallest estimate, whatever order the lists are scanned in (direct reads scan them as they
+    land)."""
+    from spann.topk import topk_insert_unique_with
+    rng = np.random.default_rng(4)
+    for _ in range(200):
+        rows = rng.integers(0, 40, 120)
+        d = rng.random(120).astype(np.float32)
+        R = 12
+        outs = []
+        for order in (np.arange(120), rng.permutation(120)):
+            cd, cr, ce = np.full(R, np.inf, np.float32), np.full(R, -1, np.int64), np.zeros(R, np.float32)
+            for t in order:
+                topk_insert_unique_with(cd, cr, ce, d[t], rows[t], d[t] * 2)
+            outs.append((cd, cr, ce))
+        best = {}
+        for r, v in zip(rows, d):
+            best[r] = min(best.get(r, np.inf), v)
+        want = sorted(best.items(), key=lambda kv: kv[1])[:R]
+        for cd, cr, ce in outs:
+            np.testing.assert_array_equal(cr, [r for r, _ in want])
+            np.testing.assert_array_equal(cd, [v for _, v in want])
+            np.testing.assert_array_equal(ce, cd * 2)
