@@ -12,6 +12,8 @@ spread sample of queries, one thread, k = 10:
   whichever configuration came first after it;
 - spann cold: the index's pages evicted (MADV_DONTNEED + POSIX_FADV_DONTNEED) before every
   query, so every list and row comes from the device, as DiskANN's O_DIRECT reads always do;
+- spann cold direct (``--direct-sweep``): lists and rows read with O_DIRECT (``direct=True``),
+  bypassing the page cache as DiskANN does; cold only (every such query reads the device);
 - DiskANN (diskannpy 0.7, R 64, L 100, PQ dim/2 bytes in RAM unless --diskann-pq-bytes, beam
   width 2, no node cache; a built index in --diskann-workdir is reused, its PQ size reported) in
   its own interpreter (``--diskann-python``: a venv with numpy==1.25.* and diskannpy==0.7.0);
@@ -70,6 +72,7 @@ def main() -> None:
     ap.add_argument("--no-pruner-sweep", default="", help="max_postings values measured with the pruner off")
     ap.add_argument("--no-bound-sweep", default="",
                     help="max_postings values measured with rabitq's error-bound cut of the re-rank off")
+    ap.add_argument("--direct-sweep", default="", help="max_postings values measured cold with direct reads")
     ap.add_argument("--queries", type=int, default=1000, help="spread sample of queries timed")
     ap.add_argument("--faiss", default="1024,4096", help="IVF-Flat nlist values ('' = none)")
     ap.add_argument("--nprobe", default="8,16,24,32,48,64,96,128")
@@ -111,6 +114,7 @@ def main() -> None:
     points = [point(v) for v in a.sweep.split(",")]
     points += [point(v, pruner=False) for v in a.no_pruner_sweep.split(",") if v]
     points += [point(v, rerank_bound=False) for v in a.no_bound_sweep.split(",") if v]
+    direct_points = [point(v, direct=True) for v in a.direct_sweep.split(",") if v]
 
     faiss_cfg = []
     if a.faiss:
@@ -138,7 +142,7 @@ def main() -> None:
 
     # recall and I/O on the sample (batch), then warm latencies interleaved with faiss
     rec = {}
-    for p in points:
+    for p in points + direct_points:
         r = idx.search(qs, 10, **p)
         rec[json.dumps(p)] = (recall_at_k(r.ids, gs, 10), float(r.lists_read.mean()), float(r.bytes_read.mean()) / 1024)
     frec = {}
@@ -168,24 +172,28 @@ def main() -> None:
                     ivf.search(xq[j:j + 1], 10)
                     flat[(name, p["nprobe"])].append(time.perf_counter() - t)
     # cold: every query from the device; operating points interleaved query by query
-    cold = {json.dumps(p): [] for p in points}
+    cold = {json.dumps(p): [] for p in points + direct_points}
     for j in range(len(sample)):
-        for p in points:
+        for p in points + direct_points:
             idx.evict()
             t = time.perf_counter()
             idx.search(qs[j], 10, **p)
             cold[json.dumps(p)].append(time.perf_counter() - t)
     rows = []
-    for p in points:
+    for p in points + direct_points:
         key = json.dumps(p)
         r, lists, kib = rec[key]
-        w, c = np.array(lat[key]) * 1e3, np.array(cold[key]) * 1e3
+        c = np.array(cold[key]) * 1e3
         label = "" if p.get("pruner", True) else " (pruner off)"
         label += "" if p.get("rerank_bound", True) else " (bound off)"
-        rows.append({"system": "spann" + label, "params": p, "recall": r,
-                     "lists": lists, "kib": kib, "warm_median_ms": float(np.median(w)), "warm_mean_ms": float(w.mean()),
-                     "cold_median_ms": float(np.median(c)), "cold_mean_ms": float(c.mean()),
-                     "cold_p99_ms": float(np.percentile(c, 99))})
+        label += " direct" if p.get("direct") else ""
+        row = {"system": "spann" + label, "params": p, "recall": r, "lists": lists, "kib": kib,
+               "cold_median_ms": float(np.median(c)), "cold_mean_ms": float(c.mean()),
+               "cold_p99_ms": float(np.percentile(c, 99))}
+        if key in lat:
+            w = np.array(lat[key]) * 1e3
+            row.update(warm_median_ms=float(np.median(w)), warm_mean_ms=float(w.mean()))
+        rows.append(row)
     for name, p, _ in faiss_cfg:
         w = np.array(flat[(name, p["nprobe"])]) * 1e3
         rows.append({"system": name, "params": p, "recall": frec[(name, p["nprobe"])],

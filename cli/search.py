@@ -27,6 +27,9 @@ def search_options(f):
     f = click.option("--pruner/--no-pruner", default=_DEFAULTS.pruner, show_default=True,
                      help="Let the index's learned pruner choose each query's list count (median = --max-postings).")(f)
     f = click.option("--threads", type=click.IntRange(0), default=0, help="Search threads (0 = all cores).")(f)
+    f = click.option("--direct/--no-direct", default=_DEFAULTS.direct, show_default=True,
+                     help="Read lists and re-rank rows with O_DIRECT (Linux AIO), bypassing the page cache: every "
+                     "query reads from the device, as DiskANN does.")(f)
     return f
 
 
@@ -49,7 +52,7 @@ def search_options(f):
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True), help="Write a JSON summary.")
 @common_options
 def search_cmd(index: str, queries: str, k: int, output: str, max_postings: int, prune_eps: float, ef: int,
-               prefetch: bool, rerank: int, pruner: bool, threads: int, queries_format: str | None, json_out: str | None,
+               prefetch: bool, rerank: int, pruner: bool, threads: int, direct: bool, queries_format: str | None, json_out: str | None,
                filt: list[int] | None, storage_option: tuple[str, ...]) -> None:
     """Search INDEX for the k nearest neighbours of every vector in QUERIES."""
     from spann.datasets.formats import check_distinct_paths, metric_from_hdf5, read_vectors, write_vectors
@@ -72,7 +75,7 @@ def search_cmd(index: str, queries: str, k: int, output: str, max_postings: int,
         idx.prepare()
         t1 = time.perf_counter()
         r = idx.search(q, k, max_postings=max_postings, prune_eps=prune_eps, ef=ef, prefetch=prefetch,
-                       rerank=rerank, pruner=pruner, threads=threads or None, filter=filt)
+                       rerank=rerank, pruner=pruner, threads=threads or None, filter=filt, direct=direct)
         secs = time.perf_counter() - t1
     if fmt != "npy" and r.ids.size and int(r.ids.max()) > INT32_MAX:
         raise DataError(f"{output}: id {int(r.ids.max())} does not fit the int32 .{fmt} format; write .npy")

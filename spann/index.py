@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,11 +18,12 @@ from spann.head_groups import head_groups
 from spann.head_index import EntrySeeds, no_walk_codes, walk_codes
 from spann.idmap import IdMap
 from spann.labels import check_filter
-from spann.layout import EntryLayout, full_entries
+from spann.direct_io import DirectReader, no_direct
+from spann.layout import PAGE, EntryLayout, full_entries
 from spann.threads import NumbaThreads
 from spann.params import BuildParams, SearchParams
 from spann.encodings import codebook_view
-from spann.postings import LocalPostings, make_view, prefetch_lists
+from spann.postings import LocalPostings, buffer_view, make_view, prefetch_lists
 from spann.recent import NO_ADVICE, RECENT, epoch_now, forget
 from spann.query_space import rotate_query, single_query_space
 from spann.search import (N_STATS, compiled_entry, full_lists_batch, prefetch_rows_batch, rerank_batch, scan_batch,
@@ -71,6 +74,8 @@ class _ThreadState(threading.local):
 
     visited: np.ndarray | None = None
     tag: int = 0
+    #: direct reads: (snapshot (weak), lists reader, rows reader or None, lists view, rows view)
+    direct: tuple | None = None
 
 
 def _mem_available() -> int | None:
@@ -110,6 +115,8 @@ class _Snapshot:
             raise IndexCorruptError(f"{root}: the generation's base list counts differ from the posting array's")
         self.counts = (f.counts * (f.base_live > 0)).astype(np.int32)
         nb = f.layout.list_bytes_array(self.counts)
+        self._list_nbytes = nb
+        self._direct_pages = None  # see direct_list_bytes
         if np.any((self.counts > 0) & ((f.offsets < 0) | (f.offsets + nb > base.postings.mapped.total))) or \
                 np.any(f.base_live > 1):
             raise IndexCorruptError(f"{root}: a posting list lies outside the posting array")
@@ -153,6 +160,15 @@ class _Snapshot:
                 self.dlv = r.view
             else:
                 self.dlv = _empty_view(V, ll)
+
+    def direct_list_bytes(self, n: int) -> int:
+        """Buffer bytes a direct reader needs for any n lists (the n largest, in whole pages
+        with a page more on either side for alignment and bridged gaps)."""
+        if self._direct_pages is None:
+            pages = np.where(self._list_nbytes > 0, -(-self._list_nbytes // PAGE) + 2, 0)
+            self._direct_pages = np.cumsum(np.sort(pages)[::-1])
+        n = min(n, self._direct_pages.shape[0])
+        return PAGE * max(int(self._direct_pages[n - 1]) if n else 0, 1)
 
     def close(self) -> None:
         for r in self._readers:
@@ -240,6 +256,9 @@ class Index:
                     self._store.close()
                 raise
         self._local = _ThreadState()
+        self._no_direct = no_direct()
+        self._direct_readers: "weakref.WeakSet[DirectReader]" = weakref.WeakSet()  # every thread's, closed with us
+        self._pool: ThreadPoolExecutor | None = None  # threads of batches read directly
         self._state = threading.Condition()
         self._write_lock = threading.Lock()
         self._active = 0
@@ -299,6 +318,11 @@ class Index:
             self._closed = True
             while self._active:
                 self._state.wait()
+            if getattr(self, "_pool", None) is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+            for r in list(getattr(self, "_direct_readers", ())):
+                r.close()
             if self._base is not None:
                 self._snap.close()
                 self._base.close()
@@ -398,16 +422,17 @@ class Index:
         return self
 
     # -- search --------------------------------------------------------------------------------
-    def _params(self, max_postings, prune_eps, ef, rerank, prefetch, pruner, rerank_bound=None) -> SearchParams:
+    def _params(self, max_postings, prune_eps, ef, rerank, prefetch, pruner, rerank_bound=None,
+                direct=None) -> SearchParams:
         """SearchParams for these overrides, cached (validation is not free on a 0.1 ms path)."""
-        key = (max_postings, prune_eps, ef, rerank, prefetch, pruner, rerank_bound)
+        key = (max_postings, prune_eps, ef, rerank, prefetch, pruner, rerank_bound, direct)
         try:
             p = self._param_cache.get(key)
         except TypeError:  # unhashable argument: validate (and fail) below
             p = None
         if p is None:
             changes = {k_: v for k_, v in zip(("max_postings", "prune_eps", "ef", "rerank", "prefetch", "pruner",
-                                               "rerank_bound"), key)
+                                               "rerank_bound", "direct"), key)
                        if v is not None}
             p = self.default_params.replace(**changes) if changes else self.default_params
             if len(self._param_cache) > 256:
@@ -464,7 +489,8 @@ class Index:
     def search(self, queries: np.ndarray, k: int = 10, *, max_postings: int | None = None,
                prune_eps: float | None = None, ef: int | None = None, rerank: int | None = None,
                prefetch: bool | None = None, pruner: bool | None = None, threads: int | None = None,
-               params: SearchParams | None = None, filter=None, rerank_bound: bool | None = None) -> SearchResult:
+               params: SearchParams | None = None, filter=None, rerank_bound: bool | None = None,
+               direct: bool | None = None) -> SearchResult:
         """k nearest neighbours of ``queries`` (nq, dim) or (dim,).
 
         One query takes a low-overhead single-thread path; a batch runs on ``threads`` cores
@@ -474,7 +500,7 @@ class Index:
         if params is not None and not isinstance(params, SearchParams):
             raise ParameterError(f"params must be a spann.SearchParams, got {type(params).__name__}")
         p = params if params is not None else self._params(max_postings, prune_eps, ef, rerank, prefetch, pruner,
-                                                           rerank_bound)
+                                                           rerank_bound, direct)
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
                                     or threads < 0):
             raise ParameterError(f"threads must be an integer >= 0, got {threads!r}")
@@ -521,9 +547,51 @@ class Index:
         listed = bool(pos.size) and bool(np.all(lab["listed"][pos] > 0))
         return pos, min(share, 1.0), listed
 
-    def _run_single(self, snap, kernel, mid: tuple, qs, qh, k: int, p: SearchParams):
+    def _direct_args(self, snap, sizes: tuple[int, int] | None) -> tuple:
+        """(dl, dr, pvd, vvd) of :func:`~spann.search.search_one`: this thread's direct readers
+        of the posting array and the vector store, sized for ``sizes`` (lists, rows read per
+        query at most), and the views of ``snap``'s lists and the rows over their buffers; with
+        ``sizes`` None, readers that read nothing and the mapped views."""
+        vv = self._vectors_view()
+        if sizes is None:
+            return self._no_direct, self._no_direct, snap.pv, vv
+        n_lists, n_rows = max(int(sizes[0]), 8), max(int(sizes[1]), 8)
+        base = self._base
+        if base.postings.fetched or (base.vectors is not None and base.vectors.fetched):
+            raise ParameterError(f"{self.path}: direct reads need a local index (a directory or an uncompressed, "
+                                 f"page-aligned zip)")
+        st = self._local
+        cur = st.direct
+        list_bytes = snap.direct_list_bytes(n_lists)
+        lay = self.layout.coded and self._base.vectors.layout
+        row_bytes = n_rows * ((lay.page_bytes if lay else 0) + PAGE)
+        if cur is not None and cur[0]() is snap and cur[1].fits(n_lists, list_bytes) and \
+                (cur[2] is None or cur[2].fits(n_rows, row_bytes)):
+            return cur[1].reads, (cur[2].reads if cur[2] is not None else self._no_direct), cur[3], cur[4]
+        lr = cur[1] if cur is not None and cur[1].source is base.postings.mapped else None
+        rr = cur[2] if cur is not None and cur[2] is not None and base.vectors is not None and \
+            cur[2].source is base.vectors.mapped else None
+        if lr is None or not lr.fits(n_lists, list_bytes):
+            if lr is not None:
+                lr.close()
+            lr = DirectReader(base.postings.mapped, n_lists, 2 * list_bytes)  # room to grow
+            self._direct_readers.add(lr)
+        if base.vectors is not None and (rr is None or not rr.fits(n_rows, row_bytes)):
+            if rr is not None:
+                rr.close()
+            rr = DirectReader(base.vectors.mapped, 2 * n_rows, 2 * row_bytes)
+            self._direct_readers.add(rr)
+        pvd = buffer_view(snap.pv, lr.reads.buf)
+        vvd = vv if rr is None else vv._replace(u8=rr.reads.buf, i64=rr.reads.buf.view(np.int64),
+                                                vec=rr.reads.buf.view(vv.vec.dtype),
+                                                base=np.int64(rr.reads.buf_addr), prefetchable=False)
+        st.direct = (weakref.ref(snap), lr, rr, pvd, vvd)
+        return lr.reads, (rr.reads if rr is not None else self._no_direct), pvd, vvd
+
+    def _run_single(self, snap, kernel, mid: tuple, qs, qh, k: int, p: SearchParams, sizes=None):
         """One query through ``kernel`` (search_one or its compiled entry point) with the
-        snapshot's arguments ``mid``; returns (top_d, top_i, stats, every argument)."""
+        snapshot's arguments ``mid`` (``sizes``: see :meth:`_direct_args`); returns (top_d,
+        top_i, stats, every argument)."""
         st = self._local
         H = snap.heads.shape[0]
         if st.visited is None or st.visited.shape[0] != H:
@@ -542,17 +610,19 @@ class Index:
         if not (h.dtype == np.float32 and h.flags.c_contiguous and h.flags.writeable):
             h = np.require(h, np.float32, "CW")
         args = (q, h) + mid + (epoch_now() if p.prefetch and self._preloaded is not snap else NO_ADVICE, st.visited,
-                               np.uint32(st.tag), top_d, top_i, stats)
+                               np.uint32(st.tag), top_d, top_i, stats) + self._direct_args(snap, sizes)
         kernel(*args)
         return top_d, top_i, stats, args
 
     def _search_single(self, snap, plan, qs, qh, k: int, p: SearchParams) -> SearchResult:
         """The latency path: one query, no filter, its kernel and arguments cached in ``plan``."""
-        top_d, top_i, stats, _ = self._run_single(snap, plan[0], plan[1], qs, qh, k, p)
+        top_d, top_i, stats, _ = self._run_single(snap, plan[0], plan[1], qs, qh, k, p, plan[2])
         return SearchResult(ids=top_i[None], distances=self._metric.report(top_d[None]), lists_read=stats[0:1],
                             bytes_read=stats[1:2], distance_evals=stats[2:3])
 
     def _search(self, snap, qs, qh, k, p, threads, filt) -> SearchResult:
+        if p.direct and qs.shape[0] > 1:
+            return self._search_direct_batch(snap, qs, qh, k, p, threads, filt)
         if filt is None and qs.shape[0] == 1:
             plan = snap.single.get((p, k))
             if plan is not None:
@@ -594,15 +664,16 @@ class Index:
                    snap.delta_dead, int(R), int(bound_k))
             kind = (model is self._no_model, f32 is self._no_i32)  # kinds kept apart for safety only
             kernel = snap.kernels.get(kind)
+            sizes = (m + budget // 2, R + min(k, R)) if p.direct else None  # lists (early + kept), rows
             if kernel is None:
-                top_d, top_i, stats, args = self._run_single(snap, search_one, mid, qs, qh, k, p)
+                top_d, top_i, stats, args = self._run_single(snap, search_one, mid, qs, qh, k, p, sizes)
                 snap.kernels[kind] = compiled_entry(search_one, args)
             else:
-                top_d, top_i, stats, _ = self._run_single(snap, kernel, mid, qs, qh, k, p)
+                top_d, top_i, stats, _ = self._run_single(snap, kernel, mid, qs, qh, k, p, sizes)
                 if filt is None:
                     if len(snap.single) > 64:
                         snap.single.clear()
-                    snap.single[(p, k)] = (kernel, mid)
+                    snap.single[(p, k)] = (kernel, mid, sizes)
             dists, ids, stt = top_d[None], top_i[None], stats[None]
             req = got = None
         else:
@@ -646,6 +717,29 @@ class Index:
         dists = self._metric.report(dists)
         return SearchResult(ids=ids, distances=dists, lists_read=stt[:, 0], bytes_read=stt[:, 1],
                             distance_evals=stt[:, 2], requests=req, bytes_fetched=got)
+
+    def _search_direct_batch(self, snap, qs, qh, k, p, threads, filt) -> SearchResult:
+        """A batch read directly: its queries one by one on the single-query path (each
+        thread with its own direct readers), on ``threads`` threads (0 / None: all cores)."""
+        nq = qs.shape[0]
+        n = max(1, min(nq, threads or os.cpu_count() or 1))
+
+        def one(i: int) -> SearchResult:
+            return self._search(snap, qs[i:i + 1], qh[i:i + 1], k, p, 1, filt)
+
+        if n == 1:
+            parts = [one(i) for i in range(nq)]
+        else:
+            with self._state:
+                if self._pool is None or self._pool._max_workers != n:
+                    if self._pool is not None:
+                        self._pool.shutdown(wait=False)
+                    self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="spann-direct")
+                pool = self._pool
+            parts = list(pool.map(one, range(nq)))
+        cat = {f: np.concatenate([getattr(r, f) for r in parts]) for f in ("ids", "distances", "lists_read",
+                                                                           "bytes_read", "distance_evals")}
+        return SearchResult(**cat)
 
     def _search_label_lists(self, snap, qs, k, pos, threads) -> SearchResult:
         """Exact filtered search over the label lists of rare labels (base and delta)."""

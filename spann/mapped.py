@@ -40,6 +40,9 @@ class MappedBytes:
         need = need_fn(self.total, self.shard_bytes)
         self.paths: list[str] = []
         self._maps: list[tuple[int, int]] = []  # (address, bytes) of each shard's map
+        #: (shard, file, offset of its data in the file, data bytes) of each mapped shard
+        self.shard_files: list[tuple[int, str, int, int]] = []
+        top = os.path.abspath(store.where)
         self.size = max(self.total, osio.PAGE)
         self.base = osio.reserve(self.size)
         self._mapped = True
@@ -80,6 +83,8 @@ class MappedBytes:
                         osio.map_file_fixed(self.base + s * self.shard_bytes, min(data_len, self.shard_bytes), fd,
                                             at)
                         self._maps.append((self.base + s * self.shard_bytes, min(data_len, self.shard_bytes)))
+                        self.shard_files.append((s, top if zipped else os.path.join(top, key), at,
+                                                 min(data_len, self.shard_bytes)))
                     self.paths.append(store.where if zipped else where)
                 finally:
                     os.close(fd)

@@ -20,7 +20,7 @@ from numba.extending import intrinsic
 
 __all__ = ["PAGE", "MADV_NORMAL", "MADV_RANDOM", "MADV_WILLNEED", "MADV_DONTNEED", "reserve", "map_file_fixed",
            "unmap", "reserve_writable", "madvise", "madvise_nb", "evict_files", "populate", "touch_pages",
-           "MADV_SEQUENTIAL", "MADV_POPULATE_READ"]
+           "MADV_SEQUENTIAL", "MADV_POPULATE_READ", "syscall_nb", "errno_nb"]
 
 PAGE = mmap.PAGESIZE
 MADV_NORMAL, MADV_RANDOM, MADV_SEQUENTIAL, MADV_WILLNEED, MADV_DONTNEED = 0, 1, 2, 3, 4
@@ -100,6 +100,36 @@ def madvise_nb(typingctx, addr, length, advice):
         n = context.cast(builder, args[1], signature.args[1], types.int64)
         v = context.cast(builder, args[2], signature.args[2], types.int32)
         return builder.call(fn, [builder.inttoptr(a, i8p), n, v])
+
+    return sig, codegen
+
+
+@intrinsic
+def syscall_nb(typingctx, nr, a1, a2, a3, a4, a5):
+    """syscall_nb(nr, a1, ..., a5) -> int64: libc's ``syscall`` from numba code (integer
+    arguments; -1 with :func:`errno_nb` set on failure)."""
+    sig = types.int64(types.int64, types.int64, types.int64, types.int64, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        fnty = ir.FunctionType(i64, [i64], var_arg=True)
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "syscall")
+        vals = [context.cast(builder, a, t, types.int64) for a, t in zip(args, signature.args)]
+        return builder.call(fn, vals)
+
+    return sig, codegen
+
+
+@intrinsic
+def errno_nb(typingctx):
+    """errno_nb() -> int32: this thread's errno (glibc's ``__errno_location``), from numba code."""
+    sig = types.int32()
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(i32.as_pointer(), [])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "__errno_location")
+        return builder.load(builder.call(fn, []))
 
     return sig, codegen
 

@@ -18,11 +18,13 @@ import numba
 import numpy as np
 
 from spann import osio
+from spann.direct_io import direct_submit
 from spann.layout import PAGE, EntryLayout
 from spann.mapped import MappedReader, need_for_ranges, open_bytes
 from spann.recent import RECENT, run_is_recent, stamp_run
 
-__all__ = ["PostingsView", "make_view", "LocalPostings", "union_pages", "prefetch_lists", "list_pages"]
+__all__ = ["PostingsView", "make_view", "buffer_view", "LocalPostings", "union_pages", "prefetch_lists", "list_pages",
+           "direct_lists"]
 
 PostingsView = namedtuple("PostingsView", ["u8", "i64", "i32", "f32", "vec", "base", "offsets", "counts", "dim",
                                            "label_width", "aux_floats", "code_bytes", "id_bytes", "prefetchable",
@@ -47,6 +49,14 @@ def make_view(u8: np.ndarray, offsets: np.ndarray, counts: np.ndarray, layout: E
                         label_width=np.int64(layout.label_width), aux_floats=np.int64(layout.aux_floats),
                         code_bytes=np.int64(layout.code_bytes), id_bytes=np.int64(layout.id_bytes),
                         prefetchable=bool(prefetchable), recent=RECENT)
+
+
+def buffer_view(pv: PostingsView, buf: np.ndarray) -> PostingsView:
+    """A view of ``pv``'s lists over a direct reader's buffer ``buf`` (uint8, page-aligned):
+    its offsets (a fresh int64 (H,) array) are set by :func:`direct_lists` for the lists read."""
+    return pv._replace(u8=buf, i64=buf.view(np.int64), i32=buf.view(np.int32), f32=buf.view(np.float32),
+                       vec=buf.view(pv.vec.dtype), base=np.int64(buf.ctypes.data),
+                       offsets=np.zeros(pv.offsets.shape[0], np.int64), prefetchable=False)
 
 
 class LocalPostings(MappedReader):
@@ -166,3 +176,23 @@ def prefetch_lists(pv: PostingsView, sel: np.ndarray, kept: np.ndarray, epoch: i
 def _prefetch_batch(pv, sel, kept, epoch):
     for i in range(sel.shape[0]):
         union_pages(pv, sel[i], kept[i], epoch)
+
+
+@numba.njit(cache=True, nogil=True)
+def direct_lists(pv, dr, sel, n, offs):
+    """Read lists ``sel[:n]`` of ``pv`` with the direct reader ``dr`` (see
+    :mod:`spann.direct_io`); ``offs[h]`` receives where list h lands in ``dr.buf`` (the offsets
+    of its :func:`buffer_view`). Returns the bytes requested (whole pages)."""
+    starts = np.empty(max(n, 1), np.int64)
+    nb = np.empty(max(n, 1), np.int64)
+    pos = np.empty(max(n, 1), np.int64)
+    for j in range(n):
+        h = sel[j]
+        c = pv.counts[h]
+        starts[j] = pv.offsets[h]
+        nb[j] = list_nbytes(pv, c) if c > 0 else 0
+    total = direct_submit(dr, starts, nb, n, pos)
+    for j in range(n):
+        if pos[j] >= 0:
+            offs[sel[j]] = pos[j]
+    return total

@@ -29,12 +29,13 @@ from spann.head_groups import (EARLY_GROUPS, group_search, group_search_finish, 
                                scan_groups)
 from spann.head_index import SEEDS, beam_search, nearest_entries
 from spann.labels import has_label, is_dead
-from spann.postings import aux_offset, codes_offset, entry_id, labels_start, union_pages
+from spann.direct_io import direct_landed, direct_poll, direct_reset, direct_wait
+from spann.postings import aux_offset, codes_offset, direct_lists, entry_id, labels_start, union_pages
 from spann.pruner import lists_for
 from spann.prefetch import prefetch_element
 from spann.rabitq import bound_cut, error_bound, estimate, prepare_list_query
 from spann.topk import topk_insert, topk_insert_unique, topk_insert_unique_with
-from spann.vector_store import row_id, row_offset, row_vector, union_row_pages
+from spann.vector_store import direct_rows, row_offset, union_row_pages
 
 __all__ = ["N_STATS", "compiled_entry", "select_lists", "scan_full", "scan_coded", "scan_rabitq", "rerank",
            "search_one", "select_batch", "scan_batch", "full_lists_batch"]
@@ -72,20 +73,44 @@ def select_lists(qh, heads, wc, neighbors, hg, entries, ef, budget, model, prune
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
-def select_lists_early(qh, heads, hg, ef, budget, model, prune_eps, sel_i, sel_d, pv, epoch, early_i):
+def select_lists_early(qh, heads, hg, ef, budget, model, prune_eps, sel_i, sel_d, pv, dl, offs, epoch, early_i):
     """:func:`select_lists` on head groups for a query whose lists come from the device: once
     the :data:`~spann.head_groups.EARLY_GROUPS` nearest groups are scanned, the lists of the
-    ``len(early_i)`` best heads so far are requested (their ids into ``early_i``, int32), and
-    the device reads them while the remaining groups are scanned. Returns (kept, distance
-    evaluations, heads requested early)."""
+    ``len(early_i)`` best heads so far are requested (their ids into ``early_i``, int32; see
+    :func:`request_lists` for ``dl``, ``offs`` and ``epoch``), and the device reads them while
+    the remaining groups are scanned. Returns (kept, distance evaluations, heads requested
+    early, bytes requested directly)."""
     gi, pd, pi, qq, n_eval = group_search_start(qh, hg, ef)
     E = min(EARLY_GROUPS, gi.shape[0])
     n_eval += scan_groups(qh, qq, hg, gi, 0, E, pd, pi)
     n_early = pool_heads(hg, pi, early_i.shape[0], early_i)
-    union_pages(pv, early_i, n_early, epoch)
+    got = request_lists(pv, dl, offs, early_i, n_early, epoch)
     n_eval += scan_groups(qh, qq, hg, gi, E, gi.shape[0], pd, pi)
     n_eval += group_search_finish(qh, heads, hg, pd, pi, sel_i, sel_d)
-    return lists_to_read(sel_i, sel_d, model, budget, prune_eps), n_eval, n_early
+    return lists_to_read(sel_i, sel_d, model, budget, prune_eps), n_eval, n_early, got
+
+
+@numba.njit(cache=True, nogil=True)
+def request_lists(pv, dl, offs, sel, n, epoch):
+    """Start reading lists ``sel[:n]``: with a direct reader ``dl`` (``dl.ctx`` != 0, see
+    :mod:`spann.direct_io`) into its buffer (``offs``: the offsets of its buffer view; returns
+    the bytes requested), else through the page cache (``epoch``: see :func:`union_pages`;
+    returns 0, the caller counts pages)."""
+    if dl.ctx != 0:
+        return direct_lists(pv, dl, sel, n, offs)
+    union_pages(pv, sel, n, epoch)
+    return 0
+
+
+@numba.njit(cache=True, nogil=True)
+def request_rows(vv, dr, rows, n, epoch, pos):
+    """Start reading vector-store rows ``rows[:n]``: with a direct reader ``dr`` into its buffer
+    (``pos[j]``: where row j lands; returns the bytes requested), else through the page cache
+    (returns 0)."""
+    if dr.ctx != 0:
+        return direct_rows(vv, dr, rows, n, pos)
+    union_row_pages(vv, rows, n, epoch)
+    return 0
 
 
 @numba.njit(cache=True, nogil=True)
@@ -273,27 +298,108 @@ def rerank(q, metric, vv, cand_r, top_d, top_i, stats):
     """Exact distances of the candidate rows (from the vector store) into the top-k; ids are
     the rows' stored ids. Every row's cache lines are requested first: the misses overlap
     (GloVe-50 warm, 40 rows: 6.9 vs 9.8 us)."""
-    k = top_d.shape[0]
     row_bytes = vv.dim * vv.vec.itemsize
+    pos = np.empty(cand_r.shape[0], np.int64)
     for j in range(cand_r.shape[0]):
         r = cand_r[j]
-        if 0 <= r < vv.n:
-            o = row_offset(vv, r)
+        pos[j] = -1
+        if 0 <= r < vv.n:  # -1: no candidate; >= n: a damaged list (``spann verify`` finds it)
+            pos[j] = row_offset(vv, r)
             for b in range(0, row_bytes, 64):
-                prefetch_element(vv.u8, o, b)
-    for j in range(cand_r.shape[0]):
-        r = cand_r[j]
-        if r < 0 or r >= vv.n:  # -1: no candidate; >= n: a damaged list (``spann verify`` finds it)
+                prefetch_element(vv.u8, pos[j], b)
+    rerank_at(q, metric, vv, pos, cand_r.shape[0], top_d, top_i, stats)
+
+
+@numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
+def rerank_at(q, metric, vv, pos, n, top_d, top_i, stats):
+    """Exact distances of the rows at byte ``pos[:n]`` of ``vv``'s memory (-1: none) into the
+    top-k, with the rows' stored ids."""
+    k = top_d.shape[0]
+    isz = vv.vec.itemsize
+    for j in range(n):
+        p = pos[j]
+        if p < 0:
             continue
-        d = pair_distance(q, row_vector(vv, r), metric)
+        d = pair_distance(q, vv.vec[p // isz:p // isz + vv.dim], metric)
         stats[2] += 1
         if d < top_d[k - 1]:
-            topk_insert(top_d, top_i, d, row_id(vv, r))
+            topk_insert(top_d, top_i, d, vv.i64[(p + vv.id_offset) >> 3])
+
+
+@numba.njit(cache=True, nogil=True)
+def positions_of(rows, n, a, a_pos, na, b, b_pos, nb):
+    """Where each of ``rows[:n]`` landed: its position in ``a_pos`` (rows ``a[:na]``) or else
+    ``b_pos`` (rows ``b[:nb]``); -1 when in neither. int64 (n,)."""
+    out = np.full(max(n, 1), -1, np.int64)
+    for j in range(n):
+        r = rows[j]
+        for t in range(na):
+            if a[t] == r:
+                out[j] = a_pos[t]
+                break
+        if out[j] < 0:
+            for t in range(nb):
+                if b[t] == r:
+                    out[j] = b_pos[t]
+                    break
+    return out
+
+
+@numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
+def scan_landed(q, qh, metric, pvd, dl, cb, heads, sel_i, kept, filt, dead, top_d, top_i, cand_d, cand_r, cand_e, qa,
+                stats, half, vv, dr, early_r, early_pos):
+    """Scan lists ``sel_i[:kept]`` read directly (:func:`request_lists` with ``dl``) in the
+    order their reads land, nearest first among those landed: full lists into the top-k
+    (``top_d``/``top_i``), coded ones into the candidates (see :func:`scan_candidates`), while
+    the device still reads the others. Once ``half`` (> 0) lists are scanned, the rows of the
+    best ``len(early_r)`` candidates are requested from ``dr`` (rows into ``early_r``, their
+    buffer positions into ``early_pos``). Returns (early rows, bytes requested)."""
+    todo = sel_i[:kept].copy()
+    n_todo = kept
+    ready = np.empty(max(kept, 1), np.int32)
+    scanned = 0
+    n_early_r = 0
+    got = 0
+    while n_todo > 0:
+        direct_poll(dl, False)
+        nr = 0
+        left = 0
+        for j in range(n_todo):
+            h = todo[j]
+            if pvd.counts[h] == 0 or direct_landed(dl, pvd.offsets[h]):
+                ready[nr] = h
+                nr += 1
+            else:
+                todo[left] = h
+                left += 1
+        n_todo = left
+        if nr == 0:
+            direct_poll(dl, True)
+            continue
+        a = 0
+        while a < nr:
+            b = nr
+            if scanned < half < scanned + nr - a:  # stop at half to request the early rows
+                b = a + half - scanned
+            if cb.kind == FULL:
+                scan_full(q, metric, pvd, ready[a:b], b - a, filt, dead, top_d, top_i, stats)
+            else:
+                scan_candidates(q, qh, metric, pvd, cb, heads, ready[a:b], b - a, filt, dead, cand_d, cand_r, cand_e,
+                                qa, stats)
+            scanned += b - a
+            a = b
+            if half > 0 and scanned == half and cb.kind != FULL:
+                while n_early_r < early_r.shape[0] and cand_r[n_early_r] >= 0:
+                    early_r[n_early_r] = cand_r[n_early_r]
+                    n_early_r += 1
+                got = request_rows(vv, dr, early_r, n_early_r, -1, early_pos)
+    return n_early_r, got
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
 def search_one(q, qh, metric, heads, wc, neighbors, hg, entries, seed_rows, ef, m, budget, model, prune_eps, pv, cb, vv,
-               dv, filt, dead, delta_dead, rerank_depth, bound_k, epoch, visited, tag, top_d, top_i, stats):
+               dv, filt, dead, delta_dead, rerank_depth, bound_k, epoch, visited, tag, top_d, top_i, stats, dl, dr,
+               pvd, vvd):
     """One query end to end: fills ``top_d``/``top_i`` (length k, ascending) and ``stats``.
     The walk starts from the entries (int32 (E,)): all of them when ``seed_rows`` is empty, else
     the :data:`~spann.head_index.SEEDS` whose rows (``seed_rows`` float32 (E, Dh), the entries'
@@ -311,62 +417,95 @@ def search_one(q, qh, metric, heads, wc, neighbors, hg, entries, seed_rows, ef, 
     requested lately (within ~1 s, :mod:`spann.recent`; -1: request nothing, let the reads
     fault; ``bytes_read`` counts early rows that end up not re-ranked);
     ``bound_k`` > 0: re-rank only the rabitq candidates whose error bound lets them reach the
-    top ``bound_k`` (at most ``rerank_depth``; see :func:`spann.rabitq.bound_cut`)."""
+    top ``bound_k`` (at most ``rerank_depth``; see :func:`spann.rabitq.bound_cut`).
+    ``dl``, ``dr``: direct readers (:mod:`spann.direct_io`) of the posting array and the vector
+    store; when ``dl.ctx`` != 0 the base lists and rows are read with O_DIRECT in the same two
+    steps each, into their buffers, and scanned there through ``pvd`` and ``vvd`` (views of
+    ``pv``'s lists and ``vv``'s rows over those buffers; else ``pv`` and ``vv`` themselves);
+    ``bytes_read`` then counts the pages read."""
+    direct = dl.ctx != 0
+    if direct:
+        direct_reset(dl)
+        direct_reset(dr)
     sel_i = np.empty(m, np.int32)
     sel_d = np.empty(m, np.float32)
     walk = hg.centroids.shape[0] == 0
-    if not walk and epoch >= 0 and pv.prefetchable and budget >= 4:  # lists from the device: start early
+    if not walk and (direct or (epoch >= 0 and pv.prefetchable)) and budget >= 4:  # from the device: start early
         early_i = np.empty(budget // 2, np.int32)
-        kept, n_eval, n_early = select_lists_early(qh, heads, hg, ef, budget, model, prune_eps, sel_i, sel_d, pv,
-                                                   epoch, early_i)
+        kept, n_eval, n_early, got = select_lists_early(qh, heads, hg, ef, budget, model, prune_eps, sel_i, sel_d, pv,
+                                                        dl, pvd.offsets, epoch, early_i)
         late = np.empty(kept, np.int32)
-        union_pages(pv, late, heads_not_in(sel_i, kept, early_i, n_early, late, 0), epoch)  # the rest
-        read_i = np.empty(kept + n_early, np.int32)  # counted: the kept lists and the early ones not kept
-        read_i[:kept] = sel_i[:kept]
-        stats[1] += 4096 * union_pages(pv, read_i, heads_not_in(early_i, n_early, sel_i, kept, read_i, kept), -1)
+        got += request_lists(pv, dl, pvd.offsets, late, heads_not_in(sel_i, kept, early_i, n_early, late, 0), epoch)
+        if direct:
+            stats[1] += got
+        else:
+            read_i = np.empty(kept + n_early, np.int32)  # counted: the kept lists and the early ones not kept
+            read_i[:kept] = sel_i[:kept]
+            stats[1] += 4096 * union_pages(pv, read_i, heads_not_in(early_i, n_early, sel_i, kept, read_i, kept), -1)
     else:
         seeds = nearest_entries(qh, seed_rows, entries, SEEDS) if walk and seed_rows.shape[0] > 0 else entries
         kept, n_eval = select_lists(qh, heads, wc, neighbors, hg, seeds, ef, budget, model, prune_eps, visited, tag,
                                     sel_i, sel_d)
-        stats[1] += 4096 * union_pages(pv, sel_i, kept, epoch)
+        if direct:
+            stats[1] += direct_lists(pv, dl, sel_i, kept, pvd.offsets)
+        else:
+            stats[1] += 4096 * union_pages(pv, sel_i, kept, epoch)
     stats[1] += 4096 * union_pages(dv, sel_i, kept, epoch)
     stats[2] += n_eval
     for j in range(top_d.shape[0]):
         top_d[j] = np.inf
         top_i[j] = -1
-    if cb.kind == FULL:
+    cand_d = np.full(rerank_depth if cb.kind != FULL else 0, np.inf, np.float32)
+    cand_r = np.full(cand_d.shape[0], -1, np.int64)
+    cand_e = np.zeros(cand_d.shape[0], np.float32)
+    qa = np.empty(q.shape[0], np.float32)
+    # coded lists from the device: once the nearest half of the lists is scanned, request the
+    # rows of the best k candidates so far; the device reads them during the rest of the scan
+    coded = cb.kind != FULL
+    half = kept // 2 if coded and (direct or (epoch >= 0 and vv.prefetchable)) and kept >= 2 else 0
+    early_r = np.empty(min(top_d.shape[0], rerank_depth), np.int64)
+    early_pos = np.empty(early_r.shape[0], np.int64)
+    n_early_r = 0
+    got = 0
+    if direct:  # scan the lists as they land
+        n_early_r, got = scan_landed(q, qh, metric, pvd, dl, cb, heads, sel_i, kept, filt, dead, top_d, top_i, cand_d,
+                                     cand_r, cand_e, qa, stats, half, vv, dr, early_r, early_pos)
+    elif not coded:
         scan_full(q, metric, pv, sel_i, kept, filt, dead, top_d, top_i, stats)
     else:
-        cand_d = np.full(rerank_depth, np.inf, np.float32)
-        cand_r = np.full(rerank_depth, -1, np.int64)
-        cand_e = np.zeros(rerank_depth, np.float32)
-        qa = np.empty(q.shape[0], np.float32)
-        # rows from the device: once the nearest half of the lists is scanned, request the
-        # rows of the best k candidates so far; the device reads them during the rest of the scan
-        half = kept // 2 if epoch >= 0 and vv.prefetchable and kept >= 2 else 0
-        early_r = np.empty(min(top_d.shape[0], rerank_depth), np.int64)
-        n_early_r = 0
         if half > 0:
             scan_candidates(q, qh, metric, pv, cb, heads, sel_i[:half], half, filt, dead, cand_d, cand_r, cand_e, qa,
                             stats)
             while n_early_r < early_r.shape[0] and cand_r[n_early_r] >= 0:
                 early_r[n_early_r] = cand_r[n_early_r]
                 n_early_r += 1
-            union_row_pages(vv, early_r, n_early_r, epoch)
+            request_rows(vv, dr, early_r, n_early_r, epoch, early_pos)
         scan_candidates(q, qh, metric, pv, cb, heads, sel_i[half:], kept - half, filt, dead, cand_d, cand_r, cand_e, qa,
                         stats)
+    if coded:
         if cb.kind != SQ8 and bound_k > 0:
             bound_cut(cand_d, cand_e, cand_r, bound_k)
         n_c = 0
         while n_c < rerank_depth and cand_r[n_c] >= 0:
             n_c += 1
         rest = np.empty(n_c, np.int64)  # the candidates' rows not requested early
-        union_row_pages(vv, rest, heads_not_in(cand_r, n_c, early_r, n_early_r, rest, 0), epoch)
-        read_r = np.empty(n_c + n_early_r, np.int64)  # counted: the candidates and the early rows not among them
-        read_r[:n_c] = cand_r[:n_c]
-        stats[1] += 4096 * union_row_pages(vv, read_r, heads_not_in(early_r, n_early_r, cand_r, n_c, read_r, n_c), -1)
-        rerank(q, metric, vv, cand_r, top_d, top_i, stats)
+        rest_pos = np.empty(n_c, np.int64)
+        n_rest = heads_not_in(cand_r, n_c, early_r, n_early_r, rest, 0)
+        got += request_rows(vv, dr, rest, n_rest, epoch, rest_pos)
+        if direct:
+            stats[1] += got
+            pos = positions_of(cand_r, n_c, early_r, early_pos, n_early_r, rest, rest_pos, n_rest)
+            direct_wait(dr)
+            rerank_at(q, metric, vvd, pos, n_c, top_d, top_i, stats)
+        else:
+            read_r = np.empty(n_c + n_early_r, np.int64)  # counted: the candidates and the early rows not among them
+            read_r[:n_c] = cand_r[:n_c]
+            stats[1] += 4096 * union_row_pages(vv, read_r, heads_not_in(early_r, n_early_r, cand_r, n_c, read_r, n_c),
+                                               -1)
+            rerank(q, metric, vv, cand_r, top_d, top_i, stats)
     scan_full(q, metric, dv, sel_i, kept, filt, delta_dead, top_d, top_i, stats)
+    if direct:
+        direct_wait(dl)  # lists requested early and not kept: errors surface in this query
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True, parallel=True)

@@ -21,11 +21,12 @@ import numpy as np
 from spann.errors import IndexCorruptError
 from spann.layout import PAGE
 from spann.mapped import MappedReader, open_bytes
+from spann.direct_io import direct_submit
 from spann.postings import merge_page_runs
 from spann.recent import RECENT
 
 __all__ = ["StoreLayout", "VectorsView", "LocalVectors", "store_rows_bytes", "row_offset", "row_vector", "row_id",
-           "union_row_pages"]
+           "union_row_pages", "direct_rows"]
 
 
 def _up(x: int, a: int) -> int:
@@ -160,3 +161,18 @@ def union_row_pages(vv, rows, m, epoch):
         last[k] = (o + vv.row_bytes - 1) // PAGE
         k += 1
     return merge_page_runs(first, last, k, vv.recent, epoch if vv.prefetchable else -1)
+
+
+@numba.njit(cache=True, nogil=True)
+def direct_rows(vv, dr, rows, m, pos):
+    """Read rows ``rows[:m]`` (int64) with the direct reader ``dr`` (see
+    :mod:`spann.direct_io`); ``pos[j]`` (int64) receives where row j lands in ``dr.buf`` (-1:
+    no such row). Returns the bytes requested (whole pages)."""
+    starts = np.empty(max(m, 1), np.int64)
+    nb = np.empty(max(m, 1), np.int64)
+    for j in range(m):
+        r = rows[j]
+        ok = 0 <= r < vv.n
+        starts[j] = row_offset(vv, r) if ok else 0
+        nb[j] = vv.row_bytes if ok else 0
+    return direct_submit(dr, starts, nb, m, pos)

@@ -50,6 +50,8 @@ def test_gt_build_search_info_eval(files):
     assert res.shape == (50, 10)
     assert (res[:, :, None] == gi[:, None, :10]).any(2).mean() > 0.9
     assert json.loads((d / "s.json").read_text())["mean_lists_read"] <= 2 * 32  # the pruner reads up to 2x
+    run("search", d / "idx", d / "q.fbin", "-k", 10, "-o", d / "res_d.ibin", "--max-postings", 32, "--direct", "-q")
+    np.testing.assert_array_equal(read_vectors(d / "res_d.ibin", ids=True), res)  # O_DIRECT reads, same answers
 
     out = run("info", d / "idx").output
     assert "heads" in out and "replicas/vector" in out

@@ -228,6 +228,7 @@ def test_early_requests_leave_the_selection_unchanged(two_indexes):
     """A query from the device requests its best heads' lists after the EARLY_GROUPS nearest
     groups (select_lists_early): the heads it then selects are exactly select_lists' ones, and
     the early heads are the pool's best so far."""
+    from spann.direct_io import no_direct
     from spann.recent import epoch_now
     from spann.search import select_lists, select_lists_early
     x, a, _ = two_indexes
@@ -246,9 +247,9 @@ def test_early_requests_leave_the_selection_unchanged(two_indexes):
                                 np.float32(1e18), vis, np.uint32(i + 1), si, sd)
         ei = np.empty(budget // 2, np.int32)
         si2, sd2 = np.empty(m, np.int32), np.empty(m, np.float32)
-        kept2, ev2, n_early = select_lists_early(qh[i], snap.heads, hg, ef, budget, model, np.float32(1e18), si2, sd2,
-                                                 snap.pv, epoch_now(), ei)
-        assert kept2 == kept and ev2 == ev
+        kept2, ev2, n_early, got = select_lists_early(qh[i], snap.heads, hg, ef, budget, model, np.float32(1e18), si2,
+                                                      sd2, snap.pv, no_direct(), snap.pv.offsets, epoch_now(), ei)
+        assert kept2 == kept and ev2 == ev and got == 0  # through the page cache: nothing read directly
         np.testing.assert_array_equal(si2, si)
         np.testing.assert_array_equal(sd2, sd)
         assert n_early == budget // 2 and len(set(ei.tolist())) == n_early
