@@ -1,11 +1,10 @@
 """Reading byte ranges of an index array with O_DIRECT and Linux native AIO (no page cache).
 
 The mapped read path (:mod:`spann.mapped`) asks the page cache for a query's pages (madvise
-WILLNEED, one call per run of pages) and then faults them into the process. On a device that
-serves O_DIRECT reads faster than buffered ones, that path loses to DiskANN's: measured on the
-2026-11-28 VM, 34 reads of 16 KiB took 1.21 ms through the page cache and 1.00 ms with
-O_DIRECT and ``io_submit``, and each buffered request cost 4.5-11 us of CPU to submit plus
-~2.7 us per page fault to map.
+WILLNEED, one call per run of pages) and then faults them into the process. How that compares
+with O_DIRECT depends on the device: C microbenchmarks of 34 random 16 KiB reads on this
+project's VMs measured 3.9 ms direct vs 1.5 ms buffered (2026-11-27), 1.00 vs 1.21 ms
+(2026-11-28, morning) and 1.21-1.25 vs 1.11-1.21 ms (2026-11-28, session 10).
 
 A :class:`DirectReader` reads page runs straight from the shard files into a buffer of its
 own, the way DiskANN reads: one ``io_submit`` for all the runs of a request, one
@@ -53,8 +52,9 @@ syscall numbers; fds, ats, lens: int64 (S,) per shard of the array: O_DIRECT fil
 (-1: absent), offset of the shard's data in that file, data bytes; shard_bytes: int64;
 iocbs: int64 (N, 8) request blocks (``struct iocb``); ptrs: int64 (N,) their addresses;
 events: int64 (N, 4) completions (``struct io_event``); buf: uint8 (C,) the page-aligned read
-buffer; *_addr: addresses of those arrays; state: int64 (3,) buffer bytes used, request blocks
-used, reads in flight; done: int64 (N,) 1 where request block i's read has landed.
+buffer; *_addr: addresses of those arrays; state: int64 (4,) buffer bytes used, request blocks
+used, reads in flight, 1 once the context failed (the reader must be replaced); done: int64 (N,)
+1 where request block i's read has landed.
 """
 
 
@@ -66,7 +66,7 @@ def no_direct() -> DirectReads:
     return DirectReads(ctx=np.int64(0), sys_submit=np.int64(0), sys_getevents=np.int64(0), fds=z1, ats=z1.copy(),
                        lens=z1.copy(), shard_bytes=np.int64(PAGE), iocbs=z2, iocbs_addr=np.int64(0), ptrs=z1.copy(),
                        ptrs_addr=np.int64(0), events=z4, events_addr=np.int64(0), buf=np.zeros(0, np.uint8),
-                       buf_addr=np.int64(0), state=np.zeros(3, np.int64), done=z1.copy())
+                       buf_addr=np.int64(0), state=np.zeros(4, np.int64), done=z1.copy())
 
 
 def _libc():
@@ -75,21 +75,23 @@ def _libc():
     return lib
 
 
-def _release(ctx: int, fds: list[int], buf_addr: int, buf_bytes: int, destroy: int) -> None:
+def _release(ctx: int, buf_addr: int, buf_bytes: int, destroy: int, pid: int) -> None:
+    if pid != os.getpid():  # a forked child: the AIO context is not this process's
+        return
     if ctx:
-        _libc().syscall(ctypes.c_long(destroy), ctypes.c_ulong(ctx))
-    for fd in fds:
-        os.close(fd)
+        _libc().syscall(ctypes.c_long(destroy), ctypes.c_ulong(ctx))  # waits for reads in flight
     if buf_addr:
         osio.unmap(buf_addr, buf_bytes)
 
 
 class DirectReader:
     """O_DIRECT reads of the array behind a :class:`spann.mapped.MappedBytes` (its shard
-    files), at most ``n_requests`` page runs and ``buf_bytes`` bytes per query; ``reads`` is
-    the :class:`DirectReads` kernels take. Raises ParameterError where direct reads cannot
-    work (not Linux x86-64 / arm64, a file system without O_DIRECT, shards not page-aligned
-    in their file, no AIO context available)."""
+    files, opened once by :meth:`~spann.mapped.MappedBytes.direct_files`), at most
+    ``n_requests`` page runs and ``buf_bytes`` bytes per query; ``reads`` is the
+    :class:`DirectReads` kernels take. One per thread and process (:meth:`fits` is False in a
+    forked child). Raises ParameterError where direct reads cannot work (not Linux x86-64 /
+    arm64, a file system without O_DIRECT, shards not page-aligned in their file, no AIO
+    context available)."""
 
     def __init__(self, mapped, n_requests: int, buf_bytes: int):
         where = mapped.where
@@ -98,35 +100,19 @@ class DirectReader:
         if calls is None or not hasattr(os, "O_DIRECT"):
             raise ParameterError(f"{where}: direct reads need Linux on x86-64 or arm64")
         self.n_requests, self.buf_bytes = int(n_requests), -(-int(buf_bytes) // PAGE) * PAGE
-        S = mapped.total // mapped.shard_bytes
-        fds = np.full(S, -1, np.int64)
-        ats = np.zeros(S, np.int64)
-        lens = np.zeros(S, np.int64)
-        opened: list[int] = []
+        self.pid = os.getpid()
+        fds, ats, lens = mapped.direct_files()
         ctx = ctypes.c_ulong(0)
-        addr = 0
+        if _libc().syscall(ctypes.c_long(calls[0]), ctypes.c_uint(self.n_requests), ctypes.byref(ctx)) != 0:
+            e = ctypes.get_errno()
+            raise ParameterError(f"{where}: no AIO context for direct reads ({os.strerror(e)}; see "
+                                 f"/proc/sys/fs/aio-max-nr)")
         try:
-            for s, path, at, n in mapped.shard_files:
-                if at % PAGE:
-                    raise ParameterError(f"{path}: shard {s} does not start on a page of its file; direct reads "
-                                         f"need page-aligned shards")
-                try:
-                    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
-                except OSError as e:
-                    raise ParameterError(f"{path}: cannot open for direct reads ({e.strerror}); the file system "
-                                         f"may not support O_DIRECT") from None
-                opened.append(fd)
-                fds[s], ats[s], lens[s] = fd, at, n
-            lib = _libc()
-            if lib.syscall(ctypes.c_long(calls[0]), ctypes.c_uint(self.n_requests), ctypes.byref(ctx)) != 0:
-                e = ctypes.get_errno()
-                raise ParameterError(f"{where}: no AIO context for direct reads ({os.strerror(e)}; see "
-                                     f"/proc/sys/fs/aio-max-nr)")
             addr = osio.reserve_writable(self.buf_bytes)
         except BaseException:
-            _release(ctx.value, opened, addr, self.buf_bytes, calls[1])
+            _release(ctx.value, 0, 0, calls[1], self.pid)
             raise
-        self._finalizer = weakref.finalize(self, _release, ctx.value, opened, addr, self.buf_bytes, calls[1])
+        self._finalizer = weakref.finalize(self, _release, ctx.value, addr, self.buf_bytes, calls[1], self.pid)
         buf = np.frombuffer((ctypes.c_uint8 * self.buf_bytes).from_address(addr), np.uint8)
         iocbs = np.zeros((self.n_requests, 8), np.int64)
         ptrs = np.zeros(self.n_requests, np.int64)
@@ -136,11 +122,13 @@ class DirectReader:
                                  shard_bytes=np.int64(mapped.shard_bytes), iocbs=iocbs,
                                  iocbs_addr=np.int64(iocbs.ctypes.data), ptrs=ptrs, ptrs_addr=np.int64(ptrs.ctypes.data),
                                  events=events, events_addr=np.int64(events.ctypes.data), buf=buf,
-                                 buf_addr=np.int64(addr), state=np.zeros(3, np.int64),
+                                 buf_addr=np.int64(addr), state=np.zeros(4, np.int64),
                                  done=np.zeros(self.n_requests, np.int64))
 
     def fits(self, n_requests: int, buf_bytes: int) -> bool:
-        return n_requests <= self.n_requests and buf_bytes <= self.buf_bytes
+        """Usable (open, in this process, its context not failed) and large enough."""
+        return (self.reads is not None and self.pid == os.getpid() and self.reads.state[3] == 0
+                and n_requests <= self.n_requests and buf_bytes <= self.buf_bytes)
 
     def close(self) -> None:
         self.reads = None
@@ -151,7 +139,11 @@ class DirectReader:
 def direct_reset(dr):
     """Start a query: the buffer and request blocks are free (waits for reads still in flight,
     e.g. of a query that raised)."""
-    if dr.ctx != 0 and dr.state[2] > 0:
+    if dr.ctx == 0:
+        return
+    if dr.state[3] != 0:
+        raise OSError("direct read: the reader's AIO context failed")
+    if dr.state[2] > 0:
         _drain(dr)
     for i in range(dr.state[1]):
         dr.done[i] = 0
@@ -195,14 +187,15 @@ def direct_submit(dr, starts, nbytes, m, pos):
         length = (rb - ra + PAGE - 1) // PAGE * PAGE
         b = dr.state[0]
         i = dr.state[1]
-        if b + length > dr.buf.shape[0] or i >= dr.iocbs.shape[0] or s >= dr.fds.shape[0] or dr.fds[s] < 0:
+        if (b + length > dr.buf.shape[0] or i >= dr.iocbs.shape[0] or s < 0 or s >= dr.fds.shape[0]
+                or dr.fds[s] < 0 or rb > s * SB + dr.lens[s]):
             _drain(dr)
-            raise OSError("direct read: the request exceeds the reader's buffer or lies in an absent shard")
+            raise OSError("direct read: the request exceeds the reader's buffer or lies outside the shards' data")
         for v in range(t, u):
             jj = o[v]
             pos[jj] = b + starts[jj] - ra if nbytes[jj] > 0 else -1
         # struct iocb: data, key|rw_flags, opcode(PREAD 0)|prio|fd, buf, nbytes, offset, reserved, flags|resfd
-        dr.iocbs[i, 0] = min(rb, s * SB + dr.lens[s]) - ra  # bytes the ranges need (a shard's data may end early)
+        dr.iocbs[i, 0] = rb - ra  # bytes the ranges need (the run's last page may pass the file's end)
         dr.iocbs[i, 1] = 0
         dr.iocbs[i, 2] = dr.fds[s] << 32
         dr.iocbs[i, 3] = dr.buf_addr + b
@@ -263,7 +256,8 @@ def _collect(dr):
     while dr.state[2] > 0:
         r = _events(dr, dr.state[2])
         if r == -2:
-            return False  # the context is unusable; nothing more will complete
+            dr.state[3] = 1  # the context is unusable; reads may still land: never reuse the buffer
+            return False
         if r == -1:
             ok = False
     return ok
@@ -294,6 +288,8 @@ def direct_poll(dr, block):
     if r < 0:
         if r == -1:
             _drain(dr)
+        else:
+            dr.state[3] = 1
         dr.state[2] = 0
         raise OSError("direct read failed or came back short (index files changed or damaged?)")
 

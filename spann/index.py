@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from spann.head_groups import head_groups
 from spann.head_index import EntrySeeds, no_walk_codes, walk_codes
 from spann.idmap import IdMap
 from spann.labels import check_filter
-from spann.direct_io import DirectReader, no_direct
+from spann.direct_io import BRIDGE_PAGES, DirectReader, no_direct
 from spann.layout import PAGE, EntryLayout, full_entries
 from spann.threads import NumbaThreads
 from spann.params import BuildParams, SearchParams
@@ -46,7 +46,8 @@ class SearchResult:
     bytes of the 4 KiB pages those lists and the re-ranked rows span (what a cold query reads
     from the device; a single query on head groups that requests its lists from the device
     also counts the lists it requested early and then did not keep, see
-    :func:`spann.search.select_lists_early`),
+    :func:`spann.search.select_lists_early`; with ``direct=True``, the pages requested: a
+    page shared by an early and a late request, or a bridged gap, counts each time it is read),
     ``distance_evals`` (heads + entries); for an index in an object store, ``requests``
     (ranged GETs, 0 for what the cache held) and ``bytes_fetched`` (0 for local indexes)."""
 
@@ -162,10 +163,10 @@ class _Snapshot:
                 self.dlv = _empty_view(V, ll)
 
     def direct_list_bytes(self, n: int) -> int:
-        """Buffer bytes a direct reader needs for any n lists (the n largest, in whole pages
-        with a page more on either side for alignment and bridged gaps)."""
+        """Buffer bytes a direct reader needs for any n lists (the n largest, in whole pages,
+        with one more for a list straddling a page and BRIDGE_PAGES for a bridged gap)."""
         if self._direct_pages is None:
-            pages = np.where(self._list_nbytes > 0, -(-self._list_nbytes // PAGE) + 2, 0)
+            pages = np.where(self._list_nbytes > 0, -(-self._list_nbytes // PAGE) + 1 + BRIDGE_PAGES, 0)
             self._direct_pages = np.cumsum(np.sort(pages)[::-1])
         n = min(n, self._direct_pages.shape[0])
         return PAGE * max(int(self._direct_pages[n - 1]) if n else 0, 1)
@@ -258,7 +259,7 @@ class Index:
         self._local = _ThreadState()
         self._no_direct = no_direct()
         self._direct_readers: "weakref.WeakSet[DirectReader]" = weakref.WeakSet()  # every thread's, closed with us
-        self._pool: ThreadPoolExecutor | None = None  # threads of batches read directly
+        self._pools: dict[int, ThreadPoolExecutor] = {}  # threads of batches read directly, by count
         self._state = threading.Condition()
         self._write_lock = threading.Lock()
         self._active = 0
@@ -318,9 +319,9 @@ class Index:
             self._closed = True
             while self._active:
                 self._state.wait()
-            if getattr(self, "_pool", None) is not None:
-                self._pool.shutdown(wait=True)
-                self._pool = None
+            for pool in getattr(self, "_pools", {}).values():
+                pool.shutdown(wait=True)
+            self._pools = {}
             for r in list(getattr(self, "_direct_readers", ())):
                 r.close()
             if self._base is not None:
@@ -504,6 +505,9 @@ class Index:
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
                                     or threads < 0):
             raise ParameterError(f"threads must be an integer >= 0, got {threads!r}")
+        if p.direct and self.fetching:
+            raise ParameterError(f"{self.path}: direct reads need a local index (a directory or an uncompressed, "
+                                 f"page-aligned zip)")
         filt = None
         if filter is not None:
             filt = check_filter(filter)
@@ -564,20 +568,21 @@ class Index:
         cur = st.direct
         list_bytes = snap.direct_list_bytes(n_lists)
         lay = self.layout.coded and self._base.vectors.layout
-        row_bytes = n_rows * ((lay.page_bytes if lay else 0) + PAGE)
+        row_bytes = n_rows * ((lay.page_bytes if lay else 0) + BRIDGE_PAGES * PAGE)
         if cur is not None and cur[0]() is snap and cur[1].fits(n_lists, list_bytes) and \
                 (cur[2] is None or cur[2].fits(n_rows, row_bytes)):
             return cur[1].reads, (cur[2].reads if cur[2] is not None else self._no_direct), cur[3], cur[4]
+        st.direct = None  # until both readers are ready (a reader being replaced is closed first)
         lr = cur[1] if cur is not None and cur[1].source is base.postings.mapped else None
         rr = cur[2] if cur is not None and cur[2] is not None and base.vectors is not None and \
             cur[2].source is base.vectors.mapped else None
         if lr is None or not lr.fits(n_lists, list_bytes):
-            if lr is not None:
+            if lr is not None and lr.pid == os.getpid():
                 lr.close()
             lr = DirectReader(base.postings.mapped, n_lists, 2 * list_bytes)  # room to grow
             self._direct_readers.add(lr)
         if base.vectors is not None and (rr is None or not rr.fits(n_rows, row_bytes)):
-            if rr is not None:
+            if rr is not None and rr.pid == os.getpid():
                 rr.close()
             rr = DirectReader(base.vectors.mapped, 2 * n_rows, 2 * row_bytes)
             self._direct_readers.add(rr)
@@ -720,25 +725,28 @@ class Index:
 
     def _search_direct_batch(self, snap, qs, qh, k, p, threads, filt) -> SearchResult:
         """A batch read directly: its queries one by one on the single-query path (each
-        thread with its own direct readers), on ``threads`` threads (0 / None: all cores)."""
+        thread with its own direct readers), in ``threads`` interleaved shares on as many
+        threads (0 / None: numba's thread count; filtered batches on one: a label-list search
+        runs parallel kernels, which must not be launched from several threads at once)."""
         nq = qs.shape[0]
-        n = max(1, min(nq, threads or os.cpu_count() or 1))
+        n = 1 if filt is not None else max(1, min(nq, threads or numba.config.NUMBA_NUM_THREADS))
 
-        def one(i: int) -> SearchResult:
-            return self._search(snap, qs[i:i + 1], qh[i:i + 1], k, p, 1, filt)
+        def chunk(c: int) -> list[SearchResult]:
+            return [self._search(snap, qs[i:i + 1], qh[i:i + 1], k, p, 1, filt) for i in range(c, nq, n)]
 
         if n == 1:
-            parts = [one(i) for i in range(nq)]
+            parts = [chunk(0)]
         else:
             with self._state:
-                if self._pool is None or self._pool._max_workers != n:
-                    if self._pool is not None:
-                        self._pool.shutdown(wait=False)
-                    self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="spann-direct")
-                pool = self._pool
-            parts = list(pool.map(one, range(nq)))
-        cat = {f: np.concatenate([getattr(r, f) for r in parts]) for f in ("ids", "distances", "lists_read",
-                                                                           "bytes_read", "distance_evals")}
+                pool = self._pools.get(n)
+                if pool is None:  # kept until close(): its threads keep their readers
+                    pool = self._pools[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="spann-direct")
+            futures = [pool.submit(chunk, c) for c in range(n)]
+            wait(futures)  # all of them, so none reads after the search returns
+            parts = [f.result() for f in futures]
+        order = np.argsort(np.concatenate([np.arange(c, nq, n) for c in range(n)]), kind="stable")
+        cat = {f: np.concatenate([getattr(r, f) for part in parts for r in part])[order]
+               for f in ("ids", "distances", "lists_read", "bytes_read", "distance_evals")}
         return SearchResult(**cat)
 
     def _search_label_lists(self, snap, qs, k, pos, threads) -> SearchResult:

@@ -10,14 +10,16 @@ are tens of MiB), whatever the number of lists or rows.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import stat
+import threading
 
 import numpy as np
 
 from spann import osio
 from spann.recent import forget
-from spann.errors import IndexCorruptError
+from spann.errors import IndexCorruptError, ParameterError
 from spann.zarr_io import check_postings_meta, check_shard_index, read_json, shard_index_bytes
 
 __all__ = ["MappedBytes", "MappedReader", "open_bytes"]
@@ -40,8 +42,10 @@ class MappedBytes:
         need = need_fn(self.total, self.shard_bytes)
         self.paths: list[str] = []
         self._maps: list[tuple[int, int]] = []  # (address, bytes) of each shard's map
-        #: (shard, file, offset of its data in the file, data bytes) of each mapped shard
-        self.shard_files: list[tuple[int, str, int, int]] = []
+        #: (shard, file, offset of its data in the file, data bytes, (st_dev, st_ino)) of each mapped shard
+        self.shard_files: list[tuple[int, str, int, int, tuple[int, int]]] = []
+        self._direct = None  # see direct_files
+        self._direct_lock = threading.Lock()
         top = os.path.abspath(store.where)
         self.size = max(self.total, osio.PAGE)
         self.base = osio.reserve(self.size)
@@ -84,7 +88,7 @@ class MappedBytes:
                                             at)
                         self._maps.append((self.base + s * self.shard_bytes, min(data_len, self.shard_bytes)))
                         self.shard_files.append((s, top if zipped else os.path.join(top, key), at,
-                                                 min(data_len, self.shard_bytes)))
+                                                 min(data_len, self.shard_bytes), (st.st_dev, st.st_ino)))
                     self.paths.append(store.where if zipped else where)
                 finally:
                     os.close(fd)
@@ -121,8 +125,50 @@ class MappedBytes:
             osio.madvise(self.base, self.size, osio.MADV_DONTNEED)
             osio.evict_files(self.paths)
 
+    def direct_files(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(fds, offsets, data bytes), int64 (S,) per shard: O_DIRECT descriptors of the mapped
+        shard files (-1: absent), opened once and shared by every direct reader (one per file:
+        a zip's shards share one), checked to be the files that were mapped. Raises
+        ParameterError where the file system refuses O_DIRECT, IndexCorruptError when a file
+        was replaced since the index was opened."""
+        with self._direct_lock:
+            if self._direct is not None:
+                return self._direct
+            S = self.total // self.shard_bytes
+            fds, ats, lens = np.full(S, -1, np.int64), np.zeros(S, np.int64), np.zeros(S, np.int64)
+            by_file: dict[str, int] = {}
+            try:
+                for s, path, at, n, ident in self.shard_files:
+                    if at % osio.PAGE:
+                        raise ParameterError(f"{path}: shard {s} does not start on a page of its file; direct "
+                                             f"reads need page-aligned shards")
+                    fd = by_file.get(path)
+                    if fd is None:
+                        try:
+                            fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+                        except OSError as e:
+                            hint = "; the file system may not support O_DIRECT" if e.errno == errno.EINVAL else ""
+                            raise ParameterError(f"{path}: cannot open for direct reads ({e.strerror}){hint}") from None
+                        by_file[path] = fd
+                        st = os.fstat(fd)
+                        if (st.st_dev, st.st_ino) != ident:
+                            raise IndexCorruptError(f"{path}: replaced since the index was opened; open it again")
+                    fds[s], ats[s], lens[s] = fd, at, n
+            except BaseException:
+                for fd in by_file.values():
+                    os.close(fd)
+                raise
+            self._direct_fds = list(by_file.values())
+            self._direct = (fds, ats, lens)
+            return self._direct
+
     def close(self) -> None:
         self.u8 = None
+        with self._direct_lock:
+            if self._direct is not None:
+                for fd in self._direct_fds:
+                    os.close(fd)
+                self._direct = None
         if self._mapped:
             self._mapped = False
             osio.unmap(self.base, self.size)

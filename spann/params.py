@@ -243,12 +243,13 @@ class SearchParams(_Params):
         (madvise WILLNEED, one call per run of adjacent pages): all of a query's reads are
         in flight together when the index is not in the page cache; about 1 us per list when
         it is.
-    direct: read a single query's lists and re-rank rows with O_DIRECT (Linux native AIO,
-        :mod:`spann.direct_io`) into a buffer of the searching thread, bypassing the page cache:
-        every query reads from the device, the way DiskANN does; pick it for an index much
-        larger than RAM on a device that serves direct reads faster than buffered ones (on the
-        2026-11-28 VM: mpnet-768 cold queries ~25 % faster). Batches keep the mapped path.
-        Local directory or aligned zip indexes on Linux only.
+    direct: read each query's lists and re-rank rows with O_DIRECT (Linux native AIO,
+        :mod:`spann.direct_io`) into buffers of the searching thread, bypassing the page cache:
+        every query reads from the device, the way DiskANN does (a batch runs its queries one by
+        one on its threads). Measured on the 2026-11-28 VM (session 10): 0.95-1.05x the page
+        cache path's cold latency; pick it for an index much larger than RAM, or a device that
+        serves direct reads faster than buffered ones. Local directory or aligned zip indexes
+        on Linux (x86-64, arm64); delta and label lists are still read through the map.
     """
 
     max_postings: int = 32

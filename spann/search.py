@@ -374,6 +374,8 @@ def scan_landed(q, qh, metric, pvd, dl, cb, heads, sel_i, kept, filt, dead, top_
                 left += 1
         n_todo = left
         if nr == 0:
+            if dl.state[2] == 0:  # nothing in flight, yet a list has not landed: never requested
+                raise OSError("direct read: a list to scan was not requested")
             direct_poll(dl, True)
             continue
         a = 0

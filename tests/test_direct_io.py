@@ -33,6 +33,7 @@ def index(request, data, tmp_path_factory):
     idx.close()
 
 
+@pytest.mark.parametrize("index", ["sq8"], indirect=True)
 def test_direct_reads_land_the_mapped_bytes(index):
     """Random byte ranges of the posting array (many shards; near ranges merged into one run):
     each lands where ``pos`` says, equal to the map's bytes; ``direct_landed`` turns true as
@@ -48,7 +49,7 @@ def test_direct_reads_land_the_mapped_bytes(index):
             starts = rng.integers(0, m.total // 8, n).astype(np.int64) * 8
             shard_end = (starts // m.shard_bytes + 1) * m.shard_bytes
             lens = np.minimum(rng.integers(0, 9000, n), shard_end - starts).astype(np.int64)
-            have = np.array([sum(n_ for s, _, _, n_ in m.shard_files if s == st) for st in starts // m.shard_bytes])
+            have = np.array([sum(f[3] for f in m.shard_files if f[0] == st) for st in starts // m.shard_bytes])
             lens = np.minimum(lens, np.maximum(have - starts % m.shard_bytes, 0))  # inside the shards' data
             pos = np.empty(n, np.int64)
             direct_reset(dr)
@@ -112,3 +113,19 @@ def test_a_shard_cut_short_after_opening_raises_instead_of_answering(data, tmp_p
         np.testing.assert_array_equal(again.distances, want.distances)
     finally:
         idx.close()
+
+
+def test_shard_files_replaced_after_opening_are_refused(data, tmp_path):
+    """Direct reads open the shard files by path at the first direct query: a file replaced
+    since the index was opened (another inode) is refused, not read at the old offsets."""
+    import shutil
+    x, q = data
+    spann.build(x, tmp_path / "r", metric="l2", progress=False, encoding="sq8", shard_bytes=1 << 16,
+                chunk_bytes=1 << 12).close()
+    with spann.open(tmp_path / "r") as idx:
+        path = idx._base.postings.mapped.shard_files[0][1]
+        shutil.copyfile(path, path + ".new")
+        os.replace(path + ".new", path)
+        with pytest.raises(spann.SpannError, match="replaced since the index was opened"):
+            idx.search(q[0], 10, direct=True)
+        idx.search(q[0], 10)  # the map still reads the files it mapped
