@@ -2,7 +2,7 @@
 
 Cold reads through a file map, as spann's searches make them (madvise WILLNEED per range, then
 touch): 16 pairs in flight, page cache emptied before each trial, variants interleaved, 40
-trials, medians. What ``spann.postings.BRIDGE_PAGES`` should be on this device::
+trials, medians. What ``spann.layout.BRIDGE_PAGES`` should be on this device::
 
     python benchmarks/bridge_pages.py INDEX.spann/postings/c/0   # any file of >= 64 MiB on the device
 """

@@ -29,14 +29,10 @@ import numpy as np
 
 from spann import osio
 from spann.errors import ParameterError
-from spann.layout import PAGE
+from spann.layout import BRIDGE_PAGES, PAGE
 
 __all__ = ["DirectReads", "DirectReader", "no_direct", "direct_submit", "direct_wait", "direct_reset",
-           "direct_poll", "direct_landed", "BRIDGE_PAGES"]
-
-#: two page runs at most this many pages apart are read as one request (see
-#: :data:`spann.postings.BRIDGE_PAGES`, measured for the mapped path)
-BRIDGE_PAGES = 1
+           "direct_poll", "direct_landed"]
 
 #: (io_setup, io_destroy, io_submit, io_getevents) by machine
 _SYSCALLS = {"x86_64": (206, 207, 209, 208), "aarch64": (0, 1, 2, 4), "arm64": (0, 1, 2, 4)}

@@ -18,8 +18,8 @@ from spann.head_groups import head_groups
 from spann.head_index import EntrySeeds, no_walk_codes, walk_codes
 from spann.idmap import IdMap
 from spann.labels import check_filter
-from spann.direct_io import BRIDGE_PAGES, DirectReader, no_direct
-from spann.layout import PAGE, EntryLayout, full_entries
+from spann.direct_io import DirectReader, no_direct
+from spann.layout import BRIDGE_PAGES, PAGE, EntryLayout, full_entries
 from spann.threads import NumbaThreads
 from spann.params import BuildParams, SearchParams
 from spann.encodings import codebook_view
@@ -28,7 +28,7 @@ from spann.recent import NO_ADVICE, RECENT, epoch_now, forget
 from spann.query_space import rotate_query, single_query_space
 from spann.search import (N_STATS, compiled_entry, full_lists_batch, prefetch_rows_batch, rerank_batch, scan_batch,
                           search_one, select_batch)
-from spann.vector_store import LocalVectors, VectorsView
+from spann.vector_store import LocalVectors, VectorsView, rows_buffer_view
 from spann.storage import IndexFiles, directory_bytes
 from spann.fetched import FetchCache
 
@@ -587,9 +587,7 @@ class Index:
             rr = DirectReader(base.vectors.mapped, 2 * n_rows, 2 * row_bytes)
             self._direct_readers.add(rr)
         pvd = buffer_view(snap.pv, lr.reads.buf)
-        vvd = vv if rr is None else vv._replace(u8=rr.reads.buf, i64=rr.reads.buf.view(np.int64),
-                                                vec=rr.reads.buf.view(vv.vec.dtype),
-                                                base=np.int64(rr.reads.buf_addr), prefetchable=False)
+        vvd = vv if rr is None else rows_buffer_view(vv, rr.reads.buf)
         st.direct = (weakref.ref(snap), lr, rr, pvd, vvd)
         return lr.reads, (rr.reads if rr is not None else self._no_direct), pvd, vvd
 

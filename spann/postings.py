@@ -19,7 +19,7 @@ import numpy as np
 
 from spann import osio
 from spann.direct_io import direct_submit
-from spann.layout import PAGE, EntryLayout
+from spann.layout import BRIDGE_PAGES, PAGE, EntryLayout
 from spann.mapped import MappedReader, need_for_ranges, open_bytes
 from spann.recent import RECENT, run_is_recent, stamp_run
 
@@ -112,13 +112,6 @@ def list_pages(pv, h):
     o = pv.base + pv.offsets[h]
     return o // PAGE, (o + list_nbytes(pv, c) - 1) // PAGE
 
-
-#: two page ranges at most this many pages apart are read as one request. Measured on this
-#: project's VM (16 pairs of 4-page ranges in flight, benchmarks/bridge_pages.py): bridging a
-#: 1-page gap 0.91x the time of two requests, 2 pages 1.01x, 4 pages 1.17x, 8 pages 1.37x (a
-#: request there costs about as much as 1.5 pages of transfer; 4 had been chosen on a day the
-#: same device charged ~5 pages per request)
-BRIDGE_PAGES = 1
 
 
 @numba.njit(cache=True, nogil=True)

@@ -26,7 +26,7 @@ from spann.postings import merge_page_runs
 from spann.recent import RECENT
 
 __all__ = ["StoreLayout", "VectorsView", "LocalVectors", "store_rows_bytes", "row_offset", "row_vector", "row_id",
-           "union_row_pages", "direct_rows"]
+           "union_row_pages", "direct_rows", "rows_buffer_view"]
 
 
 def _up(x: int, a: int) -> int:
@@ -103,6 +103,13 @@ def _scatter_rows(buf, vb, ids, rpp, pb, rb, id_off):
 
 VectorsView = namedtuple("VectorsView", ["u8", "i64", "vec", "base", "n", "dim", "rows_per_page", "page_bytes",
                                          "row_bytes", "id_offset", "prefetchable", "recent"])
+
+
+def rows_buffer_view(vv: VectorsView, buf: np.ndarray) -> VectorsView:
+    """A view of ``vv``'s rows over a direct reader's buffer ``buf`` (uint8, page-aligned);
+    a row's place in it comes from :func:`direct_rows`, not from :func:`row_offset`."""
+    return vv._replace(u8=buf, i64=buf.view(np.int64), vec=buf.view(vv.vec.dtype), base=np.int64(buf.ctypes.data),
+                       prefetchable=False)
 
 
 class LocalVectors(MappedReader):
