@@ -131,7 +131,11 @@ def _save_shared(directory: Path, arrays: dict[str, np.ndarray]) -> dict[str, st
 
 
 def _load_shared(paths: dict[str, str]) -> dict[str, np.ndarray]:
-    return {k: np.load(v, mmap_mode="r", allow_pickle=False) for k, v in paths.items()}
+    """The shared arrays, mapped copy-on-write: writable to numba, so the kernels run the
+    specializations a local build compiled and cached (numba compiles read-only arrays
+    separately: every worker compiled the assignment and graph kernels again, ~60 s on 2 cores);
+    nothing writes them, so their pages stay shared with the file."""
+    return {k: np.load(v, mmap_mode="c", allow_pickle=False) for k, v in paths.items()}
 
 
 def _assign_task(spec, part, metric_name, max_norm, shared, params, runs_dir, n_buckets, threads):
