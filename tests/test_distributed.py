@@ -28,18 +28,25 @@ def base(tmp_path_factory):
     return f, x, q
 
 
-def _cluster(env=None):
+@pytest.fixture(scope="module")
+def client():
+    """One LocalCluster of 2 worker processes for the module (starting one costs seconds)."""
     from spann.distributed import local_cluster
-    old = {k: os.environ.get(k) for k in (env or {})}
-    os.environ.update(env or {})  # worker processes inherit the environment they start with
+    c, cluster = local_cluster(2)
     try:
-        return local_cluster(2)
+        yield c
     finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        c.close()
+        cluster.close()
+
+
+def _set_env(env):
+    os.environ.update(env)
+
+
+def _clear_env(names):
+    for k in names:
+        os.environ.pop(k, None)
 
 
 def _equal_indexes(a, b, q):
@@ -54,19 +61,15 @@ def _equal_indexes(a, b, q):
 
 
 @pytest.mark.parametrize("encoding", ["full", "sq8"])
-def test_local_cluster_build_equals_the_local_build(base, tmp_path, encoding):
+def test_local_cluster_build_equals_the_local_build(base, client, tmp_path, encoding):
     f, x, q = base
     n = x.shape[0]
     ids = np.arange(n, dtype=np.int64) * 3 + 7
     labels = (np.arange(n) % 5).astype(np.int32)
     local = spann.build(f, tmp_path / "local", metric="l2", progress=False, encoding=encoding, ids=ids, labels=labels)
-    client, cluster = _cluster()
-    try:
-        dist = spann.build(f, tmp_path / "dist", metric="l2", progress=False, encoding=encoding, ids=ids,
-                           labels=labels, client=client)
-    finally:
-        client.close()
-        cluster.close()
+    client.wait_for_workers(2)
+    dist = spann.build(f, tmp_path / "dist", metric="l2", progress=False, encoding=encoding, ids=ids,
+                       labels=labels, client=client)
     _equal_indexes(local, dist, q)
     np.testing.assert_array_equal(local.search(q, 5, filter=[2]).ids, dist.search(q, 5, filter=[2]).ids)
     np.testing.assert_array_equal(local.get(ids[:50]), dist.get(ids[:50]))
@@ -74,28 +77,24 @@ def test_local_cluster_build_equals_the_local_build(base, tmp_path, encoding):
 
 
 @pytest.mark.parametrize("point", ["assign:0", "write:0"])
-def test_worker_killed_during_a_stage(base, tmp_path, point):
+def test_worker_killed_during_a_stage(base, client, tmp_path, point):
     f, x, q = base
     once = tmp_path / "killed-once"
-    client, cluster = _cluster({"SPANN_TASK_FAULT": point, "SPANN_TASK_FAULT_ONCE": str(once)})
+    env = {"SPANN_TASK_FAULT": point, "SPANN_TASK_FAULT_ONCE": str(once)}
+    client.wait_for_workers(2)
+    client.run(_set_env, env)  # the workers read it at task time; a restarted worker starts without it
     try:
         dist = spann.build(f, tmp_path / "dist", metric="l2", progress=False, client=client)
     finally:
-        client.close()
-        cluster.close()
+        client.run(_clear_env, list(env))
     assert once.exists()  # a worker really died mid-task (its task ran again elsewhere)
     local = spann.build(f, tmp_path / "local", metric="l2", progress=False)
     _equal_indexes(local, dist, q)
 
 
-def test_distributed_build_wants_a_file(base, tmp_path):
-    client, cluster = _cluster()
-    try:
-        with pytest.raises(ParameterError, match="vector file every worker"):
-            spann.build(base[1], tmp_path / "x", metric="l2", progress=False, client=client)
-    finally:
-        client.close()
-        cluster.close()
+def test_distributed_build_wants_a_file(base, client, tmp_path):
+    with pytest.raises(ParameterError, match="vector file every worker"):
+        spann.build(base[1], tmp_path / "x", metric="l2", progress=False, client=client)
 
 
 def test_cli_build_with_workers(base, tmp_path):
@@ -111,7 +110,7 @@ def test_cli_build_with_workers(base, tmp_path):
     assert p.returncode != 0 and "not both" in p.stderr
 
 
-def test_base_read_from_a_url(base, tmp_path):
+def test_base_read_from_a_url(base, client, tmp_path):
     """The base as a URL: the local and the distributed build read it with ranged GETs."""
     from spann.errors import VectorFileError
     from spann.range_server import RangeServer
@@ -121,12 +120,8 @@ def test_base_read_from_a_url(base, tmp_path):
         url = f"{srv.url}/{f.name}"
         from_url = spann.build(url, tmp_path / "url", metric="l2", progress=False)
         _equal_indexes(local, from_url, q)
-        client, cluster = _cluster()
-        try:
-            dist = spann.build(url, tmp_path / "dist", metric="l2", progress=False, client=client)
-        finally:
-            client.close()
-            cluster.close()
+        client.wait_for_workers(2)
+        dist = spann.build(url, tmp_path / "dist", metric="l2", progress=False, client=client)
         _equal_indexes(local, dist, q)
         with pytest.raises(VectorFileError, match="no such object"):
             spann.build(f"{srv.url}/missing.fbin", tmp_path / "m", metric="l2", progress=False)
