@@ -145,8 +145,9 @@ class VectorFile:
                 raise VectorFileError(
                     f"{self.path}: row {r} has dimension {int(dims[bad[0]])}, but row 0 has "
                     f"{self.dim} (inconsistent .{self.fmt} rows)")
-        block = np.asarray(self.rows[start:stop])
-        return np.ascontiguousarray(block, dtype=self.dtype)
+        # a copy, not a view of the read-only map: in RAM as promised, and writable, so kernels
+        # run the specializations compiled for in-memory arrays (numba compiles read-only apart)
+        return np.array(self.rows[start:stop], dtype=self.dtype, order="C")
 
     def take(self, ids: np.ndarray) -> np.ndarray:
         """Rows at sorted or unsorted positions ``ids`` (int array), shape (len(ids), dim)."""

@@ -83,6 +83,18 @@ def _task_fault(point: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def arm_task_fault(point: str | None, once: str | None = None) -> None:
+    """Testing hook: set :func:`_task_fault`'s ``SPANN_TASK_FAULT`` / ``SPANN_TASK_FAULT_ONCE``
+    in this process, or clear them (``point`` None); run it on running workers with
+    ``client.run`` (a worker restarted by its nanny starts without them)."""
+    if point is None:
+        os.environ.pop("SPANN_TASK_FAULT", None)
+        os.environ.pop("SPANN_TASK_FAULT_ONCE", None)
+    else:
+        os.environ["SPANN_TASK_FAULT"] = point
+        os.environ["SPANN_TASK_FAULT_ONCE"] = str(once)
+
+
 def _open_source(spec: tuple):
     """The base as a task opens it: spec (path or URL, format[, storage options])."""
     from spann.vectors import as_vector_source
@@ -240,8 +252,8 @@ def _reopen_encoder(enc, asg_dir: Path):
     from dataclasses import replace
     if enc.store is None:
         return enc
-    return replace(enc, row_of=np.load(asg_dir / "row_of.npy", mmap_mode="r"),
-                   order=np.load(asg_dir / "order.npy", mmap_mode="r"))
+    return replace(enc, row_of=np.load(asg_dir / "row_of.npy", mmap_mode="c"),  # writable to numba: see _load_shared
+                   order=np.load(asg_dir / "order.npy", mmap_mode="c"))
 
 
 class DaskRunner:

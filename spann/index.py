@@ -475,6 +475,8 @@ class Index:
             raise QueryError(f"k = {k} exceeds the {live} vectors in the index")
         with np.errstate(over="ignore", invalid="ignore"):
             qf = np.asarray(q, dtype=np.float32)
+            if not (qf.flags.c_contiguous and qf.flags.writeable):  # e.g. mapped queries: a copy (see VectorFile.read)
+                qf = np.array(qf, order="C")
             bad = ~np.isfinite(qf).all(1)
         if bad.any():
             raise QueryError(f"query {int(np.flatnonzero(bad)[0])} contains NaN or Inf (or overflows float32)")

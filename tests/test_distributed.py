@@ -40,15 +40,6 @@ def client():
         cluster.close()
 
 
-def _set_env(env):
-    os.environ.update(env)
-
-
-def _clear_env(names):
-    for k in names:
-        os.environ.pop(k, None)
-
-
 def _equal_indexes(a, b, q):
     np.testing.assert_array_equal(a.heads, b.heads)
     np.testing.assert_array_equal(a.counts, b.counts)
@@ -67,7 +58,7 @@ def test_local_cluster_build_equals_the_local_build(base, client, tmp_path, enco
     ids = np.arange(n, dtype=np.int64) * 3 + 7
     labels = (np.arange(n) % 5).astype(np.int32)
     local = spann.build(f, tmp_path / "local", metric="l2", progress=False, encoding=encoding, ids=ids, labels=labels)
-    client.wait_for_workers(2)
+    client.wait_for_workers(2, timeout=120)
     dist = spann.build(f, tmp_path / "dist", metric="l2", progress=False, encoding=encoding, ids=ids,
                        labels=labels, client=client)
     _equal_indexes(local, dist, q)
@@ -78,15 +69,20 @@ def test_local_cluster_build_equals_the_local_build(base, client, tmp_path, enco
 
 @pytest.mark.parametrize("point", ["assign:0", "write:0"])
 def test_worker_killed_during_a_stage(base, client, tmp_path, point):
+    from spann.distributed import arm_task_fault
     f, x, q = base
     once = tmp_path / "killed-once"
-    env = {"SPANN_TASK_FAULT": point, "SPANN_TASK_FAULT_ONCE": str(once)}
-    client.wait_for_workers(2)
-    client.run(_set_env, env)  # the workers read it at task time; a restarted worker starts without it
+    client.wait_for_workers(2, timeout=120)
+    before = set(client.scheduler_info()["workers"])
+    client.run(arm_task_fault, point, str(once))  # read at task time; the nanny restarts a killed worker without it
     try:
         dist = spann.build(f, tmp_path / "dist", metric="l2", progress=False, client=client)
     finally:
-        client.run(_clear_env, list(env))
+        try:
+            client.run(arm_task_fault, None)
+        except Exception:  # a worker leaving at that moment: the build's own outcome matters
+            pass
+    assert set(client.scheduler_info()["workers"]) != before  # a worker process was replaced
     assert once.exists()  # a worker really died mid-task (its task ran again elsewhere)
     local = spann.build(f, tmp_path / "local", metric="l2", progress=False)
     _equal_indexes(local, dist, q)
@@ -120,7 +116,7 @@ def test_base_read_from_a_url(base, client, tmp_path):
         url = f"{srv.url}/{f.name}"
         from_url = spann.build(url, tmp_path / "url", metric="l2", progress=False)
         _equal_indexes(local, from_url, q)
-        client.wait_for_workers(2)
+        client.wait_for_workers(2, timeout=120)
         dist = spann.build(url, tmp_path / "dist", metric="l2", progress=False, client=client)
         _equal_indexes(local, dist, q)
         with pytest.raises(VectorFileError, match="no such object"):
