@@ -334,7 +334,7 @@ def encoding_stage(src, metric: Metric, sample: Sample, asg: AssignmentRuns, par
     cursor = np.concatenate([[0], np.cumsum(np.bincount(np.asarray(asg.primary), minlength=asg.H))]).astype(np.int64)
     step = 1 << 22
     for a in range(0, src.n, step):
-        _rank_rows(np.array(asg.primary[a:a + step]), np.int64(a), cursor, row_of, order)  # writable: one specialization
+        _rank_rows(np.asarray(asg.primary[a:a + step]), np.int64(a), cursor, row_of, order)
     return Encoder(layout, arrays, StoreLayout(n=src.n, dim=src.dim, dtype=dtype), row_of, order)
 
 

@@ -85,14 +85,14 @@ def _task_fault(point: str) -> None:
 
 def arm_task_fault(point: str | None, once: str | None = None) -> None:
     """Testing hook: set :func:`_task_fault`'s ``SPANN_TASK_FAULT`` / ``SPANN_TASK_FAULT_ONCE``
-    in this process, or clear them (``point`` None); run it on running workers with
-    ``client.run`` (a worker restarted by its nanny starts without them)."""
-    if point is None:
-        os.environ.pop("SPANN_TASK_FAULT", None)
-        os.environ.pop("SPANN_TASK_FAULT_ONCE", None)
-    else:
-        os.environ["SPANN_TASK_FAULT"] = point
-        os.environ["SPANN_TASK_FAULT_ONCE"] = str(once)
+    in this process, or clear them (``point`` None; without ``once`` the hook never fires); run
+    it on running workers with ``client.run`` (a worker restarted by its nanny starts without
+    them)."""
+    for name, value in (("SPANN_TASK_FAULT", point), ("SPANN_TASK_FAULT_ONCE", once if point is not None else None)):
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = str(value)
 
 
 def _open_source(spec: tuple):

@@ -134,7 +134,9 @@ class AssignmentRuns:
         r = cls(directory, n, n_heads, n_buckets, replica_count, create=False)
         r.counts = np.load(r.dir / "counts.npy", allow_pickle=False)
         r.replica_histogram = np.load(r.dir / "replica_histogram.npy", allow_pickle=False)
-        r.primary = np.load(r.dir / "primary.npy", mmap_mode="r", allow_pickle=False)
+        # copy-on-write, not read-only: kernels then run the specializations of a fresh build's
+        # writable map (numba compiles read-only arrays apart); nothing writes a finished run
+        r.primary = np.load(r.dir / "primary.npy", mmap_mode="c", allow_pickle=False)
         return r
 
     # -- reading -------------------------------------------------------------------------------
