@@ -67,3 +67,47 @@ def test_diskann_under_a_wrong_interpreter_fails_in_one_line(small_dataset, tmp_
     assert "records" not in res and "\n" not in res["failed"] and "diskann runner" in res["failed"]
     res = run_diskann(str(tmp_path / "no-python"), str(small_dataset), 10, 5, str(tmp_path))
     assert "cannot run" in res["skipped"]
+
+
+_FAKE_DISKANNPY = '''
+import os
+import numpy as np
+
+def build_disk_index(data, distance_metric, index_directory, **kw):
+    np.save(os.path.join(index_directory, "fake_base.npy"), data)
+    open(os.path.join(index_directory, "ann_disk.index"), "wb").close()
+
+class StaticDiskIndex:
+    def __init__(self, index_directory, num_threads, num_nodes_to_cache):
+        if os.environ.get("FAKE_DISKANN_BROKEN"):
+            raise ValueError("index file is corrupt")
+        self.x = np.load(os.path.join(index_directory, "fake_base.npy"))
+
+    def search(self, q, k_neighbors, complexity, beam_width):
+        d = ((self.x - q) ** 2).sum(1)
+        ids = np.argsort(d)[:k_neighbors].astype(np.uint32)
+        return ids, d[ids]
+'''
+
+
+def test_diskann_server_answers_blocks_of_queries(small_dataset, tmp_path, monkeypatch):
+    """The pipe protocol bench_disk.py interleaves DiskANN with: a stand-in diskannpy (exact search)
+    under the runner, so every block must come back with the dataset's exact neighbours."""
+    import sys
+    import numpy as np
+    from spann.bench.runner import DiskANNServer
+    from spann.datasets import load
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "diskannpy.py").write_text(_FAKE_DISKANNPY)
+    monkeypatch.setenv("PYTHONPATH", str(fake))
+    gt, _ = load(small_dataset).load_gt()
+    with DiskANNServer(sys.executable, str(small_dataset), 10, str(tmp_path / "dk")) as server:
+        assert server.facts["build_seconds"] > 0 and server.facts["index_bytes"] > 0
+        for rows in ([0, 5, 9], [39], list(range(10, 30))):
+            lat, ids = server.search(16, rows)
+            assert lat.shape == (len(rows),) and (lat > 0).all()
+            assert ids.shape == (len(rows), 10) and (ids == gt[rows, :10]).all()
+    monkeypatch.setenv("FAKE_DISKANN_BROKEN", "1")
+    with pytest.raises(RuntimeError, match="diskann runner: ValueError: index file is corrupt"):
+        DiskANNServer(sys.executable, str(small_dataset), 10, str(tmp_path / "dk"))

@@ -10,6 +10,15 @@ and results go back as one JSON document on stdout (diskannpy's own chatter goes
 
 Every DiskANN query reads with O_DIRECT (no page cache), so its latencies are cold ones;
 ``--cache-nodes`` (default 0) keeps that many nodes in RAM, as DiskANN's own cache does.
+
+With ``--serve`` it builds or opens the index, writes one JSON line (the index's facts, no
+records) and then answers requests, one JSON line each way, until stdin closes::
+
+    -> {"L": 16, "rows": [0, 17, 34]}            (rows of the queries file)
+    <- {"latency_ms": [..3 floats..], "ids": [[..k ints..], ..3 lists..]}
+
+so a benchmark in another interpreter can interleave DiskANN's queries with its own, block by
+block, and a shared disk's drift falls on both alike.
 Note: diskannpy 0.7's StaticDiskIndex deadlocks with num_threads=1; it is opened with 2 and the
 single-query latencies use one query at a time.
 """
@@ -44,6 +53,12 @@ def _dir_bytes(d: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d))
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", required=True)
@@ -61,21 +76,23 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="build threads")
     ap.add_argument("--cache-nodes", type=int, default=0)
     ap.add_argument("--rebuild", action="store_true")
+    ap.add_argument("--serve", action="store_true", help="answer JSON-line requests on stdin (see above)")
     a = ap.parse_args()
     import numpy as np
     real_stdout = os.dup(1)
     os.dup2(2, 1)  # diskann's C++ code prints to fd 1: send it to stderr, keep stdout for the JSON
     with contextlib.redirect_stdout(sys.stderr):
         import diskannpy as dap
-        x = _read(a.base).astype(np.float32)
         q = _read(a.queries).astype(np.float32)
-        gt = _read(a.gt)[:, :a.k]
         dist = "mips" if a.metric == "ip" else "l2"
         if a.metric == "cosine":
-            x, q = _normalize(x), _normalize(q)
+            q = _normalize(q)
         os.makedirs(a.workdir, exist_ok=True)
         out = {"system": "diskann", "params": {"R": a.R, "L": a.L, "beam": a.beam, "cache_nodes": a.cache_nodes}}
         if a.rebuild or not os.path.exists(os.path.join(a.workdir, "ann_disk.index")):
+            x = _read(a.base).astype(np.float32)
+            if a.metric == "cosine":
+                x = _normalize(x)
             for stale in os.listdir(a.workdir):  # an interrupted build's files make diskannpy refuse to start
                 p = os.path.join(a.workdir, stale)
                 if stale.startswith("ann_") and os.path.isfile(p):
@@ -86,6 +103,7 @@ def main() -> None:
                                  graph_degree=a.R, search_memory_maximum=pq * len(x) / 2**30,
                                  build_memory_maximum=8.0, num_threads=a.threads, pq_disk_bytes=0)
             out["build_seconds"] = time.perf_counter() - t
+            del x
         out["index_bytes"] = _dir_bytes(a.workdir)
         pq_file = os.path.join(a.workdir, "ann_pq_compressed.bin")  # int32 n, int32 bytes, codes
         if os.path.exists(pq_file):
@@ -93,6 +111,10 @@ def main() -> None:
                 n_pq, b_pq = np.frombuffer(fh.read(8), np.int32)
             out["pq_bytes_per_vector"] = int(b_pq)
         idx = dap.StaticDiskIndex(index_directory=a.workdir, num_threads=2, num_nodes_to_cache=a.cache_nodes)
+        if a.serve:
+            _serve(idx, q, a, out, real_stdout)
+            return
+        gt = _read(a.gt)[:, :a.k]
         sample = np.linspace(0, len(q) - 1, min(a.latency_queries, len(q))).astype(int)
         records = []
         for L in (int(v) for v in a.sweep.split(",")):
@@ -109,7 +131,25 @@ def main() -> None:
                             "latency_mean_ms": float(lat.mean()), "latency_p50_ms": float(np.median(lat)),
                             "latency_p99_ms": float(np.percentile(lat, 99)), "queries": len(sample)})
         out["records"] = records
-    os.write(real_stdout, json.dumps(out).encode())
+    _write_all(real_stdout, json.dumps(out).encode())
+
+
+def _serve(idx, q, a, facts: dict, fd: int) -> None:
+    """Answer {"L", "rows"} requests from stdin until it closes (see the module docstring)."""
+    import numpy as np
+    _write_all(fd, (json.dumps(facts) + "\n").encode())
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        req = json.loads(line)
+        L = max(int(req["L"]), a.k)
+        lat, ids = [], []
+        for i in req["rows"]:
+            t = time.perf_counter()
+            found, _ = idx.search(q[int(i)], k_neighbors=a.k, complexity=L, beam_width=a.beam)
+            lat.append((time.perf_counter() - t) * 1e3)
+            ids.append(np.asarray(found).astype(np.int64).tolist())
+        _write_all(fd, (json.dumps({"latency_ms": lat, "ids": ids}) + "\n").encode())
 
 
 if __name__ == "__main__":

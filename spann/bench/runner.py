@@ -20,7 +20,7 @@ import numpy as np
 
 from spann.eval import EvalRecord, operating_point, recall_at_k
 
-__all__ = ["run_system", "run_bench", "run_diskann", "summary_table", "rss_anon_bytes"]
+__all__ = ["run_system", "run_bench", "run_diskann", "DiskANNServer", "summary_table", "rss_anon_bytes"]
 
 
 def rss_anon_bytes() -> int:
@@ -129,6 +129,68 @@ WORKDIR/diskann) unless one is there. Returns a :func:`run_system`-shaped dict."
                        extra={"build_seconds": dk.get("build_seconds")}).to_dict() for r in dk["records"]]
     return {"system": "diskann", "build_seconds": dk.get("build_seconds") or float("nan"), "records": recs,
             "pq_bytes_per_vector": dk.get("pq_bytes_per_vector")}
+
+
+class DiskANNServer:
+    """DiskANN answering single queries on request, in its own interpreter
+    (:mod:`spann.bench.diskann_runner` ``--serve``), so a benchmark can interleave its queries with
+    another system's block by block instead of measuring the two an hour apart on a shared disk.
+
+    ``python`` is a venv with numpy==1.25.* and diskannpy==0.7.0; the index is built in
+    ``index_dir`` unless one is there (``facts`` then holds ``build_seconds``). Latencies are
+    timed inside the runner, around each ``search`` call, so the pipe is not in them. Raises
+    RuntimeError (one line) when the runner cannot start or dies."""
+
+    def __init__(self, python: str, dataset: str, k: int, index_dir: str, extra_args: Sequence[str] = ()):
+        import tempfile
+        from spann.bench import diskann_runner
+        from spann.datasets import load
+        m = load(dataset)
+        cmd = [python, diskann_runner.__file__, "--serve", "--base", str(m.path("base")),
+               "--queries", str(m.path("queries")), "--gt", str(m.path("gt")), "--workdir", str(index_dir),
+               "--metric", m.metric, "--k", str(k), *extra_args]
+        self._log = tempfile.TemporaryFile("w+")  # the runner's chatter: a pipe left unread would block it
+        try:
+            self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+                                          text=True, bufsize=1)
+        except OSError as e:
+            self._log.close()
+            raise RuntimeError(f"cannot run {python}: {e.strerror}") from None
+        self.facts: dict[str, Any] = self._reply()
+
+    def _reply(self) -> dict[str, Any]:
+        line = self._proc.stdout.readline()
+        if not line:
+            self._proc.wait()
+            self._log.seek(0)
+            tail = self._log.read().strip().splitlines()[-1:] or [f"exit code {self._proc.returncode}"]
+            self.close()
+            raise RuntimeError(f"diskann runner: {tail[0]}")
+        return json.loads(line)
+
+    def search(self, L: int, rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of the dataset's queries, one at a time with search list size ``L``: their
+        latencies (float64 ms, shape (len(rows),)) and ids (int64, shape (len(rows), k))."""
+        self._proc.stdin.write(json.dumps({"L": int(L), "rows": [int(r) for r in rows]}) + "\n")
+        self._proc.stdin.flush()
+        r = self._reply()
+        return np.asarray(r["latency_ms"], np.float64), np.asarray(r["ids"], np.int64)
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.stdin.close()
+            try:
+                self._proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._log.close()
+
+    def __enter__(self) -> "DiskANNServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _child(conn, args: tuple, kwargs: dict, quiet: bool = False) -> None:
