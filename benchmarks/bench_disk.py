@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -91,6 +92,7 @@ def main() -> None:
     a = ap.parse_args()
 
     import spann
+    from spann.bench.runner import block_turns
     from spann.datasets import load, read_vectors
     from spann.eval import recall_at_k
     out = Path(a.out)
@@ -102,14 +104,17 @@ def main() -> None:
     qs, gs = q[sample], gt[sample]
     report: dict = {"dataset": m.name, "n": m.n_base, "dim": m.dim, "queries_timed": len(sample), "k": 10}
 
-    server = None  # DiskANN, started (and built if need be) first: a failure shows before spann's runs
+    # DiskANN, started (and built if need be) first: a failure shows before spann's runs. Its PQ
+    # codes (dim/2 bytes per vector) stay in its process's RAM meanwhile, as they would in service
+    server = None
     if a.diskann_python:
         from spann.bench.runner import DiskANNServer
         extra = ["--pq-bytes", str(a.diskann_pq_bytes)] if a.diskann_pq_bytes else []
         try:
-            server = DiskANNServer(a.diskann_python, a.data, 10, a.diskann_workdir or str(out / "diskann"), extra)
+            server = DiskANNServer(a.diskann_python, a.data, 10, a.diskann_workdir or str(out / "diskann"), extra,
+                                   log=str(out / "diskann-serve.log"))
         except RuntimeError as e:
-            raise SystemExit(f"DiskANN: {e}")
+            raise SystemExit(f"DiskANN: {e} (log: {out / 'diskann-serve.log'})")
         report["diskann_index"] = {k_: server.facts.get(k_) for k_ in ("index_bytes", "build_seconds",
                                                                      "pq_bytes_per_vector", "params")}
     if a.rebuild or not (Path(a.index) / "zarr.json").exists():
@@ -129,6 +134,8 @@ def main() -> None:
     points += [point(v, pruner=False) for v in a.no_pruner_sweep.split(",") if v]
     points += [point(v, rerank_bound=False) for v in a.no_bound_sweep.split(",") if v]
     direct_points = [point(v, direct=True) for v in a.direct_sweep.split(",") if v]
+    points = list({json.dumps(p): p for p in points}.values())  # a repeated value would be timed twice
+    direct_points = list({json.dumps(p): p for p in direct_points}.values())
 
     faiss_cfg = []
     if a.faiss:
@@ -169,12 +176,11 @@ def main() -> None:
     runs = [("spann", p) for p in points] + [("faiss", c) for c in faiss_cfg]
     # configurations take turns on blocks of queries: each block runs back to back in one
     # configuration (its heads, centroids and graph stay in the CPU caches, as when a service
-    # runs one configuration), and the order of the turns rotates per block, so a shared
-    # machine's load and the cache misses of the first query after a switch fall on all alike
-    for b, s in enumerate(range(0, len(sample), a.block)):
-        r0 = b % len(runs)
-        for kind, c in runs[r0:] + runs[:r0]:
-            for j in range(s, min(s + a.block, len(sample))):
+    # runs one configuration), in an order drawn anew per block, so a shared machine's load and
+    # the cache misses of the first query after a switch fall on all alike
+    for s, e, order in block_turns(len(sample), a.block, len(runs), seed=1):
+        for kind, c in (runs[i] for i in order):
+            for j in range(s, e):
                 if kind == "spann":
                     t = time.perf_counter()
                     idx.search(qs[j], 10, **c)
@@ -187,29 +193,37 @@ def main() -> None:
                     flat[(name, p["nprobe"])].append(time.perf_counter() - t)
     # cold: every query from the device. spann's operating points and DiskANN's (served by its own
     # interpreter, timed there around each search call) take turns on blocks of --cold-block
-    # queries, in an order that rotates per block: a shared disk's drift (1.7x within 40 minutes
+    # queries, in an order drawn anew per block: a shared disk's drift (1.7x within 40 minutes
     # seen here) falls on both alike, so their ratio is taken at one time, not an hour apart
-    dk_sweep = [max(int(v), 10) for v in a.diskann_sweep.split(",")] if server else []
+    dk_sweep = list(dict.fromkeys(max(int(v), 10) for v in a.diskann_sweep.split(","))) if server else []
     cold = {json.dumps(p): [] for p in points + direct_points}
     dk_lat = {L: [] for L in dk_sweep}
     dk_ids = {L: [] for L in dk_sweep}
     cold_runs = [("spann", p) for p in points + direct_points] + [("diskann", L) for L in dk_sweep]
-    for b, s in enumerate(range(0, len(sample), a.cold_block)):
-        e = min(s + a.cold_block, len(sample))
-        r0 = b % len(cold_runs)
-        for kind, c in cold_runs[r0:] + cold_runs[:r0]:
-            if kind == "diskann":
-                lat_ms, ids = server.search(c, sample[s:e])
-                dk_lat[c].extend(lat_ms.tolist())
-                dk_ids[c].append(ids)
-                continue
-            for j in range(s, e):
-                idx.evict()
-                t = time.perf_counter()
-                idx.search(qs[j], 10, **c)
-                cold[json.dumps(c)].append(time.perf_counter() - t)
-    if server is not None:
-        server.close()
+    try:
+        for s, e, order in block_turns(len(sample), a.cold_block, len(cold_runs), seed=2):
+            for kind, c in (cold_runs[i] for i in order):
+                if kind == "diskann":
+                    if server is None:  # it died in an earlier block: spann's rows go on
+                        continue
+                    try:
+                        lat_ms, ids = server.search(c, sample[s:e])
+                    except RuntimeError as err:
+                        report["diskann_failed"] = f"{err} (log: {out / 'diskann-serve.log'})"
+                        print(f"DiskANN: {report['diskann_failed']}; spann's measurements go on", file=sys.stderr)
+                        server, dk_sweep = None, []
+                        continue
+                    dk_lat[c].extend(lat_ms.tolist())
+                    dk_ids[c].append(ids)
+                    continue
+                for j in range(s, e):
+                    idx.evict()
+                    t = time.perf_counter()
+                    idx.search(qs[j], 10, **c)
+                    cold[json.dumps(c)].append(time.perf_counter() - t)
+    finally:
+        if server is not None:
+            server.close()
     rows = []
     for p in points + direct_points:
         key = json.dumps(p)

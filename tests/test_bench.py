@@ -82,8 +82,12 @@ class StaticDiskIndex:
         if os.environ.get("FAKE_DISKANN_BROKEN"):
             raise ValueError("index file is corrupt")
         self.x = np.load(os.path.join(index_directory, "fake_base.npy"))
+        self.calls = 0
 
     def search(self, q, k_neighbors, complexity, beam_width):
+        self.calls += 1  # the runner's untimed warm-up query is call 1
+        if self.calls == int(os.environ.get("FAKE_DISKANN_DIE_AT", "0")):
+            os._exit(9)
         d = ((self.x - q) ** 2).sum(1)
         ids = np.argsort(d)[:k_neighbors].astype(np.uint32)
         return ids, d[ids]
@@ -108,6 +112,39 @@ def test_diskann_server_answers_blocks_of_queries(small_dataset, tmp_path, monke
             lat, ids = server.search(16, rows)
             assert lat.shape == (len(rows),) and (lat > 0).all()
             assert ids.shape == (len(rows), 10) and (ids == gt[rows, :10]).all()
+    assert server.returncode == 0
+    # the index is reused (no build_seconds); the runner dies on its 5th search (the 4th timed one),
+    # in the middle of a block: one line with its exit code, not a broken pipe or a hang
+    monkeypatch.setenv("FAKE_DISKANN_DIE_AT", "5")
+    with DiskANNServer(sys.executable, str(small_dataset), 10, str(tmp_path / "dk"),
+                       log=str(tmp_path / "dk.log")) as server:
+        assert "build_seconds" not in server.facts and server.facts["index_bytes"] > 0
+        server.search(16, [0, 1])
+        with pytest.raises(RuntimeError, match=r"^diskann runner \(exit 9\)"):
+            server.search(16, [2, 3, 4])
+        with pytest.raises(RuntimeError, match=r"^diskann runner \(exit 9\)"):
+            server.search(16, [5])  # asked again after its death: the same line
+    assert server.returncode == 9 and (tmp_path / "dk.log").exists()
+    monkeypatch.delenv("FAKE_DISKANN_DIE_AT")
+    with DiskANNServer(sys.executable, str(small_dataset), 10, str(tmp_path / "dk")) as server:
+        server._proc.kill()  # gone between two requests: the write meets a broken pipe
+        server._proc.wait()
+        with pytest.raises(RuntimeError, match=r"^diskann runner \(exit -9\)"):
+            server.search(16, list(range(40)) * 200)
     monkeypatch.setenv("FAKE_DISKANN_BROKEN", "1")
-    with pytest.raises(RuntimeError, match="diskann runner: ValueError: index file is corrupt"):
+    with pytest.raises(RuntimeError, match=r"diskann runner \(exit 1\): ValueError: index file is corrupt$"):
         DiskANNServer(sys.executable, str(small_dataset), 10, str(tmp_path / "dk"))
+
+
+def test_block_turns_give_every_configuration_every_query_and_vary_who_goes_first():
+    from spann.bench.runner import block_turns
+    n_runs, seen, first, after = 6, [], [], set()
+    for s, e, order in block_turns(2003, 10, n_runs, seed=3):
+        assert sorted(order.tolist()) == list(range(n_runs))
+        seen.append((s, e))
+        first.append(int(order[0]))
+        after.update(zip(order[:-1].tolist(), order[1:].tolist()))
+    assert seen[0] == (0, 10) and seen[-1] == (2000, 2003)
+    assert all(b[0] == a[1] for a, b in zip(seen, seen[1:]))  # blocks tile the queries
+    assert set(first) == set(range(n_runs))  # every configuration opens some block
+    assert len(after) > n_runs  # a rotated cycle would give only n_runs successor pairs

@@ -8,9 +8,12 @@ data, same k, same thread count, single-query latencies on the same queries.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
+import select
 import subprocess
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -20,7 +23,7 @@ import numpy as np
 
 from spann.eval import EvalRecord, operating_point, recall_at_k
 
-__all__ = ["run_system", "run_bench", "run_diskann", "DiskANNServer", "summary_table", "rss_anon_bytes"]
+__all__ = ["run_system", "run_bench", "run_diskann", "DiskANNServer", "block_turns", "summary_table", "rss_anon_bytes"]
 
 
 def rss_anon_bytes() -> int:
@@ -136,54 +139,84 @@ class DiskANNServer:
     (:mod:`spann.bench.diskann_runner` ``--serve``), so a benchmark can interleave its queries with
     another system's block by block instead of measuring the two an hour apart on a shared disk.
 
-    ``python`` is a venv with numpy==1.25.* and diskannpy==0.7.0; the index is built in
-    ``index_dir`` unless one is there (``facts`` then holds ``build_seconds``). Latencies are
-    timed inside the runner, around each ``search`` call, so the pipe is not in them. Raises
-    RuntimeError (one line) when the runner cannot start or dies."""
+    ``python`` is a venv with numpy==1.25.* and diskannpy==0.7.0; ``dataset`` a prepared dataset
+    directory (its queries file is what :meth:`search`'s rows index); ``k`` the neighbours per
+    query; ``extra_args`` more runner options (``--pq-bytes``, ``--beam``, ...). The index is built
+    in ``index_dir`` unless one is there. ``facts`` holds ``index_bytes``, ``pq_bytes_per_vector``,
+    ``params`` and, when it was built here, ``build_seconds``. The runner's own output goes to
+    ``log`` (a path; a temporary file if None). Latencies are timed inside the runner, around each
+    ``search`` call, so the pipe is not in them. Raises RuntimeError (one line, with the runner's
+    exit code and last message) when the runner cannot start, dies, or does not answer a request
+    within ``timeout`` seconds."""
 
-    def __init__(self, python: str, dataset: str, k: int, index_dir: str, extra_args: Sequence[str] = ()):
-        import tempfile
+    def __init__(self, python: str, dataset: str, k: int, index_dir: str, extra_args: Sequence[str] = (),
+                 log: str | None = None, timeout: float = 600.0) -> None:
         from spann.bench import diskann_runner
         from spann.datasets import load
         m = load(dataset)
         cmd = [python, diskann_runner.__file__, "--serve", "--base", str(m.path("base")),
                "--queries", str(m.path("queries")), "--gt", str(m.path("gt")), "--workdir", str(index_dir),
                "--metric", m.metric, "--k", str(k), *extra_args]
-        self._log = tempfile.TemporaryFile("w+")  # the runner's chatter: a pipe left unread would block it
+        # the runner's chatter goes to a file: a pipe left unread would block it
+        self._log = open(log, "w+b") if log else tempfile.TemporaryFile("w+b")
+        self.timeout = timeout
+        self.returncode: int | None = None
+        self._tail = ""
         try:
             self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
                                           text=True, bufsize=1)
         except OSError as e:
             self._log.close()
             raise RuntimeError(f"cannot run {python}: {e.strerror}") from None
-        self.facts: dict[str, Any] = self._reply()
+        self.facts: dict[str, Any] = self._reply(timeout=None)  # a build may take an hour
 
-    def _reply(self) -> dict[str, Any]:
+    def _died(self, why: str = "") -> RuntimeError:
+        """Stop the runner and say why in one line: its exit code and the last line it logged."""
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self.close()
+        return RuntimeError(f"diskann runner (exit {self.returncode}{why}): {self._tail or 'no message'}")
+
+    def _reply(self, timeout: float | None) -> dict[str, Any]:
+        if timeout is not None:
+            ready, _, _ = select.select([self._proc.stdout], [], [], timeout)
+            if not ready:
+                raise self._died(f", no answer in {timeout:g} s")
         line = self._proc.stdout.readline()
-        if not line:
-            self._proc.wait()
-            self._log.seek(0)
-            tail = self._log.read().strip().splitlines()[-1:] or [f"exit code {self._proc.returncode}"]
-            self.close()
-            raise RuntimeError(f"diskann runner: {tail[0]}")
+        if not line.endswith("\n"):  # end of file, or a reply cut short by the runner's death
+            raise self._died()
         return json.loads(line)
 
     def search(self, L: int, rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """Rows of the dataset's queries, one at a time with search list size ``L``: their
         latencies (float64 ms, shape (len(rows),)) and ids (int64, shape (len(rows), k))."""
-        self._proc.stdin.write(json.dumps({"L": int(L), "rows": [int(r) for r in rows]}) + "\n")
-        self._proc.stdin.flush()
-        r = self._reply()
+        if self._log.closed:  # closed, or died on an earlier request: the same line again
+            raise RuntimeError(f"diskann runner (exit {self.returncode}): {self._tail or 'closed'}")
+        try:
+            self._proc.stdin.write(json.dumps({"L": int(L), "rows": [int(r) for r in rows]}) + "\n")
+            self._proc.stdin.flush()
+        except OSError:  # the runner is gone (BrokenPipeError)
+            raise self._died() from None
+        r = self._reply(self.timeout)
         return np.asarray(r["latency_ms"], np.float64), np.asarray(r["ids"], np.int64)
 
     def close(self) -> None:
-        if self._proc.poll() is None:
-            self._proc.stdin.close()
-            try:
-                self._proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        """End the runner (it exits when its stdin closes), reap it and close the pipes and log;
+        ``returncode`` is then its exit status. Idempotent."""
+        if self._log.closed:
+            return
+        for pipe in (self._proc.stdin, self._proc.stdout):
+            with contextlib.suppress(OSError):
+                pipe.close()
+        try:
+            self._proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self.returncode = self._proc.returncode
+        self._log.seek(0)
+        lines = self._log.read().decode("utf-8", "replace").strip().splitlines()
+        self._tail = lines[-1].strip() if lines else ""
         self._log.close()
 
     def __enter__(self) -> "DiskANNServer":
@@ -191,6 +224,18 @@ class DiskANNServer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def block_turns(n_queries: int, block: int, n_runs: int, seed: int = 0):
+    """Turns for configurations that share a query sample: yields ``(start, end, order)`` per block
+    of ``block`` queries, ``order`` a permutation of ``range(n_runs)`` (int64, shape (n_runs,)),
+    drawn anew per block from ``seed``, so the first query after a switch between configurations
+    (cold CPU caches, another process waking up) and a shared machine's drift within a block fall on
+    every configuration alike. A fixed cycle, rotated, would always put the same configuration
+    after the same other one."""
+    rng = np.random.default_rng(seed)
+    for start in range(0, n_queries, block):
+        yield start, min(start + block, n_queries), rng.permutation(n_runs)
 
 
 def _child(conn, args: tuple, kwargs: dict, quiet: bool = False) -> None:
