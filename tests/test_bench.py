@@ -148,3 +148,13 @@ def test_block_turns_give_every_configuration_every_query_and_vary_who_goes_firs
     assert all(b[0] == a[1] for a, b in zip(seen, seen[1:]))  # blocks tile the queries
     assert set(first) == set(range(n_runs))  # every configuration opens some block
     assert len(after) > n_runs  # a rotated cycle would give only n_runs successor pairs
+
+
+def test_summary_does_not_round_a_missed_target_up_to_it():
+    """A best recall of 0.98989 misses 0.99: the summary says 0.9898, not 0.990."""
+    recs = [{"system": "s", "params": {"m": m}, "k": 10, "recall": r, "latency_mean_ms": 1.0 + m}
+            for m, r in ((1, 0.9), (2, 0.98989))]
+    table = summary_table([{"system": "s", "records": recs, "build_seconds": 1.0}])
+    line = next(ln for ln in table.splitlines() if ln.split()[:2] == ["s", "0.99"])
+    assert "not reached; best recall 0.9898" in line
+    assert any(ln.split()[:3] == ["s", "0.95", "0.990"] for ln in table.splitlines())  # reached: the point's recall

@@ -308,8 +308,9 @@ def summary_table(results: Sequence[dict[str, Any]], targets: Sequence[float] = 
             mine = [r for r in recs if r.system == system]
             for tgt in targets:
                 op = operating_point(mine, tgt)
-                if op is None:
-                    lines.append(f"{system:<18} {tgt:>6.2f}   (not reached; best recall {max(r.recall for r in mine):.3f})")
+                if op is None:  # rounded down: 0.98989 is not shown as the 0.990 it missed
+                    best = np.floor(max(r.recall for r in mine) * 1e4) / 1e4
+                    lines.append(f"{system:<18} {tgt:>6.2f}   (not reached; best recall {best:.4f})")
                     continue
                 params = ",".join(f"{k_}={v}" for k_, v in op.params.items() if k_ != "prefetch")
                 disk = "-" if op.index_bytes is None else f"{op.index_bytes / 2**20:.0f}"
