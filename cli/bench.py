@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from spann.cli.common import common_options, echo_err, is_quiet
+from spann.cli.common import check_outputs, common_options, echo_err, is_quiet
 
 
 @click.command("bench")
@@ -35,6 +35,7 @@ def bench_cmd(dataset: str, algorithms: str, k: int, threads: int, runs: int, la
     from spann.datasets import load
     from spann.eval import EvalRecord, plot_recall_qps, write_csv
     load(dataset)  # fail fast on a bad dataset name
+    check_outputs([out, workdir], directories=True)
     o = Path(out)
     o.mkdir(parents=True, exist_ok=True)
     results = run_bench([a.strip() for a in algorithms.split(",") if a.strip()], str(Path(dataset).resolve())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from spann.cli.common import (check_writable, common_options, echo_err, emit_json, is_quiet, read_ids_file,
+from spann.cli.common import (check_index_output, check_outputs, common_options, echo_err, emit_json, is_quiet, read_ids_file,
                               read_labels_file)
 from spann.datasets.formats import FORMATS
 from spann.cli.common import metric_option, store_options
@@ -100,8 +100,8 @@ def build_cmd(input: str, index_dir: str, metric: str, fmt: str | None, json_out
     if metric is None:
         raise ParameterError("--metric is required (l2, ip or cosine)")
     p = _DEFAULTS.replace(**{**params, **BuildParams.parse_assignments(extra)})
-    if json_out and json_out != "-":
-        check_writable(json_out)
+    check_index_output(index_dir, [input, ids_file, labels_file])
+    check_outputs([json_out], [input, ids_file, labels_file], index_dirs=[index_dir])
     ids = labels = None
     if ids_file or labels_file:
         with open_vectors(input, fmt) as vf:  # the header only: n

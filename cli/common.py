@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Iterable
 
 import click
 
 from spann.errors import SpannError
 
 __all__ = ["SpannGroup", "common_options", "emit_json", "echo_err", "is_quiet", "metric_option", "check_writable",
-           "LabelFilter", "read_ids_file", "read_labels_file", "INT32_MAX"]
+           "check_outputs", "check_index_output", "enclosing_index", "LabelFilter", "read_ids_file", "read_labels_file", "INT32_MAX"]
 
 INT32_MAX = 2**31 - 1
 
@@ -89,6 +91,69 @@ def check_writable(path: str) -> None:
         raise click.BadParameter(f"directory {d} does not exist", param_hint="output")
     if not os.access(path if os.path.exists(path) else d, os.W_OK):
         raise click.BadParameter(f"{path} is not writable", param_hint="output")
+
+
+def enclosing_index(path: str | os.PathLike) -> Path | None:
+    """The nearest directory at or above ``path`` that holds a ``zarr.json`` (a spann index or
+    any zarr node), or ``None``. ``path`` need not exist."""
+    p = Path(os.path.abspath(os.fspath(path)))
+    for d in (p, *p.parents):
+        if (d / "zarr.json").is_file():
+            return d
+    return None
+
+
+def _is_zip_index(path: Path) -> bool:
+    import zipfile
+    if not path.is_file() or not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as z:
+            return "zarr.json" in z.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def check_outputs(outputs: Iterable[str | os.PathLike | None], inputs: Iterable[str | os.PathLike | None] = (),
+                  index_dirs: Iterable[str | os.PathLike | None] = (), directories: bool = False) -> None:
+    """Refuse, in one line and before any work, an output path that would destroy data: one that
+    lies inside an index (``index_dirs``, whether or not they exist yet, or any existing
+    directory holding a ``zarr.json``), is an index packed as a zip, is the same file as an input
+    or another output, or cannot be written. ``None``, ``"-"`` (stdout) and object-store URLs are
+    skipped. With ``directories`` the outputs are directories to be created or filled."""
+    from spann.datasets.formats import check_distinct_paths, split_hdf5
+    from spann.errors import ParameterError
+    outs = [os.fspath(o) for o in outputs if o is not None and os.fspath(o) != "-" and "://" not in os.fspath(o)]
+    own = [Path(os.path.abspath(os.fspath(d))) for d in index_dirs if d is not None and "://" not in os.fspath(d)]
+    for o in outs:
+        op = Path(os.path.abspath(split_hdf5(o)[0]))
+        for d in own:
+            if op == d or d in op.parents:
+                raise ParameterError(f"output {o} lies inside the index {d}; write it elsewhere")
+        inside = enclosing_index(op if directories else op.parent)
+        if inside is None and not directories and op.name == "zarr.json" and op.parent.is_dir():
+            inside = op.parent
+        if inside is not None:
+            raise ParameterError(f"output {o} lies inside the index (zarr group) {inside}; write it elsewhere")
+        if _is_zip_index(op):
+            raise ParameterError(f"output {o} is an index (a zip holding zarr.json); refusing to overwrite it")
+        if not directories:
+            check_writable(str(op))
+    check_distinct_paths(outs, list(inputs))
+
+
+def check_index_output(index: str | os.PathLike, inputs: Iterable[str | os.PathLike | None] = ()) -> None:
+    """Refuse an index destination (a directory or .zip to be created or replaced) that lies
+    inside another index or is one of the inputs. Object-store URLs are skipped."""
+    from spann.datasets.formats import check_distinct_paths
+    from spann.errors import ParameterError
+    if "://" in os.fspath(index):
+        return
+    p = Path(os.path.abspath(os.fspath(index)))
+    inside = enclosing_index(p.parent)
+    if inside is not None:
+        raise ParameterError(f"index {index} would lie inside the index (zarr group) {inside}; build it elsewhere")
+    check_distinct_paths([index], list(inputs))
 
 
 def is_quiet() -> bool:

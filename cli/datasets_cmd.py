@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from spann.cli.common import common_options, echo_err, is_quiet, metric_option
+from spann.cli.common import check_outputs, common_options, echo_err, is_quiet, metric_option
 
 
 class VectorPath(click.ParamType):
@@ -53,6 +53,7 @@ def list_cmd() -> None:
 def prepare_cmd(name: str, directory: str, **opts) -> None:
     """Write dataset NAME (base, queries, ground truth, manifest.json) into DIRECTORY."""
     from spann.datasets import prepare
+    check_outputs([directory], directories=True)
     options = {k: v for k, v in opts.items() if v is not None}
     m = prepare(name, directory, progress=not is_quiet(), **options)
     echo_err(f"prepared {m.name}: {m.n_base} x {m.dim} {m.dtype} base, {m.n_queries} queries, "

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from spann.cli.common import common_options, echo_err, is_quiet
+from spann.cli.common import check_outputs, common_options, echo_err, is_quiet
 
 
 @click.command("demo")
@@ -26,6 +26,7 @@ def demo_cmd(dataset: str, limit: int, workdir: str, k: int) -> None:
     from spann.cli.eval_cmd import format_table
     from spann.datasets import load, prepare
     from spann.eval import evaluate
+    check_outputs([workdir], directories=True)
     work = Path(workdir)
     progress = not is_quiet()
     if dataset == "glove-50":

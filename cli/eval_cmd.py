@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from spann.cli.common import (check_writable, common_options, echo_err, emit_json, is_quiet, open_index_arg,
+from spann.cli.common import (check_outputs, common_options, echo_err, emit_json, is_quiet, open_index_arg,
                               store_options)
 
 
@@ -56,9 +56,7 @@ def eval_cmd(index: str, queries: str | None, gt: str | None, dataset: str | Non
     from spann.eval import evaluate, parse_sweep, plot_recall_qps, write_csv
     from spann.errors import ParameterError
     from spann.params import SearchParams
-    for path in (json_out, csv_out, plot):
-        if path and path != "-":
-            check_writable(path)
+    check_outputs([json_out, csv_out, plot], [queries, gt, dataset], index_dirs=[index])
     if plot and not plot.lower().endswith(".png"):
         raise click.BadParameter(f"{plot}: the plot is a PNG; name it *.png", param_hint="--plot")
     specs = list(sweep) + ([f"prune_eps={prune_eps}"] if prune_eps else [])

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from spann.cli.common import (INT32_MAX, LabelFilter, check_writable, common_options, echo_err, emit_json,
+from spann.cli.common import (INT32_MAX, LabelFilter, check_outputs, common_options, echo_err, emit_json,
                               open_index_arg, store_options)
 from spann.cli.datasets_cmd import VectorPath
 from spann.datasets.formats import FORMATS
@@ -55,16 +55,13 @@ def search_cmd(index: str, queries: str, k: int, output: str, max_postings: int,
                prefetch: bool, rerank: int, pruner: bool, threads: int, direct: bool, queries_format: str | None, json_out: str | None,
                filt: list[int] | None, storage_option: tuple[str, ...]) -> None:
     """Search INDEX for the k nearest neighbours of every vector in QUERIES."""
-    from spann.datasets.formats import check_distinct_paths, metric_from_hdf5, read_vectors, write_vectors
+    from spann.datasets.formats import metric_from_hdf5, read_vectors, write_vectors
     from spann.datasets.groundtruth import check_ids_output, distances_path_for
     from spann.errors import DataError
     # every refusal before any work: unwritable outputs, outputs that would replace an input
     fmt = check_ids_output(output)
     dpath = distances_path_for(output)
-    for path in (output, dpath, json_out):
-        if path and path != "-":
-            check_writable(str(path))
-    check_distinct_paths([output, dpath, json_out], [queries], input_dirs=[index])
+    check_outputs([output, dpath, json_out], [queries], index_dirs=[index])
     q = read_vectors(queries, queries_format)
     with open_index_arg(index, storage_option) as idx:
         metric_from_hdf5([queries], idx.metric, given_as=f"but index {index} uses metric {idx.metric}")
