@@ -101,7 +101,7 @@ def build_cmd(input: str, index_dir: str, metric: str, fmt: str | None, json_out
         raise ParameterError("--metric is required (l2, ip or cosine)")
     p = _DEFAULTS.replace(**{**params, **BuildParams.parse_assignments(extra)})
     check_index_output(index_dir, [input, ids_file, labels_file])
-    check_outputs([json_out], [input, ids_file, labels_file], index_dirs=[index_dir])
+    check_outputs([json_out], [input, ids_file, labels_file], index_dirs=[index_dir], index_role="output")
     ids = labels = None
     if ids_file or labels_file:
         with open_vectors(input, fmt) as vf:  # the header only: n

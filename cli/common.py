@@ -115,7 +115,8 @@ def _is_zip_index(path: Path) -> bool:
 
 
 def check_outputs(outputs: Iterable[str | os.PathLike | None], inputs: Iterable[str | os.PathLike | None] = (),
-                  index_dirs: Iterable[str | os.PathLike | None] = (), directories: bool = False) -> None:
+                  index_dirs: Iterable[str | os.PathLike | None] = (), directories: bool = False,
+                  index_role: str = "input") -> None:
     """Refuse, in one line and before any work, an output path that would destroy data: one that
     lies inside an index (``index_dirs``, whether or not they exist yet, or any existing
     directory holding a ``zarr.json``), is an index packed as a zip, is the same file as an input
@@ -129,7 +130,7 @@ def check_outputs(outputs: Iterable[str | os.PathLike | None], inputs: Iterable[
         op = Path(os.path.abspath(split_hdf5(o)[0]))
         for d in own:
             if op == d or d in op.parents:
-                raise ParameterError(f"output {o} lies inside the index {d}; write it elsewhere")
+                raise ParameterError(f"output {o} lies inside the {index_role} index {d}; write it elsewhere")
         inside = enclosing_index(op if directories else op.parent)
         if inside is None and not directories and op.name == "zarr.json" and op.parent.is_dir():
             inside = op.parent
