@@ -94,7 +94,7 @@ def main() -> None:
     import spann
     from spann.bench.runner import block_turns
     from spann.datasets import load, read_vectors
-    from spann.eval import recall_at_k
+    from spann.tools.eval import recall_at_k
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     m = load(a.data)
@@ -114,7 +114,7 @@ def main() -> None:
             server = DiskANNServer(a.diskann_python, a.data, 10, a.diskann_workdir or str(out / "diskann"), extra,
                                    log=str(out / "diskann-serve.log"))
         except RuntimeError as e:
-            raise SystemExit(f"DiskANN: {e} (log: {out / 'diskann-serve.log'})")
+            raise SystemExit(f"DiskANN: {e} (log: {out / 'diskann-serve.log'})") from None
         report["diskann_index"] = {k_: server.facts.get(k_) for k_ in ("index_bytes", "build_seconds",
                                                                      "pq_bytes_per_vector", "params")}
     if a.rebuild or not (Path(a.index) / "zarr.json").exists():
@@ -125,7 +125,8 @@ def main() -> None:
     st = info["stats"]
     report["spann_index"] = {"encoding": idx.layout.encoding, "heads": st["heads"],
                              "replicas_per_vector": st["replicas_per_vector"], "disk_bytes": info["disk_bytes"],
-                             "raw_bytes": st["raw_bytes"], "ram_bytes": info["ram_bytes"], "pruner": idx.pruner is not None}
+                             "raw_bytes": st["raw_bytes"], "ram_bytes": info["ram_bytes"],
+                             "pruner": idx.pruner is not None}
     def point(v: str, **kw) -> dict:  # "24" or "24/12" (max_postings / rerank)
         mp, _, rr = v.partition("/")
         return {"max_postings": int(mp), **({"rerank": int(rr)} if rr else {}), **kw}
@@ -140,9 +141,10 @@ def main() -> None:
     faiss_cfg = []
     if a.faiss:
         import os
+
         import faiss
         faiss.omp_set_num_threads(os.cpu_count() or 1)  # train on every core; search on one (below)
-        from spann.metrics import get_metric
+        from spann.kernels.metrics import get_metric
         met = get_metric(m.metric)
         x = read_vectors(m.path("base")).astype(np.float32)
         xq = met.query_space(qs)[0] if met.normalize else qs.astype(np.float32)
@@ -267,10 +269,11 @@ def main() -> None:
     report["summary"] = summary
     (out / "report.json").write_text(json.dumps(report, indent=2))
     print(f"{m.name}: {m.n_base:,} x {m.dim}, {len(sample)} queries timed, k=10, one thread")
-    print(f"{'system':<22} {'params':<34} {'recall':>6} {'lists':>6} {'KiB':>6} {'warm med':>9} {'cold med':>9} {'cold mean':>9}")
+    print(f"{'system':<22} {'params':<34} {'recall':>6} {'lists':>6} {'KiB':>6} {'warm med':>9} {'cold med':>9} "
+          f"{'cold mean':>9}")
     for r in rows:
         ps = ",".join(f"{k}={v}" for k, v in r["params"].items())
-        f = lambda k, fmt: (fmt % r[k]) if k in r else "-"  # noqa: E731
+        f = lambda k, fmt, r=r: (fmt % r[k]) if k in r else "-"  # noqa: E731
         print(f"{r['system']:<22} {ps:<34} {r['recall']:>6.3f} {f('lists', '%6.1f'):>6} {f('kib', '%6.0f'):>6} "
               f"{f('warm_median_ms', '%9.3f'):>9} {f('cold_median_ms', '%9.3f'):>9} {f('cold_mean_ms', '%9.3f'):>9}")
     print("interpolated latency (ms) at recall 0.90 / 0.95:")

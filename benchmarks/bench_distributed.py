@@ -23,9 +23,9 @@ import numpy as np
 
 def main() -> None:
     import spann
+    from spann.builder.dask import local_cluster
     from spann.datasets.formats import read_vectors
-    from spann.distributed import local_cluster
-    from spann.eval import recall_at_k
+    from spann.tools.eval import recall_at_k
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("dataset", help="prepared dataset directory (base.*, queries.fbin, gt.ibin)")
     ap.add_argument("--metric", default="cosine")

@@ -33,8 +33,8 @@ def main() -> None:
     a = ap.parse_args()
     import spann
     from spann.datasets import load, prepare
-    from spann.eval import recall_at_k
-    from spann.verify import verify_index
+    from spann.tools.eval import recall_at_k
+    from spann.tools.verify import verify_index
     if not (Path(a.data) / "manifest.json").exists():
         prepare("synthetic", a.data, n=a.n, dim=128, dtype="uint8", n_queries=max(a.queries, 1000), progress=True)
     m = load(a.data)

@@ -2,7 +2,7 @@
 
 With ``--server moto`` (default), exports INDEX to ``s3://BUCKET/PREFIX`` on a moto S3 server it
 starts on 127.0.0.1 (``--server env``: the server AWS_ENDPOINT_URL names); with ``--server
-http``, serves INDEX's directory from :class:`spann.range_server.RangeServer` with
+http``, serves INDEX's directory from :class:`spann.bench.range_server.RangeServer` with
 ``--delay-ms`` per request (an object store's first-byte latency, ~10-30 ms on S3). Then it
 times single queries:
 
@@ -44,7 +44,7 @@ def _timed(idx, q, k, mp, before=None):
 def main() -> None:
     import spann
     from spann.datasets.formats import read_vectors
-    from spann.publish import export_index
+    from spann.io.publish import export_index
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("index")
     ap.add_argument("queries")
@@ -57,12 +57,13 @@ def main() -> None:
     a = ap.parse_args()
     srv = http = None
     if a.server == "http":
-        from spann.range_server import RangeServer
+        from spann.bench.range_server import RangeServer
         http = RangeServer(a.index, delay_ms=a.delay_ms)
         a.url = http.url + "/"
     elif a.server == "moto":
         import logging
         import urllib.request
+
         from moto.server import ThreadedMotoServer
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         srv = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -92,13 +93,17 @@ def main() -> None:
         same = all(np.array_equal(x.ids, y.ids) for x, y in zip(l_res, c_res)) and \
             all(np.array_equal(x.ids, y.ids) for x, y in zip(l_res, w_res))
         per = lambda rs, f: float(np.median([getattr(r, f)[0] for r in rs]))  # noqa: E731
-        rec = {"index": a.index, "url": a.url, "server": {"moto": "moto (loopback)", "http": f"range server, {a.delay_ms} ms per request",
+        rec = {"index": a.index, "url": a.url, "server": {"moto": "moto (loopback)",
+                                                          "http": f"range server, {a.delay_ms} ms per request",
                                                       "env": os.environ.get("AWS_ENDPOINT_URL")}[a.server],
                "queries": int(q.shape[0]), "k": a.k, "max_postings": a.max_postings, "encoding": local.layout.encoding,
                "upload_s": round(upload, 2), "open_s": round(open_s, 3), "identical_results": same,
-               "local_warm_ms": {"p50": round(float(np.median(l_lat)), 3), "p95": round(float(np.percentile(l_lat, 95)), 3)},
-               "s3_cold_ms": {"p50": round(float(np.median(c_lat)), 2), "p95": round(float(np.percentile(c_lat, 95)), 2)},
-               "s3_warm_ms": {"p50": round(float(np.median(w_lat)), 3), "p95": round(float(np.percentile(w_lat, 95)), 3)},
+               "local_warm_ms": {"p50": round(float(np.median(l_lat)), 3), "p95": round(float(np.percentile(l_lat,
+                                                                                                            95)), 3)},
+               "s3_cold_ms": {"p50": round(float(np.median(c_lat)), 2), "p95": round(float(np.percentile(c_lat, 95)),
+                                                                                     2)},
+               "s3_warm_ms": {"p50": round(float(np.median(w_lat)), 3), "p95": round(float(np.percentile(w_lat, 95)),
+                                                                                     3)},
                "cold_gets_per_query": per(c_res, "requests"), "cold_lists_read": per(c_res, "lists_read"),
                "cold_kib_fetched": round(per(c_res, "bytes_fetched") / 1024, 1),
                "warm_gets_per_query": per(w_res, "requests")}

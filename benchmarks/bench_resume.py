@@ -67,7 +67,8 @@ def main() -> None:
     with open_vectors(a.base) as vf:
         rng = np.random.default_rng(0)
         rows = np.sort(rng.choice(len(vf), a.queries, replace=False))
-        q = np.clip(vf.take(rows).astype(np.float32) + rng.normal(0, 2, (a.queries, vf.shape[1])), 0, 255).astype(np.float32)
+        q = np.clip(vf.take(rows).astype(np.float32) + rng.normal(0, 2, (a.queries, vf.shape[1])), 0,
+                    255).astype(np.float32)
     with spann.open(ref) as i1, spann.open(res) as i2:
         r1, r2 = i1.search(q, 10), i2.search(q, 10)
         stats = i2.attrs["stats"]

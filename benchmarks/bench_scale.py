@@ -5,7 +5,7 @@ Generator (deterministic, streamed in blocks, never whole in RAM): a mixture of
 orders of magnitude); cluster c has an exponential(28) centre and *anisotropic* axis-aligned
 spreads ``s_c * exp(N(0, 0.5))`` per dimension with ``s_c ~ U(6, 16)``; values are rounded,
 folded to non-negative and clipped to 0..255 (SIFT-like). Queries: 1,000 rows of an
-independent stream of the same mixture; exact ground truth (``spann.exact``).
+independent stream of the same mixture; exact ground truth (``spann.kernels.exact``).
 
 For each n: ``spann build --memory-limit`` in a child process (per-stage times, peak RSS of the
 whole process, disk), recall@10 at fixed max_postings, warm and cold (pages evicted before
@@ -39,7 +39,8 @@ class Mixture:
         w = rng.lognormal(0.0, 1.0, size=k)
         self.w = w / w.sum()
         self.centers = rng.exponential(28.0, size=(k, DIM)).astype(np.float32)
-        self.scales = (rng.uniform(6.0, 16.0, size=(k, 1)) * np.exp(rng.normal(0, 0.5, size=(k, DIM)))).astype(np.float32)
+        self.scales = (rng.uniform(6.0, 16.0, size=(k, 1)) * np.exp(rng.normal(0, 0.5, size=(k,
+                                                                                             DIM)))).astype(np.float32)
         self.k, self.seed = k, seed
 
     def rows(self, start: int, stop: int, stream: int = 0) -> np.ndarray:
@@ -64,7 +65,7 @@ def write_base(path: Path, n: int, mix: Mixture, block: int = 1 << 20) -> None:
 def measure(n: int, work: Path, limit: str, max_postings: list[int], threads: int) -> dict:
     import spann
     from spann.datasets.formats import open_vectors
-    from spann.exact import exact_knn
+    from spann.kernels.exact import exact_knn
     mix = Mixture(n)
     base = work / f"base-{n}.u8bin"
     t = time.perf_counter()

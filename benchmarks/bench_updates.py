@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from bench_disk import interp_latency as interp  # same directory: the Pareto-front interpolation
 
 
@@ -58,7 +57,7 @@ def sweep(idx, qs, gt, values, **kw):
 
 
 def exact_gt(x, ids, qs, metric, k=10):
-    from spann.exact import exact_knn
+    from spann.kernels.exact import exact_knn
     gi, _ = exact_knn(x, qs, k, metric)
     return ids[gi]
 
@@ -99,7 +98,8 @@ def part_inserts(x, qs, metric, work, values, rng):
     stop.set()
     th.join()
     final = np.setdiff1d(live, gone)
-    rep.update(insert_batches=batches, insert_per_s=sum(b["vectors"] for b in batches) / sum(b["seconds"] for b in batches),
+    rep.update(insert_batches=batches,
+               insert_per_s=sum(b["vectors"] for b in batches) / sum(b["seconds"] for b in batches),
                delete_ids=len(gone), delete_s=del_s, delete_per_s=len(gone) / del_s,
                idle_p50_ms=1e3 * statistics.median(idle), during_updates_p50_ms=1e3 * statistics.median(during),
                during_updates_p99_ms=1e3 * float(np.percentile(during, 99)), searches_during=len(during),
@@ -176,7 +176,8 @@ def part_filters(x, qs, metric, work, values, rng):
         pts = []
         for mp in values:
             r = idx.search(qs, 10, max_postings=mp, threads=1, filter=flt)
-            pts.append({"max_postings": mp, "recall": recall(r.ids, gt), "p50_ms": 1e3 * statistics.median(lat[(key, mp)]),
+            pts.append({"max_postings": mp, "recall": recall(r.ids, gt), "p50_ms": 1e3 * statistics.median(lat[(key,
+                                                                                                                mp)]),
                         "lists": float(np.median(r.lists_read)), "kib": float(np.median(r.bytes_read)) / 1024})
         rep[key] = {"share": len(members) / n, "points": pts}
     for target in (0.90, 0.95):
@@ -200,6 +201,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     import numba
+
     from spann.datasets import load, read_vectors
     m = load(a.data)
     x = np.ascontiguousarray(read_vectors(m.path("base")))

@@ -28,7 +28,7 @@ def main() -> None:
     a = ap.parse_args()
     import spann
     from spann.datasets import load
-    from spann.eval import recall_at_k
+    from spann.tools.eval import recall_at_k
     curves: dict = {}
     for data in a.data:
         m = load(data)

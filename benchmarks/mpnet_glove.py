@@ -105,6 +105,7 @@ def embed(args: argparse.Namespace) -> None:
 
 def prepare(args: argparse.Namespace) -> None:
     import numpy as np
+
     from spann.datasets.registry import prepare_from_array
     blocks = sorted(Path(args.cache, "blocks").glob("*.npy"))
     if not blocks:
@@ -118,6 +119,7 @@ def prepare(args: argparse.Namespace) -> None:
 
 def pca(args: argparse.Namespace) -> None:
     import numpy as np
+
     from spann.datasets import load
     from spann.datasets.formats import read_vectors, write_vectors
     from spann.datasets.groundtruth import compute_ground_truth

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import click
 
+from spann.bench.runner import run_bench, summary_table
 from spann.cli.common import check_outputs, common_options, echo_err, is_quiet
+from spann.datasets import load
+from spann.tools.eval import EvalRecord, plot_recall_qps, write_csv
 
 
 @click.command("bench")
@@ -31,9 +34,6 @@ from spann.cli.common import check_outputs, common_options, echo_err, is_quiet
 def bench_cmd(dataset: str, algorithms: str, k: int, threads: int, runs: int, latency_queries: int, cold_queries: int,
               diskann_python: str | None, out: str, workdir: str | None) -> None:
     """Measure spann and peers on DATASET (a prepared directory or registered name)."""
-    from spann.bench.runner import run_bench, summary_table
-    from spann.datasets import load
-    from spann.eval import EvalRecord, plot_recall_qps, write_csv
     load(dataset)  # fail fast on a bad dataset name
     check_outputs([out, workdir], directories=True)
     o = Path(out)
@@ -43,7 +43,8 @@ def bench_cmd(dataset: str, algorithms: str, k: int, threads: int, runs: int, la
                         latency_queries=latency_queries, workdir=workdir or str(o / "work"), cold_queries=cold_queries,
                         diskann_python=diskann_python, log=echo_err, quiet=is_quiet())
     names = set(EvalRecord.__dataclass_fields__)
-    recs = [EvalRecord(**{k_: v for k_, v in r.items() if k_ in names}) for res in results for r in res.get("records", [])]
+    recs = [EvalRecord(**{k_: v for k_, v in r.items() if k_ in names}) for res in results for r in res.get("records",
+                                                                                                            [])]
     with open(o / "results.jsonl", "w") as fh:
         for res in results:
             fh.write(json.dumps({k_: v for k_, v in res.items() if k_ != "records"}) + "\n")

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import click
 
-from spann.cli.common import (check_index_output, check_outputs, common_options, echo_err, emit_json, is_quiet, read_ids_file,
-                              read_labels_file)
-from spann.datasets.formats import FORMATS
-from spann.cli.common import metric_option, store_options
+from spann.builder.dask import connect, local_cluster
+from spann.builder.pipeline import build_index
+from spann.cli.common import (check_index_output, check_outputs, common_options, echo_err, emit_json, is_quiet,
+                              metric_option, read_ids_file, read_labels_file, store_options)
+from spann.datasets.formats import FORMATS, metric_from_hdf5, open_vectors
+from spann.errors import ParameterError
+from spann.io.sources import parse_storage_options
 from spann.params import BuildParams
 
 _DEFAULTS = BuildParams()
@@ -56,13 +59,17 @@ class ByteSize(click.ParamType):
 @click.option("--format", "fmt", type=click.Choice(list(FORMATS)), help="Override the input format.")
 @click.option("--head-ratio", type=click.FloatRange(0, 0.5, min_open=True), default=_DEFAULTS.head_ratio,
               show_default=True, help="Heads / N.")
-@click.option("--posting-size", type=click.IntRange(0), default=0, help="Target vectors per head (overrides --head-ratio).")
+@click.option("--posting-size", type=click.IntRange(0), default=0,
+              help="Target vectors per head (overrides --head-ratio).")
 @click.option("--encoding", type=click.Choice(["auto", "full", "sq8", "rabitq"]), default=_DEFAULTS.encoding,
               show_default=True, help="Posting entries: full vectors, or sq8 / rabitq codes re-ranked from a vector "
               "store. auto: full for 8-bit data, rabitq for float data of >= 384 dims, else sq8.")
-@click.option("--replica-count", type=click.IntRange(1, 64), help="Max lists per vector [by encoding: 6 coded, 8 full].")
-@click.option("--closure-eps", type=click.FloatRange(0), help="Replica closure rule [by encoding: 2.0 coded, 0.5 full].")
-@click.option("--rng-factor", type=click.FloatRange(0, min_open=True), help="Replica RNG rule [by encoding: 2.0 coded, 1.3 full].")
+@click.option("--replica-count", type=click.IntRange(1, 64),
+              help="Max lists per vector [by encoding: 6 coded, 8 full].")
+@click.option("--closure-eps", type=click.FloatRange(0),
+              help="Replica closure rule [by encoding: 2.0 coded, 0.5 full].")
+@click.option("--rng-factor", type=click.FloatRange(0, min_open=True),
+              help="Replica RNG rule [by encoding: 2.0 coded, 1.3 full].")
 @click.option("--graph-degree", type=click.IntRange(4, 256), default=_DEFAULTS.graph_degree, show_default=True)
 @click.option("--head-groups", type=click.IntRange(-1, 1 << 20), default=_DEFAULTS.head_groups, show_default=True,
               help="Groups of heads searches scan instead of walking the head graph: -1 = ~4 sqrt(heads) up to "
@@ -85,17 +92,14 @@ class ByteSize(click.ParamType):
               "(needs spann-ann[dask]).")
 @click.option("--scheduler", metavar="ADDRESS", help="Build on the Dask cluster of this scheduler (tcp://host:port); "
               "INPUT and INDEX must be paths every worker can reach.")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True), help="Write the build summary as JSON.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True),
+              help="Write the build summary as JSON.")
 @common_options
 def build_cmd(input: str, index_dir: str, metric: str, fmt: str | None, json_out: str | None, overwrite: bool,
               resume: bool, extra: tuple[str, ...], ids_file: str | None, labels_file: str | None,
               storage_option: tuple[str, ...], workers: int | None, scheduler: str | None, **params) -> None:
     """Build a SPANN index of INPUT (a vector file) in INDEX: a directory, a .zip file, or an
     object-store URL (s3://bucket/prefix; built in a local work directory, then uploaded)."""
-    from spann.builder import build_index
-    from spann.datasets.formats import metric_from_hdf5, open_vectors
-    from spann.errors import ParameterError
-    from spann.stores import parse_storage_options
     metric = metric_from_hdf5([input], metric)  # an ann-benchmarks file's `distance` must agree
     if metric is None:
         raise ParameterError("--metric is required (l2, ip or cosine)")
@@ -112,7 +116,6 @@ def build_cmd(input: str, index_dir: str, metric: str, fmt: str | None, json_out
         raise ParameterError("give --workers (a local cluster) or --scheduler (an existing one), not both")
     client = cluster = None
     if workers or scheduler:
-        from spann.distributed import connect, local_cluster
         client, cluster = local_cluster(workers) if workers else (connect(scheduler), None)
     try:
         attrs = build_index(input, index_dir, metric=metric, params=p, fmt=fmt, overwrite=overwrite,

@@ -5,15 +5,24 @@ from __future__ import annotations
 import json
 import os
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import click
+import numpy as np
 
-from spann.errors import SpannError
+import spann
+from spann.datasets.formats import check_distinct_paths, split_hdf5
+from spann.errors import DataError, FormatNotSupportedError, ParameterError, SpannError, VectorFileError
+from spann.format.labels import check_labels
+from spann.io.idmap import check_ids
+from spann.io.sources import parse_storage_options
+from spann.kernels.metrics import ALIASES, METRICS, get_metric
 
 __all__ = ["SpannGroup", "common_options", "emit_json", "echo_err", "is_quiet", "metric_option", "check_writable",
-           "check_outputs", "check_index_output", "enclosing_index", "LabelFilter", "read_ids_file", "read_labels_file", "INT32_MAX"]
+           "check_outputs", "check_index_output", "enclosing_index", "LabelFilter", "read_ids_file",
+           "read_labels_file", "INT32_MAX"]
 
 INT32_MAX = 2**31 - 1
 
@@ -60,14 +69,11 @@ def store_options(f: Callable) -> Callable:
 
 def open_index_arg(index: str, storage_option: tuple[str, ...] = ()):
     """Open INDEX (a directory, a .zip file or an object-store URL)."""
-    import spann
-    from spann.stores import parse_storage_options
     return spann.open(index, storage_options=parse_storage_options(storage_option) or None)
 
 
 def metric_option(required: bool = False, **kw: Any) -> Callable:
     """``--metric``: l2, ip, cosine or an alias (euclidean, angular, dot, ...), normalised."""
-    from spann.metrics import ALIASES, METRICS, get_metric
 
     def cb(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
         if value is None:
@@ -83,7 +89,6 @@ def metric_option(required: bool = False, **kw: Any) -> Callable:
 
 def check_writable(path: str) -> None:
     """Fail now, in one line, if an output file cannot be written later (not after an hour of work)."""
-    import os
     d = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise click.BadParameter(f"{path} is a directory", param_hint="output")
@@ -104,7 +109,6 @@ def enclosing_index(path: str | os.PathLike) -> Path | None:
 
 
 def _is_zip_index(path: Path) -> bool:
-    import zipfile
     if not path.is_file() or not zipfile.is_zipfile(path):
         return False
     try:
@@ -122,8 +126,6 @@ def check_outputs(outputs: Iterable[str | os.PathLike | None], inputs: Iterable[
     directory holding a ``zarr.json``), is an index packed as a zip, is the same file as an input
     or another output, or cannot be written. ``None``, ``"-"`` (stdout) and object-store URLs are
     skipped. With ``directories`` the outputs are directories to be created or filled."""
-    from spann.datasets.formats import check_distinct_paths, split_hdf5
-    from spann.errors import ParameterError
     outs = [os.fspath(o) for o in outputs if o is not None and os.fspath(o) != "-" and "://" not in os.fspath(o)]
     own = [Path(os.path.abspath(os.fspath(d))) for d in index_dirs if d is not None and "://" not in os.fspath(d)]
     for o in outs:
@@ -146,8 +148,6 @@ def check_outputs(outputs: Iterable[str | os.PathLike | None], inputs: Iterable[
 def check_index_output(index: str | os.PathLike, inputs: Iterable[str | os.PathLike | None] = ()) -> None:
     """Refuse an index destination (a directory or .zip to be created or replaced) that lies
     inside another index or is one of the inputs. Object-store URLs are skipped."""
-    from spann.datasets.formats import check_distinct_paths
-    from spann.errors import ParameterError
     if "://" in os.fspath(index):
         return
     p = Path(os.path.abspath(os.fspath(index)))
@@ -179,7 +179,6 @@ def emit_json(obj: Any, path: str | None) -> None:
 
 
 def _jsonable(o: Any) -> Any:
-    import numpy as np
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):
@@ -208,8 +207,6 @@ class LabelFilter(click.ParamType):
 
 def _load_npy(path: str):
     """A .npy array, memory mapped (no pickles); one-line VectorFileError if unreadable."""
-    import numpy as np
-    from spann.errors import VectorFileError
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, EOFError, OSError) as e:
@@ -219,9 +216,6 @@ def _load_npy(path: str):
 
 def _load_id_bin(path: str, dtype: str):
     """Ids of a big-ann binary file: int32 n, int32 d = 1, then n ids of ``dtype``."""
-    import os
-    import numpy as np
-    from spann.errors import VectorFileError
     ext = os.path.splitext(path)[1]
     size = os.path.getsize(path)
     if size < 8:
@@ -241,10 +235,6 @@ def read_ids_file(path: str, n: int | None = None, what: str = "--ids"):
     """Ids from ``path``: .npy (integers (m,) or (m, 1)), .ibin (int32) or .i8bin (int64), both
     with the big-ann header (n, 1). With ``n``: exactly n distinct ids >= 0 (int64 (n,));
     without: any ids, as int64 (m,). One-line errors naming the file."""
-    import os
-    import numpy as np
-    from spann.errors import DataError, FormatNotSupportedError
-    from spann.idmap import check_ids
     ext = os.path.splitext(path)[1].lower()
     if ext == ".npy":
         arr = _load_npy(path)
@@ -270,9 +260,6 @@ def read_ids_file(path: str, n: int | None = None, what: str = "--ids"):
 
 def read_labels_file(path: str, n: int, what: str = "--labels"):
     """Labels from a .npy file: integers (n,) or (n, L), -1 = none; int32 (n, L)."""
-    import os
-    from spann.errors import DataError, FormatNotSupportedError
-    from spann.labels import check_labels
     if os.path.splitext(path)[1].lower() != ".npy":
         raise FormatNotSupportedError(f"{what} {path}: labels are read from .npy files (integers (n,) or (n, L))")
     arr = _load_npy(path)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from spann.cli.common import check_outputs, common_options, echo_err, is_quiet, metric_option
+from spann.datasets import list_datasets, prepare, register
+from spann.datasets.formats import split_hdf5
 
 
 class VectorPath(click.ParamType):
@@ -14,8 +18,6 @@ class VectorPath(click.ParamType):
     name = "path"
 
     def convert(self, value, param, ctx):
-        import os
-        from spann.datasets.formats import split_hdf5
         value = os.fspath(value)
         p, _key = split_hdf5(value)
         if not p.exists():
@@ -34,7 +36,6 @@ def datasets_group() -> None:
 @common_options
 def list_cmd() -> None:
     """Built-in and registered datasets."""
-    from spann.datasets import list_datasets
     for name, desc in list_datasets():
         click.echo(f"{name:<14} {desc}")
 
@@ -52,7 +53,6 @@ def list_cmd() -> None:
 @common_options
 def prepare_cmd(name: str, directory: str, **opts) -> None:
     """Write dataset NAME (base, queries, ground truth, manifest.json) into DIRECTORY."""
-    from spann.datasets import prepare
     check_outputs([directory], directories=True)
     options = {k: v for k, v in opts.items() if v is not None}
     m = prepare(name, directory, progress=not is_quiet(), **options)
@@ -75,7 +75,6 @@ def register_cmd(name: str, base: str, queries: str | None, gt: str | None, gt_d
     """Register your own files as dataset NAME (no code needed).
 
     --metric is required unless an ann-benchmarks .hdf5 input names its distance."""
-    from spann.datasets import register
     m = register(name, base, queries, metric, gt, gt_distances)
     echo_err(f"registered {name}: {m.n_base} x {m.dim} {m.dtype}, {m.n_queries} queries"
              + (f", top-{m.gt_k} ground truth" if m.gt else "") + f", metric {m.metric}")

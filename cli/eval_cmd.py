@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-import click
+import time
 
-from spann.cli.common import (check_outputs, common_options, echo_err, emit_json, is_quiet, open_index_arg,
-                              store_options)
+import click
+import numpy as np
+
+from spann.cli.common import check_outputs, common_options, echo_err, emit_json, is_quiet, open_index_arg, store_options
+from spann.datasets import load, read_vectors
+from spann.datasets.groundtruth import distances_path_for
+from spann.errors import ParameterError
+from spann.params import SearchParams
+from spann.tools.eval import evaluate, parse_sweep, plot_recall_qps, write_csv
 
 
 def format_table(records) -> str:
@@ -49,13 +56,6 @@ def eval_cmd(index: str, queries: str | None, gt: str | None, dataset: str | Non
              prune_eps: str | None, threads: int, runs: int, latency_queries: int, cold: bool, prefetch: bool | None,
              json_out: str | None, csv_out: str | None, plot: str | None, storage_option: tuple[str, ...]) -> None:
     """Evaluate INDEX on QUERIES against ground truth GT (or --dataset)."""
-    import time
-    import numpy as np
-    from spann.datasets import load, read_vectors
-    from spann.datasets.groundtruth import distances_path_for
-    from spann.eval import evaluate, parse_sweep, plot_recall_qps, write_csv
-    from spann.errors import ParameterError
-    from spann.params import SearchParams
     check_outputs([json_out, csv_out, plot], [queries, gt, dataset], index_dirs=[index])
     if plot and not plot.lower().endswith(".png"):
         raise click.BadParameter(f"{plot}: the plot is a PNG; name it *.png", param_hint="--plot")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from spann.cli.common import check_index_output, common_options, echo_err, is_quiet, store_options
+from spann.io.publish import export_index
+from spann.io.sources import parse_storage_options
 
 
 @click.command("export")
@@ -17,8 +19,6 @@ def export_cmd(index: str, dest: str, overwrite: bool, storage_option: tuple[str
     """Copy the local INDEX to DEST: a .zip file (members stored, 4 KiB-aligned: searched in
     place) or an object-store URL (s3://bucket/prefix; the root zarr.json is uploaded last)."""
     check_index_output(dest, [])
-    from spann.publish import export_index
-    from spann.stores import parse_storage_options
     export_index(index, dest, overwrite=overwrite, storage_options=parse_storage_options(storage_option) or None,
                  progress=not is_quiet())
     echo_err(f"exported {index} to {dest}")

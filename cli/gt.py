@@ -8,7 +8,8 @@ import click
 
 from spann.cli.common import check_outputs, common_options, echo_err, emit_json, is_quiet, metric_option
 from spann.cli.datasets_cmd import VectorPath
-from spann.datasets.formats import FORMATS
+from spann.datasets.formats import FORMATS, metric_from_hdf5, open_vectors
+from spann.datasets.groundtruth import check_ids_output, check_k, distances_path_for, ground_truth_files
 
 
 @click.command("gt")
@@ -27,8 +28,6 @@ def gt_cmd(base: str, queries: str, k: int, output: str, metric: str | None, bas
     """Exact k-NN of QUERIES in BASE (blocked BLAS, bounded memory).
 
     --metric defaults to the distance an ann-benchmarks .hdf5 input names, else l2."""
-    from spann.datasets.formats import metric_from_hdf5, open_vectors
-    from spann.datasets.groundtruth import check_ids_output, check_k, distances_path_for, ground_truth_files
     # every refusal before any work: output paths, metric, k
     check_ids_output(output)
     dist_out = distances_path_for(output)

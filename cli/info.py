@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from spann.cli.build import build_summary
 from spann.cli.common import common_options, emit_json, open_index_arg, store_options
 
 
@@ -14,7 +15,6 @@ from spann.cli.common import common_options, emit_json, open_index_arg, store_op
 @common_options
 def info_cmd(index: str, as_json: bool, storage_option: tuple[str, ...]) -> None:
     """Print INDEX's attributes, build parameters and statistics."""
-    from spann.cli.build import build_summary
     with open_index_arg(index, storage_option) as idx:
         info = idx.info()
     if as_json:

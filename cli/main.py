@@ -5,18 +5,18 @@ from __future__ import annotations
 import click
 
 from spann import __version__
+from spann.cli.bench import bench_cmd
+from spann.cli.build import build_cmd
 from spann.cli.common import SpannGroup
 from spann.cli.datasets_cmd import datasets_group
-from spann.cli.gt import gt_cmd
-from spann.cli.build import build_cmd
-from spann.cli.search import search_cmd
-from spann.cli.info import info_cmd
-from spann.cli.eval_cmd import eval_cmd
 from spann.cli.demo import demo_cmd
-from spann.cli.bench import bench_cmd
-from spann.cli.verify import verify_cmd
-from spann.cli.updates_cmd import add_cmd, delete_cmd
+from spann.cli.eval_cmd import eval_cmd
 from spann.cli.export_cmd import export_cmd
+from spann.cli.gt import gt_cmd
+from spann.cli.info import info_cmd
+from spann.cli.search import search_cmd
+from spann.cli.updates_cmd import add_cmd, delete_cmd
+from spann.cli.verify import verify_cmd
 
 
 @click.group(cls=SpannGroup, context_settings={"help_option_names": ["-h", "--help"]})

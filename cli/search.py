@@ -11,7 +11,9 @@ import numpy as np
 from spann.cli.common import (INT32_MAX, LabelFilter, check_outputs, common_options, echo_err, emit_json,
                               open_index_arg, store_options)
 from spann.cli.datasets_cmd import VectorPath
-from spann.datasets.formats import FORMATS
+from spann.datasets.formats import FORMATS, metric_from_hdf5, read_vectors, write_vectors
+from spann.datasets.groundtruth import check_ids_output, distances_path_for
+from spann.errors import DataError
 from spann.params import SearchParams
 
 _DEFAULTS = SearchParams()
@@ -52,12 +54,10 @@ def search_options(f):
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True), help="Write a JSON summary.")
 @common_options
 def search_cmd(index: str, queries: str, k: int, output: str, max_postings: int, prune_eps: float, ef: int,
-               prefetch: bool, rerank: int, pruner: bool, threads: int, direct: bool, queries_format: str | None, json_out: str | None,
+               prefetch: bool, rerank: int, pruner: bool, threads: int, direct: bool, queries_format: str | None,
+               json_out: str | None,
                filt: list[int] | None, storage_option: tuple[str, ...]) -> None:
     """Search INDEX for the k nearest neighbours of every vector in QUERIES."""
-    from spann.datasets.formats import metric_from_hdf5, read_vectors, write_vectors
-    from spann.datasets.groundtruth import check_ids_output, distances_path_for
-    from spann.errors import DataError
     # every refusal before any work: unwritable outputs, outputs that would replace an input
     fmt = check_ids_output(output)
     dpath = distances_path_for(output)
@@ -82,7 +82,8 @@ def search_cmd(index: str, queries: str, k: int, output: str, max_postings: int,
     write_vectors(dpath, r.distances)
     summary = {"queries": len(q), "k": k, "seconds": secs, "qps": len(q) / secs if secs > 0 else None,
                "prepare_seconds": t1 - t0, "mean_lists_read": float(r.lists_read.mean()),
-               "mean_kib_read": float(r.bytes_read.mean() / 1024), "mean_distance_evals": float(r.distance_evals.mean()),
+               "mean_kib_read": float(r.bytes_read.mean() / 1024),
+               "mean_distance_evals": float(r.distance_evals.mean()),
                "filter": filt, "ids": str(Path(output)), "distances": str(dpath)}
     echo_err(f"{len(q)} queries in {secs:.3f}s ({summary['qps']:.0f} QPS), {summary['mean_lists_read']:.1f} lists "
              f"and {summary['mean_kib_read']:.1f} KiB read per query -> {output}")

@@ -6,10 +6,13 @@ from __future__ import annotations
 import time
 
 import click
+import numpy as np
 
+import spann
 from spann.cli.common import common_options, echo_err, emit_json, read_ids_file, read_labels_file
 from spann.cli.datasets_cmd import VectorPath
-from spann.datasets.formats import FORMATS
+from spann.datasets.formats import FORMATS, metric_from_hdf5, read_vectors
+from spann.errors import QueryError
 
 
 def _id_span(ids) -> str:
@@ -36,8 +39,6 @@ def _id_span(ids) -> str:
 def add_cmd(index: str, vectors: str, fmt: str | None, ids_file: str | None, labels_file: str | None,
             as_json: bool) -> None:
     """Add every vector of VECTORS (any format build reads) to INDEX."""
-    import spann
-    from spann.datasets.formats import metric_from_hdf5, read_vectors
     x = read_vectors(vectors, fmt)
     ids = read_ids_file(ids_file, len(x)) if ids_file else None
     labels = read_labels_file(labels_file, len(x)) if labels_file else None
@@ -63,9 +64,6 @@ def add_cmd(index: str, vectors: str, fmt: str | None, ids_file: str | None, lab
 @common_options
 def delete_cmd(index: str, ids_file: str, missing_ok: bool, as_json: bool) -> None:
     """Delete the vectors of the ids in --ids from INDEX (all or nothing)."""
-    import numpy as np
-    import spann
-    from spann.errors import QueryError
     ids = read_ids_file(ids_file)
     distinct = int(np.unique(ids).size)
     with spann.open(index) as idx:

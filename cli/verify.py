@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from spann.cli.common import common_options, echo_err, emit_json
+from spann.tools.verify import verify_index
 
 
 @click.command("verify")
@@ -14,7 +15,6 @@ from spann.cli.common import common_options, echo_err, emit_json
 def verify_cmd(index: str, as_json: bool) -> None:
     """Check every byte of INDEX that opening does not: shard checksums, posting ids and rows,
     vectors finite, every vector present. Exit 1 with the problems found."""
-    from spann.verify import verify_index
     summary = verify_index(index)
     if as_json:
         emit_json(summary, "-")

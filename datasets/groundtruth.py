@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from spann.exact import exact_knn
-from spann.datasets.formats import VectorFile, open_vectors, write_vectors, detect_format, check_finite, \
-    check_distinct_paths
-from spann.errors import FormatNotSupportedError
+from spann.datasets.formats import (VectorFile, check_distinct_paths, check_finite, detect_format, open_vectors,
+                                    write_vectors)
+from spann.errors import DataError, FormatNotSupportedError, ParameterError
+from spann.kernels.exact import exact_knn
 
 __all__ = ["compute_ground_truth", "ground_truth_files", "distances_path_for", "check_k", "check_ids_output"]
 
@@ -21,7 +21,6 @@ IDS_FORMATS = ("ibin", "ivecs", "npy")
 
 def check_ids_output(path: str | os.PathLike[str], fmt: str | None = None) -> str:
     """The format of ids output ``path``; refuses (one line) formats that cannot hold ids."""
-    from spann.errors import ParameterError
     f = detect_format(path, fmt)
     if f not in IDS_FORMATS:
         raise ParameterError(f"{path}: ids are written as .ibin, .ivecs or .npy, not .{f}")
@@ -64,7 +63,6 @@ class _FiniteBase:
 
 def check_k(k: int, n: int, what: str = "the base") -> None:
     """Refuse ``k`` larger than the ``n`` rows of the base (the result would be padded with -1)."""
-    from spann.errors import ParameterError
     if k > n:
         raise ParameterError(f"k = {k} exceeds the {n} vectors in {what}")
 
@@ -111,7 +109,6 @@ def ground_truth_files(base_path: str | os.PathLike[str], queries_path: str | os
     with open_vectors(base_path, base_fmt) as base, open_vectors(queries_path, queries_fmt) as qf:
         check_k(k, base.n, str(base_path))
         if qf.dim != base.dim:
-            from spann.errors import DataError
             raise DataError(f"{queries_path}: queries have dimension {qf.dim}, base {base_path} has {base.dim}")
         ids, dists = compute_ground_truth(base, qf.read(), k, metric, progress=progress)
     ids_out = ids if fmt == "npy" else ids.astype(np.int32)

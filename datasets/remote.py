@@ -13,8 +13,9 @@ import ast
 
 import numpy as np
 
+from spann.datasets.vector_file import FORMATS, VectorFile, _check_dim, _check_npy_dtype, detect_format
 from spann.errors import VectorFileError
-from spann.datasets.formats import FORMATS, VectorFile, _check_dim, _check_npy_dtype, detect_format
+from spann.io.sources import ObjectStore
 
 __all__ = ["open_remote_vectors", "RemoteRows"]
 
@@ -79,7 +80,6 @@ class RemoteRows:
 
 def open_remote_vectors(url: str, fmt: str | None = None, storage_options=None) -> VectorFile:
     """A vector file at an object-store URL, read with ranged GETs."""
-    from spann.stores import ObjectStore
     name = detect_format(url.split("?", 1)[0], fmt)
     f = FORMATS[name]
     if f.kind not in ("bin", "npy"):

@@ -5,7 +5,9 @@
 compile (and are cached on disk) on first use or :meth:`Index.prepare`.
 """
 
-from spann import kernel_cache  # noqa: F401  (first: installs the kernel cache's locator)
+from spann.kernels import cache as kernel_cache  # noqa: F401  (first: installs the kernel cache's locator)
+
+# isort: split
 from spann.errors import (DataError, IndexCorruptError, IndexNotFoundError, OutOfMemoryError, ParameterError,
                           QueryError, SpannError, StoreError, VectorFileError)
 from spann.index import Index, SearchResult, build, open_index

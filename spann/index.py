@@ -13,25 +13,27 @@ from typing import Any
 import numba
 import numpy as np
 
+from spann.builder.pipeline import build_index
+from spann.codecs.encodings import codebook_view
 from spann.errors import IndexCorruptError, OutOfMemoryError, ParameterError, QueryError
-from spann.head_groups import head_groups
-from spann.head_index import EntrySeeds, no_walk_codes, walk_codes
-from spann.idmap import IdMap
-from spann.labels import check_filter
-from spann.direct_io import DirectReader, no_direct
-from spann.layout import BRIDGE_PAGES, PAGE, EntryLayout, full_entries
-from spann.threads import NumbaThreads
+from spann.format.labels import check_filter
+from spann.format.layout import BRIDGE_PAGES, PAGE, delta_layout, full_entries
+from spann.heads.graph import EntrySeeds, no_walk_codes, walk_codes
+from spann.heads.groups import head_groups
+from spann.io.direct import DirectReader, no_direct
+from spann.io.fetched import FetchCache
+from spann.io.idmap import IdMap
+from spann.io.index_files import IndexFiles, directory_bytes
+from spann.io.postings import LocalPostings, buffer_view, make_view, prefetch_lists
+from spann.io.recent import NO_ADVICE, RECENT, epoch_now, forget
+from spann.io.sources import is_url, open_store
+from spann.io.vector_store import LocalVectors, VectorsView, rows_buffer_view
+from spann.kernels.query_space import rotate_query, single_query_space
+from spann.kernels.threads import NumbaThreads
 from spann.params import BuildParams, SearchParams
-from spann.encodings import codebook_view
-from spann.postings import LocalPostings, buffer_view, make_view, prefetch_lists
-from spann.recent import NO_ADVICE, RECENT, epoch_now, forget
-from spann.query_space import rotate_query, single_query_space
-from spann.search import (N_STATS, compiled_entry, full_lists_batch, prefetch_rows_batch, rerank_batch, scan_batch,
-                          search_one, select_batch)
-from spann.vector_store import LocalVectors, VectorsView, rows_buffer_view
-from spann.storage import IndexFiles, directory_bytes
-from spann.fetched import FetchCache
-
+from spann.search.kernels import (N_STATS, compiled_entry, full_lists_batch, prefetch_rows_batch, rerank_batch,
+                                  scan_batch, search_one, select_batch)
+from spann.update.apply import add, delete, locate
 
 __all__ = ["Index", "SearchResult", "build", "open_index", "DEFAULT_CACHE_BYTES"]
 
@@ -46,7 +48,7 @@ class SearchResult:
     bytes of the 4 KiB pages those lists and the re-ranked rows span (what a cold query reads
     from the device; a single query on head groups that requests its lists from the device
     also counts the lists it requested early and then did not keep, see
-    :func:`spann.search.select_lists_early`; with ``direct=True``, the pages requested: a
+    :func:`spann.search.kernels.select_lists_early`; with ``direct=True``, the pages requested: a
     page shared by an early and a late request, or a bridged gap, counts each time it is read),
     ``distance_evals`` (heads + entries); for an index in an object store, ``requests``
     (ranged GETs, 0 for what the cache held) and ``bytes_fetched`` (0 for local indexes)."""
@@ -103,7 +105,8 @@ class _Snapshot:
         self.heads, self.neighbors, self.entries = f.heads, f.neighbors, f.entries
         self.seeds = EntrySeeds(self.heads, self.entries)
         self.groups = head_groups(self.heads, f.head_groups)  # searches scan these when there are any
-        self.walk = walk_codes(self.heads) if self.groups.centroids.shape[0] == 0 else no_walk_codes(self.heads.shape[1])
+        no_groups = self.groups.centroids.shape[0] == 0
+        self.walk = walk_codes(self.heads) if no_groups else no_walk_codes(self.heads.shape[1])
         self.kernels: dict = {}  # compiled entry points of the single-query kernel (Index._search)
         self.single: dict = {}  # (params, k) -> (entry point, arguments): the unfiltered single query
         self.pruner = f.pruner
@@ -180,9 +183,6 @@ class _Snapshot:
         self.close()
 
 
-def delta_layout(base: EntryLayout) -> EntryLayout:
-    """Entries of the delta lists: full vectors (exact distances), int64 ids, the base's labels."""
-    return full_entries(base.dim, base.dtype, base.label_width)
 
 
 def _empty_view(n_lists: int, layout):
@@ -218,9 +218,41 @@ class _Base:
         self.postings = self.vectors = self.idmap = self.label_lists = None
 
 
+class _UpdateHandle:
+    """The narrow view of an open index that :mod:`spann.update` works through: its shape,
+    parameters and build-time readers, the current snapshot, and the locks of one exclusive
+    batch. Updates see nothing else of the :class:`Index`."""
+
+    def __init__(self, index: "Index"):
+        self._ix = index
+
+    path = property(lambda self: self._ix.path)
+    dim = property(lambda self: self._ix.dim)
+    dtype = property(lambda self: self._ix.dtype)
+    n = property(lambda self: self._ix.n)
+    layout = property(lambda self: self._ix.layout)
+    attrs = property(lambda self: self._ix.attrs)
+    build_params = property(lambda self: self._ix.build_params)
+    codebook = property(lambda self: self._ix.codebook)
+    metric = property(lambda self: self._ix._metric)
+    base = property(lambda self: self._ix._base)  # the build's readers: postings, vectors, idmap
+    write_lock = property(lambda self: self._ix._write_lock)  # this process's writers, one at a time
+
+    def reload(self) -> bool:
+        """Load the latest committed generation (the caller holds ``write_lock``)."""
+        return self._ix._refresh_locked()
+
+    def enter(self) -> "_Snapshot":
+        """The current snapshot, pinned until :meth:`leave`."""
+        return self._ix._enter()
+
+    def leave(self) -> None:
+        self._ix._leave()
+
+
 class Index:
     """An opened SPANN index: heads, head graph and the list directory in RAM; posting lists
-    memory-mapped from the zarr shards (see :mod:`spann.postings`).
+    memory-mapped from the zarr shards (see :mod:`spann.io.postings`).
 
     Thread-safe for searching, and for updating (:meth:`add`, :meth:`delete`) while searching:
     each search sees one generation of the index. Use as a context manager (or call
@@ -229,7 +261,6 @@ class Index:
 
     def __init__(self, path: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None,
                  cache_bytes: int = DEFAULT_CACHE_BYTES):
-        from spann.stores import is_url, open_store
         self._store = None
         self.path = path
         if is_url(path) or os.path.isfile(path) or str(path).lower().endswith(".zip"):  # read-only
@@ -344,7 +375,7 @@ class Index:
 
     @property
     def cache(self):
-        """The :class:`spann.fetched.FetchCache` of an object-store index (requests, bytes
+        """The :class:`spann.io.fetched.FetchCache` of an object-store index (requests, bytes
         fetched, bytes resident), else None."""
         return self._store.cache if self._store is not None else None
 
@@ -481,7 +512,7 @@ class Index:
         if bad.any():
             raise QueryError(f"query {int(np.flatnonzero(bad)[0])} contains NaN or Inf (or overflows float32)")
         qs, qh = self._metric.query_space(qf)
-        if self.layout.encoding == "rabitq":  # heads live in the rotated space (see spann.rabitq)
+        if self.layout.encoding == "rabitq":  # heads live in the rotated space (see spann.codecs.rabitq)
             qh = np.ascontiguousarray(np.hstack([qs @ self.codebook.rotation, qh[:, self.dim:]]), dtype=np.float32)
         # squared distances must stay finite in float32 (~3.4e38)
         big = float(np.abs(qs).max(initial=0.0))
@@ -554,7 +585,7 @@ class Index:
         return pos, min(share, 1.0), listed
 
     def _direct_args(self, snap, sizes: tuple[int, int] | None) -> tuple:
-        """(dl, dr, pvd, vvd) of :func:`~spann.search.search_one`: this thread's direct readers
+        """(dl, dr, pvd, vvd) of :func:`~spann.search.kernels.search_one`: this thread's direct readers
         of the posting array and the vector store, sized for ``sizes`` (lists, rows read per
         query at most), and the views of ``snap``'s lists and the rows over their buffers; with
         ``sizes`` None, readers that read nothing and the mapped views."""
@@ -688,7 +719,8 @@ class Index:
             with NumbaThreads(threads if nq > 1 else 1):
                 n_threads = numba.get_num_threads()
                 seeds = snap.seeds.for_rows(qh) if snap.groups.centroids.shape[0] == 0 else np.zeros((nq, 0), np.int32)
-                sel_i, _sel_d, kept, evals = select_batch(qh, snap.heads, snap.walk, snap.neighbors, snap.groups, seeds, efv,
+                sel_i, _sel_d, kept, evals = select_batch(qh, snap.heads, snap.walk, snap.neighbors, snap.groups,
+                                                          seeds, efv,
                                                           m, budget, model, eps, max(1, min(nq, n_threads * 8)))
                 dists = np.empty((nq, k), np.float32)
                 ids = np.empty((nq, k), np.int64)
@@ -772,7 +804,6 @@ class Index:
     def get(self, ids) -> np.ndarray:
         """The stored vectors of ``ids`` (int (m,)) as (m, dim) of the index's dtype (cosine:
         unit-normalised float32). An id that is not live raises :class:`QueryError`."""
-        from spann.updates import locate
         if self.fetching:
             raise QueryError(f"{self.path}: get() is not available on an object-store index (search only)")
         self._maybe_refresh()
@@ -781,23 +812,21 @@ class Index:
             arr = np.atleast_1d(np.asarray(ids))
             if arr.dtype.kind not in "iu" or arr.ndim != 1:
                 raise QueryError(f"ids must be integers (m,), got {arr.dtype} {arr.shape}")
-            return locate(self, snap, arr.astype(np.int64), missing="raise")[0]
+            return locate(_UpdateHandle(self), snap, arr.astype(np.int64), missing="raise")[0]
         finally:
             self._leave()
 
     def add(self, vectors, ids=None, labels=None) -> np.ndarray:
         """Insert ``vectors`` (m, dim) with ``ids`` (int (m,), new; default: the next free ids)
-        and ``labels``; durable and atomic (see :mod:`spann.updates`). Returns the ids."""
-        from spann.updates import add
+        and ``labels``; durable and atomic (see :mod:`spann.update.apply`). Returns the ids."""
         self._check_writable()
-        return add(self, vectors, ids=ids, labels=labels)
+        return add(_UpdateHandle(self), vectors, ids=ids, labels=labels)
 
     def delete(self, ids, *, missing_ok: bool = False) -> int:
         """Delete ``ids``; durable and atomic. Unknown ids raise unless ``missing_ok``.
         Returns the number of vectors deleted."""
-        from spann.updates import delete
         self._check_writable()
-        return delete(self, ids, missing_ok=missing_ok)
+        return delete(_UpdateHandle(self), ids, missing_ok=missing_ok)
 
     def _check_writable(self) -> None:
         if self.read_only:
@@ -871,7 +900,8 @@ class Index:
         sn = self._snap
         g = sn.groups
         parts = [sn.heads, sn.walk.u8, sn.neighbors, sn.entries, g.perm, g.starts, g.centroids, g.u8, g.rows, g.norms,
-                 sn.counts, sn.offsets, sn.dead_keys, sn.dead_ids, sn.delta_dead, sn.delta_ids, sn.delta_locs, sn.dv.offsets,
+                 sn.counts, sn.offsets, sn.dead_keys, sn.dead_ids, sn.delta_dead, sn.delta_ids, sn.delta_locs,
+                 sn.dv.offsets,
                  sn.dv.counts]
         if sn.labels is not None:
             parts += list(sn.labels.values())
@@ -901,15 +931,13 @@ def build(data, index_dir: str | os.PathLike[str], *, metric: str, params: Build
     (n,) or (n, L) labels for filtered search; ``resume``: continue an interrupted build of the
     same data and parameters. ``index_dir`` may be a ``.zip`` file or an object-store URL
     (``storage_options`` for the store). ``client``: a Dask client to build on its cluster
-    (``data`` a vector file path the workers can read; see :mod:`spann.distributed`). Keyword overrides are :class:`BuildParams` fields
-    (``head_ratio=0.1`` ...)."""
-    from spann.builder import build_index
+    (``data`` a vector file path the workers can read; see :mod:`spann.builder.dask`). Keyword
+    overrides are :class:`BuildParams` fields (``head_ratio=0.1`` ...)."""
     p = params or BuildParams()
     if param_overrides:
         p = p.replace(**param_overrides)
     build_index(data, index_dir, metric=metric, params=p, fmt=fmt, overwrite=overwrite, progress=progress, ids=ids,
                 labels=labels, resume=resume, storage_options=storage_options, client=client)
-    from spann.stores import is_url
     return Index(index_dir, storage_options=storage_options if is_url(index_dir) else None)
 
 

@@ -6,6 +6,8 @@ says exactly how it was made.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Sequence
 
@@ -23,14 +25,11 @@ def _check(cond: bool, msg: str) -> None:
 
 def _int(v: Any) -> bool:
     """An integer (numpy integers included), not a bool."""
-    import numbers
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def _real(v: Any) -> bool:
     """A finite or infinite real number (not NaN, not a bool)."""
-    import math
-    import numbers
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and not math.isnan(v)
 
 
@@ -113,7 +112,7 @@ class BuildParams(_Params):
     graph_alpha: RNG pruning slack of the head graph (1.0 = strict RNG; larger keeps more
         long edges).
     head_groups: groups of heads that searches scan instead of walking the head graph (see
-        :mod:`spann.head_groups`): -1 = about 4 sqrt(heads) up to 32,768 heads, none above;
+        :mod:`spann.heads.groups`): -1 = about 4 sqrt(heads) up to 32,768 heads, none above;
         0 = none (searches walk the graph); n > 0 = n groups (at most the heads).
     encoding: what posting entries hold: ``full`` vectors, ``sq8`` (one byte per dimension) or
         ``rabitq`` (one bit per dimension) codes re-ranked from a full-precision vector store;
@@ -172,7 +171,8 @@ class BuildParams(_Params):
                f"head_ratio must be in (0, 0.5], got {self.head_ratio!r}")
         _check(_int(self.posting_size) and 0 <= self.posting_size <= 10**7,
                f"posting_size must be in 0..10000000, got {self.posting_size!r}")
-        _check(_int(self.branching) and 2 <= self.branching <= 1024, f"branching must be in 2..1024, got {self.branching!r}")
+        _check(_int(self.branching) and 2 <= self.branching <= 1024,
+               f"branching must be in 2..1024, got {self.branching!r}")
         _check(_real(self.balance_slack) and 0.0 <= self.balance_slack <= 10,
                f"balance_slack must be in [0, 10], got {self.balance_slack!r}")
         _check(_int(self.cluster_sample) and 1000 <= self.cluster_sample <= 10**9,
@@ -198,10 +198,12 @@ class BuildParams(_Params):
         _check(self.encoding in ("auto", "full", "sq8", "rabitq"),
                f"encoding must be one of auto, full, sq8, rabitq, got {self.encoding!r}")
         _check(_int(self.chunk_bytes) and self.chunk_bytes >= 4096 and self.chunk_bytes % 4096 == 0
-               and self.chunk_bytes <= 1 << 30, f"chunk_bytes must be a multiple of 4096 up to 1 GiB, got {self.chunk_bytes!r}")
+               and self.chunk_bytes <= 1 << 30,
+               f"chunk_bytes must be a multiple of 4096 up to 1 GiB, got {self.chunk_bytes!r}")
         _check(_int(self.shard_bytes) and self.shard_bytes % self.chunk_bytes == 0
                and self.chunk_bytes <= self.shard_bytes <= 1 << 36,
-               f"shard_bytes must be a multiple of chunk_bytes ({self.chunk_bytes}) up to 64 GiB, got {self.shard_bytes!r}")
+               f"shard_bytes must be a multiple of chunk_bytes ({self.chunk_bytes}) up to 64 GiB, "
+               f"got {self.shard_bytes!r}")
         _check(_int(self.block_rows) and 256 <= self.block_rows <= 1 << 24,
                f"block_rows must be in 256..16777216, got {self.block_rows!r}")
         _check(_int(self.seed) and 0 <= self.seed < 2**63, f"seed must be in 0..2**63-1, got {self.seed!r}")
@@ -223,7 +225,7 @@ class SearchParams(_Params):
 
     max_postings: posting lists read per query. With the learned pruner (``pruner``, on when
         the index has one) this is what the median query reads: easier queries read down to a
-        quarter of it, harder ones up to twice (see :mod:`spann.pruner`); without, every query
+        quarter of it, harder ones up to twice (see :mod:`spann.heads.pruner`); without, every query
         reads this many.
     pruner: use the index's learned pruner.
     prune_eps: query-aware pruning: read the list of head j only if
@@ -238,13 +240,13 @@ class SearchParams(_Params):
         and 2-5 % less time).
     rerank_bound: rabitq: of those candidates, re-rank only the ones whose estimate's error
         bound lets them reach the top-k (RaBitQ's confidence interval; see
-        :func:`spann.rabitq.bound_cut`); False re-ranks all of them.
+        :func:`spann.codecs.rabitq.bound_cut`); False re-ranks all of them.
     prefetch: before scanning, ask the kernel to read every selected list at once
         (madvise WILLNEED, one call per run of adjacent pages): all of a query's reads are
         in flight together when the index is not in the page cache; about 1 us per list when
         it is.
     direct: read each query's lists and re-rank rows with O_DIRECT (Linux native AIO,
-        :mod:`spann.direct_io`) into buffers of the searching thread, bypassing the page cache:
+        :mod:`spann.io.direct`) into buffers of the searching thread, bypassing the page cache:
         every query reads from the device, the way DiskANN does (a batch runs its queries one by
         one on its threads). Measured on the 2026-11-28 VM (session 10): 0.95-1.05x the page
         cache path's cold latency; pick it for an index much larger than RAM, or a device that

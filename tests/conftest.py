@@ -7,7 +7,7 @@ import pytest
 
 import spann
 from spann.datasets import synthetic_array
-from spann.exact import exact_knn
+from spann.kernels.exact import exact_knn
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from hypothesis import strategies as st  # noqa: E402
 import spann  # noqa: E402
 from spann.datasets import open_vectors, synthetic_array  # noqa: E402
 from spann.errors import SpannError  # noqa: E402
-from spann.zarr_io import read_json, write_json, write_small_array  # noqa: E402
+from spann.format.zarr_v3 import read_json, write_json, write_small_array  # noqa: E402
 
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -144,7 +144,7 @@ def test_mutated_in_ram_arrays_with_valid_checksums(index_dir, tmp_path_factory,
     name = data.draw(st.sampled_from(["heads", "neighbors", "entries", "offsets", "counts", "code_lo", "code_scale",
                                       "pruner", "head_groups"]))
     d = p / a["generation_path"] / name
-    from spann.zarr_io import read_small_array
+    from spann.format.zarr_v3 import read_small_array
     meta = read_json(str(d / "zarr.json"))
     arr = read_small_array(str(d), dtype=np.dtype(meta["data_type"]), shape=tuple(None for _ in meta["shape"]))
     flat = arr.reshape(-1).copy()

@@ -4,10 +4,9 @@ import pytest
 
 import spann
 from spann.datasets import synthetic_array, write_vectors
-from spann.errors import (DataError, ParameterError, QueryError)
-from spann.exact import exact_knn, pairwise_distances
-
-from spann.eval import recall_at_k as recall
+from spann.errors import DataError, ParameterError, QueryError
+from spann.kernels.exact import exact_knn, pairwise_distances
+from spann.tools.eval import recall_at_k as recall
 
 
 def test_default_recall_on_synthetic(synth, synth_index):
@@ -45,7 +44,8 @@ def test_single_queries_through_compiled_entry_points_match_batch(synth, synth_i
     is called directly, which converts arrays without checking their types: every later call
     must pass exactly the types it was compiled for, whatever the query looks like."""
     import numba
-    from spann.search import search_one
+
+    from spann.search.kernels import search_one
     _, q, _, _ = synth
     on = synth_index.search(q[:12], 10, threads=1)
     off = synth_index.search(q[:12], 10, threads=1, pruner=False)
@@ -108,14 +108,14 @@ def test_learned_pruner_adapts_lists_per_query(synth, synth_index):
     assert r.lists_read.min() >= 4 and r.lists_read.max() <= 32 and r.lists_read.std() > 0
     off = synth_index.search(q, 10, max_postings=16, pruner=False)
     assert (off.lists_read == 16).all()
-    from spann.search import select_lists
-    from spann.head_groups import group_search, no_head_groups
-    from spann.head_index import beam_search, walk_codes
+    from spann.heads.graph import beam_search, walk_codes
+    from spann.heads.groups import group_search, no_head_groups
+    from spann.search.kernels import select_lists
     qs, qh = synth_index._metric.query_space(q[:50])
     walk = walk_codes(synth_index.heads, min_dim=1)  # the walk on byte codes: its pool is re-scored exactly
     groups = synth_index._snap.groups
     if groups.centroids.shape[0] == 0:  # the build chose the walk: the pruner must keep the groups' nearest too
-        from spann.head_groups import group_labels, head_groups
+        from spann.heads.groups import group_labels, head_groups
         groups = head_groups(synth_index.heads, group_labels(synth_index.heads, 64))
     vis = np.zeros(synth_index.heads.shape[0], np.uint32)
     for i in range(50):
@@ -147,7 +147,8 @@ def test_statistics(synth, synth_index):
     assert sum(st["replica_histogram"]) == len(synth[0]) and st["replica_histogram"][0] == 0
     assert 0.9 <= st["head_search_recall"] <= 1.0  # the graph walk against exact nearest heads
     # bytes the build directory grew by, per stage (every stage listed; the write stage adds the postings)
-    assert set(st["directory_growth_bytes"]) == {"sample", "heads", "graph", "groups", "assign", "encoding", "pruner", "plan",
+    assert set(st["directory_growth_bytes"]) == {"sample", "heads", "graph", "groups", "assign", "encoding", "pruner",
+                                                 "plan",
                                                  "write"} and st["directory_growth_bytes"]["write"] > 0
 
 

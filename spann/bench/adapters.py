@@ -111,7 +111,8 @@ class BigAnnSpann(_Base):
         return True
 
     def set_query_arguments(self, query_args: dict[str, Any]) -> None:
-        self.search_args = {k: query_args[k] for k in ("max_postings", "prune_eps", "ef", "prefetch") if k in query_args}
+        self.search_args = {k: query_args[k] for k in ("max_postings", "prune_eps", "ef",
+                                                       "prefetch") if k in query_args}
 
     def query(self, X: np.ndarray, k: int) -> None:
         r = self.index.search(X, k, **self.search_args)

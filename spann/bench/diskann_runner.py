@@ -35,9 +35,10 @@ import os
 import sys
 import time
 
+import numpy as np
+
 
 def _read(path: str):
-    import numpy as np
     with open(path, "rb") as fh:
         n, d = (int(v) for v in np.frombuffer(fh.read(8), "<u4"))
     ext = path.rsplit(".", 1)[-1]
@@ -46,7 +47,6 @@ def _read(path: str):
 
 
 def _normalize(x):
-    import numpy as np
     n = np.linalg.norm(x, axis=1, keepdims=True)
     n[n == 0] = 1
     return (x / n).astype(np.float32)
@@ -81,11 +81,10 @@ def main() -> None:
     ap.add_argument("--rebuild", action="store_true")
     ap.add_argument("--serve", action="store_true", help="answer JSON-line requests on stdin (see above)")
     a = ap.parse_args()
-    import numpy as np
     real_stdout = os.dup(1)
     os.dup2(2, 1)  # diskann's C++ code prints to fd 1: send it to stderr, keep stdout for the JSON
     with contextlib.redirect_stdout(sys.stderr):
-        import diskannpy as dap
+        import diskannpy as dap  # only in the DiskANN venv
         q = _read(a.queries).astype(np.float32)
         dist = "mips" if a.metric == "ip" else "l2"
         if a.metric == "cosine":
@@ -139,7 +138,6 @@ def main() -> None:
 
 def _serve(idx, q, a, facts: dict, fd: int) -> None:
     """Answer {"L", "rows"} requests from stdin until it closes (see the module docstring)."""
-    import numpy as np
     idx.search(q[0], k_neighbors=a.k, complexity=a.k, beam_width=a.beam)  # warm-up, untimed
     _write_all(fd, (json.dumps(facts) + "\n").encode())
     for line in sys.stdin:

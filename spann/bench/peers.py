@@ -11,6 +11,7 @@ Metrics: ``cosine`` runs as L2 on unit vectors for every peer (the same ranking)
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import shutil
 from pathlib import Path
@@ -18,8 +19,11 @@ from typing import Any
 
 import numpy as np
 
+import spann
+from spann.datasets import synthetic_array
 from spann.datasets.formats import read_vectors
-from spann.metrics import normalize_rows
+from spann.kernels.exact import exact_knn
+from spann.kernels.metrics import normalize_rows
 
 __all__ = ["PeerUnavailable", "PEERS", "make_peer", "SpannPeer", "FaissIVF", "FaissIVFOnDisk", "Hnswlib",
            "DiskANN", "BruteForce"]
@@ -73,7 +77,6 @@ class _Peer:
 
 
 def _build_spann(base_path: str, path: str, metric: str, params: dict[str, Any]) -> None:
-    import spann
     spann.build(base_path, path, metric=metric, progress=False, **params).close()
 
 
@@ -89,8 +92,6 @@ class SpannPeer(_Peer):
         self._last = None
 
     def warm_up(self, workdir: Path) -> None:
-        import spann
-        from spann.datasets import synthetic_array
         path = workdir / "spann.warmup"
         shutil.rmtree(path, ignore_errors=True)
         with spann.build(synthetic_array(3000, 8), path, metric="l2", progress=False) as idx:
@@ -98,14 +99,12 @@ class SpannPeer(_Peer):
         shutil.rmtree(path, ignore_errors=True)
 
     def fit(self, base_path: str, metric: str, workdir: Path) -> None:
-        import spann
         self.metric = metric
         path = workdir / "spann.index"
         if path.exists():
             shutil.rmtree(path)
         # build in a child process: the measuring process then holds only what a search
         # process holds (the opened index), not the build's freed-but-kept heap
-        import multiprocessing as mp
         p = mp.get_context("spawn").Process(target=_build_spann, args=(base_path, str(path), metric, self.build_params))
         p.start()
         p.join()
@@ -126,7 +125,8 @@ class SpannPeer(_Peer):
     def get_additional(self) -> dict[str, Any]:
         if self._last is None:
             return {}
-        return {"lists_read": float(self._last.lists_read.mean()), "kib_read": float(self._last.bytes_read.mean() / 1024),
+        return {"lists_read": float(self._last.lists_read.mean()),
+                "kib_read": float(self._last.bytes_read.mean() / 1024),
                 "distance_evals": float(self._last.distance_evals.mean())}
 
     def sweep(self) -> list[dict[str, Any]]:
@@ -149,7 +149,7 @@ class FaissIVF(_Peer):
     def __init__(self, nlist: int = 1024) -> None:
         super().__init__()
         try:
-            import faiss
+            import faiss  # optional extra: spann-ann[bench]
         except ImportError:
             raise PeerUnavailable(f"{self.name}: faiss is not installed ({self.install})") from None
         self.faiss = faiss
@@ -270,7 +270,7 @@ class Hnswlib(_Peer):
     def __init__(self, M: int = 16, ef_construction: int = 200) -> None:
         super().__init__()
         try:
-            import hnswlib
+            import hnswlib  # optional extra: spann-ann[bench]
         except ImportError:
             raise PeerUnavailable(f"{self.name}: hnswlib is not installed ({self.install})") from None
         self.hnswlib = hnswlib
@@ -306,7 +306,7 @@ class DiskANN(_Peer):
     def __init__(self, R: int = 32, L: int = 64) -> None:
         super().__init__()
         try:
-            import diskannpy
+            import diskannpy  # only in the DiskANN venv
         except Exception as e:
             raise PeerUnavailable(f"{self.name}: diskannpy is not importable here ({type(e).__name__}); "
                                   f"pass --diskann-python (a venv with numpy==1.25.* and diskannpy==0.7.0)") from None
@@ -319,7 +319,8 @@ class DiskANN(_Peer):
         self.dir = workdir / "diskann"
         shutil.rmtree(self.dir, ignore_errors=True)
         self.dir.mkdir(parents=True)
-        self.dap.build_disk_index(data=x, distance_metric="mips" if metric == "ip" else "l2", index_directory=str(self.dir),
+        self.dap.build_disk_index(data=x, distance_metric="mips" if metric == "ip" else "l2",
+                                  index_directory=str(self.dir),
                                   complexity=self.L, graph_degree=self.R, search_memory_maximum=1.0,
                                   build_memory_maximum=8.0, num_threads=0, pq_disk_bytes=0)
         self.index = self.dap.StaticDiskIndex(index_directory=str(self.dir), num_threads=os.cpu_count() or 1,
@@ -354,7 +355,6 @@ class BruteForce(_Peer):
         return self.batch_query(q[None], k, 1)[0]
 
     def batch_query(self, q: np.ndarray, k: int, threads: int) -> np.ndarray:
-        from spann.exact import exact_knn
         try:
             from threadpoolctl import threadpool_limits  # the bench extra: BLAS held to `threads`
         except ImportError:  # without it BLAS uses every core: the reference is only faster

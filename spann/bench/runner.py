@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import multiprocessing as mp
+import os
 import select
 import subprocess
 import tempfile
@@ -21,7 +22,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from spann.eval import EvalRecord, operating_point, recall_at_k
+from spann.bench import diskann_runner
+from spann.bench.peers import PeerUnavailable, make_peer
+from spann.datasets import load
+from spann.tools.eval import EvalRecord, operating_point, recall_at_k
 
 __all__ = ["run_system", "run_bench", "run_diskann", "DiskANNServer", "block_turns", "summary_table", "rss_anon_bytes"]
 
@@ -69,8 +73,6 @@ def run_system(name: str, dataset: str, k: int, threads: int, runs: int, latency
                peer_kwargs: dict[str, Any] | None = None, sweep: Sequence[dict[str, Any]] | None = None,
                cold_queries: int = 0) -> dict[str, Any]:
     """Fit and sweep one system in this process; returns a plain dict (records as dicts)."""
-    from spann.datasets import load
-    from spann.bench.peers import PeerUnavailable, make_peer
     out: dict[str, Any] = {"system": name}
     try:
         peer = make_peer(name, **(peer_kwargs or {}))
@@ -86,7 +88,7 @@ def run_system(name: str, dataset: str, k: int, threads: int, runs: int, latency
     t = time.perf_counter()
     peer.fit(str(m.path("base")), m.metric, work)
     out["build_seconds"] = time.perf_counter() - t
-    import resource
+    import resource  # POSIX only: Windows has no resource module
     out["build_peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     recs = [_measure(peer, q, gt, k, p, threads, runs, latency_queries, False) for p in (sweep or peer.sweep())]
     if cold_queries and name == "spann":
@@ -111,8 +113,6 @@ def run_diskann(python: str, dataset: str, k: int, latency_queries: int, workdir
     (``python``: a venv with numpy==1.25.* and diskannpy==0.7.0). Every DiskANN query reads with
     O_DIRECT, so its records are cold ones. The index is built in ``index_dir`` (default
 WORKDIR/diskann) unless one is there. Returns a :func:`run_system`-shaped dict."""
-    from spann.bench import diskann_runner
-    from spann.datasets import load
     m = load(dataset)
     wd = Path(index_dir) if index_dir else Path(workdir) / "diskann"
     cmd = [python, diskann_runner.__file__, "--base", str(m.path("base")), "--queries", str(m.path("queries")),
@@ -151,8 +151,6 @@ class DiskANNServer:
 
     def __init__(self, python: str, dataset: str, k: int, index_dir: str, extra_args: Sequence[str] = (),
                  log: str | None = None, timeout: float = 600.0) -> None:
-        from spann.bench import diskann_runner
-        from spann.datasets import load
         m = load(dataset)
         cmd = [python, diskann_runner.__file__, "--serve", "--base", str(m.path("base")),
                "--queries", str(m.path("queries")), "--gt", str(m.path("gt")), "--workdir", str(index_dir),
@@ -239,7 +237,6 @@ def block_turns(n_queries: int, block: int, n_runs: int, seed: int = 0):
 
 
 def _child(conn, args: tuple, kwargs: dict, quiet: bool = False) -> None:
-    import os
     os.dup2(2, 1)  # a peer's C++ chatter (faiss "resizing ...") must not reach the parent's stdout
     if quiet:
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -296,8 +293,8 @@ def _log_result(log, name: str, res: dict[str, Any]) -> None:
 def summary_table(results: Sequence[dict[str, Any]], targets: Sequence[float] = (0.90, 0.95, 0.99)) -> str:
     """Operating points per system at each recall target: the lowest mean latency reaching it."""
     names = set(EvalRecord.__dataclass_fields__)
-    lines = [f"{'system':<18} {'target':>6} {'recall':>7} {'params':<24} {'p50 ms':>8} {'mean ms':>8} {'p99 ms':>8} {'QPS':>9} "
-             f"{'RAM MiB':>8} {'disk MiB':>9} {'build s':>8}"]
+    lines = [f"{'system':<18} {'target':>6} {'recall':>7} {'params':<24} {'p50 ms':>8} {'mean ms':>8} {'p99 ms':>8} "
+             f"{'QPS':>9} {'RAM MiB':>8} {'disk MiB':>9} {'build s':>8}"]
     for res in results:
         if "records" not in res:
             lines.append(f"{res['system']:<18} {'skipped' if 'skipped' in res else 'failed'}: "

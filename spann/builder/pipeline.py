@@ -1,0 +1,324 @@
+"""The build: its stages (:mod:`spann.builder.stages`) run in order, locally or on a Dask cluster,
+with a checkpoint after each so that an interrupted build resumes; memory fitted to a limit;
+the result committed atomically (and exported to a zip or an object store when asked)."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from spann.builder.dask import DaskRunner, describe
+from spann.builder.inputs import as_vector_source
+from spann.builder.spill import AssignmentRuns, buckets_for
+from spann.builder.stages import (MIN_SAMPLE_PER_HEAD, HeadGraph, Heads, HeadSearch, Sample, _fault, _write_all,
+                                  assign_stage, choose_encoding, encoding_stage, graph_check, graph_stage, groups_stage,
+                                  heads_stage, plan_stage, pruner_stage, sample_stage, wanted_heads)
+from spann.errors import IndexExistsError, ParameterError
+from spann.format.labels import check_labels
+from spann.format.zarr_v3 import crc32c
+from spann.io.idmap import check_ids
+from spann.io.index_files import FORMAT_VERSION, IDMAP, LABEL_LISTS, IndexWriter, check_target, directory_bytes
+from spann.io.publish import check_export_target, export_index
+from spann.io.sources import is_url
+from spann.kernels.metrics import Metric, get_metric
+from spann.kernels.threads import BuildThreads
+from spann.params import BuildParams
+
+__all__ = ["build_index", "build_fingerprint", "fit_to_memory"]
+
+
+def _digest(a: np.ndarray | None) -> str:
+    if a is None:
+        return "-"
+    a = np.ascontiguousarray(a)
+    crc = 0
+    flat = a.reshape(-1).view(np.uint8) if a.size else np.zeros(0, np.uint8)
+    for i in range(0, flat.shape[0], 1 << 26):
+        crc = crc32c(flat[i:i + (1 << 26)].tobytes()) ^ (crc * 31 % (1 << 32))
+    return f"{a.dtype.str}{a.shape}:{crc}"
+
+
+def build_fingerprint(src, data, metric: Metric, params: BuildParams, user_ids, labels, mode: str = "local") -> str:
+    """What a resumed build must share with the interrupted one: the data (a file's path, size
+    and modification time; an object's URL, size and ETag; an array's checksum), ids, labels,
+    metric, parameters, and where it ran (``mode``: a local and a distributed build leave
+    different intermediate files, so one never resumes the other)."""
+    if is_url(data):
+        rows = src.rows
+        try:
+            meta = rows.store.obstore.head(rows.store.client, rows.key)
+            what = f"{data}:{meta['size']}:{meta.get('e_tag')}:{meta.get('last_modified')}"
+        except Exception:  # noqa: BLE001  (a server that answers no HEAD: the URL alone)
+            what = str(data)
+    elif isinstance(data, (str, os.PathLike)):
+        try:  # the file behind the spec (an HDF5 "file.hdf5:dataset" names its file in src.path)
+            st = os.stat(src.path)
+            what = f"{os.path.abspath(data)}:{st.st_size}:{st.st_mtime_ns}"
+        except (OSError, TypeError):
+            what = f"{os.path.abspath(data)}"
+    else:
+        what = _digest(np.asarray(data)) if isinstance(data, np.ndarray) else f"{src.path}:{src.n}"
+    doc = json.dumps({"data": what, "n": src.n, "dim": src.dim, "dtype": src.dtype.name, "metric": metric.name,
+                      "params": params.to_dict(), "ids": _digest(user_ids), "labels": _digest(labels),
+                      "format": FORMAT_VERSION, "mode": mode}, sort_keys=True)
+    return hashlib.sha256(doc.encode()).hexdigest()
+
+
+#: how each checkpointed stage's output is saved (arrays, meta) and restored
+_CHECKPOINT = {
+    "sample": (lambda o: ({"rows": o.rows, "ids": o.ids}, {"max_norm": o.max_norm}),
+               lambda a, m: Sample(rows=a["rows"], ids=a["ids"], max_norm=float(m["max_norm"]))),
+    "heads": (lambda o: ({"vectors": o.vectors}, {}), lambda a, m: Heads(vectors=a["vectors"])),
+    "graph": (lambda o: ({"neighbors": o.neighbors, "entries": o.entries}, {}),
+              lambda a, m: HeadGraph(neighbors=a["neighbors"], entries=a["entries"])),
+    "pruner": (lambda o: ({k: v for k, v in (("model", o.model), ("groups", o.groups)) if v is not None},
+                          {"covered_walk": o.covered_walk, "covered_groups": o.covered_groups}),
+               lambda a, m: HeadSearch(groups=a.get("groups"), model=a.get("model"),
+                                       covered_walk=float(m["covered_walk"]),
+                                       covered_groups=float(m["covered_groups"]))),
+    "groups": (lambda o: ({} if o is None else {"labels": o}, {}), lambda a, m: a.get("labels")),
+}
+
+
+BASELINE_RSS = 320 << 20  #: the interpreter, numpy, numba and its compiled kernels (measured ~250-300 MiB)
+
+
+def fit_to_memory(params: BuildParams, n: int, dim: int, head_dim: int) -> tuple[BuildParams, int]:
+    """Parameters and assignment buckets that keep the build under ``params.memory_limit``
+    (see :class:`BuildParams`); raises ParameterError when the heads alone would not fit."""
+    R = int(params.replica_count)
+    lim = params.memory_limit
+    n_heads = wanted_heads(n, params)
+    # the sample: at least MIN_SAMPLE_PER_HEAD rows per head (heads_stage lowers the head count
+    # where memory holds fewer)
+    want_sample = min(n, max(params.cluster_sample, MIN_SAMPLE_PER_HEAD * n_heads))
+    if not lim:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        fit = max(1000, ram // 4 // (head_dim * 4 * 3))  # a quarter of the machine's memory at most
+        return params.replace(cluster_sample=int(max(1000, min(want_sample, fit)))), buckets_for(n, R, 2 << 30)
+    work = lim - BASELINE_RSS
+    heads_need = n_heads * (head_dim * 4 * 4 + (params.graph_degree + params.graph_candidates) * 10)
+    if work < 64 << 20 or heads_need > work * 0.75:
+        raise ParameterError(f"memory_limit {lim / 2**20:.0f} MiB is too small: the {n_heads:,} heads and their graph "
+                             f"need ~{(heads_need / 0.75 + BASELINE_RSS) / 2**20:.0f} MiB (raise the limit or lower "
+                             f"head_ratio)")
+    sample = int(min(want_sample, max(1000, work // 4 // (head_dim * 4 * 3))))
+    block = int(min(params.block_rows, max(256, work // 8 // (dim * 8 + head_dim * 8 + R * 48))))
+    per_vector_ids = 0  # users' ids and labels are the caller's arrays (memory-mapped from the CLI)
+    nb = buckets_for(n, R, max(16 << 20, (work - heads_need) // 3 - per_vector_ids))
+    return params.replace(cluster_sample=max(1000, sample), block_rows=block), nb
+
+
+def _peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params: BuildParams | None = None,
+                fmt: str | None = None, overwrite: bool = False, progress: bool = True,
+                log: Callable[[str], None] | None = None, ids=None, labels=None,
+                resume: bool = False, storage_options: dict[str, Any] | None = None, client=None) -> dict[str, Any]:
+    """Build an index from ``data`` (array (n, d) or vector file path) into ``index_dir``.
+
+    ``ids``: int64 (n,) distinct ids >= 0 that searches return (default: row numbers);
+    ``labels``: int (n,) or (n, L) labels for filtered search (-1 = none; see :mod:`spann.format.labels`).
+    ``resume``: continue an interrupted build of the same data and parameters into the same
+    path from its last completed stage (and shard); the result equals an uninterrupted build.
+
+    ``index_dir`` may also be a ``.zip`` file or an object-store URL (``s3://bucket/prefix``,
+    with ``storage_options``): the index is built in a local work directory, then exported.
+    ``data`` may be a URL too; ``storage_options`` then apply to it as well.
+    ``client``: a Dask client; the heavy stages then run on its workers (see
+    :mod:`spann.builder.dask`; ``data`` must be a vector file they can all read).
+
+    Returns the attributes stored in the index (metric, dims, parameters, statistics). The
+    index appears at ``index_dir`` only when complete; a failure leaves nothing behind.
+    """
+    if is_url(index_dir) or str(index_dir).lower().endswith(".zip"):
+        return _build_and_export(data, str(index_dir), metric=metric, params=params, fmt=fmt, overwrite=overwrite,
+                                 progress=progress, log=log, ids=ids, labels=labels, resume=resume,
+                                 storage_options=storage_options, client=client)
+    if storage_options and not is_url(data):
+        raise ParameterError("storage options apply to object-store URLs only (the base's or the index's)")
+    m = get_metric(metric)
+    params = params or BuildParams()
+    index_dir = Path(index_dir)
+    check_target(index_dir, overwrite)
+    if client is not None and not isinstance(data, (str, os.PathLike)):
+        raise ParameterError("a distributed build reads the base from a vector file every worker can open: pass its "
+                             "path, not an array")
+    src = as_vector_source(data, fmt, storage_options if is_url(data) else None)
+    try:
+        user_ids = check_ids(ids, src.n) if ids is not None else None
+        labels = check_labels(labels, src.n) if labels is not None else None
+    except BaseException:
+        if isinstance(data, (str, os.PathLike)):
+            src.close()
+        raise
+    params = params.resolved(choose_encoding(params.encoding, m.stored_dtype(src.dtype), src.dim))
+    say = log if (log and progress) else (lambda _msg: None)
+    times: dict[str, float] = {}
+    params, n_buckets = fit_to_memory(params, src.n, src.dim, m.head_dim(src.dim))
+    fp = build_fingerprint(src, data, m, params, user_ids, labels, "local" if client is None else "dask")
+    restored: list[str] = []
+    checkpoints = dict(_CHECKPOINT)
+    checkpoints["assign"] = (lambda o: ({}, {"n_buckets": o.n_buckets}),
+                             lambda a, meta: AssignmentRuns.open(writer.ckpt / "assign", src.n, heads.vectors.shape[0],
+                                                                 int(meta["n_buckets"]), int(params.replica_count)))
+    writer = IndexWriter(index_dir, overwrite=overwrite, log=say, resume=resume, fingerprint=fp)
+    sizes = [directory_bytes(writer.tmp)]
+    grown: dict[str, int] = {}
+    try:
+        with BuildThreads(params.threads) as threads:
+            def stage(name, fn, *a, **kw):
+                ck = checkpoints.get(name)
+                if ck is not None and writer.stage_done(name):
+                    arrays, meta = writer.load_stage(name)
+                    times[name] = 0.0
+                    grown[name] = 0
+                    restored.append(name)
+                    say(f"{name}: restored from the interrupted build")
+                    return ck[1](arrays, meta)
+                t0 = time.perf_counter()
+                out = fn(*a, **kw)
+                times[name] = time.perf_counter() - t0
+                if ck is not None:
+                    writer.save_stage(name, *ck[0](out))
+                size = directory_bytes(writer.tmp)
+                grown[name] = size - sizes[-1]
+                sizes.append(size)
+                say(f"{name}: {times[name]:.1f} s, peak RSS {_peak_rss() / 2**20:.0f} MiB, build directory "
+                    f"{size / 2**20:,.0f} MiB ({grown[name] / 2**20:+,.0f})")
+                _fault(name)
+                return out
+
+            runner = None
+            if client is not None:
+                runner = DaskRunner(client, (os.fspath(data), fmt, storage_options if is_url(data) else None),
+                                    writer.ckpt / "dask")
+                say(f"building on a Dask cluster: {describe(client)}")
+                sample = stage("sample", runner.on_source, sample_stage, m, params)
+                heads = stage("heads", runner.heads, sample, src.n, params)
+                graph = stage("graph", runner.graph, heads, params)
+            else:
+                sample = stage("sample", sample_stage, src, m, params, progress)
+                heads = stage("heads", heads_stage, sample, src.n, params, progress)
+                graph = stage("graph", graph_stage, heads, params, progress)
+            max_norm = sample.max_norm
+            sample_rows = int(sample.rows.shape[0])
+            if heads.vectors.shape[0] < wanted_heads(src.n, params):
+                say(f"heads: {heads.vectors.shape[0]:,} of the {wanted_heads(src.n, params):,} asked for: "
+                    f"the clustering sample holds {sample_rows:,} rows and a head averages at least "
+                    f"{MIN_SAMPLE_PER_HEAD} (a larger --memory-limit allows more)")
+            graph_recall = graph_check(sample, heads, graph, params)
+            groups = stage("groups", groups_stage, heads, params)
+            if runner is not None:
+                asg = stage("assign", runner.assign, src.n, m.name, max_norm, heads, graph, params,
+                            writer.ckpt / "assign", n_buckets, progress)
+            else:
+                asg = stage("assign", assign_stage, src, m, max_norm, heads, graph, params, threads, progress,
+                            writer.ckpt / "assign", n_buckets)
+            enc = stage("encoding", encoding_stage, src, m, sample, asg, params,
+                        labels.shape[1] if labels is not None else 0)
+            chosen = stage("pruner", pruner_stage, m, sample, src.dim, heads, graph, groups, asg, params, enc)
+            model, groups = chosen.model, chosen.groups
+            del sample
+            layout = enc.layout
+            plan = stage("plan", plan_stage, asg.counts, layout, params)
+            if model is not None:
+                writer.write_array("pruner", model)
+            if groups is not None:
+                writer.write_array("head_groups", groups)
+            stage("write", _write_all, src, m, heads, graph, asg, plan, enc, params, writer, progress, user_ids,
+                  labels, runner)
+        H = heads.vectors.shape[0]
+        counts = asg.counts
+        stats = {
+            "heads": H,
+            "heads_wanted": wanted_heads(src.n, params),
+            "sample_rows": sample_rows,
+            "head_ratio": H / src.n,
+            "posting_mean": float(counts.mean()),
+            "posting_max": int(counts.max()),
+            "posting_empty": int((counts == 0).sum()),
+            "replicas_per_vector": float(counts.sum() / src.n),
+            "replica_histogram": asg.replica_histogram.tolist(),
+            "posting_bytes": int(plan.nbytes.sum()),
+            "posting_array_bytes": int(plan.total_bytes),
+            "shards": plan.n_shards,
+            "graph_degree_mean": float((graph.neighbors >= 0).sum(1).mean()),
+            "graph_entries": int(graph.entries.size),
+            "head_search_recall": graph_recall,
+            "head_groups": int(groups.max()) + 1 if groups is not None else 0,
+            "head_search_covered_walk": round(chosen.covered_walk, 4),
+            "head_search_covered_groups": round(chosen.covered_groups, 4),
+            "seconds": {k: round(v, 3) for k, v in times.items()},
+            "directory_growth_bytes": grown,
+            "build_seconds": round(sum(times.values()), 3),
+            "peak_rss_bytes": _peak_rss(),
+            "resumed": {"stages": restored, "shards": writer.shards_reused} if writer.resumed else None,
+            "raw_bytes": int(src.n * src.dim * src.dtype.itemsize),
+            "index_bytes": directory_bytes(writer.tmp) - directory_bytes(writer.ckpt),  # checkpoints go at commit
+        }
+        attrs = {"metric": m.name, "dim": src.dim, "n": src.n, "dtype": layout.dtype, "source_dtype": src.dtype.name,
+                 "layout": layout.to_dict(), "store": enc.store.to_dict() if enc.store else None,
+                 "pruner": model is not None, "head_groups": int(groups.max()) + 1 if groups is not None else 0,
+                 "head_group_labels": int(groups.shape[0]) if groups is not None else 0,
+                 "idmap_path": IDMAP, "user_ids": user_ids is not None,
+                 "label_lists_path": LABEL_LISTS if labels is not None else None,
+                 "live": src.n, "next_id": int(user_ids.max()) + 1 if user_ids is not None else src.n,
+                 "max_norm": max_norm, "params": params.to_dict(), "stats": stats}
+        writer.commit(attrs, overwrite=overwrite)
+        return attrs
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        if isinstance(data, (str, os.PathLike)):  # we opened it, we close it
+            src.close()
+
+
+def export_work_dir(target: str) -> Path:
+    """Where a build for a zip file or an object-store URL runs before its export: beside the
+    zip, or under ``SPANN_WORK_DIR`` (default: the system's temporary directory) for a URL. The
+    same target gets the same directory, so ``--resume`` finds an interrupted build."""
+    if not is_url(target):
+        t = Path(target)
+        return t.with_name(f".{t.name}.work")
+    root = Path(os.environ.get("SPANN_WORK_DIR") or tempfile.gettempdir())
+    return root / f"spann-export-{hashlib.sha256(target.encode()).hexdigest()[:16]}"
+
+
+def _build_and_export(data, target: str, *, storage_options=None, overwrite: bool = False, progress: bool = True,
+                      log=None, **kw) -> dict[str, Any]:
+    """Build into a local work directory, then export it to the zip file or URL ``target``."""
+    target_opts = storage_options if is_url(target) else None
+    check_export_target(target, overwrite, target_opts)  # fail now, not after the build
+    work = export_work_dir(target)
+    work.mkdir(parents=True, exist_ok=True)
+    fd = os.open(work / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise IndexExistsError(f"{target}: another build of it is running (work directory {work})") from None
+        attrs = build_index(data, work / "index", overwrite=True, progress=progress, log=log,
+                            storage_options=storage_options if is_url(data) else None, **kw)
+        # (a failed or interrupted build leaves its work directory: --resume continues it; a failed
+        # export leaves the built index there, and the next build of the target starts over)
+        if log and progress:
+            log(f"exporting to {target}")
+        export_index(work / "index", target, overwrite=overwrite, storage_options=target_opts, progress=progress)
+        shutil.rmtree(work, ignore_errors=True)
+        return attrs
+    finally:
+        os.close(fd)

@@ -1,0 +1,319 @@
+"""The zarr v3 files of an index, written and read without zarr-python's generic path.
+
+Every array spann writes is a standard zarr v3 array (any zarr client opens it), in one of two
+exact shapes, and reading accepts only those shapes (so a damaged or hostile ``zarr.json``
+cannot make spann decompress, allocate or index beyond what the files really hold):
+
+- **small arrays** (kept in RAM after open): regular chunks along axis 0, codecs
+  ``[bytes(little), crc32c]``: each chunk file is the raw little-endian bytes of the chunk
+  followed by their crc32c (4 bytes, little-endian), verified on every read.
+- **the posting bytes**: a 1-D ``uint8`` array, chunk grid = shards of ``shard_bytes``, codec
+  ``sharding_indexed`` with raw inner chunks of ``chunk_bytes`` (``[bytes]``) and the shard
+  index at the end (``[bytes, crc32c]``). spann writes inner chunks in order, so byte ``i`` of
+  shard ``s`` sits at file offset ``i``: a posting list is one contiguous range of one file.
+
+Paths are resolved against a directory file descriptor where one is given, so an index opened
+once keeps reading the same files even if its directory is replaced meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat
+from typing import Any
+
+import google_crc32c
+import numpy as np
+
+from spann.errors import IndexCorruptError
+
+__all__ = ["ABSENT", "write_small_array", "read_small_array", "small_array_meta", "postings_meta",
+           "check_postings_meta", "write_shard", "read_shard_index", "check_shard_index", "shard_index_bytes",
+           "write_json", "read_json", "crc32c",
+           "group_meta", "MAX_JSON_BYTES"]
+
+ABSENT = 2**64 - 1
+MAX_JSON_BYTES = 1 << 22        #: metadata files larger than this are refused
+SMALL_CHUNK_BYTES = 1 << 28     #: small arrays are split into chunks of at most this many bytes
+
+
+def crc32c(data) -> int:
+    return google_crc32c.value(bytes(data) if not isinstance(data, (bytes, bytearray, memoryview)) else data)
+
+
+# -- plain files -------------------------------------------------------------------------------
+
+def _open_read(path: str, dir_fd: int | None) -> int:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK, dir_fd=dir_fd)
+    except FileNotFoundError:
+        raise IndexCorruptError(f"{path}: missing (incomplete or damaged index)") from None
+    except (IsADirectoryError, NotADirectoryError) as e:
+        raise IndexCorruptError(f"{path}: not a regular file ({e.strerror})") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise IndexCorruptError(f"{path}: not a regular file (refusing to read a special file)")
+    return fd
+
+
+def read_file(path: str, dir_fd: int | None = None, max_bytes: int | None = None, store=None) -> bytes:
+    """The bytes of a regular file (special files and files over ``max_bytes`` are refused);
+    with ``store`` (a :class:`spann.io.sources.Store`), of that store's object ``path``."""
+    if store is not None:
+        return store.read(path, max_bytes)
+    fd = _open_read(path, dir_fd)
+    try:
+        size = os.fstat(fd).st_size
+        if max_bytes is not None and size > max_bytes:
+            raise IndexCorruptError(f"{path}: {size} bytes, more than the {max_bytes} expected")
+        chunks = []
+        left = size
+        while left > 0:
+            b = os.read(fd, min(left, 1 << 26))
+            if not b:
+                break
+            chunks.append(b)
+            left -= len(b)
+        data = b"".join(chunks)
+        if len(data) != size:
+            raise IndexCorruptError(f"{path}: short read ({len(data)} of {size} bytes)")
+        return data
+    finally:
+        os.close(fd)
+
+
+def read_json(path: str, dir_fd: int | None = None, store=None) -> dict[str, Any]:
+    raw = read_file(path, dir_fd, MAX_JSON_BYTES, store)
+    try:
+        d = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise IndexCorruptError(f"{path}: unreadable metadata ({type(e).__name__}: {e})") from None
+    if not isinstance(d, dict):
+        raise IndexCorruptError(f"{path}: metadata is not a JSON object")
+    return d
+
+
+def write_json(path: str, obj: dict[str, Any], fsync: bool = True) -> None:
+    """Write ``obj`` to ``path`` atomically (temporary file + rename)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    data = json.dumps(obj, indent=2, allow_nan=False).encode()
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        if fsync:
+            fh.flush()
+            os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def group_meta(attributes: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"zarr_format": 3, "node_type": "group", "attributes": attributes or {}}
+
+
+# -- small arrays (bytes + crc32c) ---------------------------------------------------------------
+
+def small_array_meta(shape: tuple[int, ...], dtype: np.dtype, chunk_rows: int,
+                     attributes: dict[str, Any] | None = None) -> dict[str, Any]:
+    dtype = np.dtype(dtype)
+    fill: Any = 0.0 if dtype.kind == "f" else 0
+    return {
+        "zarr_format": 3, "node_type": "array", "shape": list(shape), "data_type": dtype.name,
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [chunk_rows] + list(shape[1:])}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": fill,
+        "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}],
+        "attributes": attributes or {}, "dimension_names": None,
+    }
+
+
+def _chunk_key(i: int, ndim: int) -> str:
+    return "c/" + "/".join([str(i)] + ["0"] * (ndim - 1))
+
+
+def write_small_array(directory: str, data: np.ndarray, attributes: dict[str, Any] | None = None) -> None:
+    """Write ``data`` (any shape, ndim >= 1) as a bytes+crc32c zarr array in ``directory``."""
+    data = np.ascontiguousarray(data)
+    le = data.astype(data.dtype.newbyteorder("<"), copy=False)
+    row_bytes = max(1, int(np.prod(data.shape[1:], dtype=np.int64)) * data.dtype.itemsize)
+    rows = data.shape[0]
+    chunk_rows = max(1, min(rows, SMALL_CHUNK_BYTES // row_bytes)) if rows else 1
+    os.makedirs(directory, exist_ok=True)
+    for i, s in enumerate(range(0, rows, chunk_rows)):
+        buf = le[s:s + chunk_rows].tobytes()
+        buf += bytes(chunk_rows * row_bytes - len(buf))  # zarr stores edge chunks full size
+        f = os.path.join(directory, _chunk_key(i, data.ndim))
+        os.makedirs(os.path.dirname(f), exist_ok=True)
+        with open(f, "wb") as fh:
+            fh.write(buf)
+            fh.write(crc32c(buf).to_bytes(4, "little"))
+    write_json(os.path.join(directory, "zarr.json"),
+               small_array_meta(data.shape, data.dtype, chunk_rows, attributes), fsync=False)
+
+
+def _codec_names(codecs: Any) -> list[str]:
+    if not isinstance(codecs, list) or not all(isinstance(c, dict) for c in codecs):
+        return []
+    return [str(c.get("name")) for c in codecs]
+
+
+def _little(codec: dict) -> bool:
+    cfg = codec.get("configuration") or {}
+    return isinstance(cfg, dict) and cfg.get("endian", "little") == "little"
+
+
+def read_small_array(directory: str, *, dtype: np.dtype | str | tuple, shape: tuple[int | None, ...],
+                     dir_fd: int | None = None, store=None) -> np.ndarray:
+    """Read a bytes+crc32c array written by :func:`write_small_array`.
+
+    ``dtype``: the dtype (or tuple of dtypes) the caller accepts; ``shape``: the expected
+    shape, ``None`` for a dimension the caller does not know (it is then bounded by the
+    files' real sizes). Anything else — other codecs, other dtype, a chunk that is missing,
+    has the wrong size or fails its checksum — raises :class:`IndexCorruptError`.
+    """
+    meta = read_json(os.path.join(directory, "zarr.json"), dir_fd, store)
+    where = directory
+    try:
+        got_shape = [int(v) for v in meta["shape"]]
+        dt = np.dtype(str(meta["data_type"]))
+        grid = meta["chunk_grid"]
+        chunk = [int(v) for v in grid["configuration"]["chunk_shape"]]
+        codecs = meta["codecs"]
+        kenc = meta.get("chunk_key_encoding", {"name": "default"})
+    except (KeyError, TypeError, ValueError) as e:
+        raise IndexCorruptError(f"{where}: unreadable array metadata ({type(e).__name__}: {e})") from None
+    ok_dtypes = dtype if isinstance(dtype, tuple) else (dtype,)
+    if dt not in [np.dtype(d) for d in ok_dtypes]:
+        raise IndexCorruptError(f"{where}: data type {dt} where {'/'.join(np.dtype(d).name for d in ok_dtypes)} "
+                                f"is expected")
+    if len(got_shape) != len(shape) or any(e is not None and e != g for e, g in zip(shape, got_shape)) \
+            or any(g < 0 for g in got_shape):
+        raise IndexCorruptError(f"{where}: shape {tuple(got_shape)} where {tuple(shape)} is expected")
+    if (grid.get("name") != "regular" or len(chunk) != len(got_shape) or chunk[0] < 1
+            or chunk[1:] != got_shape[1:] or _codec_names(codecs) != ["bytes", "crc32c"] or not _little(codecs[0])
+            or not isinstance(kenc, dict) or kenc.get("name") != "default"
+            or (kenc.get("configuration") or {}).get("separator", "/") != "/"):
+        raise IndexCorruptError(f"{where}: array is not in spann's raw layout (chunks {chunk}, codecs "
+                                f"{_codec_names(codecs)})")
+    rows = got_shape[0]
+    row_bytes = int(np.prod(got_shape[1:], dtype=np.int64)) * dt.itemsize
+    parts = []
+    n_chunks = math.ceil(rows / chunk[0]) if rows else 0
+    for i in range(n_chunks):
+        r = min(chunk[0], rows - i * chunk[0])
+        full = chunk[0] * row_bytes  # zarr stores edge chunks full size
+        key = os.path.join(directory, _chunk_key(i, len(got_shape)))
+        raw = read_file(key, dir_fd, full + 4, store)
+        if len(raw) != full + 4:
+            raise IndexCorruptError(f"{key}: {len(raw)} bytes where {full + 4} are expected (truncated chunk)")
+        body, crc = raw[:-4], int.from_bytes(raw[-4:], "little")
+        if crc32c(body) != crc:
+            raise IndexCorruptError(f"{key}: checksum mismatch (damaged index part)")
+        parts.append(np.frombuffer(body, dtype=dt.newbyteorder("<"), count=r * row_bytes // max(1, dt.itemsize)))
+    flat = np.concatenate(parts) if parts else np.zeros(0, dt)
+    return np.ascontiguousarray(flat.astype(dt, copy=False).reshape(got_shape))
+
+
+# -- the posting bytes (sharded) -----------------------------------------------------------------
+
+def postings_meta(total_bytes: int, shard_bytes: int, chunk_bytes: int,
+                  attributes: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "zarr_format": 3, "node_type": "array", "shape": [int(total_bytes)], "data_type": "uint8",
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [int(shard_bytes)]}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": 0,
+        "codecs": [{"name": "sharding_indexed", "configuration": {
+            "chunk_shape": [int(chunk_bytes)],
+            "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
+            "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}],
+            "index_location": "end"}}],
+        "attributes": attributes or {}, "dimension_names": None,
+    }
+
+
+def check_postings_meta(meta: dict[str, Any], where: str) -> tuple[int, int, int]:
+    """(total bytes, shard bytes, inner chunk bytes) if ``meta`` is spann's posting layout."""
+    try:
+        total = int(meta["shape"][0])
+        ok = (meta["node_type"] == "array" and len(meta["shape"]) == 1 and meta["data_type"] == "uint8"
+              and meta["chunk_grid"]["name"] == "regular")
+        shard = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
+        (codec,) = meta["codecs"]
+        cfg = codec["configuration"]
+        inner = int(cfg["chunk_shape"][0])
+        kenc = meta.get("chunk_key_encoding", {"name": "default"})
+        ok = ok and (codec["name"] == "sharding_indexed" and cfg.get("index_location", "end") == "end"
+                     and _codec_names(cfg["codecs"]) == ["bytes"]
+                     and _codec_names(cfg["index_codecs"]) == ["bytes", "crc32c"]
+                     and kenc.get("name") == "default"
+                     and (kenc.get("configuration") or {}).get("separator", "/") == "/")
+    except (KeyError, TypeError, ValueError, AttributeError):
+        ok = False
+    if not ok:
+        raise IndexCorruptError(f"{where}: postings are not in spann's raw sharded layout")
+    if not (4096 <= inner <= shard <= 1 << 40) or shard % inner or inner % 4096 or total < 0 or total % shard:
+        raise IndexCorruptError(f"{where}: posting shard geometry is inconsistent (total {total}, shard {shard}, "
+                                f"chunk {inner})")
+    return total, shard, inner
+
+
+def write_shard(path: str, data: np.ndarray, shard_bytes: int, chunk_bytes: int) -> int:
+    """Write one shard file: the used bytes ``data`` (uint8, <= shard_bytes) as raw inner chunks in
+    order (the last one zero-padded), absent chunks beyond, then the index and its crc32c.
+    Returns the file size."""
+    n_inner = shard_bytes // chunk_bytes
+    used = int(data.shape[0])
+    present = -(-used // chunk_bytes)
+    index = np.full((n_inner, 2), ABSENT, dtype="<u8")
+    index[:present, 0] = np.arange(present, dtype=np.uint64) * np.uint64(chunk_bytes)
+    index[:present, 1] = chunk_bytes
+    idx = index.tobytes()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as fh:
+        fh.write(memoryview(np.ascontiguousarray(data, dtype=np.uint8)))
+        pad = present * chunk_bytes - used
+        if pad:
+            fh.write(bytes(pad))
+        fh.write(idx)
+        fh.write(crc32c(idx).to_bytes(4, "little"))
+        fh.flush()
+    return present * chunk_bytes + len(idx) + 4
+
+
+def read_shard_index(fd: int, size: int, shard_bytes: int, chunk_bytes: int, where: str) -> int:
+    """Check a shard file's index (crc, and spann's in-order raw layout); returns the number of
+    data bytes at the start of the file that hold the shard's leading present chunks."""
+    n_idx = shard_index_bytes(shard_bytes, chunk_bytes)
+    if size < n_idx:
+        raise IndexCorruptError(f"{where}: shard file is truncated ({size} bytes)")
+    return check_shard_index(os.pread(fd, n_idx, size - n_idx), size, shard_bytes, chunk_bytes, where)
+
+
+def shard_index_bytes(shard_bytes: int, chunk_bytes: int) -> int:
+    """Bytes of a shard file's index (with its crc32c), at the file's end."""
+    return (shard_bytes // chunk_bytes) * 16 + 4
+
+
+def check_shard_index(raw: bytes, size: int, shard_bytes: int, chunk_bytes: int, where: str) -> int:
+    """:func:`read_shard_index` on the index bytes ``raw`` of a shard file of ``size`` bytes."""
+    n_inner = shard_bytes // chunk_bytes
+    n_idx = shard_index_bytes(shard_bytes, chunk_bytes)
+    if size < n_idx:
+        raise IndexCorruptError(f"{where}: shard file is truncated ({size} bytes)")
+    if len(raw) != n_idx:
+        raise IndexCorruptError(f"{where}: short read of the shard index")
+    if crc32c(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
+        raise IndexCorruptError(f"{where}: shard index checksum mismatch (damaged posting shard)")
+    pairs = np.frombuffer(raw[:-4], dtype="<u8").reshape(-1, 2)
+    absent = (pairs[:, 0] == ABSENT) & (pairs[:, 1] == ABSENT)
+    present = int(np.argmax(absent)) if absent.any() else n_inner
+    if absent[present:].size and not absent[present:].all():
+        raise IndexCorruptError(f"{where}: shard has gaps between its chunks (not written by spann)")
+    expect = np.arange(present, dtype=np.uint64) * np.uint64(chunk_bytes)
+    if not (np.array_equal(pairs[:present, 0], expect) and np.all(pairs[:present, 1] == chunk_bytes)):
+        raise IndexCorruptError(f"{where}: shard chunks are not stored in order (not written by spann)")
+    if present * chunk_bytes + n_idx != size:
+        raise IndexCorruptError(f"{where}: shard file size {size} disagrees with its index")
+    return present * chunk_bytes

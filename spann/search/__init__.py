@@ -1,0 +1,1 @@
+"""Search: the head search, the pruner stage, the posting scan with replica de-dup, re-rank."""

@@ -1,0 +1,1 @@
+"""Tools over a built index: evaluation (recall, latency, sweeps) and full verification."""
