@@ -31,6 +31,7 @@ from spann.io.vector_store import LocalVectors, VectorsView, rows_buffer_view
 from spann.kernels.query_space import rotate_query, single_query_space
 from spann.kernels.threads import NumbaThreads
 from spann.params import BuildParams, SearchParams
+from spann.search.views import Direct, HeadIndex, Lists, Out, Plan, Scratch
 from spann.search.kernels import (N_STATS, compiled_entry, full_lists_batch, prefetch_rows_batch, rerank_batch,
                                   scan_batch, search_one, select_batch)
 from spann.update.apply import add, delete, locate
@@ -107,6 +108,8 @@ class _Snapshot:
         self.groups = head_groups(self.heads, f.head_groups)  # searches scan these when there are any
         no_groups = self.groups.centroids.shape[0] == 0
         self.walk = walk_codes(self.heads) if no_groups else no_walk_codes(self.heads.shape[1])
+        self.hx = HeadIndex(heads=self.heads, walk=self.walk, neighbors=self.neighbors, groups=self.groups,
+                            entries=self.seeds.entries, seed_rows=self.seeds.seed_rows)
         self.kernels: dict = {}  # compiled entry points of the single-query kernel (Index._search)
         self.single: dict = {}  # (params, k) -> (entry point, arguments): the unfiltered single query
         self.pruner = f.pruner
@@ -584,14 +587,14 @@ class Index:
         listed = bool(pos.size) and bool(np.all(lab["listed"][pos] > 0))
         return pos, min(share, 1.0), listed
 
-    def _direct_args(self, snap, sizes: tuple[int, int] | None) -> tuple:
-        """(dl, dr, pvd, vvd) of :func:`~spann.search.kernels.search_one`: this thread's direct readers
-        of the posting array and the vector store, sized for ``sizes`` (lists, rows read per
+    def _direct_args(self, snap, sizes: tuple[int, int] | None) -> Direct:
+        """The :class:`~spann.search.views.Direct` of :func:`~spann.search.kernels.search_one`: this
+        thread's direct readers of the posting array and the vector store, sized for ``sizes`` (lists, rows read per
         query at most), and the views of ``snap``'s lists and the rows over their buffers; with
         ``sizes`` None, readers that read nothing and the mapped views."""
         vv = self._vectors_view()
         if sizes is None:
-            return self._no_direct, self._no_direct, snap.pv, vv
+            return Direct(self._no_direct, self._no_direct, snap.pv, vv)
         n_lists, n_rows = max(int(sizes[0]), 8), max(int(sizes[1]), 8)
         base = self._base
         if base.postings.fetched or (base.vectors is not None and base.vectors.fetched):
@@ -604,7 +607,7 @@ class Index:
         row_bytes = n_rows * ((lay.page_bytes if lay else 0) + BRIDGE_PAGES * PAGE)
         if cur is not None and cur[0]() is snap and cur[1].fits(n_lists, list_bytes) and \
                 (cur[2] is None or cur[2].fits(n_rows, row_bytes)):
-            return cur[1].reads, (cur[2].reads if cur[2] is not None else self._no_direct), cur[3], cur[4]
+            return Direct(cur[1].reads, (cur[2].reads if cur[2] is not None else self._no_direct), cur[3], cur[4])
         st.direct = None  # until both readers are ready (a reader being replaced is closed first)
         lr = cur[1] if cur is not None and cur[1].source is base.postings.mapped else None
         rr = cur[2] if cur is not None and cur[2] is not None and base.vectors is not None and \
@@ -622,12 +625,12 @@ class Index:
         pvd = buffer_view(snap.pv, lr.reads.buf)
         vvd = vv if rr is None else rows_buffer_view(vv, rr.reads.buf)
         st.direct = (weakref.ref(snap), lr, rr, pvd, vvd)
-        return lr.reads, (rr.reads if rr is not None else self._no_direct), pvd, vvd
+        return Direct(lr.reads, (rr.reads if rr is not None else self._no_direct), pvd, vvd)
 
     def _run_single(self, snap, kernel, mid: tuple, qs, qh, k: int, p: SearchParams, sizes=None):
         """One query through ``kernel`` (search_one or its compiled entry point) with the
-        snapshot's arguments ``mid`` (``sizes``: see :meth:`_direct_args`); returns (top_d,
-        top_i, stats, every argument)."""
+        snapshot's arguments ``mid`` (filter, head index, plan, lists; ``sizes``: see
+        :meth:`_direct_args`); returns (top_d, top_i, stats, every argument)."""
         st = self._local
         H = snap.heads.shape[0]
         if st.visited is None or st.visited.shape[0] != H:
@@ -645,8 +648,9 @@ class Index:
             q = np.require(q, np.float32, "CW")
         if not (h.dtype == np.float32 and h.flags.c_contiguous and h.flags.writeable):
             h = np.require(h, np.float32, "CW")
-        args = (q, h) + mid + (epoch_now() if p.prefetch and self._preloaded is not snap else NO_ADVICE, st.visited,
-                               np.uint32(st.tag), top_d, top_i, stats) + self._direct_args(snap, sizes)
+        epoch = epoch_now() if p.prefetch and self._preloaded is not snap else NO_ADVICE
+        args = (q, h) + mid + (Scratch(st.visited, np.uint32(st.tag), epoch), self._direct_args(snap, sizes),
+                               Out(top_d, top_i, stats))
         kernel(*args)
         return top_d, top_i, stats, args
 
@@ -688,6 +692,8 @@ class Index:
         R = p.effective_rerank(k, self.layout.encoding)
         bound_k = k if self.layout.encoding == "rabitq" and p.rerank_bound else 0
         code = self._metric.scan_code
+        plan = Plan(metric=int(code), ef=int(efv), m=int(m), budget=int(budget), model=model, prune_eps=eps,
+                    rerank=int(R), bound_k=int(bound_k))
         dead = snap.dead_keys
         fetching = self.fetching
         if nq == 1 and not fetching:
@@ -695,9 +701,7 @@ class Index:
             # int and float32 scalars, writable contiguous float32 queries): after the first call,
             # the compiled entry point is called directly, with the arguments this snapshot, these
             # parameters and k fix (see _search_single)
-            mid = (int(code), snap.heads, snap.walk, snap.neighbors, snap.groups, snap.seeds.entries,
-                   snap.seeds.seed_rows, int(efv), int(m), int(budget), model, eps, pv, cb, vv, snap.dv, f32, dead,
-                   snap.delta_dead, int(R), int(bound_k))
+            mid = (f32, snap.hx, plan, Lists(pv, cb, vv, snap.dv, dead, snap.delta_dead))
             kind = (model is self._no_model, f32 is self._no_i32)  # kinds kept apart for safety only
             kernel = snap.kernels.get(kind)
             sizes = (m + budget // 2, R + min(k, R)) if p.direct else None  # lists (early + kept), rows
@@ -719,9 +723,7 @@ class Index:
             with NumbaThreads(threads if nq > 1 else 1):
                 n_threads = numba.get_num_threads()
                 seeds = snap.seeds.for_rows(qh) if snap.groups.centroids.shape[0] == 0 else np.zeros((nq, 0), np.int32)
-                sel_i, _sel_d, kept, evals = select_batch(qh, snap.heads, snap.walk, snap.neighbors, snap.groups,
-                                                          seeds, efv,
-                                                          m, budget, model, eps, max(1, min(nq, n_threads * 8)))
+                sel_i, _sel_d, kept, evals = select_batch(qh, snap.hx, seeds, plan, max(1, min(nq, n_threads * 8)))
                 dists = np.empty((nq, k), np.float32)
                 ids = np.empty((nq, k), np.int64)
                 stt = np.empty((nq, N_STATS), np.int64)

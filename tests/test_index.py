@@ -111,6 +111,7 @@ def test_learned_pruner_adapts_lists_per_query(synth, synth_index):
     from spann.heads.graph import beam_search, walk_codes
     from spann.heads.groups import group_search, no_head_groups
     from spann.search.kernels import select_lists
+    from spann.search.views import HeadIndex, Plan
     qs, qh = synth_index._metric.query_space(q[:50])
     walk = walk_codes(synth_index.heads, min_dim=1)  # the walk on byte codes: its pool is re-scored exactly
     groups = synth_index._snap.groups
@@ -121,8 +122,11 @@ def test_learned_pruner_adapts_lists_per_query(synth, synth_index):
     for i in range(50):
         for hg in (no_head_groups(qh.shape[1]), groups):
             sel, sd = np.empty(32, np.int32), np.empty(32, np.float32)
-            kept, _ = select_lists(qh[i], synth_index.heads, walk, synth_index.neighbors, hg, synth_index.entries, 64,
-                                   16, synth_index.pruner, np.float32(1e18), vis, np.uint32(2 * i + 1), sel, sd)
+            hx = HeadIndex(heads=synth_index.heads, walk=walk, neighbors=synth_index.neighbors, groups=hg,
+                           entries=synth_index.entries, seed_rows=synth_index.heads[:0])
+            plan = Plan(metric=0, ef=64, m=32, budget=16, model=synth_index.pruner, prune_eps=np.float32(1e18),
+                        rerank=0, bound_k=0)
+            kept, _ = select_lists(qh[i], hx, synth_index.entries, plan, vis, np.uint32(2 * i + 1), sel, sd)
             ref, rd = np.empty(1, np.int32), np.empty(1, np.float32)
             if hg is groups:
                 group_search(qh[i], synth_index.heads, hg, 64, ref, rd)

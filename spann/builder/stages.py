@@ -41,6 +41,7 @@ from spann.kernels.exact import exact_knn
 from spann.kernels.metrics import Metric
 from spann.params import BuildParams, SearchParams
 from spann.search.kernels import select_batch
+from spann.search.views import HeadIndex, Plan
 
 __all__ = ["Sample", "Heads", "HeadGraph", "AssignmentRuns", "Encoder", "PostingPlan", "sample_stage", "heads_stage",
            "graph_stage", "assign_stage", "encoding_stage", "plan_stage", "write_stage", "store_stage"]
@@ -253,8 +254,11 @@ def pruner_stage(metric: Metric, sample: Sample, dim: int, heads: Heads, graph: 
     no_model = np.zeros(0, np.float64)
 
     def select(hg, ef, width):  # heads found as searches find them
-        return select_batch(qrows, hv, walk_codes(hv), graph.neighbors, hg, seeds, ef, width, width, no_model,
-                            np.float32(1e18), 16)[:2]
+        hx = HeadIndex(heads=hv, walk=walk_codes(hv), neighbors=graph.neighbors, groups=hg, entries=graph.entries,
+                       seed_rows=hv[:0])
+        plan = Plan(metric=0, ef=ef, m=width, budget=width, model=no_model, prune_eps=np.float32(1e18), rerank=0,
+                    bound_k=0)
+        return select_batch(qrows, hx, seeds, plan, 16)[:2]
 
     def coverage(hg):
         sel = select(hg, SearchParams().effective_ef(m), m)[0]

@@ -35,6 +35,7 @@ from spann.io.vector_store import direct_rows, row_offset, union_row_pages
 from spann.kernels.distances import FASTMATH, NEG_DOT, pair_distance
 from spann.kernels.prefetch import prefetch_element
 from spann.kernels.topk import topk_insert, topk_insert_unique, topk_insert_unique_with
+from spann.search.views import Candidates, Early, HeadIndex
 
 __all__ = ["N_STATS", "compiled_entry", "select_lists", "scan_full", "scan_coded", "scan_rabitq", "rerank",
            "search_one", "select_batch", "scan_batch", "full_lists_batch"]
@@ -56,37 +57,38 @@ def compiled_entry(kernel, args: tuple):
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
-def select_lists(qh, heads, wc, neighbors, hg, entries, ef, budget, model, prune_eps, visited, tag, sel_i, sel_d):
+def select_lists(qh, hx, entries, plan, visited, tag, sel_i, sel_d):
     """Nearest heads of head-space query ``qh`` into ``sel_i``/``sel_d`` (ascending): a scan of
-    the nearest head groups ``hg`` (:mod:`spann.heads.groups`), or when there are none a walk of
-    the graph (``wc``: the heads' :class:`~spann.heads.graph.WalkCodes`, empty for an exact
-    walk; ``entries``: where it starts), then how
-    many of them to read: the pruner's choice for a ``budget`` (see :mod:`spann.heads.pruner`; just
-    ``budget`` without a model), cut further by the distance-ratio rule ``prune_eps``.
+    the nearest head groups of ``hx`` (a :class:`~spann.search.views.HeadIndex`; see
+    :mod:`spann.heads.groups`), or when there are none a walk of its graph from ``entries``
+    (int32; ``visited``/``tag``: the walk's marks), then how many of them to read: the pruner's
+    choice for ``plan.budget`` (see :mod:`spann.heads.pruner`; just the budget without a
+    model), cut further by the distance-ratio rule ``plan.prune_eps``.
     Returns (kept, distance evaluations)."""
-    if hg.centroids.shape[0] > 0:
-        n_eval = group_search(qh, heads, hg, ef, sel_i, sel_d)
+    if hx.groups.centroids.shape[0] > 0:
+        n_eval = group_search(qh, hx.heads, hx.groups, plan.ef, sel_i, sel_d)
     else:
-        n_eval = beam_search(qh, heads, neighbors, entries, ef, visited, tag, sel_i, sel_d, wc)
-    return lists_to_read(sel_i, sel_d, model, budget, prune_eps), n_eval
+        n_eval = beam_search(qh, hx.heads, hx.neighbors, entries, plan.ef, visited, tag, sel_i, sel_d, hx.walk)
+    return lists_to_read(sel_i, sel_d, plan.model, plan.budget, plan.prune_eps), n_eval
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
-def select_lists_early(qh, heads, hg, ef, budget, model, prune_eps, sel_i, sel_d, pv, dl, offs, epoch, early_i):
+def select_lists_early(qh, hx, plan, sel_i, sel_d, pv, dl, offs, epoch, early_i):
     """:func:`select_lists` on head groups for a query whose lists come from the device: once
     the :data:`~spann.heads.groups.EARLY_GROUPS` nearest groups are scanned, the lists of the
     ``len(early_i)`` best heads so far are requested (their ids into ``early_i``, int32; see
-    :func:`request_lists` for ``dl``, ``offs`` and ``epoch``), and the device reads them while
-    the remaining groups are scanned. Returns (kept, distance evaluations, heads requested
+    :func:`request_lists` for ``pv``, ``dl``, ``offs`` and ``epoch``), and the device reads them
+    while the remaining groups are scanned. Returns (kept, distance evaluations, heads requested
     early, bytes requested directly)."""
-    gi, pd, pi, qq, n_eval = group_search_start(qh, hg, ef)
+    heads, hg = hx.heads, hx.groups
+    gi, pd, pi, qq, n_eval = group_search_start(qh, hg, plan.ef)
     E = min(EARLY_GROUPS, gi.shape[0])
     n_eval += scan_groups(qh, qq, hg, gi, 0, E, pd, pi)
     n_early = pool_heads(hg, pi, early_i.shape[0], early_i)
     got = request_lists(pv, dl, offs, early_i, n_early, epoch)
     n_eval += scan_groups(qh, qq, hg, gi, E, gi.shape[0], pd, pi)
     n_eval += group_search_finish(qh, heads, hg, pd, pi, sel_i, sel_d)
-    return lists_to_read(sel_i, sel_d, model, budget, prune_eps), n_eval, n_early, got
+    return lists_to_read(sel_i, sel_d, plan.model, plan.budget, plan.prune_eps), n_eval, n_early, got
 
 
 @numba.njit(cache=True, nogil=True)
@@ -282,14 +284,14 @@ def scan_rabitq(qh, metric, pv, heads, sel_i, kept, filt, dead, cand_d, cand_r, 
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
-def scan_candidates(q, qh, metric, pv, cb, heads, sel_i, kept, filt, dead, cand_d, cand_r, cand_e, qa, stats):
-    """Scan the first ``kept`` lists of ``sel_i`` into the candidates with the codes of ``cb``:
-    :func:`scan_coded` for sq8 (``qa``: its scratch), else :func:`scan_rabitq` (``cand_e``: the
-    estimates' error bounds). Calls may continue one another's candidates."""
+def scan_candidates(q, qh, metric, pv, cb, heads, sel_i, kept, filt, dead, cands, stats):
+    """Scan the first ``kept`` lists of ``sel_i`` into the :class:`~spann.search.views.Candidates`
+    ``cands`` with the codes of ``cb``: :func:`scan_coded` for sq8, else :func:`scan_rabitq`.
+    Calls may continue one another's candidates."""
     if cb.kind == SQ8:
-        scan_coded(q, metric, pv, cb, qa, sel_i, kept, filt, dead, cand_d, cand_r, stats)
+        scan_coded(q, metric, pv, cb, cands.qa, sel_i, kept, filt, dead, cands.d, cands.r, stats)
     else:
-        scan_rabitq(qh, metric, pv, heads, sel_i, kept, filt, dead, cand_d, cand_r, cand_e, stats)
+        scan_rabitq(qh, metric, pv, heads, sel_i, kept, filt, dead, cands.d, cands.r, cands.e, stats)
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
@@ -345,15 +347,21 @@ def positions_of(rows, n, a, a_pos, na, b, b_pos, nb):
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
-def scan_landed(q, qh, metric, pvd, dl, cb, heads, sel_i, kept, filt, dead, top_d, top_i, cand_d, cand_r, cand_e, qa,
-                stats, half, vv, dr, early_r, early_pos):
-    """Scan lists ``sel_i[:kept]`` read directly (:func:`request_lists` with ``dl``) in the
-    order their reads land, nearest first among those landed: full lists into the top-k
-    (``top_d``/``top_i``), coded ones into the candidates (see :func:`scan_candidates`), while
-    the device still reads the others. Once ``half`` (> 0) lists are scanned, the rows of the
-    best ``len(early_r)`` candidates are requested from ``dr`` (rows into ``early_r``, their
-    buffer positions into ``early_pos``). Returns (early rows, bytes requested)."""
-    todo = sel_i[:kept].copy()
+def scan_landed(q, qh, filt, hx, plan, lists, reads, sel, cands, out, half, early):
+    """Scan lists ``sel`` read directly (:func:`request_lists` with ``reads.lists``, a
+    :class:`~spann.search.views.Direct`) in the order their reads land, nearest first among
+    those landed, through ``reads.lists_view``:
+    full lists into ``out``'s top-k, coded ones into ``cands`` (see :func:`scan_candidates`),
+    while the device still reads the others. Once ``half`` (> 0) lists are scanned, the rows of
+    the best ``len(early.rows)`` candidates are requested from ``reads.rows`` (rows into
+    ``early.rows``, their buffer positions into ``early.pos``). Returns (early rows, bytes
+    requested)."""
+    metric, cb, dead, heads = plan.metric, lists.codebook, lists.dead, hx.heads
+    pvd, dl = reads.lists_view, reads.lists
+    top_d, top_i, stats = out.top_d, out.top_i, out.stats
+    cand_r, early_r = cands.r, early.rows
+    kept = sel.shape[0]
+    todo = sel.copy()
     n_todo = kept
     ready = np.empty(max(kept, 1), np.int32)
     scanned = 0
@@ -385,45 +393,46 @@ def scan_landed(q, qh, metric, pvd, dl, cb, heads, sel_i, kept, filt, dead, top_
             if cb.kind == FULL:
                 scan_full(q, metric, pvd, ready[a:b], b - a, filt, dead, top_d, top_i, stats)
             else:
-                scan_candidates(q, qh, metric, pvd, cb, heads, ready[a:b], b - a, filt, dead, cand_d, cand_r, cand_e,
-                                qa, stats)
+                scan_candidates(q, qh, metric, pvd, cb, heads, ready[a:b], b - a, filt, dead, cands, stats)
             scanned += b - a
             a = b
             if half > 0 and scanned == half and cb.kind != FULL:
                 while n_early_r < early_r.shape[0] and cand_r[n_early_r] >= 0:
                     early_r[n_early_r] = cand_r[n_early_r]
                     n_early_r += 1
-                got = request_rows(vv, dr, early_r, n_early_r, -1, early_pos)
+                got = request_rows(lists.vectors, reads.rows, early_r, n_early_r, -1, early.pos)
     return n_early_r, got
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
-def search_one(q, qh, metric, heads, wc, neighbors, hg, entries, seed_rows, ef, m, budget, model, prune_eps, pv, cb, vv,
-               dv, filt, dead, delta_dead, rerank_depth, bound_k, epoch, visited, tag, top_d, top_i, stats, dl, dr,
-               pvd, vvd):
-    """One query end to end: fills ``top_d``/``top_i`` (length k, ascending) and ``stats``.
-    The walk starts from the entries (int32 (E,)): all of them when ``seed_rows`` is empty, else
-    the :data:`~spann.heads.graph.SEEDS` whose rows (``seed_rows`` float32 (E, Dh), the entries'
-    heads) are nearest ``qh`` (see :class:`~spann.heads.graph.EntrySeeds`); ``hg``: the head
-    groups scanned instead of the walk when there are any (see :func:`select_lists`).
-    ``m``: heads retrieved (>= the most lists the pruner may choose); ``budget``: lists for
-    the median query (see :func:`select_lists`); ``dv``: the delta lists of an updated index
-    (full vectors, same heads; all empty when there is none); ``filt``: sorted int32 labels
-    (empty: no filter); ``dead``: deleted ids (full) or store rows (coded) of the base lists,
-    sorted int64; ``delta_dead``: deleted ids still in the delta lists (sorted int64);
-    ``epoch`` >= 0: request the lists' pages (on head groups in two steps: the best heads' lists
-    once the nearest groups are scanned, see :func:`select_lists_early`, the rest when the
-    selection is done), then the rows of the best k candidates once the nearest half of the
-    lists is scanned, and the other candidates' rows when the scan is done, except pages
+def search_one(q, qh, filt, hx, plan, lists, scratch, reads, out):
+    """One query end to end: fills ``out`` (:class:`~spann.search.views.Out`: top-k ascending
+    and the statistics). ``q`` float32 (dim,) the query in scan space, ``qh`` float32 (Dh,) in
+    head space; ``filt`` sorted int32 labels (empty: no filter). ``hx``
+    (:class:`~spann.search.views.HeadIndex`): the heads; a walk of the graph starts from the
+    :data:`~spann.heads.graph.SEEDS` entries nearest ``qh`` (all entries when ``hx.seed_rows``
+    is empty); head groups, when there are any, are scanned instead (see
+    :func:`select_lists`). ``plan`` (:class:`~spann.search.views.Plan`): how many heads and
+    lists, the pruner, the re-rank depth and bound. ``lists``
+    (:class:`~spann.search.views.Lists`): the base and delta lists, the codebook, the vector
+    store, the tombstones. ``scratch`` (:class:`~spann.search.views.Scratch`): the walk's marks,
+    and ``epoch`` >= 0 to request the lists' pages (on head groups in two steps: the best
+    heads' lists once the nearest groups are scanned, see :func:`select_lists_early`, the rest
+    when the selection is done), then the rows of the best k candidates once the nearest half
+    of the lists is scanned, and the other candidates' rows when the scan is done, except pages
     requested lately (within ~1 s, :mod:`spann.io.recent`; -1: request nothing, let the reads
-    fault; ``bytes_read`` counts early rows that end up not re-ranked);
-    ``bound_k`` > 0: re-rank only the rabitq candidates whose error bound lets them reach the
-    top ``bound_k`` (at most ``rerank_depth``; see :func:`spann.codecs.rabitq.bound_cut`).
-    ``dl``, ``dr``: direct readers (:mod:`spann.io.direct`) of the posting array and the vector
-    store; when ``dl.ctx`` != 0 the base lists and rows are read with O_DIRECT in the same two
-    steps each, into their buffers, and scanned there through ``pvd`` and ``vvd`` (views of
-    ``pv``'s lists and ``vv``'s rows over those buffers; else ``pv`` and ``vv`` themselves);
-    ``bytes_read`` then counts the pages read."""
+    fault; ``bytes_read`` counts early rows that end up not re-ranked). ``reads``
+    (:class:`~spann.search.views.Direct`): when ``reads.lists.ctx`` != 0 the base lists and
+    rows are read with O_DIRECT in the same two steps each, into the readers' buffers, and
+    scanned there through ``reads.lists_view`` and ``reads.rows_view``; ``bytes_read`` then
+    counts the pages read."""
+    metric, m, budget, rerank_depth, bound_k = plan.metric, plan.m, plan.budget, plan.rerank, plan.bound_k
+    heads, hg = hx.heads, hx.groups
+    pv, cb, vv, dv, dead, delta_dead = (lists.postings, lists.codebook, lists.vectors, lists.delta, lists.dead,
+                                        lists.delta_dead)
+    dl, dr, pvd, vvd = reads.lists, reads.rows, reads.lists_view, reads.rows_view
+    top_d, top_i, stats = out.top_d, out.top_i, out.stats
+    epoch = scratch.epoch
     direct = dl.ctx != 0
     if direct:
         direct_reset(dl)
@@ -433,8 +442,7 @@ def search_one(q, qh, metric, heads, wc, neighbors, hg, entries, seed_rows, ef, 
     walk = hg.centroids.shape[0] == 0
     if not walk and (direct or (epoch >= 0 and pv.prefetchable)) and budget >= 4:  # from the device: start early
         early_i = np.empty(budget // 2, np.int32)
-        kept, n_eval, n_early, got = select_lists_early(qh, heads, hg, ef, budget, model, prune_eps, sel_i, sel_d, pv,
-                                                        dl, pvd.offsets, epoch, early_i)
+        kept, n_eval, n_early, got = select_lists_early(qh, hx, plan, sel_i, sel_d, pv, dl, pvd.offsets, epoch, early_i)
         late = np.empty(kept, np.int32)
         got += request_lists(pv, dl, pvd.offsets, late, heads_not_in(sel_i, kept, early_i, n_early, late, 0), epoch)
         if direct:
@@ -444,9 +452,9 @@ def search_one(q, qh, metric, heads, wc, neighbors, hg, entries, seed_rows, ef, 
             read_i[:kept] = sel_i[:kept]
             stats[1] += 4096 * union_pages(pv, read_i, heads_not_in(early_i, n_early, sel_i, kept, read_i, kept), -1)
     else:
-        seeds = nearest_entries(qh, seed_rows, entries, SEEDS) if walk and seed_rows.shape[0] > 0 else entries
-        kept, n_eval = select_lists(qh, heads, wc, neighbors, hg, seeds, ef, budget, model, prune_eps, visited, tag,
-                                    sel_i, sel_d)
+        seeds = nearest_entries(qh, hx.seed_rows, hx.entries, SEEDS) if walk and hx.seed_rows.shape[0] > 0 \
+            else hx.entries
+        kept, n_eval = select_lists(qh, hx, seeds, plan, scratch.visited, scratch.tag, sel_i, sel_d)
         if direct:
             stats[1] += direct_lists(pv, dl, sel_i, kept, pvd.offsets)
         else:
@@ -460,29 +468,28 @@ def search_one(q, qh, metric, heads, wc, neighbors, hg, entries, seed_rows, ef, 
     cand_r = np.full(cand_d.shape[0], -1, np.int64)
     cand_e = np.zeros(cand_d.shape[0], np.float32)
     qa = np.empty(q.shape[0], np.float32)
+    cands = Candidates(cand_d, cand_r, cand_e, qa)
     # coded lists from the device: once the nearest half of the lists is scanned, request the
     # rows of the best k candidates so far; the device reads them during the rest of the scan
     coded = cb.kind != FULL
     half = kept // 2 if coded and (direct or (epoch >= 0 and vv.prefetchable)) and kept >= 2 else 0
     early_r = np.empty(min(top_d.shape[0], rerank_depth), np.int64)
     early_pos = np.empty(early_r.shape[0], np.int64)
+    early = Early(early_r, early_pos)
     n_early_r = 0
     got = 0
     if direct:  # scan the lists as they land
-        n_early_r, got = scan_landed(q, qh, metric, pvd, dl, cb, heads, sel_i, kept, filt, dead, top_d, top_i, cand_d,
-                                     cand_r, cand_e, qa, stats, half, vv, dr, early_r, early_pos)
+        n_early_r, got = scan_landed(q, qh, filt, hx, plan, lists, reads, sel_i[:kept], cands, out, half, early)
     elif not coded:
         scan_full(q, metric, pv, sel_i, kept, filt, dead, top_d, top_i, stats)
     else:
         if half > 0:
-            scan_candidates(q, qh, metric, pv, cb, heads, sel_i[:half], half, filt, dead, cand_d, cand_r, cand_e, qa,
-                            stats)
+            scan_candidates(q, qh, metric, pv, cb, heads, sel_i[:half], half, filt, dead, cands, stats)
             while n_early_r < early_r.shape[0] and cand_r[n_early_r] >= 0:
                 early_r[n_early_r] = cand_r[n_early_r]
                 n_early_r += 1
             request_rows(vv, dr, early_r, n_early_r, epoch, early_pos)
-        scan_candidates(q, qh, metric, pv, cb, heads, sel_i[half:], kept - half, filt, dead, cand_d, cand_r, cand_e, qa,
-                        stats)
+        scan_candidates(q, qh, metric, pv, cb, heads, sel_i[half:], kept - half, filt, dead, cands, stats)
     if coded:
         if cb.kind != SQ8 and bound_k > 0:
             bound_cut(cand_d, cand_e, cand_r, bound_k)
@@ -509,25 +516,34 @@ def search_one(q, qh, metric, heads, wc, neighbors, hg, entries, seed_rows, ef, 
         direct_wait(dl)  # lists requested early and not kept: errors surface in this query
 
 
-@numba.njit(cache=True, fastmath=FASTMATH, nogil=True, parallel=True)
-def select_batch(qh, heads, wc, neighbors, hg, seeds, ef, m, budget, model, prune_eps, n_chunks):
+@numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
+def select_batch(qh, hx, seeds, plan, n_chunks):
     """Batch phase 1: the pruned nearest heads of every query (see :func:`select_lists`), in
-    parallel chunks (one visited array per chunk); query i's walk starts from ``seeds[i]``
-    (int32 (nq, s), see :class:`spann.heads.graph.EntrySeeds`; unused with head groups). Returns
-    sel_i (nq, m) int32, sel_d (nq, m) float32, kept (nq,), evals (nq,)."""
+    ``n_chunks`` parallel chunks (one visited array per chunk); query i's walk starts from
+    ``seeds[i]`` (int32 (nq, s), see :class:`spann.heads.graph.EntrySeeds`; unused with head
+    groups). Returns sel_i (nq, plan.m) int32, sel_d (nq, plan.m) float32, kept (nq,), evals
+    (nq,)."""
+    # numba's parallel loops take records only as parameters, flat: the head index crosses field by field
+    return _select_parallel(qh, hx.heads, hx.walk, hx.neighbors, hx.groups, hx.entries, hx.seed_rows, seeds, plan,
+                            n_chunks)
+
+
+@numba.njit(cache=True, fastmath=FASTMATH, nogil=True, parallel=True)
+def _select_parallel(qh, heads, walk, neighbors, groups, entries, seed_rows, seeds, plan, n_chunks):
     nq = qh.shape[0]
+    m = plan.m
     sel_i = np.full((nq, m), -1, np.int32)
     sel_d = np.full((nq, m), np.inf, np.float32)
     kept = np.zeros(nq, np.int64)
     evals = np.zeros(nq, np.int64)
     step = (nq + n_chunks - 1) // n_chunks
     for ch in numba.prange(n_chunks):
+        hx = HeadIndex(heads, walk, neighbors, groups, entries, seed_rows)
         visited = np.zeros(heads.shape[0], np.uint32)
         tag = np.uint32(0)
         for i in range(ch * step, min(nq, (ch + 1) * step)):
             tag += np.uint32(1)
-            kept[i], evals[i] = select_lists(qh[i], heads, wc, neighbors, hg, seeds[i], ef, budget, model, prune_eps,
-                                             visited, tag, sel_i[i], sel_d[i])
+            kept[i], evals[i] = select_lists(qh[i], hx, seeds[i], plan, visited, tag, sel_i[i], sel_d[i])
     return sel_i, sel_d, kept, evals
 
 

@@ -166,9 +166,9 @@ def test_build_measures_head_search_in_the_index_head_space(tmp_path, monkeypatc
     seen = []
     real = stages.select_batch
 
-    def spy(qh, heads, *a):
-        seen.append((np.array(qh), np.array(heads)))
-        return real(qh, heads, *a)
+    def spy(qh, hx, *a):
+        seen.append((np.array(qh), np.array(hx.heads)))
+        return real(qh, hx, *a)
 
     monkeypatch.setattr(stages, "select_batch", spy)  # the pruner stage's head search
     x = synthetic_array(12000, 40, seed=3)

@@ -231,9 +231,9 @@ def test_early_requests_leave_the_selection_unchanged(two_indexes):
     from spann.io.direct import no_direct
     from spann.io.recent import epoch_now
     from spann.search.kernels import select_lists, select_lists_early
+    from spann.search.views import Plan
     x, a, _ = two_indexes
     snap = a._snap
-    hg = snap.groups
     q = synthetic_array(100, 24, seed=8, stream=2, n_hint=12000)
     _, qh = a._check_queries(q, 10, snap.live)
     H = snap.heads.shape[0]
@@ -243,12 +243,12 @@ def test_early_requests_leave_the_selection_unchanged(two_indexes):
     n_early_seen = 0
     for i in range(len(q)):
         si, sd = np.empty(m, np.int32), np.empty(m, np.float32)
-        kept, ev = select_lists(qh[i], snap.heads, snap.walk, snap.neighbors, hg, snap.seeds.entries, ef, budget, model,
-                                np.float32(1e18), vis, np.uint32(i + 1), si, sd)
+        plan = Plan(metric=0, ef=ef, m=m, budget=budget, model=model, prune_eps=np.float32(1e18), rerank=0, bound_k=0)
+        kept, ev = select_lists(qh[i], snap.hx, snap.seeds.entries, plan, vis, np.uint32(i + 1), si, sd)
         ei = np.empty(budget // 2, np.int32)
         si2, sd2 = np.empty(m, np.int32), np.empty(m, np.float32)
-        kept2, ev2, n_early, got = select_lists_early(qh[i], snap.heads, hg, ef, budget, model, np.float32(1e18), si2,
-                                                      sd2, snap.pv, no_direct(), snap.pv.offsets, epoch_now(), ei)
+        kept2, ev2, n_early, got = select_lists_early(qh[i], snap.hx, plan, si2, sd2, snap.pv, no_direct(),
+                                                      snap.pv.offsets, epoch_now(), ei)
         assert kept2 == kept and ev2 == ev and got == 0  # through the page cache: nothing read directly
         np.testing.assert_array_equal(si2, si)
         np.testing.assert_array_equal(sd2, sd)
