@@ -4,13 +4,15 @@ Every ``spann ...`` line of a shell block is parsed by the real click CLI (the c
 exist, every option and argument must be known, take the right number of values and convert;
 files need not exist); every ``python benchmarks/X.py ...`` line is parsed by that script's
 argparse parser (without running it); every ``pip install -e ".[extras]"`` names real extras;
-the README's test command is the one CI runs; every Python block compiles, and the README's
-library quick start and the format recipe run on tiny data.
+every ``spann.module.name`` the text mentions exists; the README's test command is the one CI
+runs; every Python block compiles, and the README's library quick start and the format recipe
+run on tiny data.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import re
 import shlex
@@ -194,6 +196,22 @@ def test_python_command_parses(argv, monkeypatch, capsys):
     except SystemExit:
         pytest.fail(f"{' '.join(argv)}: {capsys.readouterr().err.strip()}")
     pytest.fail(f"{' '.join(argv)}: the script did not parse its arguments")
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
+def test_named_modules_exist(path):
+    """Every ``spann.a.b`` the text names is a module or an attribute of one."""
+    for name in sorted(set(re.findall(r"(?<![\w./-])spann(?:\.[A-Za-z_]\w*)+", path.read_text()))):
+        parts = name.split(".")
+        for i in range(len(parts), 0, -1):
+            try:
+                obj = importlib.import_module(".".join(parts[:i]))
+            except ImportError:
+                continue
+            for attr in parts[i:]:
+                assert hasattr(obj, attr), f"{path.name}: {name} does not exist"
+                obj = getattr(obj, attr)
+            break
 
 
 @pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
