@@ -7,9 +7,10 @@ spread sample of queries, one thread, k = 10:
   process that has served a while; no page requests until evict); latencies of single
   queries, interleaved with faiss IVF-Flat (nlist 1024 and 4096, in RAM) so a shared machine's
   load hits both alike: the configurations take turns on blocks of ``--block`` queries, in an
-  order that rotates per block. Alternating per query instead charged the cache misses of a
-  switch between systems (each evicts the other's heads or centroids from the CPU caches) to
-  whichever configuration came first after it;
+  order drawn anew per block (:func:`spann.bench.runner.block_turns`). Blocks rather than single
+  queries, because a switch between systems evicts the other's heads or centroids from the CPU
+  caches, and alternating per query would charge those misses to whichever configuration
+  comes first after it;
 - spann cold: the index's pages evicted (MADV_DONTNEED + POSIX_FADV_DONTNEED) before every
   query, so every list and row comes from the device, as DiskANN's O_DIRECT reads always do;
 - spann cold direct (``--direct-sweep``): lists and rows read with O_DIRECT (``direct=True``),

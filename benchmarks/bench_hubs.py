@@ -1,7 +1,8 @@
 """Hub-heavy data: recall@10 against distance evaluations per query, spann vs faiss IVF-Flat.
 
 The synthetic uint8 x 128 mixture (``spann datasets prepare synthetic DIR --n N --dim 128
---dtype uint8``: uneven, anisotropic clusters) is where fixed posting slots used to cut lists.
+--dtype uint8``: uneven, anisotropic clusters) makes hub heads with long lists, which an index
+that caps list length would cut.
 Here both systems are compared at an equal number of distance evaluations per query: spann
 counts head distances + entries scanned (+ re-ranked rows when coded); faiss counts its nlist
 centroid distances + the vectors in the probed lists. Also checks that no vector is lost.

@@ -1,5 +1,5 @@
-"""Updates and filtered search on a real data set: the tables of the README's "Updating an
-index" and "Filtered search" sections.
+"""Updates and filtered search on a real data set: the "Updates" and "Filtered search" tables of
+docs/benchmarks.md.
 
 1. **Insert/delete** (``inserts``): build on a random 90 % of the base (ids = row numbers),
    insert the other 10 % in batches of 10,000, delete a random 5 % of the final set in one

@@ -235,9 +235,9 @@ class SearchParams(_Params):
         least 40).
     rerank: candidates re-ranked exactly from the vector store (coded encodings; at least k):
         0 = automatic: ``k + k // 2`` (at least 12) for sq8, whose code distances are close to
-        the true ones; ``3 k`` (at least 30) for rabitq's coarser one-bit codes (mpnet-768,
-        k = 10: 30 candidates lose <= 0.001 recall against 40, and a cold query reads ~20 KiB
-        and 2-5 % less time).
+        the true ones; ``3 k`` (at least 30) for rabitq's coarser one-bit codes, enough for its
+        estimator's error at a few hundred dimensions and fewer re-rank rows for a cold query
+        to read than a wider margin.
     rerank_bound: rabitq: of those candidates, re-rank only the ones whose estimate's error
         bound lets them reach the top-k (RaBitQ's confidence interval; see
         :func:`spann.codecs.rabitq.bound_cut`); False re-ranks all of them.
@@ -248,10 +248,11 @@ class SearchParams(_Params):
     direct: read each query's lists and re-rank rows with O_DIRECT (Linux native AIO,
         :mod:`spann.io.direct`) into buffers of the searching thread, bypassing the page cache:
         every query reads from the device, the way DiskANN does (a batch runs its queries one by
-        one on its threads). Measured on the 2026-11-28 VM (session 10): 0.95-1.05x the page
-        cache path's cold latency; pick it for an index much larger than RAM, or a device that
-        serves direct reads faster than buffered ones. Local directory or aligned zip indexes
-        on Linux (x86-64, arm64); delta and label lists are still read through the map.
+        one on its threads). Off by default: where buffered and direct reads cost the device the
+        same, the page cache also serves repeated lists from RAM. Pick it for an index much
+        larger than RAM, or a device that serves direct reads faster than buffered ones
+        (docs/benchmarks.md). Local directory or aligned zip indexes on Linux (x86-64, arm64);
+        delta and label lists are still read through the map.
     """
 
     max_postings: int = 32

@@ -272,12 +272,12 @@ class DaskRunner:
         return self.client.submit(_on_source, fn, self.spec, 0, *args, pure=False).result()
 
     def heads(self, sample, n: int, params):
-        """:func:`spann.builder.pipeline.heads_stage` on one worker (numba on all its cores)."""
+        """:func:`spann.builder.stages.heads_stage` on one worker (numba on all its cores)."""
         shared = _save_shared(self.work, {"rows": sample.rows, "ids": sample.ids})
         return self.client.submit(_heads_task, shared, sample.max_norm, n, params, 0, pure=False).result()
 
     def graph(self, heads, params):
-        """:func:`spann.builder.pipeline.graph_stage` on one worker."""
+        """:func:`spann.builder.stages.graph_stage` on one worker."""
         shared = _save_shared(self.work, {"heads": heads.vectors})
         return self.client.submit(_graph_task, shared, params, 0, pure=False).result()
 

@@ -38,10 +38,9 @@ __all__ = ["PAGE", "BRIDGE_PAGES", "ALIGN", "ENCODINGS", "EntryLayout", "full_en
 PAGE = 4096   #: device page the packing avoids straddling
 ALIGN = 16    #: every list starts at a multiple of this
 #: two page ranges at most this many pages apart are read as one request (page cache and
-#: direct reads alike). Measured on this project's VM (16 pairs of 4-page ranges in flight,
-#: benchmarks/bridge_pages.py): bridging a 1-page gap 0.91x the time of two requests, 2 pages
-#: 1.01x, 4 pages 1.17x, 8 pages 1.37x (a request there costs about as much as 1.5 pages of
-#: transfer; 4 had been chosen on a day the same device charged ~5 pages per request)
+#: direct reads alike). Bridging pays while a request costs more than the gap's transfer: on
+#: the reference VM a request costs about 1.5 pages (benchmarks/bridge_pages.py measures a
+#: device; docs/benchmarks.md)
 BRIDGE_PAGES = 1
 ENCODINGS = ("full", "sq8", "rabitq")
 

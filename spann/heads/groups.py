@@ -10,21 +10,15 @@ a flat coarse quantizer below ~10^5 lists and a graph (HNSW) one above: the scan
 O(C + probes * H / C) head distances, which outgrows a walk's ~10^3 random ones as H grows,
 so larger head sets keep the graph walk.
 
-How many groups a search scans grows as ef^(2/3) (:func:`probes_for`). Measured (warm, one
-thread, 1,000 queries, same selection of lists otherwise; prototype with fixed probe counts):
-
-- GloVe-50, 19,500 heads, 560 groups: selecting 32 heads took 44 us with 32 probes against 77-107 us
-  for the walk, recall@10 0.888 vs 0.884; selecting 96 heads 112 us with 48 probes against 230 us,
-  recall 0.9715 vs 0.9717.
-- mpnet-768, 14,500 heads, 480 groups (rabitq): 16 probes 115 us vs 146 us, recall@10 0.907 vs 0.898.
-
-Contiguous ranges of the head order (the clustering tree's leaves) as groups needed 48 probes
-for the walk's recall on GloVe-50; k-means groups need 32.
+How many groups a search scans grows as ef^(2/3) (:func:`probes_for`). At 14,500-19,500 heads
+the scan selects the same heads as the walk (equal recall@10) in 40-80 % of its time. Groups
+are k-means clusters of the heads, not ranges of the head order: those would need half again
+as many probes for the same recall.
 
 Heads that list splits of an updated index move or add join the group of their nearest
 centroid: the update stores every head's label (moved heads relabelled); heads past the stored
-labels join at open. (A format-3 index updated by an older spann keeps the build label of a
-head that spann's splits moved; the next update with a split relabels only the heads it moves.)
+labels join at open. (In a format-3 index, heads that splits moved without storing labels keep
+their build labels; a later split relabels only the heads it moves.)
 """
 
 from __future__ import annotations
@@ -51,16 +45,14 @@ GROUPS_MAX_HEADS = 32768
 MIN_PROBES = 16  #: groups scanned at least
 MIN_HEADS = 64   #: fewer heads: no groups (the walk compares every entry anyway)
 #: groups a search from the device scans before it requests its best heads' lists (the rest of
-#: the scan overlaps the reads). mpnet-768 (14,500 heads, 482 groups, 500 queries): after the 8
-#: (even 4) nearest of the 57 groups scanned for 44 lists, the 22 best heads so far were all
-#: among the 44 finally selected
+#: the scan overlaps the reads): by then the best heads so far are, nearly always, among the
+#: heads finally selected
 EARLY_GROUPS = 8
 #: a build with head_groups -1 keeps the groups unless the walk's lists hold this much more of
-#: sample queries' neighbours (the share of 10, see spann.builder.pipeline.pruner_stage): scanning groups
-#: costs less time per query where both select as well. Set between the two sets measured:
-#: GloVe-50, walk 0.8894 vs groups 0.8883, where groups are 11-18 % faster warm at equal recall
-#: on the real queries; the hub-heavy uint8 mixture, 0.5962 vs 0.5864, where they are slower and
-#: lose recall (0.662 vs 0.688 at max_postings 32)
+#: sample queries' neighbours (the share of 10, see spann.builder.stages.pruner_stage): scanning
+#: groups costs less time per query where both select as well. It separates data where both
+#: cover the same share (GloVe-50: groups faster) from hub-heavy data where the walk covers
+#: ~0.01 more (groups slower and lose recall); see docs/design.md
 COVERAGE_MARGIN = 0.005
 
 
@@ -154,9 +146,8 @@ def nearest_group(hg: HeadGroups, rows: np.ndarray) -> np.ndarray:
 @numba.njit(cache=True, nogil=True)
 def probes_for(ef, n_groups, n_heads):
     """Groups a search with beam width ``ef`` scans: 2.6 ef^(2/3) (at least MIN_PROBES), all of
-    them once ef >= H / 2. Measured on GloVe-50 (19,500 heads, 559 groups), the probes whose
-    recall of the m nearest heads matches the graph walk's (ef = 1.25 m): 28 for m = 32, 48 for
-    64, 80 for 128, 120 for 256, 180 for 512 (about 3 m^(2/3))."""
+    them once ef >= H / 2: the probes whose recall of the m nearest heads matches the graph
+    walk's (ef = 1.25 m) grow as about 3 m^(2/3) (28 for m = 32, 180 for 512 at 19,500 heads)."""
     if 2 * ef >= n_heads:
         return n_groups
     return min(max(MIN_PROBES, int(np.ceil(2.6 * ef ** (2.0 / 3.0)))), n_groups)

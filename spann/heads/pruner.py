@@ -1,6 +1,6 @@
 """The query-aware pruner: how many posting lists each query reads.
 
-Queries differ: measured on GloVe-50, half the queries find 9 of their 10 neighbours within the
+Queries differ: on GloVe-50 half the queries find 9 of their 10 neighbours within the
 nearest 14 lists, one in ten needs more than 60. A fixed number of lists wastes reads on easy
 queries and starves hard ones. The pruner predicts, before any posting is read, how many lists
 a query needs, from the shape of its distances to the nearest heads (in the spirit of Li et al.,
@@ -19,22 +19,10 @@ clustering sample: the target is the number of lists (in head order) that hold 9
 The model is 8 floats stored with the index (``pruner``); an index built without it, or with
 fewer heads than the features need, reads ``max_postings`` lists.
 
-How far this goes, measured offline on GloVe-50 (2,000 held-out queries; recall counted as the
-true neighbours present in the lists read): a fixed count needs 27 lists for 0.90, this model
-22 (-18 %), mpnet-768 -27 %. An oracle that knew each query's neighbours would need 12.4. What
-did not beat the model there (each fitted on half the queries, tested on the other half):
-more head-distance ratios (all 31 or 63), density counts of heads within 1.1-2x d_1 (R^2 0.37 ->
-0.64, yet 21.4 lists), list sizes, features from the first 6 lists' scan (Li et al.'s
-intermediate results: 21.0), a per-bin Lagrangian allocation instead of scaling (21.5),
-re-ordering lists by spread or size (25-26 at a fixed count), the Voronoi-bisector bound (reads
-nearly every list at 50 dimensions), SPANN's distance-ratio rule (23.6), and stopping after
-p lists without a top-k change (~22); later (offline, 4,000 spread queries, 3,000 base rows to
-fit on): a per-list logistic gate on (rank, head-distance ratio, log d_1, list size, this
-model's prediction) reading each list whose chance of holding a neighbour no nearer list holds
-is above a threshold (21.8 lists, as a prefix or a subset), and this model refitted on 3,000
-queries against 8, 9 or 10 of 10 (20.6-21.4); on mpnet-768 the 10-of-10 target gives the same
-coverage per list at 0.95. On GloVe-50 the query's head distances say little about where its
-neighbours are.
+At equal recall the model reads about a sixth fewer lists than a fixed count on GloVe-50 and a
+quarter fewer on mpnet-768 (docs/benchmarks.md). Its limit is the information it has: a query's
+head distances say little more about where its neighbours are, so richer features of the same
+distances do not read fewer lists.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Reading byte ranges of an index array with O_DIRECT and Linux native AIO (no page cache).
 
 The mapped read path (:mod:`spann.io.mapped`) asks the page cache for a query's pages (madvise
-WILLNEED, one call per run of pages) and then faults them into the process. How that compares
-with O_DIRECT depends on the device: C microbenchmarks of 34 random 16 KiB reads on this
-project's VMs measured 3.9 ms direct vs 1.5 ms buffered (2026-11-27), 1.00 vs 1.21 ms
-(2026-11-28, morning) and 1.21-1.25 vs 1.11-1.21 ms (2026-11-28, session 10).
+WILLNEED, one call per run of pages) and then faults them into the process. Which of the two
+is faster depends on the device: some serve a batch of O_DIRECT reads in a fraction of the
+buffered time, others take longer (measure both: ``benchmarks/bench_disk.py --direct-sweep``;
+docs/benchmarks.md).
 
 A :class:`DirectReader` reads page runs straight from the shard files into a buffer of its
 own, the way DiskANN reads: one ``io_submit`` for all the runs of a request, one

@@ -18,7 +18,7 @@ attribute, so a truncated ``head_groups`` array could pass there)::
         offsets    (H,)    int64   byte offset of list h in postings
         counts     (H,)    int32   entries in list h
 
-Reading list h with plain zarr-python (also in the README, and tested)::
+Reading list h with plain zarr-python (also in docs/format.md, and tested)::
 
     g = zarr.open_group(path, mode="r")
     a = g.attrs["spann"]; lay = a["layout"]; gen = g[a["generation_path"]]
