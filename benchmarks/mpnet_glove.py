@@ -112,6 +112,7 @@ def prepare(args: argparse.Namespace) -> None:
         raise SystemExit(f"{args.cache}: no embeddings (run the embed step first)")
     x = np.concatenate([np.load(b) for b in blocks])
     m = prepare_from_array(args.out, "mpnet-768", x, metric="cosine", n_queries=args.n_queries, seed=args.seed,
+                           progress=True,
                            extra={"source": "GloVe-6B vocabulary embedded with all-mpnet-base-v2",
                                   "words": len(x)})
     print(f"prepared {m.name}: {m.n_base:,} x {m.dim} base, {m.n_queries:,} queries -> {args.out}")
@@ -137,7 +138,7 @@ def pca(args: argparse.Namespace) -> None:
     write_vectors(out / "base.fbin", ((base - mu) @ proj).astype(np.float32))
     q = ((queries - mu) @ proj).astype(np.float32)
     write_vectors(out / "queries.fbin", q)
-    ids, dists = compute_ground_truth(read_vectors(out / "base.fbin"), q, 100, src.metric)
+    ids, dists = compute_ground_truth(read_vectors(out / "base.fbin"), q, 100, src.metric, progress=True)
     write_vectors(out / "gt.ibin", ids.astype(np.int32))
     write_vectors(out / "gt.dist.fbin", dists)
     name = f"{src.name.split('-')[0]}-pca{args.dim}"

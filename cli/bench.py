@@ -41,7 +41,7 @@ def bench_cmd(dataset: str, algorithms: str, k: int, threads: int, runs: int, la
     results = run_bench([a.strip() for a in algorithms.split(",") if a.strip()], str(Path(dataset).resolve())
                         if Path(dataset).exists() else dataset, k=k, threads=threads, runs=runs,
                         latency_queries=latency_queries, workdir=workdir or str(o / "work"), cold_queries=cold_queries,
-                        diskann_python=diskann_python, log=echo_err, quiet=is_quiet())
+                        diskann_python=diskann_python, quiet=is_quiet())
     names = set(EvalRecord.__dataclass_fields__)
     recs = [EvalRecord(**{k_: v for k_, v in r.items() if k_ in names}) for res in results for r in res.get("records",
                                                                                                             [])]

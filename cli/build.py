@@ -119,7 +119,7 @@ def build_cmd(input: str, index_dir: str, metric: str, fmt: str | None, json_out
         client, cluster = local_cluster(workers) if workers else (connect(scheduler), None)
     try:
         attrs = build_index(input, index_dir, metric=metric, params=p, fmt=fmt, overwrite=overwrite,
-                            progress=not is_quiet(), ids=ids, labels=labels, resume=resume, log=echo_err,
+                            progress=not is_quiet(), ids=ids, labels=labels, resume=resume,
                             storage_options=parse_storage_options(storage_option) or None, client=client)
     finally:
         if client is not None:

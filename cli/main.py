@@ -14,6 +14,7 @@ from spann.cli.eval_cmd import eval_cmd
 from spann.cli.export_cmd import export_cmd
 from spann.cli.gt import gt_cmd
 from spann.cli.info import info_cmd
+from spann.cli.logs import install_log_handler
 from spann.cli.search import search_cmd
 from spann.cli.updates_cmd import add_cmd, delete_cmd
 from spann.cli.verify import verify_cmd
@@ -21,8 +22,10 @@ from spann.cli.verify import verify_cmd
 
 @click.group(cls=SpannGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="spann")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """spann: SPANN memory-disk approximate nearest-neighbour search."""
+    install_log_handler(ctx)  # the library's log lines on stderr (-q: errors only, --debug: all)
 
 
 cli.add_command(datasets_group)

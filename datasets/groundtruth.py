@@ -68,12 +68,12 @@ def check_k(k: int, n: int, what: str = "the base") -> None:
 
 
 def compute_ground_truth(base: VectorFile | np.ndarray, queries: np.ndarray, k: int, metric: str, *,
-                         progress: bool = True, desc: str = "ground truth") -> tuple[np.ndarray, np.ndarray]:
+                         progress: bool = False, desc: str = "ground truth") -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` ids (int64, (nq, k)) and distances (float32, (nq, k)) of ``queries`` in ``base``.
 
     ``base`` is streamed in blocks (memory stays bounded by the block size and nq * k). A NaN or
     Inf in ``base`` or ``queries`` raises :class:`~spann.errors.DataError` naming the row; ``k``
-    may not exceed the number of base rows.
+    may not exceed the number of base rows. ``progress``: show a progress bar (``desc``) on stderr.
     """
     check_finite(np.asarray(queries), "queries")
     what = str(base.path) if isinstance(base, VectorFile) else "base"
@@ -100,9 +100,10 @@ def distances_path_for(ids_path: str | os.PathLike[str]) -> Path:
 def ground_truth_files(base_path: str | os.PathLike[str], queries_path: str | os.PathLike[str],
                        out_path: str | os.PathLike[str], k: int, metric: str, *,
                        base_fmt: str | None = None, queries_fmt: str | None = None,
-                       out_fmt: str | None = None, progress: bool = True) -> tuple[Path, Path]:
+                       out_fmt: str | None = None, progress: bool = False) -> tuple[Path, Path]:
     """Compute ground truth between two vector files; write ids to ``out_path`` (int32, or int64
-    for .npy) and distances beside it (see :func:`distances_path_for`). Returns both paths."""
+    for .npy) and distances beside it (see :func:`distances_path_for`). Returns both paths.
+    ``progress``: show a progress bar on stderr."""
     fmt = check_ids_output(out_path, out_fmt)
     dpath = distances_path_for(out_path) if out_fmt is None else Path(str(out_path) + ".dist.npy")
     check_distinct_paths([out_path, dpath], [base_path, queries_path])

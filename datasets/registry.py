@@ -126,7 +126,7 @@ def _finish(directory: Path, name: str, metric: str, base_path: Path, q: np.ndar
 
 
 def _prepare_glove(directory: Path, *, n_queries: int = 10_000, seed: int = 42, limit: int | None = None,
-                   progress: bool = True, **_: object) -> Manifest:
+                   progress: bool = False, **_: object) -> Manifest:
     src = np.load(glove_source(), mmap_mode="r", allow_pickle=False)
     total = src.shape[0] if limit is None else min(limit, src.shape[0])
     if not 0 < n_queries < total:
@@ -147,7 +147,7 @@ def _prepare_glove(directory: Path, *, n_queries: int = 10_000, seed: int = 42, 
 
 
 def _prepare_synthetic(directory: Path, *, n: int = 100_000, dim: int = 32, dtype: str = "float32",
-                       n_queries: int = 1000, seed: int = 0, metric: str = "l2", progress: bool = True,
+                       n_queries: int = 1000, seed: int = 0, metric: str = "l2", progress: bool = False,
                        **_: object) -> Manifest:
     if n <= 0 or n_queries <= 0:
         raise ParameterError(f"n and n_queries must be >= 1, got {n} and {n_queries}")
@@ -364,10 +364,10 @@ def _human(n: float) -> str:
     return f"{n} B"
 
 
-def prepare(name: str, directory: str | os.PathLike[str], *, progress: bool = True, **options) -> Manifest:
+def prepare(name: str, directory: str | os.PathLike[str], *, progress: bool = False, **options) -> Manifest:
     """Prepare a built-in dataset into ``directory`` (created; written atomically: files go to a
     temporary sibling that is renamed at the end). Refused up front if it would not fit the
-    free disk space. Returns its manifest."""
+    free disk space. ``progress``: show progress bars on stderr. Returns its manifest."""
     if name not in BUILTIN:
         raise ParameterError(f"unknown dataset {name!r}; built-in: {', '.join(BUILTIN)}")
     directory = Path(os.path.abspath(directory))
@@ -385,10 +385,10 @@ def prepare(name: str, directory: str | os.PathLike[str], *, progress: bool = Tr
 
 def prepare_from_array(directory: str | os.PathLike[str], name: str, vectors: np.ndarray, *, metric: str,
                        n_queries: int = 10_000, seed: int = 42, extra: dict | None = None,
-                       progress: bool = True) -> Manifest:
+                       progress: bool = False) -> Manifest:
     """A prepared dataset from an in-RAM array (n, d): ``n_queries`` seeded rows held out as
     queries, the rest the base, exact top-100 ground truth. Written atomically like
-    :func:`prepare`."""
+    :func:`prepare`; ``progress``: show progress bars on stderr."""
     metric = check_metric(metric)
     x = np.asarray(vectors)
     if x.ndim != 2 or not 0 < n_queries < x.shape[0]:

@@ -925,7 +925,7 @@ class Index:
 
 
 def build(data, index_dir: str | os.PathLike[str], *, metric: str, params: BuildParams | None = None,
-          fmt: str | None = None, overwrite: bool = False, progress: bool = True, ids=None, labels=None,
+          fmt: str | None = None, overwrite: bool = False, progress: bool = False, ids=None, labels=None,
           resume: bool = False, storage_options: dict[str, Any] | None = None, client=None,
           **param_overrides: Any) -> Index:
     """Build an index from ``data`` (array (n, d) float32/uint8/int8, or a vector file path) and
@@ -934,7 +934,9 @@ def build(data, index_dir: str | os.PathLike[str], *, metric: str, params: Build
     same data and parameters. ``index_dir`` may be a ``.zip`` file or an object-store URL
     (``storage_options`` for the store). ``client``: a Dask client to build on its cluster
     (``data`` a vector file path the workers can read; see :mod:`spann.builder.dask`). Keyword
-    overrides are :class:`BuildParams` fields (``head_ratio=0.1`` ...)."""
+    overrides are :class:`BuildParams` fields (``head_ratio=0.1`` ...). ``progress``: show
+    progress bars on stderr (off by default: the library prints nothing; its stages are logged
+    to the ``spann.builder.pipeline`` logger)."""
     p = params or BuildParams()
     if param_overrides:
         p = p.replace(**param_overrides)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import multiprocessing as mp
 import os
 import select
@@ -28,6 +29,8 @@ from spann.datasets import load
 from spann.tools.eval import EvalRecord, operating_point, recall_at_k
 
 __all__ = ["run_system", "run_bench", "run_diskann", "DiskANNServer", "block_turns", "summary_table", "rss_anon_bytes"]
+
+logger = logging.getLogger(__name__)
 
 
 def rss_anon_bytes() -> int:
@@ -253,16 +256,19 @@ def _child(conn, args: tuple, kwargs: dict, quiet: bool = False) -> None:
 def run_bench(algorithms: Sequence[str], dataset: str, *, k: int = 10, threads: int = 1, runs: int = 3,
               latency_queries: int = 2000, workdir: str = "bench-work", cold_queries: int = 0,
               peer_kwargs: dict[str, dict[str, Any]] | None = None, diskann_python: str | None = None,
-              log=print, quiet: bool = False) -> list[dict[str, Any]]:
+              quiet: bool = True) -> list[dict[str, Any]]:
     """Each algorithm in its own spawned process, one after another; returns their results.
-    With ``diskann_python``, DiskANN runs under that interpreter (see :func:`run_diskann`)."""
+    With ``diskann_python``, DiskANN runs under that interpreter (see :func:`run_diskann`).
+    Each system's start and outcome are logged (INFO) to the ``spann.bench.runner`` logger;
+    ``quiet=False`` lets the child processes' own output (a peer's C++ messages) through to
+    stderr."""
     ctx = mp.get_context("spawn")
     results = []
     for name in algorithms:
-        log(f"[bench] {name} ...")
+        logger.info("[bench] %s ...", name)
         if name == "diskann" and diskann_python:
             res = run_diskann(diskann_python, dataset, k, latency_queries, workdir)
-            _log_result(log, name, res)
+            _log_result(name, res)
             results.append(res)
             continue
         parent, child = ctx.Pipe(duplex=False)
@@ -276,18 +282,19 @@ def run_bench(algorithms: Sequence[str], dataset: str, *, k: int = 10, threads: 
         except EOFError:
             res = {"system": name, "failed": f"process died (exit code {p.exitcode})"}
         p.join()
-        _log_result(log, name, res)
+        _log_result(name, res)
         results.append(res)
     return results
 
 
-def _log_result(log, name: str, res: dict[str, Any]) -> None:
+def _log_result(name: str, res: dict[str, Any]) -> None:
     if "skipped" in res:
-        log(f"[bench] {name}: skipped: {res['skipped']}")
+        logger.info("[bench] %s: skipped: %s", name, res["skipped"])
     elif "failed" in res:
-        log(f"[bench] {name}: FAILED: {res['failed']}")
+        logger.warning("[bench] %s: FAILED: %s", name, res["failed"])
     else:
-        log(f"[bench] {name}: built in {res['build_seconds']:.1f}s, {len(res['records'])} operating points")
+        logger.info("[bench] %s: built in %.1fs, %d operating points", name, res["build_seconds"],
+                    len(res["records"]))
 
 
 def summary_table(results: Sequence[dict[str, Any]], targets: Sequence[float] = (0.90, 0.95, 0.99)) -> str:

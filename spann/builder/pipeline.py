@@ -7,13 +7,14 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import resource
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -35,6 +36,8 @@ from spann.kernels.threads import BuildThreads
 from spann.params import BuildParams
 
 __all__ = ["build_index", "build_fingerprint", "fit_to_memory"]
+
+logger = logging.getLogger(__name__)
 
 
 def _digest(a: np.ndarray | None) -> str:
@@ -124,8 +127,7 @@ def _peak_rss() -> int:
 
 
 def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params: BuildParams | None = None,
-                fmt: str | None = None, overwrite: bool = False, progress: bool = True,
-                log: Callable[[str], None] | None = None, ids=None, labels=None,
+                fmt: str | None = None, overwrite: bool = False, progress: bool = False, ids=None, labels=None,
                 resume: bool = False, storage_options: dict[str, Any] | None = None, client=None) -> dict[str, Any]:
     """Build an index from ``data`` (array (n, d) or vector file path) into ``index_dir``.
 
@@ -140,12 +142,15 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
     ``client``: a Dask client; the heavy stages then run on its workers (see
     :mod:`spann.builder.dask`; ``data`` must be a vector file they can all read).
 
+    ``progress``: show progress bars (tqdm) on stderr. Each completed stage is logged (INFO) to
+    the ``spann.builder.pipeline`` logger, with its time and the peak RSS so far.
+
     Returns the attributes stored in the index (metric, dims, parameters, statistics). The
     index appears at ``index_dir`` only when complete; a failure leaves nothing behind.
     """
     if is_url(index_dir) or str(index_dir).lower().endswith(".zip"):
         return _build_and_export(data, str(index_dir), metric=metric, params=params, fmt=fmt, overwrite=overwrite,
-                                 progress=progress, log=log, ids=ids, labels=labels, resume=resume,
+                                 progress=progress, ids=ids, labels=labels, resume=resume,
                                  storage_options=storage_options, client=client)
     if storage_options and not is_url(data):
         raise ParameterError("storage options apply to object-store URLs only (the base's or the index's)")
@@ -165,16 +170,17 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
             src.close()
         raise
     params = params.resolved(choose_encoding(params.encoding, m.stored_dtype(src.dtype), src.dim))
-    say = log if (log and progress) else (lambda _msg: None)
     times: dict[str, float] = {}
     params, n_buckets = fit_to_memory(params, src.n, src.dim, m.head_dim(src.dim))
+    logger.debug("building %s x %s %s (%s) into %s; parameters %s; %d assignment bucket(s)", src.n, src.dim,
+              src.dtype.name, m.name, index_dir, params.to_dict(), n_buckets)
     fp = build_fingerprint(src, data, m, params, user_ids, labels, "local" if client is None else "dask")
     restored: list[str] = []
     checkpoints = dict(_CHECKPOINT)
     checkpoints["assign"] = (lambda o: ({}, {"n_buckets": o.n_buckets}),
                              lambda a, meta: AssignmentRuns.open(writer.ckpt / "assign", src.n, heads.vectors.shape[0],
                                                                  int(meta["n_buckets"]), int(params.replica_count)))
-    writer = IndexWriter(index_dir, overwrite=overwrite, log=say, resume=resume, fingerprint=fp)
+    writer = IndexWriter(index_dir, overwrite=overwrite, resume=resume, fingerprint=fp)
     sizes = [directory_bytes(writer.tmp)]
     grown: dict[str, int] = {}
     try:
@@ -186,7 +192,7 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
                     times[name] = 0.0
                     grown[name] = 0
                     restored.append(name)
-                    say(f"{name}: restored from the interrupted build")
+                    logger.info("%s: restored from the interrupted build", name)
                     return ck[1](arrays, meta)
                 t0 = time.perf_counter()
                 out = fn(*a, **kw)
@@ -196,8 +202,8 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
                 size = directory_bytes(writer.tmp)
                 grown[name] = size - sizes[-1]
                 sizes.append(size)
-                say(f"{name}: {times[name]:.1f} s, peak RSS {_peak_rss() / 2**20:.0f} MiB, build directory "
-                    f"{size / 2**20:,.0f} MiB ({grown[name] / 2**20:+,.0f})")
+                logger.info("%s: %.1f s, peak RSS %.0f MiB, build directory %s MiB (%s)", name, times[name],
+                         _peak_rss() / 2**20, f"{size / 2**20:,.0f}", f"{grown[name] / 2**20:+,.0f}")
                 _fault(name)
                 return out
 
@@ -205,7 +211,7 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
             if client is not None:
                 runner = DaskRunner(client, (os.fspath(data), fmt, storage_options if is_url(data) else None),
                                     writer.ckpt / "dask")
-                say(f"building on a Dask cluster: {describe(client)}")
+                logger.info("building on a Dask cluster: %s", describe(client))
                 sample = stage("sample", runner.on_source, sample_stage, m, params)
                 heads = stage("heads", runner.heads, sample, src.n, params)
                 graph = stage("graph", runner.graph, heads, params)
@@ -216,9 +222,10 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
             max_norm = sample.max_norm
             sample_rows = int(sample.rows.shape[0])
             if heads.vectors.shape[0] < wanted_heads(src.n, params):
-                say(f"heads: {heads.vectors.shape[0]:,} of the {wanted_heads(src.n, params):,} asked for: "
-                    f"the clustering sample holds {sample_rows:,} rows and a head averages at least "
-                    f"{MIN_SAMPLE_PER_HEAD} (a larger --memory-limit allows more)")
+                logger.warning("heads: %s of the %s asked for: the clustering sample holds %s rows and a head "
+                               "averages at least %d (a larger memory limit allows more)",
+                               f"{heads.vectors.shape[0]:,}", f"{wanted_heads(src.n, params):,}", f"{sample_rows:,}",
+                               MIN_SAMPLE_PER_HEAD)
             graph_recall = graph_check(sample, heads, graph, params)
             groups = stage("groups", groups_stage, heads, params)
             if runner is not None:
@@ -298,8 +305,8 @@ def export_work_dir(target: str) -> Path:
     return root / f"spann-export-{hashlib.sha256(target.encode()).hexdigest()[:16]}"
 
 
-def _build_and_export(data, target: str, *, storage_options=None, overwrite: bool = False, progress: bool = True,
-                      log=None, **kw) -> dict[str, Any]:
+def _build_and_export(data, target: str, *, storage_options=None, overwrite: bool = False, progress: bool = False,
+                      **kw) -> dict[str, Any]:
     """Build into a local work directory, then export it to the zip file or URL ``target``."""
     target_opts = storage_options if is_url(target) else None
     check_export_target(target, overwrite, target_opts)  # fail now, not after the build
@@ -311,12 +318,11 @@ def _build_and_export(data, target: str, *, storage_options=None, overwrite: boo
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise IndexExistsError(f"{target}: another build of it is running (work directory {work})") from None
-        attrs = build_index(data, work / "index", overwrite=True, progress=progress, log=log,
+        attrs = build_index(data, work / "index", overwrite=True, progress=progress,
                             storage_options=storage_options if is_url(data) else None, **kw)
         # (a failed or interrupted build leaves its work directory: --resume continues it; a failed
         # export leaves the built index there, and the next build of the target starts over)
-        if log and progress:
-            log(f"exporting to {target}")
+        logger.info("exporting to %s", target)
         export_index(work / "index", target, overwrite=overwrite, storage_options=target_opts, progress=progress)
         shutil.rmtree(work, ignore_errors=True)
         return attrs

@@ -37,6 +37,7 @@ A build writes to a hidden sibling directory and swaps it into place at the end.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import shutil
 import socket
@@ -58,6 +59,8 @@ from spann.kernels.metrics import METRICS
 
 __all__ = ["FORMAT_VERSION", "IndexWriter", "IndexFiles", "check_target", "directory_bytes", "stale_builds",
            "swap_directories"]
+
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 4
 #: formats this spann opens: 3 is 4 without the head_group_labels attribute (an older spann refuses 4
@@ -186,8 +189,7 @@ class IndexWriter:
     """Writes an index into a hidden temporary sibling of ``final``; :meth:`commit` swaps it into
     place; :meth:`abort` removes it (a failed build leaves nothing behind)."""
 
-    def __init__(self, final: Path, overwrite: bool = False, *, log=None, resume: bool = False,
-                 fingerprint: str = ""):
+    def __init__(self, final: Path, overwrite: bool = False, *, resume: bool = False, fingerprint: str = ""):
         self.final = Path(final)
         check_target(self.final, overwrite)
         self.final.parent.mkdir(parents=True, exist_ok=True)
@@ -198,18 +200,16 @@ class IndexWriter:
             mark = _read_mark(p)
             if resume and dead and mark.get("fingerprint") == fingerprint and not self.resumed:
                 self.tmp, self.build_id, self.resumed = p, str(mark["build_id"]), True
-                if log:
-                    log(f"resuming the interrupted build in {p}")
+                logger.info("resuming the interrupted build in %s", p)
                 continue
             if dead:
                 shutil.rmtree(p, ignore_errors=True)
-                if log:
-                    why = " (different data or parameters)" if resume and mark.get("fingerprint") else ""
-                    log(f"removed {p}: temporary directory of an interrupted build{why}")
-            elif log:
-                log(f"note: {p} looks like the temporary directory of another build; left alone")
-        if resume and not self.resumed and log:
-            log("nothing to resume: building from the start")
+                why = " (different data or parameters)" if resume and mark.get("fingerprint") else ""
+                logger.warning("removed %s: temporary directory of an interrupted build%s", p, why)
+            else:
+                logger.warning("%s looks like the temporary directory of another build; left alone", p)
+        if resume and not self.resumed:
+            logger.info("nothing to resume: building from the start")
         if not self.resumed:
             self.build_id = uuid.uuid4().hex
             self.tmp = self.final.with_name(f".{self.final.name}.building-{self.build_id[:12]}")

@@ -1,4 +1,5 @@
 import json
+import logging
 
 import pytest
 from click.testing import CliRunner
@@ -31,13 +32,17 @@ def test_run_system_in_process(small_dataset, tmp_path):
     assert bf["records"][0]["recall"] == 1.0
 
 
-def test_run_bench_processes_and_skips(small_dataset, tmp_path):
-    out = run_bench(["bruteforce", "nope"], str(small_dataset), latency_queries=5, runs=1, workdir=str(tmp_path),
-                    log=lambda s: None)
+def test_run_bench_processes_and_skips(small_dataset, tmp_path, caplog, capfd):
+    with caplog.at_level(logging.INFO, logger="spann"):
+        out = run_bench(["bruteforce", "nope"], str(small_dataset), latency_queries=5, runs=1, workdir=str(tmp_path))
     assert out[0]["records"][0]["recall"] == 1.0
     assert "unknown algorithm" in out[1]["skipped"]
     table = summary_table(out)
     assert "bruteforce" in table and "skipped" in table
+    said = [r.getMessage() for r in caplog.records if r.name == "spann.bench.runner"]
+    assert len(said) == 4 and said[0] == "[bench] bruteforce ..." and said[2] == "[bench] nope ..."
+    assert said[1].startswith("[bench] bruteforce: built in") and said[3].startswith("[bench] nope: skipped: unknown")
+    assert capfd.readouterr() == ("", "")  # logged, not printed
 
 
 def test_cli_bench_reports_skipped_peer(small_dataset, tmp_path):
