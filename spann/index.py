@@ -479,7 +479,7 @@ class Index:
         if (type(queries) is np.ndarray and queries.ndim == 1 and queries.dtype == np.float32
                 and queries.shape[0] == self.dim and type(k) is int and 0 < k <= live):
             # one float32 query (the latency path): checks and normalisation in one kernel, the
-            # rabitq rotation in another (the numpy steps below cost 0.15-0.5 ms on mpnet-768)
+            # rabitq rotation in another (the numpy steps below would cost more than the search itself)
             qs = np.empty((1, self.dim), np.float32)
             if single_query_space(queries, self._metric.normalize, qs[0]):
                 if self.layout.encoding == "rabitq":
@@ -851,13 +851,13 @@ class Index:
     def preload(self) -> "Index":
         """Read the index's posting lists and vectors into RAM and map them into this process, so
         that no query waits for the device or takes a page fault: for an index that fits in
-        RAM, what a long-running process reaches after enough queries. Measured on GloVe-50
-        (max_postings 16): the first pass over 1,000 queries took 2.2 page faults and 0.31 ms per
-        query (median), later passes 0 and 0.20 ms. Until :meth:`evict` or an update installs a new
-        generation, searches then make no page requests (``prefetch``): if the system reclaims
-        pages anyway, their reads fault one by one. Raises :class:`~spann.errors.OutOfMemoryError` if
-        the mapped bytes exceed the memory available (``MemAvailable``). Local indexes only (a
-        fetched one: nothing). Returns the index."""
+        RAM, what a long-running process reaches after enough queries: later queries take no
+        page faults and skip the first pass's fault cost (figures: docs/benchmarks.md). Until
+        :meth:`evict` or an update installs a new generation, searches then make no page requests
+        (``prefetch``): if the system reclaims pages anyway, their reads fault one by one.
+        Raises :class:`~spann.errors.OutOfMemoryError` if the mapped bytes exceed the memory
+        available (``MemAvailable``). Local indexes only (a fetched one: nothing). Returns the
+        index."""
         snap = self._enter()
         try:
             if self.fetching:

@@ -46,8 +46,8 @@ N_STATS = 4  #: lists read, page bytes, distance evaluations, entry bytes
 def compiled_entry(kernel, args: tuple):
     """The compiled entry point of numba ``kernel`` for the types of ``args`` (after a call
     with them), or ``kernel`` itself if numba has none to give. Calling it skips the
-    dispatcher's type resolution of every argument (~5-10 us for ~30 arguments, of a warm
-    GloVe-50 query's ~100-200 us). The caller must then pass arguments of exactly those numba
+    dispatcher's type resolution of every argument (microseconds for nested records, a
+    noticeable share of a warm single query). The caller must then pass arguments of exactly those numba
     types: arrays of the same dtype, dimension, layout and writability, namedtuples with such
     fields, scalars of the same kind; the entry point converts arrays without checking."""
     try:
@@ -298,7 +298,7 @@ def scan_candidates(q, qh, metric, pv, cb, heads, sel_i, kept, filt, dead, cands
 def rerank(q, metric, vv, cand_r, top_d, top_i, stats):
     """Exact distances of the candidate rows (from the vector store) into the top-k; ids are
     the rows' stored ids. Every row's cache lines are requested first: the misses overlap
-    (GloVe-50 warm, 40 rows: 6.9 vs 9.8 us)."""
+    instead of being paid one row at a time."""
     row_bytes = vv.dim * vv.vec.itemsize
     pos = np.empty(cand_r.shape[0], np.int64)
     for j in range(cand_r.shape[0]):
