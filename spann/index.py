@@ -17,21 +17,19 @@ from spann.builder.pipeline import build_index
 from spann.codecs.encodings import codebook_view
 from spann.errors import IndexCorruptError, OutOfMemoryError, ParameterError, QueryError
 from spann.format.labels import check_filter
-from spann.format.layout import BRIDGE_PAGES, PAGE, delta_layout, full_entries
-from spann.heads.graph import EntrySeeds, no_walk_codes, walk_codes
-from spann.heads.groups import head_groups
+from spann.format.layout import BRIDGE_PAGES, PAGE
 from spann.io.direct import DirectReader, no_direct
 from spann.io.fetched import FetchCache
-from spann.io.idmap import IdMap
 from spann.io.index_files import IndexFiles, directory_bytes
-from spann.io.postings import LocalPostings, buffer_view, make_view, prefetch_lists
+from spann.io.postings import buffer_view, prefetch_lists
 from spann.io.recent import NO_ADVICE, RECENT, epoch_now, forget
 from spann.io.sources import is_url, open_store
-from spann.io.vector_store import LocalVectors, VectorsView, rows_buffer_view
+from spann.io.vector_store import VectorsView, rows_buffer_view
 from spann.kernels.query_space import rotate_query, single_query_space
 from spann.kernels.threads import NumbaThreads
 from spann.params import BuildParams, SearchParams
-from spann.search.views import Direct, HeadIndex, Lists, Out, Plan, Scratch
+from spann.search.snapshot import BaseReaders, Snapshot
+from spann.search.views import Direct, Lists, Out, Plan, Scratch
 from spann.search.kernels import (N_STATS, compiled_entry, full_lists_batch, prefetch_rows_batch, rerank_batch,
                                   scan_batch, search_one, select_batch)
 from spann.update.apply import add, delete, locate
@@ -94,133 +92,6 @@ def _mem_available() -> int | None:
     return None
 
 
-class _Snapshot:
-    """One generation of an index as searches read it (immutable once built): heads, graph,
-    the base lists' directory (lists replaced by a split read as empty), tombstones, and the
-    delta and label lists. A search takes the current snapshot once; an update installs a
-    new one; the old one's maps go when its last search ends."""
-
-    def __init__(self, f: IndexFiles, base: "_Base", root: str):
-        self.generation = int(f.attrs.get("generation", 1))
-        self.build_id = f.build_id
-        self.heads, self.neighbors, self.entries = f.heads, f.neighbors, f.entries
-        self.seeds = EntrySeeds(self.heads, self.entries)
-        self.groups = head_groups(self.heads, f.head_groups)  # searches scan these when there are any
-        no_groups = self.groups.centroids.shape[0] == 0
-        self.walk = walk_codes(self.heads) if no_groups else no_walk_codes(self.heads.shape[1])
-        self.hx = HeadIndex(heads=self.heads, walk=self.walk, neighbors=self.neighbors, groups=self.groups,
-                            entries=self.seeds.entries, seed_rows=self.seeds.seed_rows)
-        self.kernels: dict = {}  # compiled entry points of the single-query kernel (Index._search)
-        self.single: dict = {}  # (params, k) -> (entry point, arguments): the unfiltered single query
-        self.pruner = f.pruner
-        H = self.heads.shape[0]
-        self.offsets = f.offsets
-        self.orig_counts, self.base_live, self.split_floor = f.counts, f.base_live, f.split_floor
-        built = base.postings.view.counts  # the lists the posting array was mapped for
-        hb = min(built.shape[0], f.counts.shape[0])
-        if not np.array_equal(f.counts[:hb], built[:hb]) or np.any(f.counts[hb:] != 0):
-            raise IndexCorruptError(f"{root}: the generation's base list counts differ from the posting array's")
-        self.counts = (f.counts * (f.base_live > 0)).astype(np.int32)
-        nb = f.layout.list_bytes_array(self.counts)
-        self._list_nbytes = nb
-        self._direct_pages = None  # see direct_list_bytes
-        if np.any((self.counts > 0) & ((f.offsets < 0) | (f.offsets + nb > base.postings.mapped.total))) or \
-                np.any(f.base_live > 1):
-            raise IndexCorruptError(f"{root}: a posting list lies outside the posting array")
-        self.pv = base.postings.view._replace(offsets=np.ascontiguousarray(f.offsets),
-                                              counts=np.ascontiguousarray(self.counts))
-        self.dead_keys, self.dead_ids, self.delta_dead = f.dead_keys, f.dead_ids, f.delta_dead
-        self.live, self.next_id = f.live, f.next_id
-        self.labels = f.labels
-        self.delta_layout = delta_layout(f.layout)
-        self._readers = []
-        self.delta_ids = np.zeros(0, np.int64)
-        self.delta_locs = np.zeros(0, np.int64)
-        if f.delta is not None:
-            r = LocalPostings(f.store, root, f.delta_path, f.delta["offsets"], f.delta["counts"], self.delta_layout)
-            self._readers.append(r)
-            self.dv = r.view
-            self.delta_ids, self.delta_locs = f.delta["ids"], f.delta["locs"]
-        else:
-            self.dv = _empty_view(H, self.delta_layout)
-        self.lv = self.dlv = None
-        self.delta_reader = self._readers[0] if self._readers else None
-        self.dlabel_reader = None
-        if f.labels is not None:
-            V = f.labels["values"].shape[0]
-            ll = full_entries(f.layout.dim, f.layout.dtype)
-            if base.label_lists is not None:
-                lc = f.labels["list_counts"]
-                lb = ll.list_bytes_array(lc)
-                lo = f.labels["offsets"]
-                if np.any((lc > 0) & ((lo < 0) | (lo + lb > base.label_lists.mapped.total))) or np.any(lc < 0):
-                    raise IndexCorruptError(f"{root}: a label list lies outside the label-list array")
-                self.lv = base.label_lists.view._replace(offsets=np.ascontiguousarray(f.labels["offsets"]),
-                                                         counts=np.ascontiguousarray(lc))
-            else:
-                self.lv = _empty_view(V, ll)
-            if f.delta_labels_path is not None:
-                r = LocalPostings(f.store, root, f.delta_labels_path, f.labels["delta_offsets"],
-                                  f.labels["delta_counts"], ll)
-                self._readers.append(r)
-                self.dlabel_reader = r
-                self.dlv = r.view
-            else:
-                self.dlv = _empty_view(V, ll)
-
-    def direct_list_bytes(self, n: int) -> int:
-        """Buffer bytes a direct reader needs for any n lists (the n largest, in whole pages,
-        with one more for a list straddling a page and BRIDGE_PAGES for a bridged gap)."""
-        if self._direct_pages is None:
-            pages = np.where(self._list_nbytes > 0, -(-self._list_nbytes // PAGE) + 1 + BRIDGE_PAGES, 0)
-            self._direct_pages = np.cumsum(np.sort(pages)[::-1])
-        n = min(n, self._direct_pages.shape[0])
-        return PAGE * max(int(self._direct_pages[n - 1]) if n else 0, 1)
-
-    def close(self) -> None:
-        for r in self._readers:
-            r.close()
-        self._readers = []
-
-    def __del__(self) -> None:
-        self.close()
-
-
-
-
-def _empty_view(n_lists: int, layout):
-    return make_view(np.zeros(16, np.uint8), np.zeros(n_lists, np.int64), np.zeros(n_lists, np.int32), layout,
-                     prefetchable=False)
-
-
-class _Base:
-    """The readers of the parts a build writes once (posting array, vector store, id map,
-    label lists), shared by every generation."""
-
-    def __init__(self, f: IndexFiles, root: str):
-        self.postings = self.vectors = self.idmap = self.label_lists = None
-        try:
-            self.postings = LocalPostings(f.store, root, f.postings_path, f.offsets, f.counts, f.layout)
-            if f.layout.coded:
-                self.vectors = LocalVectors(f.store, root, f.vectors_path, f.store_layout)
-            if not self.postings.fetched and (self.vectors is None or not self.vectors.fetched):
-                # (fetched indexes are read-only: no id lookups)
-                self.idmap = IdMap(f.store, root, f.idmap_path, int(f.attrs["n"]))
-            if f.label_lists_path is not None:
-                ll = full_entries(f.layout.dim, f.layout.dtype)
-                self.label_lists = LocalPostings(f.store, root, f.label_lists_path, f.labels["offsets"],
-                                                 f.labels["list_counts"], ll)
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        for r in (self.postings, self.vectors, self.idmap, self.label_lists):
-            if r is not None:
-                r.close()
-        self.postings = self.vectors = self.idmap = self.label_lists = None
-
-
 class _UpdateHandle:
     """The narrow view of an open index that :mod:`spann.update` works through: its shape,
     parameters and build-time readers, the current snapshot, and the locks of one exclusive
@@ -245,7 +116,7 @@ class _UpdateHandle:
         """Load the latest committed generation (the caller holds ``write_lock``)."""
         return self._ix._refresh_locked()
 
-    def enter(self) -> "_Snapshot":
+    def enter(self) -> "Snapshot":
         """The current snapshot, pinned until :meth:`leave`."""
         return self._ix._enter()
 
@@ -306,9 +177,9 @@ class Index:
     def _open(self, stamp) -> None:
         f = IndexFiles(self.path, store=self._store)
         try:
-            self._base = _Base(f, str(self.path))
+            self._base = BaseReaders(f, str(self.path))
             try:
-                self._snap = _Snapshot(f, self._base, str(self.path))
+                self._snap = Snapshot(f, self._base, str(self.path))
             except BaseException:
                 self._base.close()
                 raise
@@ -419,7 +290,7 @@ class Index:
             if f.build_id != self._snap.build_id or int(f.attrs.get("generation", 1)) <= self._snap.generation:
                 self._stamp = stamp
                 return False
-            snap = _Snapshot(f, self._base, str(self.path))
+            snap = Snapshot(f, self._base, str(self.path))
         except (IndexCorruptError, OSError):
             return False  # its generation was replaced while we read it: the next call retries
         finally:
@@ -427,7 +298,7 @@ class Index:
         self._install(snap, f.attrs, stamp)
         return True
 
-    def _install(self, snap: "_Snapshot", attrs: dict, stamp) -> None:
+    def _install(self, snap: "Snapshot", attrs: dict, stamp) -> None:
         with self._state:
             if self._closed:
                 snap.close()
@@ -436,7 +307,7 @@ class Index:
             self.attrs = attrs
             self._stamp = stamp
 
-    def _enter(self) -> "_Snapshot":
+    def _enter(self) -> "Snapshot":
         with self._state:
             if self._closed or self._base is None:
                 raise QueryError(f"{self.path}: index is closed")
@@ -457,18 +328,20 @@ class Index:
         return self
 
     # -- search --------------------------------------------------------------------------------
-    def _params(self, max_postings, prune_eps, ef, rerank, prefetch, pruner, rerank_bound=None,
-                direct=None) -> SearchParams:
-        """SearchParams for these overrides, cached (validation is not free on a 0.1 ms path)."""
-        key = (max_postings, prune_eps, ef, rerank, prefetch, pruner, rerank_bound, direct)
+    def _params(self, overrides: dict[str, Any]) -> SearchParams:
+        """SearchParams for these overrides (None: the default), cached (validation is not free
+        on a 0.1 ms path)."""
+        key = tuple(overrides.items())
         try:
             p = self._param_cache.get(key)
         except TypeError:  # unhashable argument: validate (and fail) below
             p = None
         if p is None:
-            changes = {k_: v for k_, v in zip(("max_postings", "prune_eps", "ef", "rerank", "prefetch", "pruner",
-                                               "rerank_bound", "direct"), key)
-                       if v is not None}
+            unknown = sorted(set(overrides) - set(SearchParams.__dataclass_fields__))
+            if unknown:
+                raise ParameterError(f"unknown search parameter {unknown[0]!r}; expected one of "
+                                     f"{', '.join(SearchParams.__dataclass_fields__)}")
+            changes = {k_: v for k_, v in overrides.items() if v is not None}
             p = self.default_params.replace(**changes) if changes else self.default_params
             if len(self._param_cache) > 256:
                 self._param_cache.clear()
@@ -523,21 +396,22 @@ class Index:
             raise QueryError(f"queries are too large in magnitude for float32 distances (largest |value| {big:.3g})")
         return qs, qh
 
-    def search(self, queries: np.ndarray, k: int = 10, *, max_postings: int | None = None,
-               prune_eps: float | None = None, ef: int | None = None, rerank: int | None = None,
-               prefetch: bool | None = None, pruner: bool | None = None, threads: int | None = None,
-               params: SearchParams | None = None, filter=None, rerank_bound: bool | None = None,
-               direct: bool | None = None) -> SearchResult:
+    def search(self, queries: np.ndarray, k: int = 10, *, params: SearchParams | None = None, filter=None,
+               threads: int | None = None, **overrides: Any) -> SearchResult:
         """k nearest neighbours of ``queries`` (nq, dim) or (dim,).
 
         One query takes a low-overhead single-thread path; a batch runs on ``threads`` cores
         (default: all). ``filter``: a label or list of labels; only vectors carrying one of them
-        are returned. Returns a :class:`SearchResult` (unpacks as ``ids, distances``).
+        are returned. How to search: ``params`` (a :class:`~spann.SearchParams`), or the index's
+        defaults with keyword overrides of its fields — ``max_postings``, ``prune_eps``, ``ef``,
+        ``rerank``, ``rerank_bound``, ``prefetch``, ``pruner``, ``direct`` (None keeps the
+        default). Returns a :class:`SearchResult` (unpacks as ``ids, distances``).
         """
         if params is not None and not isinstance(params, SearchParams):
             raise ParameterError(f"params must be a spann.SearchParams, got {type(params).__name__}")
-        p = params if params is not None else self._params(max_postings, prune_eps, ef, rerank, prefetch, pruner,
-                                                           rerank_bound, direct)
+        if params is not None and any(v is not None for v in overrides.values()):
+            raise ParameterError(f"give params or keyword overrides ({', '.join(overrides)}), not both")
+        p = params if params is not None else self._params(overrides)
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
                                     or threads < 0):
             raise ParameterError(f"threads must be an integer >= 0, got {threads!r}")
@@ -574,7 +448,7 @@ class Index:
                                            prefetchable=False, recent=RECENT)
         return self._no_vectors
 
-    def _filter_plan(self, snap: "_Snapshot", filt: np.ndarray) -> tuple[np.ndarray, float, bool]:
+    def _filter_plan(self, snap: "Snapshot", filt: np.ndarray) -> tuple[np.ndarray, float, bool]:
         """(label-directory positions of the filter's labels that exist, the share of live
         vectors matching, whether every such label has a label list)."""
         lab = snap.labels
@@ -842,7 +716,7 @@ class Index:
             return []
         return [f for r in self._readers(self._snap) for f in r.files()]
 
-    def _readers(self, snap: "_Snapshot") -> list:
+    def _readers(self, snap: "Snapshot") -> list:
         """Every byte-array reader a search of ``snap`` may read: base postings, vector store,
         label lists, the generation's delta readers."""
         return [r for r in (self._base.postings, self._base.vectors, self._base.label_lists, *snap._readers)

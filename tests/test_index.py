@@ -288,3 +288,14 @@ def test_info_and_evict(synth_index):
     assert info["disk_bytes"] > 0 and info["ram_bytes"] > 0 and info["stats"]["heads"] > 0
     synth_index.evict()  # must not break later searches
     assert synth_index.search(np.zeros(24, np.float32), 3).ids.shape == (1, 3)
+
+
+def test_search_overrides_are_search_params_fields(synth, synth_index):
+    _, q, _, _ = synth
+    with pytest.raises(ParameterError, match="unknown search parameter 'max_posting'"):
+        synth_index.search(q[:2], 5, max_posting=8)
+    with pytest.raises(ParameterError, match="not both"):
+        synth_index.search(q[:2], 5, params=spann.SearchParams(max_postings=8), max_postings=16)
+    a = synth_index.search(q[:5], 5, params=synth_index.default_params.replace(max_postings=8), threads=1)
+    b = synth_index.search(q[:5], 5, max_postings=8, prefetch=None, threads=1)  # None keeps the default
+    np.testing.assert_array_equal(a.ids, b.ids)

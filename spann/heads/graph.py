@@ -120,13 +120,15 @@ def _prefetch_head(heads, codes, coded, node):
 
 
 @numba.njit(cache=True, fastmath=_FM, nogil=True)
-def _beam(q, heads, neighbors, entries, ef, visited, tag, pd, pi, done, trail_i, trail_d, wc):
-    """The walk of :func:`beam_search` into the pool ``pd``/``pi``/``done`` (length ef); every
+def _beam(q, heads, neighbors, entries, visited, tag, pd, pi, done, trail_i, trail_d, wc):
+    """The walk of :func:`beam_search` into the pool ``pd``/``pi``/``done`` (its length is the
+    beam width ef); every
     expanded head is also appended to ``trail_i``/``trail_d`` while they have room (the graph
     build's candidates; pass empty arrays to skip). ``wc``: :class:`WalkCodes` (empty: exact
     distances; else the pool holds code distances). Returns (pool size, distance evaluations,
     trail length)."""
     deg = neighbors.shape[1]
+    ef = pd.shape[0]
     codes = wc.u8
     coded = codes.shape[0] > 0
     qq = np.empty(q.shape[0] if coded else 0, np.float32)
@@ -191,7 +193,7 @@ def beam_search(q, heads, neighbors, entries, ef, visited, tag, out_i, out_d, wc
     pd = np.empty(ef, np.float32)
     pi = np.empty(ef, np.int32)
     done = np.zeros(ef, np.bool_)
-    size, n_eval, _ = _beam(q, heads, neighbors, entries, ef, visited, tag, pd, pi, done,
+    size, n_eval, _ = _beam(q, heads, neighbors, entries, visited, tag, pd, pi, done,
                             np.empty(0, np.int32), np.empty(0, np.float32), wc)
     if wc.u8.shape[0] > 0:  # exact distances for the pool, re-sorted
         rescore_pool(q, heads, pd, pi, size)
@@ -299,7 +301,7 @@ def _refine_batch(x, nbrs, seeds, nodes, ef, alpha2, n_chunks):
             p = nodes[j]
             tag += np.uint32(1)
             visited[p] = tag
-            size, _, m = _beam(x[p], x, nbrs, seeds[j], ef, visited, tag, pd, pi, done, ti[:cap], td[:cap], exact)
+            size, _, m = _beam(x[p], x, nbrs, seeds[j], visited, tag, pd, pi, done, ti[:cap], td[:cap], exact)
             for t in range(size):  # the final pool (the trail may have filled before the walk ended)
                 ti[m] = pi[t]
                 td[m] = pd[t]
@@ -399,7 +401,7 @@ def _connect(x, nbrs, entries, starts, ef):
         if seen[u]:
             continue
         tag += np.uint32(1)
-        size, _, _ = _beam(x[u], x, nbrs, entries, ef, visited, tag, pd, pi, done, none_i, none_d, exact)
+        size, _, _ = _beam(x[u], x, nbrs, entries, visited, tag, pd, pi, done, none_i, none_d, exact)
         host = -1
         slot = deg - 1
         for j in range(size):

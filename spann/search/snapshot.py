@@ -1,0 +1,145 @@
+"""One generation of an open index as searches read it (:class:`Snapshot`), over the readers
+of the parts a build writes once (:class:`BaseReaders`)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from spann.errors import IndexCorruptError
+from spann.format.layout import BRIDGE_PAGES, PAGE, delta_layout, full_entries
+from spann.heads.graph import EntrySeeds, no_walk_codes, walk_codes
+from spann.heads.groups import head_groups
+from spann.io.idmap import IdMap
+from spann.io.index_files import IndexFiles
+from spann.io.postings import LocalPostings, make_view
+from spann.io.vector_store import LocalVectors
+from spann.search.views import HeadIndex
+
+__all__ = ["Snapshot", "BaseReaders", "empty_view"]
+
+
+class Snapshot:
+    """One generation of an index as searches read it (immutable once built): heads, graph,
+    the base lists' directory (lists replaced by a split read as empty), tombstones, and the
+    delta and label lists. A search takes the current snapshot once; an update installs a
+    new one; the old one's maps go when its last search ends."""
+
+    def __init__(self, f: IndexFiles, base: "BaseReaders", root: str):
+        self.generation = int(f.attrs.get("generation", 1))
+        self.build_id = f.build_id
+        self.heads, self.neighbors, self.entries = f.heads, f.neighbors, f.entries
+        self.seeds = EntrySeeds(self.heads, self.entries)
+        self.groups = head_groups(self.heads, f.head_groups)  # searches scan these when there are any
+        no_groups = self.groups.centroids.shape[0] == 0
+        self.walk = walk_codes(self.heads) if no_groups else no_walk_codes(self.heads.shape[1])
+        self.hx = HeadIndex(heads=self.heads, walk=self.walk, neighbors=self.neighbors, groups=self.groups,
+                            entries=self.seeds.entries, seed_rows=self.seeds.seed_rows)
+        self.kernels: dict = {}  # compiled entry points of the single-query kernel (Index._search)
+        self.single: dict = {}  # (params, k) -> (entry point, arguments): the unfiltered single query
+        self.pruner = f.pruner
+        H = self.heads.shape[0]
+        self.offsets = f.offsets
+        self.orig_counts, self.base_live, self.split_floor = f.counts, f.base_live, f.split_floor
+        built = base.postings.view.counts  # the lists the posting array was mapped for
+        hb = min(built.shape[0], f.counts.shape[0])
+        if not np.array_equal(f.counts[:hb], built[:hb]) or np.any(f.counts[hb:] != 0):
+            raise IndexCorruptError(f"{root}: the generation's base list counts differ from the posting array's")
+        self.counts = (f.counts * (f.base_live > 0)).astype(np.int32)
+        nb = f.layout.list_bytes_array(self.counts)
+        self._list_nbytes = nb
+        self._direct_pages = None  # see direct_list_bytes
+        if np.any((self.counts > 0) & ((f.offsets < 0) | (f.offsets + nb > base.postings.mapped.total))) or \
+                np.any(f.base_live > 1):
+            raise IndexCorruptError(f"{root}: a posting list lies outside the posting array")
+        self.pv = base.postings.view._replace(offsets=np.ascontiguousarray(f.offsets),
+                                              counts=np.ascontiguousarray(self.counts))
+        self.dead_keys, self.dead_ids, self.delta_dead = f.dead_keys, f.dead_ids, f.delta_dead
+        self.live, self.next_id = f.live, f.next_id
+        self.labels = f.labels
+        self.delta_layout = delta_layout(f.layout)
+        self._readers = []
+        self.delta_ids = np.zeros(0, np.int64)
+        self.delta_locs = np.zeros(0, np.int64)
+        if f.delta is not None:
+            r = LocalPostings(f.store, root, f.delta_path, f.delta["offsets"], f.delta["counts"], self.delta_layout)
+            self._readers.append(r)
+            self.dv = r.view
+            self.delta_ids, self.delta_locs = f.delta["ids"], f.delta["locs"]
+        else:
+            self.dv = empty_view(H, self.delta_layout)
+        self.lv = self.dlv = None
+        self.delta_reader = self._readers[0] if self._readers else None
+        self.dlabel_reader = None
+        if f.labels is not None:
+            V = f.labels["values"].shape[0]
+            ll = full_entries(f.layout.dim, f.layout.dtype)
+            if base.label_lists is not None:
+                lc = f.labels["list_counts"]
+                lb = ll.list_bytes_array(lc)
+                lo = f.labels["offsets"]
+                if np.any((lc > 0) & ((lo < 0) | (lo + lb > base.label_lists.mapped.total))) or np.any(lc < 0):
+                    raise IndexCorruptError(f"{root}: a label list lies outside the label-list array")
+                self.lv = base.label_lists.view._replace(offsets=np.ascontiguousarray(f.labels["offsets"]),
+                                                         counts=np.ascontiguousarray(lc))
+            else:
+                self.lv = empty_view(V, ll)
+            if f.delta_labels_path is not None:
+                r = LocalPostings(f.store, root, f.delta_labels_path, f.labels["delta_offsets"],
+                                  f.labels["delta_counts"], ll)
+                self._readers.append(r)
+                self.dlabel_reader = r
+                self.dlv = r.view
+            else:
+                self.dlv = empty_view(V, ll)
+
+    def direct_list_bytes(self, n: int) -> int:
+        """Buffer bytes a direct reader needs for any n lists (the n largest, in whole pages,
+        with one more for a list straddling a page and BRIDGE_PAGES for a bridged gap)."""
+        if self._direct_pages is None:
+            pages = np.where(self._list_nbytes > 0, -(-self._list_nbytes // PAGE) + 1 + BRIDGE_PAGES, 0)
+            self._direct_pages = np.cumsum(np.sort(pages)[::-1])
+        n = min(n, self._direct_pages.shape[0])
+        return PAGE * max(int(self._direct_pages[n - 1]) if n else 0, 1)
+
+    def close(self) -> None:
+        for r in self._readers:
+            r.close()
+        self._readers = []
+
+    def __del__(self) -> None:
+        self.close()
+
+
+
+
+def empty_view(n_lists: int, layout):
+    return make_view(np.zeros(16, np.uint8), np.zeros(n_lists, np.int64), np.zeros(n_lists, np.int32), layout,
+                     prefetchable=False)
+
+
+class BaseReaders:
+    """The readers of the parts a build writes once (posting array, vector store, id map,
+    label lists), shared by every generation."""
+
+    def __init__(self, f: IndexFiles, root: str):
+        self.postings = self.vectors = self.idmap = self.label_lists = None
+        try:
+            self.postings = LocalPostings(f.store, root, f.postings_path, f.offsets, f.counts, f.layout)
+            if f.layout.coded:
+                self.vectors = LocalVectors(f.store, root, f.vectors_path, f.store_layout)
+            if not self.postings.fetched and (self.vectors is None or not self.vectors.fetched):
+                # (fetched indexes are read-only: no id lookups)
+                self.idmap = IdMap(f.store, root, f.idmap_path, int(f.attrs["n"]))
+            if f.label_lists_path is not None:
+                ll = full_entries(f.layout.dim, f.layout.dtype)
+                self.label_lists = LocalPostings(f.store, root, f.label_lists_path, f.labels["offsets"],
+                                                 f.labels["list_counts"], ll)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for r in (self.postings, self.vectors, self.idmap, self.label_lists):
+            if r is not None:
+                r.close()
+        self.postings = self.vectors = self.idmap = self.label_lists = None
