@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from spann.builder.dask import connect, local_cluster
 from spann.builder.pipeline import build_index
 from spann.cli.common import (check_index_output, check_outputs, common_options, echo_err, emit_json, is_quiet,
+                              pack_options,
                               metric_option, read_ids_file, read_labels_file, store_options)
 from spann.datasets.formats import FORMATS, metric_from_hdf5, open_vectors
 from spann.errors import ParameterError
@@ -95,11 +98,15 @@ class ByteSize(click.ParamType):
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True),
               help="Write the build summary as JSON.")
 @common_options
+@pack_options("cluster", "workers", "scheduler")
+@pack_options("per_vector", "ids_file", "labels_file")
 def build_cmd(input: str, index_dir: str, metric: str, fmt: str | None, json_out: str | None, overwrite: bool,
-              resume: bool, extra: tuple[str, ...], ids_file: str | None, labels_file: str | None,
-              storage_option: tuple[str, ...], workers: int | None, scheduler: str | None, **params) -> None:
+              resume: bool, extra: tuple[str, ...], storage_option: tuple[str, ...], per_vector: dict[str, Any],
+              cluster: dict[str, Any], **params) -> None:
     """Build a SPANN index of INPUT (a vector file) in INDEX: a directory, a .zip file, or an
     object-store URL (s3://bucket/prefix; built in a local work directory, then uploaded)."""
+    ids_file, labels_file = per_vector["ids_file"], per_vector["labels_file"]
+    workers, scheduler = cluster["workers"], cluster["scheduler"]
     metric = metric_from_hdf5([input], metric)  # an ann-benchmarks file's `distance` must agree
     if metric is None:
         raise ParameterError("--metric is required (l2, ip or cosine)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -21,7 +22,7 @@ from spann.io.sources import parse_storage_options
 from spann.kernels.metrics import ALIASES, METRICS, get_metric
 
 __all__ = ["SpannGroup", "common_options", "emit_json", "echo_err", "is_quiet", "metric_option", "check_writable",
-           "check_outputs", "check_index_output", "enclosing_index", "LabelFilter", "read_ids_file",
+           "check_outputs", "check_index_output", "pack_options", "enclosing_index", "LabelFilter", "read_ids_file",
            "read_labels_file", "INT32_MAX"]
 
 INT32_MAX = 2**31 - 1
@@ -155,6 +156,19 @@ def check_index_output(index: str | os.PathLike, inputs: Iterable[str | os.PathL
     if inside is not None:
         raise ParameterError(f"index {index} would lie inside the index (zarr group) {inside}; build it elsewhere")
     check_distinct_paths([index], list(inputs))
+
+
+def pack_options(target: str, *names: str) -> Callable:
+    """Hand the options ``names`` to the command as one dict ``target`` (put this decorator
+    right above the function, below its options): a command with many options keeps a short
+    signature, and groups that travel together (search parameters, outputs) stay together."""
+    def deco(f: Callable) -> Callable:
+        @functools.wraps(f)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            kwargs[target] = {n: kwargs.pop(n) for n in names}
+            return f(*args, **kwargs)
+        return wrapper
+    return deco
 
 
 def is_quiet() -> bool:

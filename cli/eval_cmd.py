@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import click
 import numpy as np
 
-from spann.cli.common import check_outputs, common_options, echo_err, emit_json, is_quiet, open_index_arg, store_options
+from spann.cli.common import (check_outputs, common_options, echo_err, emit_json, is_quiet, open_index_arg,
+                              pack_options, store_options)
 from spann.datasets import load, read_vectors
 from spann.datasets.groundtruth import distances_path_for
 from spann.errors import ParameterError
@@ -52,10 +54,15 @@ def format_table(records) -> str:
 @click.option("--csv", "csv_out", type=click.Path(dir_okay=False), help="Write records as CSV.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write a recall-QPS plot (PNG).")
 @common_options
+@pack_options("outputs", "json_out", "csv_out", "plot")
+@pack_options("timing", "runs", "latency_queries", "cold", "prefetch")
 def eval_cmd(index: str, queries: str | None, gt: str | None, dataset: str | None, k: int, sweep: tuple[str, ...],
-             prune_eps: str | None, threads: int, runs: int, latency_queries: int, cold: bool, prefetch: bool | None,
-             json_out: str | None, csv_out: str | None, plot: str | None, storage_option: tuple[str, ...]) -> None:
+             prune_eps: str | None, threads: int, storage_option: tuple[str, ...], timing: dict[str, Any],
+             outputs: dict[str, Any]) -> None:
     """Evaluate INDEX on QUERIES against ground truth GT (or --dataset)."""
+    json_out, csv_out, plot = outputs["json_out"], outputs["csv_out"], outputs["plot"]
+    runs, latency_queries = timing["runs"], timing["latency_queries"]
+    cold, prefetch = timing["cold"], timing["prefetch"]
     check_outputs([json_out, csv_out, plot], [queries, gt, dataset], index_dirs=[index])
     if plot and not plot.lower().endswith(".png"):
         raise click.BadParameter(f"{plot}: the plot is a PNG; name it *.png", param_hint="--plot")

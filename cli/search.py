@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
 
-from spann.cli.common import (INT32_MAX, LabelFilter, check_outputs, common_options, echo_err, emit_json,
+from spann.cli.common import (INT32_MAX, LabelFilter, check_outputs, common_options, echo_err, emit_json, pack_options,
                               open_index_arg, store_options)
 from spann.cli.datasets_cmd import VectorPath
 from spann.datasets.formats import FORMATS, metric_from_hdf5, read_vectors, write_vectors
@@ -53,10 +54,10 @@ def search_options(f):
 @search_options
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True), help="Write a JSON summary.")
 @common_options
-def search_cmd(index: str, queries: str, k: int, output: str, max_postings: int, prune_eps: float, ef: int,
-               prefetch: bool, rerank: int, pruner: bool, threads: int, direct: bool, queries_format: str | None,
-               json_out: str | None,
-               filt: list[int] | None, storage_option: tuple[str, ...]) -> None:
+@pack_options("how", "max_postings", "prune_eps", "ef", "prefetch", "rerank", "pruner", "direct")
+def search_cmd(index: str, queries: str, k: int, output: str, threads: int, queries_format: str | None,
+               json_out: str | None, filt: list[int] | None, storage_option: tuple[str, ...],
+               how: dict[str, Any]) -> None:
     """Search INDEX for the k nearest neighbours of every vector in QUERIES."""
     # every refusal before any work: unwritable outputs, outputs that would replace an input
     fmt = check_ids_output(output)
@@ -71,8 +72,7 @@ def search_cmd(index: str, queries: str, k: int, output: str, max_postings: int,
         t0 = time.perf_counter()
         idx.prepare()
         t1 = time.perf_counter()
-        r = idx.search(q, k, max_postings=max_postings, prune_eps=prune_eps, ef=ef, prefetch=prefetch,
-                       rerank=rerank, pruner=pruner, threads=threads or None, filter=filt, direct=direct)
+        r = idx.search(q, k, threads=threads or None, filter=filt, **how)
         secs = time.perf_counter() - t1
     if fmt != "npy" and r.ids.size and int(r.ids.max()) > INT32_MAX:
         raise DataError(f"{output}: id {int(r.ids.max())} does not fit the int32 .{fmt} format; write .npy")

@@ -148,7 +148,7 @@ def _latencies(index, queries: np.ndarray, k: int, params: dict[str, Any], cold:
 
 def evaluate(index, queries: np.ndarray, gt_ids: np.ndarray, k: int = 10, *, sweep: Iterable[dict[str, Any]] = ({},),
              gt_dists: np.ndarray | None = None, runs: int = 3, warmup: int = 1, threads: int | None = None,
-             latency_queries: int | None = 2000, cold: bool = False, system: str = "spann",
+             latency_queries: int | None = 2000, cold: bool = False,
              progress: bool = False) -> list[EvalRecord]:
     """Measure ``index`` (a :class:`spann.Index`) at every sweep point.
 
@@ -182,7 +182,7 @@ def evaluate(index, queries: np.ndarray, gt_ids: np.ndarray, k: int = 10, *, swe
         index.search(queries[0], k, **point)  # warm the single-query path
         lat = _latencies(index, queries[sample], k, point, cold) * 1e3
         rec = EvalRecord(
-            system=system, params=dict(point), k=k, recall=recall_at_k(res.ids, gt_ids, k),
+            system="spann", params=dict(point), k=k, recall=recall_at_k(res.ids, gt_ids, k),
             tie_recall=tie_aware_recall(res.ids, gt_ids, gt_dists, k) if gt_dists is not None else None,
             distance_recall=distance_recall(res.distances, gt_dists, k) if gt_dists is not None else None,
             latency_mean_ms=float(lat.mean()), latency_p50_ms=float(np.percentile(lat, 50)),
