@@ -227,7 +227,7 @@ def pruner_stage(metric: Metric, sample: Sample, dim: int, heads: Heads, graph: 
     rng = np.random.default_rng(params.seed + 7)
     qi = np.sort(rng.choice(s, min(n_queries, s // 10), replace=False))
     universe = np.ascontiguousarray(sample.rows[:, :dim])
-    gi, _ = exact_knn(universe, universe[qi], 11, "l2" if metric.name == "cosine" else metric.name,
+    gi, _ = exact_knn(universe, universe[qi], 11, metric.stored_metric,
                       base_block=8192)  # ~20 MB of distances at a time (memory_limit)
     nbr = np.empty((len(qi), 10), np.int64)
     for i in range(len(qi)):  # drop the query itself
