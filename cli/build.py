@@ -8,6 +8,7 @@ import click
 
 from spann.builder.dask import connect, local_cluster
 from spann.builder.pipeline import build_index
+from spann.codecs import CODECS
 from spann.cli.common import (check_index_output, check_outputs, common_options, echo_err, emit_json, is_quiet,
                               pack_options,
                               metric_option, read_ids_file, read_labels_file, store_options)
@@ -64,7 +65,7 @@ class ByteSize(click.ParamType):
               show_default=True, help="Heads / N.")
 @click.option("--posting-size", type=click.IntRange(0), default=0,
               help="Target vectors per head (overrides --head-ratio).")
-@click.option("--encoding", type=click.Choice(["auto", "full", "sq8", "rabitq"]), default=_DEFAULTS.encoding,
+@click.option("--encoding", type=click.Choice(["auto", *CODECS]), default=_DEFAULTS.encoding,
               show_default=True, help="Posting entries: full vectors, or sq8 / rabitq codes re-ranked from a vector "
               "store. auto: full for 8-bit data, rabitq for float data of >= 384 dims, else sq8.")
 @click.option("--replica-count", type=click.IntRange(1, 64),

@@ -33,7 +33,7 @@ from spann.datasets.groundtruth import compute_ground_truth
 from spann.datasets.synthetic import SyntheticSpec
 from spann.errors import DataError, ParameterError, SpannError
 from spann.kernels.exact import pairwise_distances
-from spann.kernels.metrics import check_metric, normalize_rows
+from spann.kernels.metrics import check_metric, get_metric, normalize_rows
 
 __all__ = ["Manifest", "BUILTIN", "list_datasets", "prepare", "prepare_from_array", "load", "register",
            "glove_source"]
@@ -507,7 +507,7 @@ def _distance_convention(b, qf, ids0: np.ndarray, d0: np.ndarray, metric: str) -
 
     if close(got):
         return "none"
-    if metric == "l2" and (got >= 0).all() and close(got * got):
+    if get_metric(metric).squared_l2 and (got >= 0).all() and close(got * got):
         return "square"
     if close(-got):
         return "negate"

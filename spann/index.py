@@ -355,7 +355,7 @@ class Index:
             # rabitq rotation in another (the numpy steps below would cost more than the search itself)
             qs = np.empty((1, self.dim), np.float32)
             if single_query_space(queries, self._metric.normalize, qs[0]):
-                if self.layout.encoding == "rabitq":
+                if self.layout.codec.rotated_heads:
                     rot = self.codebook.rotation
                     qh = np.empty((1, rot.shape[1] + int(self._metric.mips)), np.float32)
                     rotate_query(qs[0], rot, qh[0])
@@ -388,7 +388,7 @@ class Index:
         if bad.any():
             raise QueryError(f"query {int(np.flatnonzero(bad)[0])} contains NaN or Inf (or overflows float32)")
         qs, qh = self._metric.query_space(qf)
-        if self.layout.encoding == "rabitq":  # heads live in the rotated space (see spann.codecs.rabitq)
+        if self.layout.codec.rotated_heads:  # heads live in the rotated space (see spann.codecs.rabitq)
             qh = np.ascontiguousarray(np.hstack([qs @ self.codebook.rotation, qh[:, self.dim:]]), dtype=np.float32)
         # squared distances must stay finite in float32 (~3.4e38)
         big = float(np.abs(qs).max(initial=0.0))
@@ -563,8 +563,8 @@ class Index:
         m = min(max(2 * budget if model.size else budget, 32), H)  # heads retrieved
         efv = p.effective_ef(m)
         eps = np.float32(min(p.prune_eps, 1e18))
-        R = p.effective_rerank(k, self.layout.encoding)
-        bound_k = k if self.layout.encoding == "rabitq" and p.rerank_bound else 0
+        R = p.effective_rerank(k, self.layout.codec)
+        bound_k = k if self.layout.codec.bounded and p.rerank_bound else 0
         code = self._metric.scan_code
         plan = Plan(metric=int(code), ef=int(efv), m=int(m), budget=int(budget), model=model, prune_eps=eps,
                     rerank=int(R), bound_k=int(bound_k))

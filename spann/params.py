@@ -17,6 +17,10 @@ from spann.errors import ParameterError
 
 __all__ = ["BuildParams", "SearchParams"]
 
+#: names ``BuildParams.encoding`` accepts besides ``auto``: the codecs of :mod:`spann.codecs` (a
+#: lower layer cannot import them; a test keeps the two in step)
+ENCODINGS = ("full", "sq8", "rabitq")
+
 
 def _check(cond: bool, msg: str) -> None:
     if not cond:
@@ -195,8 +199,8 @@ class BuildParams(_Params):
                f"graph_alpha must be in [1, 100], got {self.graph_alpha!r}")
         _check(_int(self.head_groups) and -1 <= self.head_groups <= 1 << 20,
                f"head_groups must be -1 (auto), 0 (none) or a group count up to 1048576, got {self.head_groups!r}")
-        _check(self.encoding in ("auto", "full", "sq8", "rabitq"),
-               f"encoding must be one of auto, full, sq8, rabitq, got {self.encoding!r}")
+        _check(self.encoding == "auto" or self.encoding in ENCODINGS,
+               f"encoding must be one of auto, {', '.join(ENCODINGS)}, got {self.encoding!r}")
         _check(_int(self.chunk_bytes) and self.chunk_bytes >= 4096 and self.chunk_bytes % 4096 == 0
                and self.chunk_bytes <= 1 << 30,
                f"chunk_bytes must be a multiple of 4096 up to 1 GiB, got {self.chunk_bytes!r}")
@@ -209,14 +213,14 @@ class BuildParams(_Params):
         _check(_int(self.seed) and 0 <= self.seed < 2**63, f"seed must be in 0..2**63-1, got {self.seed!r}")
         _check(_int(self.threads) and 0 <= self.threads <= 4096, f"threads must be in 0..4096, got {self.threads!r}")
 
-    def resolved(self, encoding: str) -> "BuildParams":
-        """These parameters with the encoding-dependent defaults filled in."""
-        coded = encoding != "full"
+    def resolved(self, codec) -> "BuildParams":
+        """These parameters with the encoding chosen: ``codec`` (a :class:`spann.codecs.Codec`)
+        gives its name and the replica rules (replica_count, closure_eps, rng_factor) left None."""
         return self.replace(
-            encoding=encoding,
-            replica_count=self.replica_count if self.replica_count is not None else (6 if coded else 8),
-            closure_eps=self.closure_eps if self.closure_eps is not None else (2.0 if coded else 0.5),
-            rng_factor=self.rng_factor if self.rng_factor is not None else (2.0 if coded else 1.3))
+            encoding=codec.name,
+            replica_count=self.replica_count if self.replica_count is not None else codec.replica_count,
+            closure_eps=self.closure_eps if self.closure_eps is not None else codec.closure_eps,
+            rng_factor=self.rng_factor if self.rng_factor is not None else codec.rng_factor)
 
 
 @dataclass(frozen=True)
@@ -282,7 +286,9 @@ class SearchParams(_Params):
         m = retrieved or self.max_postings
         return max(self.ef or int(max(m, 32) * 1.25), m)
 
-    def effective_rerank(self, k: int, encoding: str = "sq8") -> int:
+    def effective_rerank(self, k: int, codec) -> int:
+        """Candidates re-ranked for top ``k``: ``rerank`` (at least k), or when 0 the depth the
+        index's encoding (a :class:`spann.codecs.Codec`) implies."""
         if self.rerank:
             return max(self.rerank, k)
-        return max(k + k // 2, 12) if encoding == "sq8" else max(3 * k, 30)
+        return codec.default_rerank(k)

@@ -23,7 +23,7 @@ import spann
 from spann.datasets import synthetic_array
 from spann.datasets.formats import read_vectors
 from spann.kernels.exact import exact_knn
-from spann.kernels.metrics import normalize_rows
+from spann.kernels.metrics import get_metric, normalize_rows
 
 __all__ = ["PeerUnavailable", "PEERS", "make_peer", "SpannPeer", "FaissIVF", "FaissIVFOnDisk", "Hnswlib",
            "DiskANN", "BruteForce"]
@@ -35,12 +35,12 @@ class PeerUnavailable(RuntimeError):
 
 def _load_base(path: str, metric: str) -> np.ndarray:
     x = read_vectors(path).astype(np.float32, copy=False)
-    return normalize_rows(x) if metric == "cosine" else np.ascontiguousarray(x)
+    return normalize_rows(x) if get_metric(metric).normalize else np.ascontiguousarray(x)
 
 
 def _prep_queries(q: np.ndarray, metric: str) -> np.ndarray:
     q = np.ascontiguousarray(q, dtype=np.float32)
-    return normalize_rows(q) if metric == "cosine" else q
+    return normalize_rows(q) if get_metric(metric).normalize else q
 
 
 def _dir_bytes(p: Path) -> int:
@@ -158,8 +158,8 @@ class FaissIVF(_Peer):
 
     def _build(self, x: np.ndarray):
         f = self.faiss
-        quant = f.IndexFlatL2(x.shape[1]) if self.metric != "ip" else f.IndexFlatIP(x.shape[1])
-        mt = f.METRIC_INNER_PRODUCT if self.metric == "ip" else f.METRIC_L2
+        quant = f.IndexFlatL2(x.shape[1]) if not get_metric(self.metric).inner_product else f.IndexFlatIP(x.shape[1])
+        mt = f.METRIC_INNER_PRODUCT if get_metric(self.metric).inner_product else f.METRIC_L2
         index = f.IndexIVFFlat(quant, x.shape[1], self.nlist, mt)
         index.train(x)
         index.add(x)
@@ -226,7 +226,7 @@ class FaissIVFCompressed(FaissIVF):
     def _build(self, x: np.ndarray):
         f = self.faiss
         nlist = self.nlist or int(min(4096, max(64, 4 * np.sqrt(len(x)))))
-        mt = f.METRIC_INNER_PRODUCT if self.metric == "ip" else f.METRIC_L2
+        mt = f.METRIC_INNER_PRODUCT if get_metric(self.metric).inner_product else f.METRIC_L2
         index = f.index_factory(x.shape[1], f"IVF{nlist},{self.codes_for(x.shape[1])},RFlat", mt)
         index.train(x)
         index.add(x)
@@ -279,7 +279,7 @@ class Hnswlib(_Peer):
     def fit(self, base_path: str, metric: str, workdir: Path) -> None:
         self.metric = metric
         x = _load_base(base_path, metric)
-        self.index = self.hnswlib.Index(space="ip" if metric == "ip" else "l2", dim=x.shape[1])
+        self.index = self.hnswlib.Index(space="ip" if get_metric(metric).inner_product else "l2", dim=x.shape[1])
         self.index.init_index(max_elements=x.shape[0], M=self.M, ef_construction=self.efc, random_seed=0)
         self.index.add_items(x, np.arange(x.shape[0]), num_threads=os.cpu_count() or 1)
 
@@ -319,7 +319,7 @@ class DiskANN(_Peer):
         self.dir = workdir / "diskann"
         shutil.rmtree(self.dir, ignore_errors=True)
         self.dir.mkdir(parents=True)
-        self.dap.build_disk_index(data=x, distance_metric="mips" if metric == "ip" else "l2",
+        self.dap.build_disk_index(data=x, distance_metric="mips" if get_metric(metric).inner_product else "l2",
                                   index_directory=str(self.dir),
                                   complexity=self.L, graph_degree=self.R, search_memory_maximum=1.0,
                                   build_memory_maximum=8.0, num_threads=0, pq_disk_bytes=0)

@@ -22,8 +22,9 @@ from spann.builder.dask import DaskRunner, describe
 from spann.builder.inputs import as_vector_source
 from spann.builder.spill import AssignmentRuns, buckets_for
 from spann.builder.stages import (MIN_SAMPLE_PER_HEAD, HeadGraph, Heads, HeadSearch, Sample, _fault, _write_all,
-                                  assign_stage, choose_encoding, encoding_stage, graph_check, graph_stage, groups_stage,
+                                  assign_stage, encoding_stage, graph_check, graph_stage, groups_stage,
                                   heads_stage, plan_stage, pruner_stage, sample_stage, wanted_heads)
+from spann.codecs import choose_codec
 from spann.errors import IndexExistsError, ParameterError
 from spann.format.labels import check_labels
 from spann.format.zarr_v3 import crc32c
@@ -169,7 +170,7 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
         if isinstance(data, (str, os.PathLike)):
             src.close()
         raise
-    params = params.resolved(choose_encoding(params.encoding, m.stored_dtype(src.dtype), src.dim))
+    params = params.resolved(choose_codec(params.encoding, m.stored_dtype(src.dtype), src.dim))
     times: dict[str, float] = {}
     params, n_buckets = fit_to_memory(params, src.n, src.dim, m.head_dim(src.dim))
     logger.debug("building %s x %s %s (%s) into %s; parameters %s; %d assignment bucket(s)", src.n, src.dim,

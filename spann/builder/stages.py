@@ -23,7 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from spann.builder.spill import AssignmentRuns
-from spann.codecs.encodings import encode_rows, train_codebook
+from spann.codecs.encodings import choose_codec
 from spann.datasets.formats import check_finite
 from spann.format.labels import label_directory
 from spann.format.layout import EntryLayout, full_entries, pack_lists
@@ -227,7 +227,7 @@ def pruner_stage(metric: Metric, sample: Sample, dim: int, heads: Heads, graph: 
     rng = np.random.default_rng(params.seed + 7)
     qi = np.sort(rng.choice(s, min(n_queries, s // 10), replace=False))
     universe = np.ascontiguousarray(sample.rows[:, :dim])
-    gi, _ = exact_knn(universe, universe[qi], 11, "l2" if metric.name == "cosine" else metric.name,
+    gi, _ = exact_knn(universe, universe[qi], 11, metric.stored_metric,
                       base_block=8192)  # ~20 MB of distances at a time (memory_limit)
     nbr = np.empty((len(qi), 10), np.int64)
     for i in range(len(qi)):  # drop the query itself
@@ -301,32 +301,17 @@ class Encoder:
     order: np.ndarray | None
 
 
-#: ``auto`` encodes float data of at least this many dimensions with rabitq
-RABITQ_MIN_DIM = 384
-
-
-def choose_encoding(encoding: str, stored_dtype: np.dtype, dim: int = 0) -> str:
-    """``auto``: full vectors for 8-bit data (a code would not be smaller); rabitq for float
-    embeddings of RABITQ_MIN_DIM or more dimensions (one bit per dimension: 1/32 of float32,
-    and its estimator's error shrinks as 1/sqrt(dim)); sq8 for the rest."""
-    if encoding != "auto":
-        return encoding
-    if np.dtype(stored_dtype).itemsize == 1:
-        return "full"
-    return "rabitq" if dim >= RABITQ_MIN_DIM else "sq8"
-
-
 def encoding_stage(src, metric: Metric, sample: Sample, asg: AssignmentRuns, params: BuildParams,
                    label_width: int = 0) -> Encoder:
     """Choose and train the posting encoding; for coded encodings, the vector-store row order
     (vectors sorted by nearest head, so a query's candidates share pages)."""
     dtype = metric.stored_dtype(src.dtype).name
-    enc = choose_encoding(params.encoding, np.dtype(dtype), src.dim)
-    layout = EntryLayout(dim=src.dim, dtype=dtype, encoding=enc, label_width=label_width,
-                         id_bytes=4 if enc != "full" and src.n < 2**31 else 8)
-    if enc == "full":
+    codec = choose_codec(params.encoding, np.dtype(dtype), src.dim)
+    layout = EntryLayout(dim=src.dim, dtype=dtype, encoding=codec.name, label_width=label_width,
+                         id_bytes=codec.id_bytes(src.n))
+    if not codec.coded:
         return Encoder(layout, {}, None, None, None)
-    arrays = train_codebook(enc, np.ascontiguousarray(sample.rows[:, :src.dim]), params.seed)
+    arrays = codec.train(np.ascontiguousarray(sample.rows[:, :src.dim]), params.seed)
     # rows by nearest head, ids ascending within a head (a counting sort over memory maps)
     row_of = np.lib.format.open_memmap(asg.dir / "row_of.npy", "w+", np.int64, (src.n,))
     order = np.lib.format.open_memmap(asg.dir / "order.npy", "w+", np.int64, (src.n,))
@@ -353,15 +338,13 @@ def _entry_codes(src, metric: Metric, heads: Heads, e_heads: np.ndarray, ids: np
     lay = enc.layout
     uniq, inv = np.unique(ids, return_inverse=True)
     rows = metric.stored_rows(src.take(uniq)).astype(dt, copy=False)
-    if lay.encoding == "full":
-        codes = np.ascontiguousarray(rows).view(np.uint8).reshape(len(uniq), -1)[inv]
-        return ids, np.zeros((len(ids), 0), np.float32), codes
-    if lay.encoding == "sq8":
-        cu, _ = encode_rows("sq8", enc.arrays, rows.astype(np.float32, copy=False))
-        return enc.row_of[ids], np.zeros((len(ids), 0), np.float32), cu[inv]
-    centers = heads.vectors[e_heads, :lay.dim]
-    codes, aux = encode_rows(lay.encoding, enc.arrays, rows.astype(np.float32, copy=False)[inv], centers)
-    return enc.row_of[ids], aux, codes
+    codec = lay.codec
+    if codec.residual:  # codes of each entry's residual to its list's centre
+        codes, aux = codec.encode(enc.arrays, rows[inv], heads.vectors[e_heads, :lay.dim])
+    else:  # each vector encoded once
+        cu, au = codec.encode(enc.arrays, rows)
+        codes, aux = cu[inv], au[inv]
+    return (enc.row_of[ids] if codec.coded else ids), aux, codes
 
 
 def shard_postings(s: int, hs: np.ndarray, src, metric: Metric, heads: Heads, asg: AssignmentRuns, plan: PostingPlan,
@@ -486,10 +469,7 @@ def stored_heads(heads: Heads, enc: Encoder) -> np.ndarray:
 def to_head_space(rows: np.ndarray, enc: Encoder) -> np.ndarray:
     """Head-space rows (float32 (n, Dh)) as the index keeps heads and queries: rabitq rotates the
     first D columns (the inner-product column stays); other encodings return ``rows`` itself."""
-    if enc.layout.encoding != "rabitq":
-        return rows
-    d = enc.layout.dim
-    return np.ascontiguousarray(np.hstack([rows[:, :d] @ enc.arrays["rotation"], rows[:, d:]]), dtype=np.float32)
+    return enc.layout.codec.to_head_space(rows, enc.layout.dim, enc.arrays.get("rotation"))
 
 
 def write_byte_array(writer: IndexWriter, name: str, data: np.ndarray, total: int, shard: int, chunk: int) -> int:

@@ -31,9 +31,10 @@ from dataclasses import asdict, dataclass
 import numba
 import numpy as np
 
+from spann.codecs.encodings import CODECS, FULL_CODEC, Codec
 from spann.errors import IndexCorruptError
 
-__all__ = ["PAGE", "BRIDGE_PAGES", "ALIGN", "ENCODINGS", "EntryLayout", "full_entries", "pack_lists", "pages_spanned"]
+__all__ = ["PAGE", "BRIDGE_PAGES", "ALIGN", "EntryLayout", "full_entries", "pack_lists", "pages_spanned"]
 
 PAGE = 4096   #: device page the packing avoids straddling
 ALIGN = 16    #: every list starts at a multiple of this
@@ -42,7 +43,6 @@ ALIGN = 16    #: every list starts at a multiple of this
 #: the reference VM a request costs about 1.5 pages (benchmarks/bridge_pages.py measures a
 #: device; docs/benchmarks.md)
 BRIDGE_PAGES = 1
-ENCODINGS = ("full", "sq8", "rabitq")
 
 
 def _up(x, a):
@@ -54,8 +54,9 @@ class EntryLayout:
     """What one posting entry holds and where each section of a list starts.
 
     dim: vector dimension; dtype: the vectors' stored dtype (float32, uint8 or int8);
-    label_width: int32 labels per entry (0 = none); encoding: ``full`` (the vector itself),
-    ``sq8`` or ``rabitq`` (compact codes; full vectors then live in the vector store);
+    label_width: int32 labels per entry (0 = none); encoding: the name of the entries'
+    :class:`~spann.codecs.Codec` (``full``: the vector itself; ``sq8``, ``rabitq``: compact
+    codes, full vectors then live in the vector store), looked up once as :attr:`codec`;
     code_bytes: bytes of an entry's code; aux_floats: float32 factors per entry;
     id_bytes: 8 (int64 ids) or 4 (int32 rows of a coded index with fewer than 2**31 vectors).
     """
@@ -63,40 +64,39 @@ class EntryLayout:
     dim: int
     dtype: str
     label_width: int = 0
-    encoding: str = "full"
+    encoding: str = FULL_CODEC.name
     code_bytes: int = 0
     aux_floats: int = 0
     id_bytes: int = 8
 
     def __post_init__(self) -> None:
-        if self.encoding not in ENCODINGS:
+        codec = CODECS.get(self.encoding) if isinstance(self.encoding, str) else None
+        if codec is None:
             raise IndexCorruptError(f"posting encoding {self.encoding!r} is not known to this spann")
+        object.__setattr__(self, "_codec", codec)  # not a field: not compared, not in to_dict
         if np.dtype(self.dtype).name not in ("float32", "uint8", "int8"):
             raise IndexCorruptError(f"posting dtype {self.dtype!r} is not float32, uint8 or int8")
         if not (1 <= self.dim <= 1 << 16) or not (0 <= self.label_width <= 64) or not (0 <= self.aux_floats <= 16):
             raise IndexCorruptError(f"posting layout out of range (dim {self.dim}, labels {self.label_width})")
-        if self.id_bytes not in (4, 8) or (self.id_bytes == 4 and self.encoding == "full"):
+        if self.id_bytes not in (4, 8) or (self.id_bytes == 4 and not codec.coded):
             raise IndexCorruptError(f"posting id size {self.id_bytes} is not 8 (or 4 for coded postings)")
-        if self.encoding == "rabitq" and self.aux_floats == 0:
-            object.__setattr__(self, "aux_floats", 2)  # |x - c| and <x_bar, x'> per entry
+        if self.aux_floats == 0 and codec.aux_floats:
+            object.__setattr__(self, "aux_floats", codec.aux_floats)
         if self.code_bytes == 0:
-            object.__setattr__(self, "code_bytes", self.default_code_bytes(self.encoding, self.dim, self.dtype))
-        if self.code_bytes != self.default_code_bytes(self.encoding, self.dim, self.dtype):
+            object.__setattr__(self, "code_bytes", codec.code_bytes(self.dim, self.dtype))
+        if self.code_bytes != codec.code_bytes(self.dim, self.dtype):
             raise IndexCorruptError(f"posting code size {self.code_bytes} does not fit encoding {self.encoding} "
                                     f"at dim {self.dim}")
 
-    @staticmethod
-    def default_code_bytes(encoding: str, dim: int, dtype: str) -> int:
-        if encoding == "full":
-            return dim * np.dtype(dtype).itemsize
-        if encoding == "sq8":
-            return dim
-        return _up(dim, 64) // 8  # rabitq: one bit per (padded) dimension, whole 64-bit words
+    @property
+    def codec(self) -> Codec:
+        """The entries' encoding (see :mod:`spann.codecs.encodings`)."""
+        return self._codec
 
     @property
     def coded(self) -> bool:
         """Entries hold codes; the full vectors are in the vector store."""
-        return self.encoding != "full"
+        return self._codec.coded
 
     @property
     def itemsize(self) -> int:
@@ -138,7 +138,7 @@ class EntryLayout:
     def from_dict(cls, d: dict) -> "EntryLayout":
         try:
             return cls(dim=int(d["dim"]), dtype=str(d["dtype"]), label_width=int(d.get("label_width", 0)),
-                       encoding=str(d.get("encoding", "full")), code_bytes=int(d.get("code_bytes", 0)),
+                       encoding=str(d.get("encoding", FULL_CODEC.name)), code_bytes=int(d.get("code_bytes", 0)),
                        aux_floats=int(d.get("aux_floats", 0)), id_bytes=int(d.get("id_bytes", 8)))
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise IndexCorruptError(f"unreadable posting layout {d!r} ({e})") from None
@@ -147,7 +147,7 @@ class EntryLayout:
 def full_entries(dim: int, dtype: str, label_width: int = 0) -> EntryLayout:
     """Entries holding the vector itself with an int64 id: label lists (``label_width`` 0) and
     update deltas (the base's label width)."""
-    return EntryLayout(dim=dim, dtype=dtype, label_width=label_width, encoding="full")
+    return EntryLayout(dim=dim, dtype=dtype, label_width=label_width, encoding=FULL_CODEC.name)
 
 
 def delta_layout(base: EntryLayout) -> EntryLayout:

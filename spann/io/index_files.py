@@ -47,7 +47,6 @@ from typing import Any
 
 import numpy as np
 
-from spann.codecs.encodings import CODEBOOK_ARRAYS
 from spann.errors import IndexCorruptError, IndexExistsError, IndexNotFoundError
 from spann.format.layout import EntryLayout
 from spann.format.zarr_v3 import (crc32c, group_meta, postings_meta, read_json, read_small_array, write_json,
@@ -421,8 +420,7 @@ class IndexFiles:
                 raise IndexCorruptError(f"{where}: bad path {p!r} in the metadata")
         _need(attrs, "params", dict, where)
         m = METRICS[metric]
-        # rabitq indexes keep heads rotated, padded to whole 64-bit words
-        dh = m.head_dim(-(-dim // 64) * 64 if layout.encoding == "rabitq" else dim)
+        dh = m.head_dim(layout.codec.head_columns(dim))  # rabitq: rotated heads, padded to whole 64-bit words
 
         def load(name, dtype, shape):
             rel = f"{gen}/{name}"
@@ -457,8 +455,8 @@ class IndexFiles:
             raise IndexCorruptError(f"{where}: posting lists hold {int(self.counts.sum())} entries for {n} vectors")
         _check_disjoint(self.offsets, layout.list_bytes_array(self.counts), where)
         self.codebook = {}
-        for name, (dt, shape) in CODEBOOK_ARRAYS[layout.encoding].items():
-            a = load(f"code_{name}", dt, shape(dim))
+        for name, (dt, shape) in layout.codec.codebook_arrays(dim).items():
+            a = load(f"code_{name}", dt, shape)
             if not np.isfinite(a).all():
                 raise IndexCorruptError(f"{where}: code parameters {name} contain NaN or Inf")
             self.codebook[name] = a

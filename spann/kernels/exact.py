@@ -13,28 +13,28 @@ from typing import Callable
 import numpy as np
 
 from spann.errors import DataError, ParameterError
-from spann.kernels.metrics import check_metric, normalize_rows
+from spann.kernels.metrics import Metric, get_metric, normalize_rows
 
 __all__ = ["exact_knn", "pairwise_distances"]
 
 
-def _prep(x: np.ndarray, metric: str, work_dtype) -> np.ndarray:
-    if metric == "cosine":
+def _prep(x: np.ndarray, metric: Metric, work_dtype) -> np.ndarray:
+    if metric.normalize:
         return normalize_rows(x).astype(work_dtype, copy=False)
     return np.asarray(x, dtype=work_dtype)
 
 
 def pairwise_distances(q: np.ndarray, x: np.ndarray, metric: str) -> np.ndarray:
     """Distances (nq, nx) in spann's convention, computed in float64 (exact reference)."""
-    metric = check_metric(metric)
+    metric = get_metric(metric)
     q64 = _prep(q, metric, np.float64)
     x64 = _prep(x, metric, np.float64)
     dots = q64 @ x64.T
-    if metric == "l2":
+    if metric.squared_l2:
         return (q64 * q64).sum(1)[:, None] + (x64 * x64).sum(1)[None, :] - 2 * dots
-    if metric == "ip":
+    if metric.inner_product:
         return -dots
-    return 1.0 - dots
+    return 1.0 - dots  # unit rows: 1 - cos
 
 
 def exact_knn(base, queries: np.ndarray, k: int, metric: str = "l2", *,
@@ -47,7 +47,7 @@ def exact_knn(base, queries: np.ndarray, k: int, metric: str = "l2", *,
     ``k > n`` the tail is padded with id -1 and distance +inf. ``progress(rows)`` is called after
     every base block.
     """
-    metric = check_metric(metric)
+    metric = get_metric(metric)
     if k <= 0:
         raise ParameterError(f"k must be >= 1, got {k}")
     queries = np.asarray(queries)
@@ -56,25 +56,25 @@ def exact_knn(base, queries: np.ndarray, k: int, metric: str = "l2", *,
     if queries.ndim != 2 or queries.shape[1] != d:
         raise DataError(f"queries have shape {queries.shape}, expected (nq, {d}) to match the base")
     nq = queries.shape[0]
-    integer = np.dtype(base.dtype).kind in "iu" and metric != "cosine"
+    integer = np.dtype(base.dtype).kind in "iu" and not metric.normalize
     work = np.float64 if integer else np.float32
     kk = min(n, k + (0 if integer else max(8, k // 4)))
     q = _prep(queries, metric, work)
-    qn = (q * q).sum(1) if metric == "l2" else None
+    qn = (q * q).sum(1) if metric.squared_l2 else None
     best_d = np.full((nq, kk), np.inf, dtype=work)
     best_i = np.full((nq, kk), -1, dtype=np.int64)
     read = base.read if hasattr(base, "iter_blocks") else (lambda s, e: base[s:e])
     for s in range(0, n, base_block):
         xb = _prep(read(s, min(n, s + base_block)), metric, work)
         m = xb.shape[0]
-        xn = (xb * xb).sum(1) if metric == "l2" else None
+        xn = (xb * xb).sum(1) if metric.squared_l2 else None
         ids_b = np.arange(s, s + m, dtype=np.int64)
         for qs in range(0, nq, query_block):
             qe = min(nq, qs + query_block)
             dots = q[qs:qe] @ xb.T
-            if metric == "l2":
+            if metric.squared_l2:
                 dist = xn[None, :] - 2 * dots + qn[qs:qe, None]
-            elif metric == "ip":
+            elif metric.inner_product:
                 dist = -dots
             else:
                 dist = 1 - dots
@@ -102,10 +102,10 @@ def exact_knn(base, queries: np.ndarray, k: int, metric: str = "l2", *,
         vecs = _prep(take(uniq), metric, np.float64)
         qq = _prep(queries[qs:qe], metric, np.float64)
         cv = vecs[inv.reshape(bi.shape)]  # (b, kk, d)
-        if metric == "l2":
+        if metric.squared_l2:
             diff = cv - qq[:, None, :]
             dd = np.einsum("bkd,bkd->bk", diff, diff)
-        elif metric == "ip":
+        elif metric.inner_product:
             dd = -np.einsum("bkd,bd->bk", cv, qq)
         else:
             dd = 1 - np.einsum("bkd,bd->bk", cv, qq)

@@ -55,6 +55,22 @@ class Metric:
     mips: bool = False
     report_scale: float = 1.0
 
+    @property
+    def inner_product(self) -> bool:
+        """Distances are negative inner products (engines with an inner-product mode use it)."""
+        return self.scan_code == NEG_DOT
+
+    @property
+    def squared_l2(self) -> bool:
+        """The reported distance is the squared Euclidean distance of the rows as given (l2; a
+        file may hold its square root)."""
+        return self.scan_code == L2 and not self.normalize and self.report_scale == 1.0
+
+    @property
+    def stored_metric(self) -> str:
+        """The metric that ranks stored rows as this one ranks the originals (normalised rows: l2)."""
+        return "l2" if self.normalize else self.name
+
     def stored_dtype(self, source_dtype: np.dtype) -> np.dtype:
         """dtype of the vectors in the posting lists (normalised rows are float32)."""
         return np.dtype("float32") if self.normalize else np.dtype(source_dtype)

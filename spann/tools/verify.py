@@ -157,7 +157,7 @@ def verify_index(path: str | os.PathLike[str]) -> dict[str, Any]:
         top = n - 1 if lay.coded else pv.u8.shape[0] - lay.dim * np.dtype(lay.dtype).itemsize
         if locs.size and (locs.min() < 0 or locs.max() > top):
             problems.append("the id map holds locations outside the index")
-        keys, bad_vec, bad_aux = _scan_lists(pv, bool(floats and not lay.coded), lay.encoding == "rabitq")
+        keys, bad_vec, bad_aux = _scan_lists(pv, bool(floats and not lay.coded), lay.codec.verify_factors)
         if lay.coded:
             bad_id = int(((keys < 0) | (keys >= n)).sum())
             seen = np.bincount(keys[(keys >= 0) & (keys < n)], minlength=n)

@@ -236,9 +236,7 @@ class _Batch:
         """float32 (m, Dh) head-space rows of stored-form vectors (rotated for rabitq)."""
         ix = self.index
         x = ix.metric.head_space(stored, float(ix.attrs.get("max_norm", 0.0)))
-        if ix.layout.encoding == "rabitq":
-            d = ix.dim
-            x = np.hstack([x[:, :d] @ ix.codebook.rotation, x[:, d:]])
+        x = ix.layout.codec.to_head_space(x, ix.dim, ix.codebook.rotation)
         return np.ascontiguousarray(x, dtype=np.float32)
 
     def assign(self, xh: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
