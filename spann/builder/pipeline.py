@@ -246,8 +246,8 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
                 writer.write_array("pruner", model)
             if groups is not None:
                 writer.write_array("head_groups", groups)
-            stage("write", _write_all, src, m, heads, graph, asg, plan, enc, params, writer, progress, user_ids,
-                  labels, runner)
+            stage("write", _write_all, src, m, heads, graph, asg, plan, enc, params, writer, progress,
+                  (user_ids, labels), runner)
         H = heads.vectors.shape[0]
         counts = asg.counts
         stats = {

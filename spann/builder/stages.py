@@ -119,6 +119,7 @@ def sample_stage(src, metric: Metric, params: BuildParams, progress: bool = Fals
 #: (measured at 2M x 128 uint8, 100k heads: 6.7 replicas per vector from a 500k sample, 1.00
 #: from a 1M sample)
 MIN_SAMPLE_PER_HEAD = 8
+ENTRY_CHUNK = 1 << 16  #: entries encoded at a time while a posting shard is filled
 
 
 def wanted_heads(n: int, params: BuildParams) -> int:
@@ -349,10 +350,10 @@ def _entry_codes(src, metric: Metric, heads: Heads, e_heads: np.ndarray, ids: np
 
 def shard_postings(s: int, hs: np.ndarray, src, metric: Metric, heads: Heads, asg: AssignmentRuns, plan: PostingPlan,
                    enc: Encoder, user_ids: np.ndarray | None = None, labels: np.ndarray | None = None,
-                   with_primary: bool = False, chunk_entries: int = 1 << 16, progress=None
+                   with_primary: bool = False, progress=None
                    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """The used bytes (uint8) of posting shard ``s`` holding lists ``hs`` (non-empty, int64),
-    its entries encoded in chunks of ``chunk_entries``. With ``with_primary``: also (ids,
+    its entries encoded in chunks of :data:`ENTRY_CHUNK`. With ``with_primary``: also (ids,
     byte offsets) int64 of each vector's entry in its nearest head's list (the id map's
     locations, full encoding)."""
     lay = plan.layout
@@ -373,8 +374,8 @@ def shard_postings(s: int, hs: np.ndarray, src, metric: Metric, heads: Heads, as
         pe = np.flatnonzero(h_all == np.asarray(asg.primary[id_all]))
         p_ids = id_all[pe]
         p_loc = _positions(lay, off_all[pe] + s * S, cnt_all[pe], t_all[pe])[3]
-    for a in range(0, len(id_all), chunk_entries):
-        sl = slice(a, a + chunk_entries)
+    for a in range(0, len(id_all), ENTRY_CHUNK):
+        sl = slice(a, a + ENTRY_CHUNK)
         rows = id_all[sl]
         ids, aux, codes = _entry_codes(src, metric, heads, h_all[sl], rows, enc, dt)
         if user_ids is not None and not lay.coded:
@@ -402,7 +403,7 @@ def shard_lists(plan: PostingPlan) -> list[np.ndarray]:
 
 
 def write_stage(src, metric: Metric, heads: Heads, asg: AssignmentRuns, plan: PostingPlan, enc: Encoder,
-                writer: IndexWriter, progress: bool = False, chunk_entries: int = 1 << 16,
+                writer: IndexWriter, progress: bool = False,
                 user_ids: np.ndarray | None = None, labels: np.ndarray | None = None,
                 prim_loc: np.ndarray | None = None) -> int:
     """Write the posting array shard by shard (each shard file written once, see
@@ -423,7 +424,7 @@ def write_stage(src, metric: Metric, heads: Heads, asg: AssignmentRuns, plan: Po
                 bar.update(int(asg.counts[hs].sum()))
                 continue
             data, p_ids, p_loc = shard_postings(s, hs, src, metric, heads, asg, plan, enc, user_ids, labels,
-                                                prim_loc is not None, chunk_entries, bar.update)
+                                                prim_loc is not None, bar.update)
             if prim_loc is not None:
                 prim_loc[p_ids] = p_loc
             written += writer.write_shard(POSTINGS, s, data)
@@ -531,7 +532,10 @@ def label_lists_stage(src, metric: Metric, labels: np.ndarray, user_ids: np.ndar
 
 def _write_all(src, m: Metric, heads: Heads, graph: HeadGraph, asg: AssignmentRuns, plan: PostingPlan,
                enc: Encoder, params: BuildParams, writer: IndexWriter, progress: bool,
-               user_ids: np.ndarray | None = None, labels: np.ndarray | None = None, runner=None) -> int:
+               user: tuple[np.ndarray | None, np.ndarray | None] = (None, None), runner=None) -> int:
+    """Every array of the index: heads, graph, directory, codebook, postings (locally or on the
+    ``runner``'s workers), vector store, id map, label lists. ``user``: the user's (ids, labels)."""
+    user_ids, labels = user
     writer.write_array("heads", stored_heads(heads, enc))
     writer.write_array("neighbors", graph.neighbors.astype(np.int32))
     writer.write_array("entries", graph.entries.astype(np.int32))
