@@ -22,10 +22,12 @@ delta drops it); base tombstones stay until a rebuild (a vector's replicas in ot
 not known without a scan).
 
 Durability and atomicity: a batch writes the whole new generation directory, fsyncs it, then
-replaces the root ``zarr.json`` (write + rename + fsync): a crash before the rename leaves the
-previous generation current (the orphan directory is removed by the next update), after it the
-new one. Writers take an exclusive lock file; readers never block. Searches in flight keep the
-generation they started with; other processes pick up a new one at their next call.
+replaces the root ``zarr.json`` (write + rename + fsync, sealed with its checksum by
+:func:`spann.io.index_files.write_root`): a crash before the rename leaves the previous
+generation current (the orphan directory is removed by the next update), after it the new
+one. Writers take an exclusive lock file; readers never block.
+Searches in flight keep the generation they started with; other processes pick up a new one
+at their next call.
 
 Cost: each batch rewrites the delta (it grows with the vectors added since the build; a
 rebuild folds it into the base).
@@ -48,13 +50,12 @@ from spann.errors import DataError, IndexCorruptError, QueryError
 from spann.format.labels import check_labels
 from spann.format.layout import delta_layout, full_entries
 from spann.format.list_writer import pack_entries
-from spann.format.zarr_v3 import (crc32c, group_meta, postings_meta, read_json, write_json, write_shard,
-                                  write_small_array)
+from spann.format.zarr_v3 import crc32c, group_meta, postings_meta, write_json, write_shard, write_small_array
 from spann.heads.assign import assign_block
 from spann.heads.graph import EntrySeeds, beam_search, no_walk_codes
 from spann.heads.groups import group_of_heads, nearest_group
 from spann.io.idmap import MAX_ID, check_ids, lookup_sorted
-from spann.io.index_files import LOCK, _fsync_dir, _fsync_tree, generation_path
+from spann.io.index_files import LOCK, _fsync_dir, _fsync_tree, generation_path, read_root, write_root
 from spann.io.postings import codes_offset, labels_start
 
 __all__ = ["add", "delete", "locate"]
@@ -465,8 +466,8 @@ def _commit(index, b: _Batch) -> None:
     """Write generation g + 1 of ``index`` from batch ``b`` and switch to it."""
     ix = index
     root = ix.path
-    attrs = read_json(str(root / "zarr.json"))["attributes"]["spann"]
-    if attrs.get("build_id") != b.snap.build_id or int(attrs.get("generation", 1)) != b.snap.generation:
+    attrs, _ = read_root(str(root), path=str(root / "zarr.json"))  # checked again: it is what we rewrite
+    if attrs.get("build_id") != b.snap.build_id or attrs.get("generation", 1) != b.snap.generation:
         raise QueryError(f"{root}: the index was rebuilt or changed under this handle; reopen it to update")
     g = int(attrs.get("generation", 1)) + 1
     old_gen = attrs["generation_path"]
@@ -515,12 +516,10 @@ def _commit(index, b: _Batch) -> None:
         new_attrs.update(generation=g, generation_path=gname, live=int(b.live), next_id=int(b.next_id),
                          updates_crc32c=crcs, heads_now=H,
                          splits=int(attrs.get("splits", 0)) + b.splits)
-        meta = read_json(str(root / "zarr.json"))
-        meta["attributes"]["spann"] = new_attrs
     except BaseException:
         shutil.rmtree(gdir, ignore_errors=True)
         raise
-    write_json(str(root / "zarr.json"), meta)  # the commit point: from here on gdir is the index
+    write_root(root / "zarr.json", new_attrs)  # the commit point: from here on gdir is the index
     _fsync_dir(root)
     shutil.rmtree(root / old_gen, ignore_errors=True)
 
