@@ -24,10 +24,13 @@ not known without a scan).
 Durability and atomicity: a batch writes the whole new generation directory, fsyncs it, then
 replaces the root ``zarr.json`` (write + rename + fsync, sealed with its checksum by
 :func:`spann.io.index_files.write_root`): a crash before the rename leaves the previous
-generation current (the orphan directory is removed by the next update), after it the new
-one. Writers take an exclusive lock file; readers never block.
+generation current (the orphan directory and temporary root file are removed by the next
+update), after it the new one. Writers take an exclusive lock file; readers never block.
 Searches in flight keep the generation they started with; other processes pick up a new one
 at their next call.
+
+Automatic ids (``add`` without ids) start above the largest id stored (base id map and delta),
+whatever ``next_id`` says, and are checked against the live ids before they are used.
 
 Cost: each batch rewrites the delta (it grows with the vectors added since the build; a
 rebuild folds it into the base).
@@ -473,9 +476,14 @@ def _commit(index, b: _Batch) -> None:
     old_gen = attrs["generation_path"]
     gname = generation_path(g)
     gdir = root / gname
-    for e in os.listdir(root):  # orphans of interrupted batches
+    for e in os.listdir(root):  # orphans of interrupted batches (we hold the writers' lock)
         if e.startswith("gen-") and e != old_gen:
             shutil.rmtree(root / e, ignore_errors=True)
+        elif e.startswith("zarr.json.tmp-"):
+            try:
+                os.unlink(root / e)
+            except OSError:
+                pass
     gdir.mkdir()
     bid = {"build_id": attrs["build_id"]}
     H = b.heads.shape[0]
@@ -660,9 +668,15 @@ def add(index, vectors, ids=None, labels=None) -> np.ndarray:
         lab[:, :got.shape[1]] = got
     with _batch(index) as b:
         if ids is None:
-            if b.next_id + m - 1 > MAX_ID:
-                raise DataError(f"no automatic ids left after {b.next_id - 1}: pass ids explicitly")
-            new_ids = np.arange(b.next_id, b.next_id + m, dtype=np.int64)
+            start = max(b.next_id, _largest_id(index, b.snap) + 1)
+            if start + m - 1 > MAX_ID:
+                raise DataError(f"no automatic ids left after {start - 1}: pass ids explicitly")
+            new_ids = np.arange(start, start + m, dtype=np.int64)
+            _, live = locate(index, b.snap, new_ids, missing="mask", vectors=False)
+            if live.any():
+                raise IndexCorruptError(f"{index.path}: automatic id {int(new_ids[np.flatnonzero(live)[0]])} is "
+                                        f"already in the index although it is above every stored id (id map "
+                                        f"damaged? run spann verify)")
         else:
             new_ids = check_ids(ids, m)
             _, live = locate(index, b.snap, new_ids, missing="mask", vectors=False)
@@ -687,6 +701,16 @@ def add(index, vectors, ids=None, labels=None) -> np.ndarray:
             b.label_values, b.label_counts, b.label_listed = allv, counts, listed
         b.split_overfull()
     return new_ids
+
+
+def _largest_id(index, snap) -> int:
+    """The largest id the index stores (base id map or delta; deleted ones included), -1 if none."""
+    top = -1
+    if index.n:
+        top = index.base.idmap.max_id()
+    if snap.delta_ids.size:
+        top = max(top, int(snap.delta_ids[-1]))
+    return top
 
 
 def delete(index, ids, missing_ok: bool = False) -> int:
