@@ -282,3 +282,10 @@ def test_every_array_zarr_json_is_parsed_strictly(updated, tmp_path):
         (p / rel / "zarr.json").write_text(json.dumps(meta))
         _refused(p, match)
 
+
+def test_an_index_directory_named_zip_opens(synth_index, tmp_path):
+    p = _copy(synth_index.path, tmp_path / "idx.zip")
+    with spann.open(p) as idx:
+        assert not idx.read_only and len(idx) == len(synth_index)
+        np.testing.assert_array_equal(idx.search(synth_index.heads[:2], 3).ids,
+                                      synth_index.search(synth_index.heads[:2], 3).ids)
