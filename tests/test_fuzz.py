@@ -4,6 +4,7 @@ other exception, no crash, no hang."""
 
 import copy
 import json
+import re
 import shutil
 
 import numpy as np
@@ -164,3 +165,53 @@ def test_mutated_in_ram_arrays_with_valid_checksums(index_dir, tmp_path_factory,
     shutil.rmtree(d)
     write_small_array(str(d), np.ascontiguousarray(new), {"build_id": a["build_id"]})
     _open_and_search(p)
+
+
+# -- the HTTP range server ----------------------------------------------------------------------
+
+_RANGE_TEXT = st.one_of(
+    st.builds(lambda a, b: f"bytes={a}-{b}", st.integers(0, 3000) | st.just(""), st.integers(0, 3000) | st.just("")),
+    st.builds(lambda a: f"bytes=-{a}", st.integers(0, 3000)),
+    st.builds(lambda a, b: f"bytes={a}-{b},{b}-", st.integers(0, 3000), st.integers(0, 3000)),
+    st.builds(lambda n: "bytes=" + "9" * n + "-", st.integers(15, 5000)),
+    st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=30))
+
+
+@pytest.fixture(scope="module")
+def range_server(tmp_path_factory):
+    from spann.bench.range_server import RangeServer
+    d = tmp_path_factory.mktemp("rsf")
+    (d / "f").write_bytes(bytes(range(256)) * 8)  # 2048 bytes
+    with RangeServer(d, timeout=5.0) as srv:
+        yield srv
+
+
+@FUZZ
+@given(st.one_of(st.none(), _RANGE_TEXT))
+def test_range_server_answers_every_range_header_correctly(range_server, header):
+    """200 with the file, 206 with exactly the bytes its Content-Range names, or 416: never a
+    dropped connection, a negative length or a body that disagrees with its headers."""
+    import http.client
+    data = bytes(range(256)) * 8
+    c = http.client.HTTPConnection(range_server.url.removeprefix("http://"), timeout=10)
+    try:
+        c.putrequest("GET", "/f")
+        if header is not None:
+            c.putheader("Range", header)
+        c.endheaders()
+        r = c.getresponse()
+        body = r.read()
+    except http.client.InvalidURL:  # the client itself refuses the header text
+        return
+    finally:
+        c.close()
+    assert r.status in (200, 206, 416), (header, r.status)
+    assert int(r.getheader("Content-Length")) == len(body)
+    if r.status == 200:
+        assert body == data
+    elif r.status == 206:
+        m = re.fullmatch(r"bytes (\d+)-(\d+)/2048", r.getheader("Content-Range"))
+        a, b = int(m.group(1)), int(m.group(2))
+        assert 0 <= a <= b < 2048 and body == data[a:b + 1]
+    else:
+        assert body == b"" and r.getheader("Content-Range") == "bytes */2048"
