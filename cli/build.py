@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import click
@@ -50,8 +51,12 @@ class ByteSize(click.ParamType):
             num = float(v[:-1] if v[-1:] in "KMGT" and v else v)
         except ValueError:
             self.fail(f"{value!r} is not a size (e.g. 512M, 2G)", param, ctx)
+        if not math.isfinite(num):
+            self.fail(f"{value!r} is not a finite size (e.g. 512M, 2G)", param, ctx)
         if num < 0:
             self.fail(f"{value!r} is negative", param, ctx)
+        if num * mult >= 2**63:
+            self.fail(f"{value!r} is too large (at most 2**63 - 1 bytes)", param, ctx)
         return int(num * mult)
 
 

@@ -14,7 +14,7 @@ import click
 import numpy as np
 
 import spann
-from spann.datasets.formats import check_distinct_paths, split_hdf5
+from spann.datasets.formats import check_distinct_paths, check_input_file, split_hdf5
 from spann.errors import DataError, FormatNotSupportedError, ParameterError, SpannError, VectorFileError
 from spann.format.labels import check_labels
 from spann.io.idmap import check_ids
@@ -219,8 +219,10 @@ class LabelFilter(click.ParamType):
         return out
 
 
-def _load_npy(path: str):
-    """A .npy array, memory mapped (no pickles); one-line VectorFileError if unreadable."""
+def _load_npy(path: str, what: str = ""):
+    """A .npy array, memory mapped (no pickles); one-line VectorFileError if unreadable or not
+    a regular file."""
+    check_input_file(path, what)
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, EOFError, OSError) as e:
@@ -228,8 +230,9 @@ def _load_npy(path: str):
         raise VectorFileError(f"{path}: not a readable .npy array ({msg})") from None
 
 
-def _load_id_bin(path: str, dtype: str):
+def _load_id_bin(path: str, dtype: str, what: str | None = None):
     """Ids of a big-ann binary file: int32 n, int32 d = 1, then n ids of ``dtype``."""
+    check_input_file(path, "--ids" if what is None else what)
     ext = os.path.splitext(path)[1]
     size = os.path.getsize(path)
     if size < 8:
@@ -251,9 +254,9 @@ def read_ids_file(path: str, n: int | None = None, what: str = "--ids"):
     without: any ids, as int64 (m,). One-line errors naming the file."""
     ext = os.path.splitext(path)[1].lower()
     if ext == ".npy":
-        arr = _load_npy(path)
+        arr = _load_npy(path, what)
     elif ext in (".ibin", ".i8bin"):
-        arr = _load_id_bin(path, "<i4" if ext == ".ibin" else "<i8")
+        arr = _load_id_bin(path, "<i4" if ext == ".ibin" else "<i8", what)
     else:
         raise FormatNotSupportedError(f"{what} {path}: id files are .npy, .ibin (int32) or .i8bin (int64), "
                                       f"not {ext or '(no extension)'}")
@@ -276,7 +279,7 @@ def read_labels_file(path: str, n: int, what: str = "--labels"):
     """Labels from a .npy file: integers (n,) or (n, L), -1 = none; int32 (n, L)."""
     if os.path.splitext(path)[1].lower() != ".npy":
         raise FormatNotSupportedError(f"{what} {path}: labels are read from .npy files (integers (n,) or (n, L))")
-    arr = _load_npy(path)
+    arr = _load_npy(path, what)
     if arr.dtype.kind not in "iu":
         raise DataError(f"{what} {path}: labels must be integers, got dtype {arr.dtype}")
     if arr.ndim not in (1, 2) or arr.shape[0] != n:

@@ -18,7 +18,7 @@ from spann.io.sources import parse_storage_options
 def export_cmd(index: str, dest: str, overwrite: bool, storage_option: tuple[str, ...]) -> None:
     """Copy the local INDEX to DEST: a .zip file (members stored, 4 KiB-aligned: searched in
     place) or an object-store URL (s3://bucket/prefix; the root zarr.json is uploaded last)."""
-    check_index_output(dest, [])
+    check_index_output(dest, [index])
     export_index(index, dest, overwrite=overwrite, storage_options=parse_storage_options(storage_option) or None,
                  progress=not is_quiet())
     echo_err(f"exported {index} to {dest}")

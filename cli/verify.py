@@ -21,3 +21,6 @@ def verify_cmd(index: str, as_json: bool) -> None:
     else:
         echo_err(f"{index}: OK ({summary['vectors']:,} vectors, {summary['lists']:,} lists, "
                  f"{summary['entries']:,} entries, {summary['shards_checksummed']} shards checksummed)")
+        if not summary["root_checksummed"]:
+            echo_err(f"note: {index} is an index of an older format without a checksum of its root metadata; "
+                     f"rebuild it with this spann to get one")

@@ -24,6 +24,7 @@ Every problem with a file raises :class:`~spann.errors.VectorFileError` naming t
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,29 @@ __all__ = [
     "metric_from_hdf5",
     "split_hdf5",
     "check_distinct_paths",
+    "check_input_file",
 ]
+
+
+def check_input_file(path: str | os.PathLike[str], what: str = "", kind: str = "file") -> Path:
+    """``path`` as a Path if it names an existing regular file (symlinks followed); a one-line
+    :class:`VectorFileError` otherwise, before anything opens it: a FIFO, socket or device is
+    refused (reading a FIFO blocks until a writer comes). ``what`` prefixes the message (e.g.
+    ``--ids``); ``kind`` names what was expected. Every input file the CLI reads (vectors,
+    ids, labels, ground truth) goes through this check."""
+    p = Path(path)
+    label = f"{what} {p}" if what else str(p)
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise VectorFileError(f"{label}: no such file") from None
+    except OSError as e:
+        raise VectorFileError(f"{label}: cannot be read ({e.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise VectorFileError(f"{label}: is a directory, expected a {kind}")
+    if not stat.S_ISREG(st.st_mode):
+        raise VectorFileError(f"{label}: not a regular file (a FIFO, socket or device is refused)")
+    return p
 
 def _is_combined_gt(n: int, d: int, size: int) -> bool:
     """big-ann-benchmarks ground truth: header n, k; n*k int32 ids; then n*k float32 distances."""
@@ -164,12 +187,7 @@ def open_vectors(path: str | os.PathLike[str], fmt: str | None = None, *, ids: b
             raise
         name = "ibin"
     f = FORMATS[name]
-    if not p.exists():
-        raise VectorFileError(f"{p}: no such file")
-    if p.is_dir():
-        raise VectorFileError(f"{p}: is a directory, expected a vector file")
-    if not p.is_file():
-        raise VectorFileError(f"{p}: not a regular file")
+    check_input_file(p, kind="vector file")
     size = p.stat().st_size
     if size == 0:
         raise VectorFileError(f"{p}: file is empty")

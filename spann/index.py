@@ -137,7 +137,8 @@ class Index:
                  cache_bytes: int = DEFAULT_CACHE_BYTES):
         self._store = None
         self.path = path
-        if is_url(path) or os.path.isfile(path) or str(path).lower().endswith(".zip"):  # read-only
+        if is_url(path) or os.path.isfile(path) or (str(path).lower().endswith(".zip")
+                                                    and not os.path.isdir(path)):  # read-only
             self._store = open_store(path, storage_options)
             self._store.cache = FetchCache(cache_bytes)
             self.path = self._store.where

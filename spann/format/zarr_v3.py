@@ -31,7 +31,7 @@ from spann.errors import IndexCorruptError
 
 __all__ = ["ABSENT", "write_small_array", "read_small_array", "small_array_meta", "postings_meta",
            "check_postings_meta", "write_shard", "read_shard_index", "check_shard_index", "shard_index_bytes",
-           "write_json", "read_json", "crc32c",
+           "write_json", "read_json", "crc32c", "canonical_json", "check_exact", "check_group_meta",
            "group_meta", "MAX_JSON_BYTES"]
 
 ABSENT = 2**64 - 1
@@ -97,22 +97,88 @@ def read_json(path: str, dir_fd: int | None = None, store=None) -> dict[str, Any
 
 
 def write_json(path: str, obj: dict[str, Any], fsync: bool = True) -> None:
-    """Write ``obj`` to ``path`` atomically (temporary file + rename)."""
+    """Write ``obj`` to ``path`` atomically (temporary file + rename; the temporary file is
+    removed if writing fails)."""
     tmp = f"{path}.tmp-{os.getpid()}"
     data = json.dumps(obj, indent=2, allow_nan=False).encode()
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        if fsync:
-            fh.flush()
-            os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def canonical_json(obj: Any) -> str:
+    """``obj`` as canonical JSON (sorted keys, no spaces; NaN/Inf refused with ValueError):
+    two values are the same metadata exactly when their canonical texts are equal (``3`` and
+    ``3.0``, ``1`` and ``true`` differ)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False, ensure_ascii=True)
+
+
+def _difference(want: Any, got: Any, at: str) -> str | None:
+    """The first difference between two JSON values, described for a message (None: equal)."""
+    if isinstance(want, dict) and isinstance(got, dict):
+        for k in got:
+            if k not in want:
+                return f"unknown key {at + str(k)!r}"
+        for k in want:
+            if k not in got:
+                return f"missing key {at + str(k)!r}"
+        for k in want:
+            d = _difference(want[k], got[k], f"{at}{k}.")
+            if d:
+                return d
+        return None
+    if isinstance(want, list) and isinstance(got, list) and len(want) == len(got):
+        for i, (w, g) in enumerate(zip(want, got)):
+            d = _difference(w, g, f"{at}{i}.")
+            if d:
+                return d
+        return None
+    try:
+        same = canonical_json(want) == canonical_json(got)
+    except (ValueError, TypeError):
+        same = False
+    if same:
+        return None
+    shown = repr(got)
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    return f"{at.rstrip('.') or 'value'} is {shown} where {want!r} is expected"[:200]
+
+
+def check_exact(meta: Any, expected: Any, where: str, what: str = "metadata") -> None:
+    """Refuse ``meta`` unless it is exactly ``expected`` (same keys, same values, same JSON
+    types): one-line IndexCorruptError naming ``where`` and the first difference."""
+    d = _difference(expected, meta, "")
+    if d:
+        raise IndexCorruptError(f"{where}: {what} is not what spann writes ({d})")
 
 
 def group_meta(attributes: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"zarr_format": 3, "node_type": "group", "attributes": attributes or {}}
 
 
+def check_group_meta(meta: Any, where: str, attributes: dict[str, Any]) -> None:
+    """Refuse a group's metadata unless it is exactly :func:`group_meta` of ``attributes``."""
+    check_exact(meta, group_meta(attributes), where, "group metadata")
+
+
 # -- small arrays (bytes + crc32c) ---------------------------------------------------------------
+
+def small_chunk_rows(shape: tuple[int, ...], dtype: np.dtype) -> int:
+    """Rows per chunk of a small array (what :func:`write_small_array` writes)."""
+    row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize)
+    rows = shape[0]
+    return max(1, min(rows, SMALL_CHUNK_BYTES // row_bytes)) if rows else 1
+
 
 def small_array_meta(shape: tuple[int, ...], dtype: np.dtype, chunk_rows: int,
                      attributes: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -138,7 +204,7 @@ def write_small_array(directory: str, data: np.ndarray, attributes: dict[str, An
     le = data.astype(data.dtype.newbyteorder("<"), copy=False)
     row_bytes = max(1, int(np.prod(data.shape[1:], dtype=np.int64)) * data.dtype.itemsize)
     rows = data.shape[0]
-    chunk_rows = max(1, min(rows, SMALL_CHUNK_BYTES // row_bytes)) if rows else 1
+    chunk_rows = small_chunk_rows(data.shape, data.dtype)
     os.makedirs(directory, exist_ok=True)
     for i, s in enumerate(range(0, rows, chunk_rows)):
         buf = le[s:s + chunk_rows].tobytes()
@@ -164,13 +230,16 @@ def _little(codec: dict) -> bool:
 
 
 def read_small_array(directory: str, *, dtype: np.dtype | str | tuple, shape: tuple[int | None, ...],
-                     dir_fd: int | None = None, store=None) -> np.ndarray:
+                     dir_fd: int | None = None, store=None, attributes: dict[str, Any] | None = None) -> np.ndarray:
     """Read a bytes+crc32c array written by :func:`write_small_array`.
 
     ``dtype``: the dtype (or tuple of dtypes) the caller accepts; ``shape``: the expected
     shape, ``None`` for a dimension the caller does not know (it is then bounded by the
-    files' real sizes). Anything else — other codecs, other dtype, a chunk that is missing,
-    has the wrong size or fails its checksum — raises :class:`IndexCorruptError`.
+    files' real sizes); ``attributes``: the array's attributes exactly (``None``: any JSON
+    object). The ``zarr.json`` must be exactly what :func:`write_small_array` writes for that
+    shape and dtype (no unknown or missing key, the same chunking). Anything else — other
+    codecs, other dtype, a chunk that is missing, has the wrong size or fails its checksum —
+    raises :class:`IndexCorruptError`.
     """
     meta = read_json(os.path.join(directory, "zarr.json"), dir_fd, store)
     where = directory
@@ -196,6 +265,10 @@ def read_small_array(directory: str, *, dtype: np.dtype | str | tuple, shape: tu
             or (kenc.get("configuration") or {}).get("separator", "/") != "/"):
         raise IndexCorruptError(f"{where}: array is not in spann's raw layout (chunks {chunk}, codecs "
                                 f"{_codec_names(codecs)})")
+    attrs = meta.get("attributes") if attributes is None else attributes
+    check_exact(meta, small_array_meta(tuple(got_shape), dt, small_chunk_rows(tuple(got_shape), dt),
+                                       attrs if isinstance(attrs, dict) else {}),
+                os.path.join(directory, "zarr.json"), "array metadata")
     rows = got_shape[0]
     row_bytes = int(np.prod(got_shape[1:], dtype=np.int64)) * dt.itemsize
     parts = []
@@ -233,8 +306,10 @@ def postings_meta(total_bytes: int, shard_bytes: int, chunk_bytes: int,
     }
 
 
-def check_postings_meta(meta: dict[str, Any], where: str) -> tuple[int, int, int]:
-    """(total bytes, shard bytes, inner chunk bytes) if ``meta`` is spann's posting layout."""
+def check_postings_meta(meta: dict[str, Any], where: str,
+                        attributes: dict[str, Any] | None = None) -> tuple[int, int, int]:
+    """(total bytes, shard bytes, inner chunk bytes) if ``meta`` is exactly what
+    :func:`postings_meta` writes (with ``attributes``; ``None``: any JSON object)."""
     try:
         total = int(meta["shape"][0])
         ok = (meta["node_type"] == "array" and len(meta["shape"]) == 1 and meta["data_type"] == "uint8"
@@ -256,6 +331,9 @@ def check_postings_meta(meta: dict[str, Any], where: str) -> tuple[int, int, int
     if not (4096 <= inner <= shard <= 1 << 40) or shard % inner or inner % 4096 or total < 0 or total % shard:
         raise IndexCorruptError(f"{where}: posting shard geometry is inconsistent (total {total}, shard {shard}, "
                                 f"chunk {inner})")
+    attrs = meta.get("attributes") if attributes is None else attributes
+    check_exact(meta, postings_meta(total, shard, inner, attrs if isinstance(attrs, dict) else {}),
+                f"{where}/zarr.json", "array metadata")
     return total, shard, inner
 
 

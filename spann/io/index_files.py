@@ -1,11 +1,13 @@
 """The on-disk index: one zarr v3 group, written atomically, opened with everything validated.
 
-Layout (``FORMAT_VERSION`` 4; format 3 is read too: the same without the ``head_group_labels``
-attribute, so a truncated ``head_groups`` array could pass there)::
+Layout (``FORMAT_VERSION`` 5; see :data:`READABLE_FORMATS` for the older ones read)::
 
     <index>/zarr.json              group; attributes["spann"]: format version, build id, metric,
-                                   dims, entry layout, build parameters and statistics, and the
-                                   names of the current generation and posting array
+                                   dims, entry layout, build parameters and statistics, the
+                                   names of the current generation and posting array, the
+                                   commit record (generation, live, next_id, ...) and
+                                   ``metadata_crc32c``: the crc32c of the canonical JSON of this
+                                   whole file without that field (see :func:`root_checksum`)
     <index>/postings/              uint8 (B,): every posting list, contiguous (see spann.format.layout),
                                    sharded by bytes, raw; one file per shard
     <index>/gen-000001/            the in-RAM parts of this generation of the index:
@@ -28,15 +30,20 @@ Reading list h with plain zarr-python (also in docs/format.md, and tested)::
     raw = g[a["postings_path"]][off:off + pay + c * D * dt.itemsize]
     ids, vectors = raw[:8 * c].view("<i8"), raw[pay:].view(dt).reshape(c, D)
 
-Every array carries ``attributes["build_id"]``; opening checks them against the group's, reads
-everything relative to one directory handle (a concurrent rebuild that swaps the directory
-cannot mix two builds), verifies every chunk's crc32c and every value the kernels index with.
-A build writes to a hidden sibling directory and swaps it into place at the end.
+Every array and generation group carries ``attributes["build_id"]``; opening checks them all
+(in-RAM arrays, the posting array, vector store, id map, label lists and delta arrays) against
+the root's, checks the root's checksum, accepts every ``zarr.json`` only in exactly the form
+spann writes it (no unknown or missing key), reads everything relative to one directory handle
+(a concurrent rebuild that swaps the directory cannot mix two builds), verifies every chunk's
+crc32c and every value the kernels index with. A build writes to a hidden sibling directory and
+swaps it into place at the end; an update replaces the root ``zarr.json`` (both through
+:func:`write_root`, which seals it).
 """
 
 from __future__ import annotations
 
 import ctypes
+import copy
 import logging
 import os
 import shutil
@@ -47,24 +54,38 @@ from typing import Any
 
 import numpy as np
 
-from spann.errors import IndexCorruptError, IndexExistsError, IndexNotFoundError
+from spann.errors import IndexCorruptError, IndexExistsError, IndexNotFoundError, SpannError
 from spann.format.layout import EntryLayout
-from spann.format.zarr_v3 import (crc32c, group_meta, postings_meta, read_json, read_small_array, write_json,
-                                  write_shard, write_small_array)
+from spann.format.zarr_v3 import (canonical_json, check_exact, check_group_meta, check_postings_meta, crc32c,
+                                  group_meta, postings_meta, read_json, read_small_array, write_json, write_shard,
+                                  write_small_array)
 from spann.heads.pruner import N_WEIGHTS
 from spann.io.sources import DirectoryStore
 from spann.io.vector_store import StoreLayout
 from spann.kernels.metrics import METRICS
+from spann.params import BuildParams
 
 __all__ = ["FORMAT_VERSION", "IndexWriter", "IndexFiles", "check_target", "directory_bytes", "stale_builds",
-           "swap_directories"]
+           "swap_directories", "root_checksum", "seal_root", "write_root", "read_root"]
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 4
-#: formats this spann opens: 3 is 4 without the head_group_labels attribute (an older spann refuses 4
-#: by its version)
-READABLE_FORMATS = (3, 4)
+FORMAT_VERSION = 5
+#: formats this spann opens. 5: the root metadata is checksummed (``metadata_crc32c``) and its
+#: keys are exactly known. 4 and 3 (3 is 4 without the ``head_group_labels`` attribute) are
+#: opened and updated as they are, without a root checksum (they never had one) and without
+#: the root key check; ``spann verify`` says so. Every other file's metadata is checked
+#: strictly in all three (spann has always written them the same way). An older spann refuses
+#: 5 by its version.
+READABLE_FORMATS = (3, 4, 5)
+ROOT_CHECKSUM = "metadata_crc32c"
+#: keys of a format-5 root's spann attributes: always; after updates (generation > 1); coded
+_ROOT_KEYS = frozenset({
+    "format_version", "build_id", "metric", "dim", "n", "dtype", "source_dtype", "layout", "store", "pruner",
+    "head_groups", "head_group_labels", "idmap_path", "user_ids", "label_lists_path", "live", "next_id", "max_norm",
+    "params", "stats", "generation", "generation_path", "postings_path", "data_crc32c", ROOT_CHECKSUM})
+_UPDATE_KEYS = frozenset({"delta_path", "delta_labels_path", "updates_crc32c", "heads_now", "splits"})
+_CODED_KEYS = frozenset({"vectors_path"})
 POSTINGS = "postings"
 VECTORS = "vectors"
 IDMAP = "idmap"
@@ -84,6 +105,82 @@ def _read_mark(p: Path) -> dict:
 
 def generation_path(g: int) -> str:
     return f"gen-{g:06d}"
+
+
+def root_checksum(meta: dict) -> int:
+    """crc32c of the root metadata ``meta`` (the whole ``zarr.json`` object) without its
+    ``metadata_crc32c`` field, over its canonical JSON (sorted keys, no spaces): any change
+    of a key or value (the commit record: generation, live, next_id; metric, layout, paths,
+    parameters, ...) changes it. ValueError for values JSON cannot hold (NaN, Inf)."""
+    body = copy.deepcopy(meta)
+    spann_attrs = body.get("attributes", {}).get("spann")
+    if isinstance(spann_attrs, dict):
+        spann_attrs.pop(ROOT_CHECKSUM, None)
+    return crc32c(canonical_json(body).encode())
+
+
+def seal_root(meta: dict) -> dict:
+    """``meta`` (a root ``zarr.json`` object) with its ``metadata_crc32c`` set."""
+    meta["attributes"]["spann"][ROOT_CHECKSUM] = root_checksum(meta)
+    return meta
+
+
+def write_root(path: str | os.PathLike[str], attrs: dict[str, Any]) -> None:
+    """Write (atomically, durably) an index's root ``zarr.json`` with spann attributes ``attrs``,
+    sealed with its checksum: the one way both writers (builds and updates) commit. (An
+    update of a format 3 or 4 index keeps its format: no checksum.)"""
+    attrs = {k: v for k, v in attrs.items() if k != ROOT_CHECKSUM}
+    meta = group_meta({"spann": attrs})
+    if attrs.get("format_version") not in (3, 4):
+        seal_root(meta)
+    write_json(os.fspath(path), meta)
+
+
+def read_root(where: str, store=None, path: str | None = None) -> tuple[dict, int]:
+    """The spann attributes of an index's root ``zarr.json`` (read from ``store``, or the file
+    ``path``) and its format version, checked: a group exactly as spann writes it, a readable
+    format, and (format 5) the checksum and the exact set of keys. ``where`` names the index in
+    messages. IndexNotFoundError when there is no root metadata or no spann attributes."""
+    file = f"{where}/zarr.json"
+    try:
+        root = read_json(path, store=None) if path is not None else read_json("zarr.json", store=store)
+    except IndexCorruptError as e:
+        if "missing" in str(e):
+            raise IndexNotFoundError(f"{where}: not a spann index (no zarr.json)") from None
+        raise
+    attrs = root.get("attributes")
+    attrs = attrs.get("spann") if isinstance(attrs, dict) else None
+    if not attrs:
+        raise IndexNotFoundError(f"{where}: not a complete spann index (no 'spann' attributes)")
+    if not isinstance(attrs, dict):
+        raise IndexCorruptError(f"{where}: spann attributes are not a JSON object")
+    version = attrs.get("format_version")
+    if type(version) is not int or version not in READABLE_FORMATS:
+        raise IndexCorruptError(f"{where}: index format {version!r} is not supported by this spann (it reads "
+                                f"formats {', '.join(map(str, READABLE_FORMATS))}); rebuild the index with "
+                                "`spann build` or use the spann that built it")
+    check_group_meta(root, file, {"spann": attrs})
+    if version >= 5:
+        want = attrs.get(ROOT_CHECKSUM)
+        try:
+            got = root_checksum(root)
+        except (ValueError, TypeError):
+            got = None
+        if type(want) is not int or want != got:
+            raise IndexCorruptError(f"{file}: root metadata checksum mismatch (the metadata was damaged or edited; "
+                                    f"restore or rebuild the index)")
+        generation = attrs.get("generation")
+        layout = attrs.get("layout")
+        expected = (_ROOT_KEYS | (_UPDATE_KEYS if type(generation) is int and generation > 1 else frozenset())
+                    | (_CODED_KEYS if isinstance(layout, dict) and layout.get("encoding") != "full" else frozenset()))
+        unknown, missing = sorted(set(attrs) - expected), sorted(expected - set(attrs))
+        if unknown or missing:
+            what = f"unknown key {unknown[0]!r}" if unknown else f"missing key {missing[0]!r}"
+            raise IndexCorruptError(f"{file}: root metadata is not what spann writes ({what})")
+    elif ROOT_CHECKSUM in attrs:
+        raise IndexCorruptError(f"{file}: format {version} metadata holds a {ROOT_CHECKSUM} field (damaged format "
+                                f"version?)")
+    return attrs, version
 
 
 def _is_index_entry(name: str) -> bool:
@@ -290,7 +387,7 @@ class IndexWriter:
         shutil.rmtree(self.ckpt, ignore_errors=True)
         _fsync_tree(self.tmp)
         os.remove(self.tmp / BUILD_MARK)
-        write_json(str(self.tmp / "zarr.json"), group_meta({"spann": attrs}))
+        write_root(self.tmp / "zarr.json", attrs)
         if os.path.lexists(self.final):
             check_target(self.final, overwrite)  # again: it may have changed during the build
             if swap_directories(self.tmp, self.final):
@@ -385,23 +482,7 @@ class IndexFiles:
 
     def _load(self, METRICS) -> None:
         where = str(self.path)
-        try:
-            root = read_json("zarr.json", store=self.store)
-        except IndexCorruptError as e:
-            if "missing" in str(e):
-                raise IndexNotFoundError(f"{where}: not a spann index (no zarr.json)") from None
-            raise
-        attrs = root.get("attributes")
-        attrs = attrs.get("spann") if isinstance(attrs, dict) else None
-        if not attrs:
-            raise IndexNotFoundError(f"{where}: not a complete spann index (no 'spann' attributes)")
-        if not isinstance(attrs, dict):
-            raise IndexCorruptError(f"{where}: spann attributes are not a JSON object")
-        version = attrs.get("format_version")
-        if type(version) is not int or version not in READABLE_FORMATS:
-            raise IndexCorruptError(f"{where}: index format {version!r} is not supported by this spann (it reads "
-                                    f"formats {', '.join(map(str, READABLE_FORMATS))}); rebuild the index with "
-                                    "`spann build` or use the spann that built it")
+        attrs, version = read_root(where, store=self.store)
         metric = _need(attrs, "metric", str, where)
         if metric not in METRICS:
             raise IndexCorruptError(f"{where}: unknown metric {metric!r} in the metadata")
@@ -418,7 +499,20 @@ class IndexFiles:
         for p in (gen, post):
             if "/" in p or p.startswith("."):
                 raise IndexCorruptError(f"{where}: bad path {p!r} in the metadata")
-        _need(attrs, "params", dict, where)
+        generation = attrs.get("generation", 1)
+        if type(generation) is not int or generation < 1 or gen != generation_path(generation):
+            raise IndexCorruptError(f"{where}: generation {generation!r} does not match the generation path {gen!r}")
+        params = _need(attrs, "params", dict, where)
+        if version >= 5:  # nested records exactly as written (the checksum already covers their values)
+            check_exact(attrs["layout"], layout.to_dict(), f"{where}/zarr.json", "the posting layout")
+            try:
+                full_params = BuildParams.from_dict(params).to_dict()
+            except (TypeError, ValueError, SpannError) as e:
+                raise IndexCorruptError(f"{where}/zarr.json: unreadable build parameters ({str(e).splitlines()[0]})") \
+                    from None
+            check_exact(params, full_params, f"{where}/zarr.json", "the build parameters")
+        gen_meta = read_json(f"{gen}/zarr.json", store=self.store)
+        check_group_meta(gen_meta, f"{where}/{gen}/zarr.json", {"build_id": build_id})
         m = METRICS[metric]
         dh = m.head_dim(layout.codec.head_columns(dim))  # rabitq: rotated heads, padded to whole 64-bit words
 
@@ -431,7 +525,8 @@ class IndexFiles:
             a = meta.get("attributes")
             if not isinstance(a, dict) or a.get("build_id") != build_id:
                 raise IndexCorruptError(f"{where}: index part {rel} belongs to another build (build ids differ)")
-            return read_small_array(rel, dtype=dtype, shape=shape, store=self.store)
+            return read_small_array(rel, dtype=dtype, shape=shape, store=self.store,
+                                    attributes={"build_id": build_id})
 
         self.heads = load("heads", np.float32, (None, dh))
         H = self.heads.shape[0]
@@ -483,12 +578,24 @@ class IndexFiles:
         self.vectors_path = None
         if layout.coded:
             self.store_layout = StoreLayout.from_dict(_need(attrs, "store", dict, where))
+            if version >= 5:
+                check_exact(attrs["store"], self.store_layout.to_dict(), f"{where}/zarr.json",
+                            "the vector store layout")
             if self.store_layout.n != n or self.store_layout.dim != dim or self.store_layout.dtype != layout.dtype:
                 raise IndexCorruptError(f"{where}: vector store layout disagrees with the index")
             self.vectors_path = _need(attrs, "vectors_path", str, where)
             if "/" in self.vectors_path or self.vectors_path.startswith("."):
                 raise IndexCorruptError(f"{where}: bad path {self.vectors_path!r} in the metadata")
         self._load_format3(attrs, where, H, n, layout, load)
+        for rel in (post, self.vectors_path, self.idmap_path, self.label_lists_path, self.delta_path,
+                    self.delta_labels_path):
+            if rel is not None:  # the byte arrays: exact metadata of this build (their shards are opened later)
+                meta = read_json(f"{rel}/zarr.json", store=self.store)
+                a = meta.get("attributes")
+                if not isinstance(a, dict) or a.get("build_id") != build_id:
+                    raise IndexCorruptError(f"{where}: index part {rel} belongs to another build (build ids differ)")
+                check_postings_meta(meta, f"{where}/{rel}", {"build_id": build_id})
+        self.version = version
         self.attrs = attrs
         self.layout = layout
         self.metric = m

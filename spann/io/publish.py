@@ -35,7 +35,8 @@ ZIP_ALIGN = 4096
 _PAD_ID = 0xD935  #: extra-field id of the alignment padding (the one zipalign uses)
 
 
-def _index_files(src: Path) -> list[str]:
+def _check_index_dir(src: Path) -> None:
+    """Refuse ``src`` unless it holds a spann index's root metadata (nothing is written)."""
     if not (src / "zarr.json").is_file():
         raise IndexNotFoundError(f"{src}: not a spann index directory (no zarr.json)")
     try:
@@ -44,6 +45,10 @@ def _index_files(src: Path) -> list[str]:
         attrs = None
     if not isinstance(attrs, dict):
         raise IndexNotFoundError(f"{src}: not a complete spann index (no spann attributes)")
+
+
+def _index_files(src: Path) -> list[str]:
+    _check_index_dir(src)
     keys = sorted(str(p.relative_to(src)) for p in src.rglob("*") if p.is_file())
     return [k for k in keys if k != LOCK and ".tmp-" not in k]
 
@@ -180,6 +185,7 @@ def export_index(src: str | os.PathLike[str], dest: str | os.PathLike[str], *, o
     src = Path(src)
     if not src.is_dir():
         raise IndexNotFoundError(f"{src}: no such index directory")
+    _check_index_dir(src)  # before the lock file is created: nothing is written into another directory
     try:
         fd = os.open(src / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError:  # a read-only copy: nothing updates it

@@ -354,7 +354,7 @@ def open_store(location: str | os.PathLike[str], storage_options: dict[str, Any]
     if is_url(location):
         return ObjectStore(str(location), storage_options)
     p = Path(location)
-    if os.path.isfile(p) or p.suffix.lower() == ".zip":
+    if os.path.isfile(p) or (p.suffix.lower() == ".zip" and not p.is_dir()):  # a directory named *.zip is a directory
         return ZipStore(p)
     if storage_options:
         raise ParameterError("storage options apply to object-store URLs only")

@@ -11,7 +11,10 @@ search time. :func:`verify_index` reads all of it once:
 - coded: every store row's id in the id map and each id stored exactly once, vectors finite;
 - the id map sorted, its ids distinct;
 - an updated index: the current generation's delta lists (checksums, every entry's id one of
-  the delta's ids and every delta id in a list, vectors finite).
+  the delta's ids and every delta id in a list, vectors finite);
+- the commit record against the data: the live count is the number of ids stored and not
+  deleted, and ``next_id`` lies above every stored id (format 5 indexes also carry a checksum of
+  the root metadata, checked at open; formats 3 and 4 have none: the summary says so).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import numpy as np
 
 from spann.errors import IndexCorruptError, ParameterError
 from spann.index import Index
+from spann.io.idmap import MAX_ID
 from spann.io.postings import aux_offset, codes_offset, entry_id
 from spann.io.vector_store import row_offset
 
@@ -174,8 +178,17 @@ def verify_index(path: str | os.PathLike[str]) -> dict[str, Any]:
         lost = int((seen == 0).sum())
         if lost:
             problems.append(f"{lost} vectors are in no posting list")
+        snap = index._snap
+        live_ids = np.union1d(np.setdiff1d(all_ids, snap.dead_ids), np.setdiff1d(snap.delta_ids, snap.delta_dead))
+        if live_ids.size != len(index):
+            problems.append(f"the metadata says {len(index)} live vectors, the index holds {live_ids.size}")
+        top = max(int(all_ids.max()) if all_ids.size else -1, int(snap.delta_ids.max()) if snap.delta_ids.size else -1)
+        next_id = int(index.attrs.get("next_id", 0))
+        if top >= next_id and next_id <= MAX_ID:
+            problems.append(f"next automatic id {next_id} is not above the largest stored id {top}")
         summary = {"path": str(index.path), "vectors": n, "live": len(index), "lists": int(pv.counts.shape[0]),
-                   "entries": int(pv.counts.sum()), "shards_checksummed": shards, "generation": index.generation}
+                   "entries": int(pv.counts.sum()), "shards_checksummed": shards, "generation": index.generation,
+                   "root_checksummed": index.attrs.get("format_version") not in (3, 4)}
         if index.vectors is not None:
             sids, svec = _scan_store(index.vectors.view, bool(floats))
             sseen, sbad = _counts_in(sids, all_ids)
@@ -187,7 +200,6 @@ def verify_index(path: str | os.PathLike[str]) -> dict[str, Any]:
             if svec:
                 problems.append(f"{svec} vector-store rows hold NaN or Inf")
             summary["store_rows"] = n
-        snap = index._snap
         if snap.delta_ids.size:
             dkeys, dvec, _ = _scan_lists(snap.dv, bool(floats), False)
             dseen, dbad = _counts_in(dkeys, snap.delta_ids)

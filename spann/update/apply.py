@@ -22,10 +22,15 @@ delta drops it); base tombstones stay until a rebuild (a vector's replicas in ot
 not known without a scan).
 
 Durability and atomicity: a batch writes the whole new generation directory, fsyncs it, then
-replaces the root ``zarr.json`` (write + rename + fsync): a crash before the rename leaves the
-previous generation current (the orphan directory is removed by the next update), after it the
-new one. Writers take an exclusive lock file; readers never block. Searches in flight keep the
-generation they started with; other processes pick up a new one at their next call.
+replaces the root ``zarr.json`` (write + rename + fsync, sealed with its checksum by
+:func:`spann.io.index_files.write_root`): a crash before the rename leaves the previous
+generation current (the orphan directory and temporary root file are removed by the next
+update), after it the new one. Writers take an exclusive lock file; readers never block.
+Searches in flight keep the generation they started with; other processes pick up a new one
+at their next call.
+
+Automatic ids (``add`` without ids) start above the largest id stored (base id map and delta),
+whatever ``next_id`` says, and are checked against the live ids before they are used.
 
 Cost: each batch rewrites the delta (it grows with the vectors added since the build; a
 rebuild folds it into the base).
@@ -48,13 +53,12 @@ from spann.errors import DataError, IndexCorruptError, QueryError
 from spann.format.labels import check_labels
 from spann.format.layout import delta_layout, full_entries
 from spann.format.list_writer import pack_entries
-from spann.format.zarr_v3 import (crc32c, group_meta, postings_meta, read_json, write_json, write_shard,
-                                  write_small_array)
+from spann.format.zarr_v3 import crc32c, group_meta, postings_meta, write_json, write_shard, write_small_array
 from spann.heads.assign import assign_block
 from spann.heads.graph import EntrySeeds, beam_search, no_walk_codes
 from spann.heads.groups import group_of_heads, nearest_group
 from spann.io.idmap import MAX_ID, check_ids, lookup_sorted
-from spann.io.index_files import LOCK, _fsync_dir, _fsync_tree, generation_path
+from spann.io.index_files import LOCK, _fsync_dir, _fsync_tree, generation_path, read_root, write_root
 from spann.io.postings import codes_offset, labels_start
 
 __all__ = ["add", "delete", "locate"]
@@ -463,16 +467,21 @@ def _commit(index, b: _Batch) -> None:
     """Write generation g + 1 of ``index`` from batch ``b`` and switch to it."""
     ix = index
     root = ix.path
-    attrs = read_json(str(root / "zarr.json"))["attributes"]["spann"]
-    if attrs.get("build_id") != b.snap.build_id or int(attrs.get("generation", 1)) != b.snap.generation:
+    attrs, _ = read_root(str(root), path=str(root / "zarr.json"))  # checked again: it is what we rewrite
+    if attrs.get("build_id") != b.snap.build_id or attrs.get("generation", 1) != b.snap.generation:
         raise QueryError(f"{root}: the index was rebuilt or changed under this handle; reopen it to update")
     g = int(attrs.get("generation", 1)) + 1
     old_gen = attrs["generation_path"]
     gname = generation_path(g)
     gdir = root / gname
-    for e in os.listdir(root):  # orphans of interrupted batches
+    for e in os.listdir(root):  # orphans of interrupted batches (we hold the writers' lock)
         if e.startswith("gen-") and e != old_gen:
             shutil.rmtree(root / e, ignore_errors=True)
+        elif e.startswith("zarr.json.tmp-"):
+            try:
+                os.unlink(root / e)
+            except OSError:
+                pass
     gdir.mkdir()
     bid = {"build_id": attrs["build_id"]}
     H = b.heads.shape[0]
@@ -513,12 +522,10 @@ def _commit(index, b: _Batch) -> None:
         new_attrs.update(generation=g, generation_path=gname, live=int(b.live), next_id=int(b.next_id),
                          updates_crc32c=crcs, heads_now=H,
                          splits=int(attrs.get("splits", 0)) + b.splits)
-        meta = read_json(str(root / "zarr.json"))
-        meta["attributes"]["spann"] = new_attrs
     except BaseException:
         shutil.rmtree(gdir, ignore_errors=True)
         raise
-    write_json(str(root / "zarr.json"), meta)  # the commit point: from here on gdir is the index
+    write_root(root / "zarr.json", new_attrs)  # the commit point: from here on gdir is the index
     _fsync_dir(root)
     shutil.rmtree(root / old_gen, ignore_errors=True)
 
@@ -659,9 +666,15 @@ def add(index, vectors, ids=None, labels=None) -> np.ndarray:
         lab[:, :got.shape[1]] = got
     with _batch(index) as b:
         if ids is None:
-            if b.next_id + m - 1 > MAX_ID:
-                raise DataError(f"no automatic ids left after {b.next_id - 1}: pass ids explicitly")
-            new_ids = np.arange(b.next_id, b.next_id + m, dtype=np.int64)
+            start = max(b.next_id, _largest_id(index, b.snap) + 1)
+            if start + m - 1 > MAX_ID:
+                raise DataError(f"no automatic ids left after {start - 1}: pass ids explicitly")
+            new_ids = np.arange(start, start + m, dtype=np.int64)
+            _, live = locate(index, b.snap, new_ids, missing="mask", vectors=False)
+            if live.any():
+                raise IndexCorruptError(f"{index.path}: automatic id {int(new_ids[np.flatnonzero(live)[0]])} is "
+                                        f"already in the index although it is above every stored id (id map "
+                                        f"damaged? run spann verify)")
         else:
             new_ids = check_ids(ids, m)
             _, live = locate(index, b.snap, new_ids, missing="mask", vectors=False)
@@ -686,6 +699,16 @@ def add(index, vectors, ids=None, labels=None) -> np.ndarray:
             b.label_values, b.label_counts, b.label_listed = allv, counts, listed
         b.split_overfull()
     return new_ids
+
+
+def _largest_id(index, snap) -> int:
+    """The largest id the index stores (base id map or delta; deleted ones included), -1 if none."""
+    top = -1
+    if index.n:
+        top = index.base.idmap.max_id()
+    if snap.delta_ids.size:
+        top = max(top, int(snap.delta_ids[-1]))
+    return top
 
 
 def delete(index, ids, missing_ok: bool = False) -> int:

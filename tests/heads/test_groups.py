@@ -293,7 +293,7 @@ def test_format_3_index_with_groups_opens_updates_and_reopens(split_base, tmp_pa
     meta = read_json(str(p / "zarr.json"))
     a = meta["attributes"]["spann"]
     a["format_version"] = 3
-    del a["head_group_labels"]
+    del a["head_group_labels"], a["metadata_crc32c"]  # neither existed in format 3
     write_json(str(p / "zarr.json"), meta)
     q = synthetic_array(20, 24, seed=8, stream=4, n_hint=12000)
     with spann.open(p) as old:
@@ -306,6 +306,7 @@ def test_format_3_index_with_groups_opens_updates_and_reopens(split_base, tmp_pa
     with spann.open(p) as again:
         H = again.heads.shape[0]
         assert H > h0 and again.attrs["head_group_labels"] == H
+        assert again.attrs["format_version"] == 3 and "metadata_crc32c" not in again.attrs  # kept as it was
         assert again._snap.groups.perm.shape[0] == H
         r = again.search(blob[:50] + 0.001, 1)
         assert np.mean(r.ids[:, 0] == np.arange(12000, 12050)) > 0.9

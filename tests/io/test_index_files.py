@@ -60,7 +60,7 @@ def test_plain_zarr_reads_what_search_scans(synth, which, read_list, request):
     gen = g[a["generation_path"]]
     np.testing.assert_array_equal(gen["heads"][:], idx.heads)
     np.testing.assert_array_equal(gen["neighbors"][:], idx.neighbors)
-    assert a["metric"] == "l2" and a["format_version"] == 4
+    assert a["metric"] == "l2" and a["format_version"] == 5
     assert g[a["postings_path"]].metadata.codecs[0].__class__.__name__ == "ShardingCodec"
 
 
@@ -133,3 +133,159 @@ def test_arrays_of_another_build_are_refused(synth, tmp_path):
     shutil.copytree(tmp_path / "b" / gen / "counts", tmp_path / "a" / gen / "counts")
     with pytest.raises(IndexCorruptError, match="another build"):
         spann.open(tmp_path / "a")
+
+
+# -- the root checksum, build ids and exact metadata of every file ------------------------------
+
+@pytest.fixture(scope="module")
+def updated(synth, tmp_path_factory):
+    """A coded, labelled index (label lists too) after an add and a delete: generation 3."""
+    x = synth[0][:3000]
+    rng = np.random.default_rng(1)
+    labels = np.where(rng.random(3000) < 0.95, rng.integers(0, 3, 3000), rng.integers(3, 30, 3000))
+    p = tmp_path_factory.mktemp("upd") / "u.spann"
+    with spann.build(x, p, metric="l2", encoding="sq8", labels=labels, progress=False) as idx:
+        idx.add(x[:20] + 0.01, labels=np.full(20, 7))
+        idx.delete(np.arange(0, 3000, 50))
+    return p
+
+
+def _edit_root(p, **changes):
+    meta = json.loads((p / "zarr.json").read_text())
+    meta["attributes"]["spann"].update(changes)
+    (p / "zarr.json").write_text(json.dumps(meta))
+
+
+def _refused(p, match):
+    with pytest.raises(IndexCorruptError, match=match) as e:
+        spann.open(p)
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_root_checksum_covers_the_commit_record(updated, tmp_path):
+    """Each edit that used to change results silently (generation, live, next_id, metric) is
+    refused at open, in one line naming the file."""
+    from spann.io.index_files import ROOT_CHECKSUM, root_checksum
+    meta = json.loads((updated / "zarr.json").read_text())
+    a = meta["attributes"]["spann"]
+    assert a["format_version"] == 5 and a["generation"] == 3 and a[ROOT_CHECKSUM] == root_checksum(meta)
+    for change in ({"generation": 1, "generation_path": "gen-000001"}, {"live": a["live"] + 1},
+                   {"next_id": 1000}, {"metric": "cosine"}, {"layout": {**a["layout"], "label_width": 2}},
+                   {"postings_path": "vectors"}, {"params": {**a["params"], "split_factor": 9.0}},
+                   {"stats": {}}, {"format_version": 4}):
+        p = _copy(updated, tmp_path / f"c{len(os.listdir(tmp_path))}")
+        _edit_root(p, **change)
+        if "format_version" in change:  # a format-4 root never had the checksum field
+            _refused(p, f"format 4 metadata holds a {ROOT_CHECKSUM} field")
+        else:
+            msg = _refused(p, "root metadata checksum mismatch")
+            assert f"{p}/zarr.json" in msg
+    p = _copy(updated, tmp_path / "ws")  # formatting alone (what the checksum does not cover) is no change
+    (p / "zarr.json").write_text(json.dumps(meta, indent=7))
+    with spann.open(p) as idx:
+        assert idx.generation == 3
+
+
+def test_root_keys_are_exact(updated, tmp_path):
+    from spann.io.index_files import seal_root
+    meta = json.loads((updated / "zarr.json").read_text())
+    for how, match in (("rename", "unknown key '#eneration'"), ("drop", "missing key 'splits'"),
+                       ("extra", "unknown key 'extra'"), ("top", "unknown key 'consolidated_metadata'")):
+        m = json.loads(json.dumps(meta))
+        a = m["attributes"]["spann"]
+        if how == "rename":
+            a["#eneration"] = a.pop("generation")
+        elif how == "drop":
+            del a["splits"]
+        elif how == "extra":
+            a["extra"] = 1
+        else:
+            m["consolidated_metadata"] = None
+        p = _copy(updated, tmp_path / how)
+        (p / "zarr.json").write_text(json.dumps(m))
+        _refused(p, "checksum mismatch" if how != "top" else match)
+        (p / "zarr.json").write_text(json.dumps(seal_root(m)))  # resealed: the keys themselves are refused
+        _refused(p, match)
+
+
+def test_older_formats_open_without_a_checksum_and_keep_their_format(updated, tmp_path):
+    from click.testing import CliRunner
+
+    from spann.cli.main import cli
+    from spann.io.index_files import ROOT_CHECKSUM
+    from spann.tools.verify import verify_index
+    p = _copy(updated, tmp_path / "v4")
+    meta = json.loads((p / "zarr.json").read_text())
+    meta["attributes"]["spann"]["format_version"] = 4
+    del meta["attributes"]["spann"][ROOT_CHECKSUM]
+    (p / "zarr.json").write_text(json.dumps(meta))
+    with spann.open(p) as idx:
+        n = len(idx)
+        idx.add(synth_row(idx), labels=[3])
+    after = json.loads((p / "zarr.json").read_text())["attributes"]["spann"]
+    assert after["format_version"] == 4 and ROOT_CHECKSUM not in after and after["live"] == n + 1
+    s = verify_index(p)
+    assert s["ok"] and not s["root_checksummed"]
+    r = CliRunner().invoke(cli, ["verify", str(p)])
+    assert r.exit_code == 0 and "without a checksum of its root metadata" in r.output
+    # without a checksum, verify still catches a commit record that disagrees with the data
+    _edit_root(p, live=after["live"] + 3)
+    with pytest.raises(IndexCorruptError, match=f"says {after['live'] + 3} live vectors"):
+        verify_index(p)
+    _edit_root(p, live=after["live"], next_id=5)
+    with pytest.raises(IndexCorruptError, match="next automatic id 5 is not above"):
+        verify_index(p)
+    _edit_root(p, next_id=after["next_id"], generation=2)  # the generation must name its directory
+    _refused(p, "does not match the generation path")
+
+
+def synth_row(idx):
+    return np.full((1, idx.dim), 0.5, np.float32)
+
+
+def test_build_ids_are_checked_on_every_array(updated, tmp_path):
+    """The byte arrays (postings, vector store, id map, label lists, delta) and the generation
+    group carry the build id too; another one is refused at open."""
+    gen = json.loads((updated / "zarr.json").read_text())["attributes"]["spann"]["generation_path"]
+    for rel in ("postings", "vectors", "idmap", "label_lists", f"{gen}/delta", gen, f"{gen}/dead_ids"):
+        p = _copy(updated, tmp_path / rel.replace("/", "_"))
+        meta = json.loads((p / rel / "zarr.json").read_text())
+        meta["attributes"]["build_id"] = "0" * 32
+        (p / rel / "zarr.json").write_text(json.dumps(meta))
+        _refused(p, "another build|build_id")
+
+
+def test_every_array_zarr_json_is_parsed_strictly(updated, tmp_path):
+    """A renamed, missing or added key, or a value spann does not write, in any array's
+    zarr.json is refused at open."""
+    gen = json.loads((updated / "zarr.json").read_text())["attributes"]["spann"]["generation_path"]
+    edits = [("postings", lambda m: m.update(configuration=m.pop("codecs")), "raw sharded layout"),
+             ("postings", lambda m: m.update(storage_transformers=[]), "unknown key 'storage_transformers'"),
+             ("vectors", lambda m: m["codecs"][0]["configuration"].update(
+                 index_location=m["codecs"][0]["configuration"].pop("index_location")[::-1]), "raw sharded layout"),
+             ("vectors", lambda m: m["codecs"][0]["configuration"]["codecs"][0].update(
+                 **{"#onfiguration": m["codecs"][0]["configuration"]["codecs"][0].pop("configuration")}),
+              "unknown key 'codecs.0.configuration.codecs.0.#onfiguration'"),
+             ("idmap", lambda m: m.pop("dimension_names"), "missing key 'dimension_names'"),
+             ("label_lists", lambda m: m.update(fill_value=7), "fill_value is 7"),
+             (f"{gen}/heads", lambda m: m.update(extra=1), "unknown key 'extra'"),
+             (f"{gen}/counts", lambda m: m["chunk_grid"].update(**{"#ame": m["chunk_grid"].pop("name")}),
+              "unreadable|unknown key|raw layout"),
+             (f"{gen}/offsets", lambda m: m["chunk_grid"]["configuration"].update(chunk_shape=[1]), "chunk_shape"),
+             (f"{gen}/label_values", lambda m: m.update(zarr_format=3.0), "zarr_format is 3.0"),
+             (gen, lambda m: m["attributes"].update(other=1), "unknown key 'attributes.other'")]
+    for i, (rel, edit, match) in enumerate(edits):
+        p = _copy(updated, tmp_path / f"e{i}")
+        meta = json.loads((p / rel / "zarr.json").read_text())
+        edit(meta)
+        (p / rel / "zarr.json").write_text(json.dumps(meta))
+        _refused(p, match)
+
+
+def test_an_index_directory_named_zip_opens(synth_index, tmp_path):
+    p = _copy(synth_index.path, tmp_path / "idx.zip")
+    with spann.open(p) as idx:
+        assert not idx.read_only and len(idx) == len(synth_index)
+        np.testing.assert_array_equal(idx.search(synth_index.heads[:2], 3).ids,
+                                      synth_index.search(synth_index.heads[:2], 3).ids)

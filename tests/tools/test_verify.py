@@ -13,6 +13,7 @@ from spann.cli.main import cli
 from spann.datasets import synthetic_array
 from spann.errors import IndexCorruptError, ParameterError, QueryError
 from spann.format.zarr_v3 import read_json, write_json, write_small_array
+from spann.io.index_files import ROOT_CHECKSUM, seal_root
 from spann.tools.verify import verify_index
 
 X = synthetic_array(3000, 16, seed=21)
@@ -110,6 +111,9 @@ def test_encoding_changed_in_metadata_is_refused(built, tmp_path):
     meta = read_json(str(p / "zarr.json"))
     meta["attributes"]["spann"]["layout"]["encoding"] = "full"
     write_json(str(p / "zarr.json"), meta)
+    with pytest.raises(IndexCorruptError, match="checksum mismatch"):
+        spann.open(p)
+    write_json(str(p / "zarr.json"), seal_root(meta))  # the same edit with a valid checksum
     with pytest.raises(IndexCorruptError):
         spann.open(p)
 
@@ -143,12 +147,17 @@ def test_malformed_metadata_values_are_one_line_errors(built, tmp_path):
     p = _copy(built["sq8"], tmp_path)
     meta = read_json(str(p / "zarr.json"))
     meta["attributes"]["spann"]["store"]["dtype"] = "garbage"
-    write_json(str(p / "zarr.json"), meta)
+    write_json(str(p / "zarr.json"), seal_root(meta))  # past the checksum: the value itself is refused
     with pytest.raises(IndexCorruptError) as e:
         spann.open(p)
-    assert "\n" not in str(e.value)
+    assert "\n" not in str(e.value) and "checksum" not in str(e.value)
     meta["attributes"]["spann"]["store"]["dtype"] = "float32"
     del meta["attributes"]["spann"]["stats"]
+    write_json(str(p / "zarr.json"), seal_root(meta))
+    with pytest.raises(IndexCorruptError, match="missing key 'stats'"):  # format 5: every key is required
+        spann.open(p)
+    meta["attributes"]["spann"]["format_version"] = 4  # an older index without statistics
+    del meta["attributes"]["spann"][ROOT_CHECKSUM]
     write_json(str(p / "zarr.json"), meta)
     r = CliRunner().invoke(cli, ["info", str(p)])
     assert r.exit_code == 0 and "build statistics: missing" in r.output

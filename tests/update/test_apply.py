@@ -361,3 +361,62 @@ def test_query_on_a_head_reads_every_list_asked_for(tmp_path):
     r = idx.search(q, 10, max_postings=idx.heads.shape[0], pruner=False)
     assert (r.ids >= 0).all() and r.lists_read[0] > 1
     idx.close()
+
+
+def test_automatic_ids_lie_above_every_stored_id(tmp_path):
+    """Automatic ids start above the largest stored id whatever next_id says (a format-4 root,
+    which has no checksum, edited down), and are checked against the live ids."""
+    import json
+
+    import spann.update.apply as U
+    from spann.errors import IndexCorruptError
+    p = tmp_path / "a"
+    spann.build(X[:500], p, metric="l2", ids=IDS[:500], progress=False).close()
+    with spann.open(p) as idx:
+        idx.add(X[:2] + 1, ids=[10**7, 10**7 + 5])
+
+    def next_id_3():
+        meta = json.loads((p / "zarr.json").read_text())
+        a = meta["attributes"]["spann"]
+        a["format_version"], a["next_id"] = 4, 3
+        a.pop("metadata_crc32c", None)
+        (p / "zarr.json").write_text(json.dumps(meta))
+
+    next_id_3()
+    with spann.open(p) as idx:
+        new = idx.add(X[10:13] + 2)
+        assert new.tolist() == [10**7 + 6, 10**7 + 7, 10**7 + 8]
+        np.testing.assert_array_equal(idx.get(new), X[10:13] + 2)
+        np.testing.assert_array_equal(idx.get([10**7]), X[:1] + 1)
+    next_id_3()
+    with spann.open(p) as idx, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(U, "_largest_id", lambda index, snap: int(IDS[0]) - 1)  # as if the id map were damaged
+        with pytest.raises(IndexCorruptError, match=f"automatic id {int(IDS[0])} is already in the index"):
+            idx.add(X[:1])
+        assert len(idx) == 505
+
+
+def test_a_stale_temporary_root_file_is_removed_by_the_next_update(tmp_path):
+    """A writer killed between writing zarr.json.tmp-<pid> and the rename leaves that file; the
+    next update (holding the writers' lock) removes it, and opening ignores it."""
+    p = tmp_path / "t"
+    spann.build(X[:500], p, metric="l2", progress=False).close()
+    stale = p / "zarr.json.tmp-999999"
+    stale.write_text("{half a write")
+    with spann.open(p) as idx:
+        assert len(idx) == 500
+        idx.add(X[:1] + 1)
+    assert not stale.exists()
+    assert not [e for e in os.listdir(p) if ".tmp-" in e]
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    from spann.format.zarr_v3 import write_json
+
+    def fail(*_a):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", fail)
+    with pytest.raises(OSError):
+        write_json(str(tmp_path / "zarr.json"), {"a": 1})
+    assert os.listdir(tmp_path) == []
