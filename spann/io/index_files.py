@@ -54,6 +54,7 @@ from typing import Any
 
 import numpy as np
 
+from spann.codecs.encodings import CODECS
 from spann.errors import IndexCorruptError, IndexExistsError, IndexNotFoundError, SpannError
 from spann.format.layout import EntryLayout
 from spann.format.zarr_v3 import (canonical_json, check_exact, check_group_meta, check_postings_meta, crc32c,
@@ -171,8 +172,11 @@ def read_root(where: str, store=None, path: str | None = None) -> tuple[dict, in
                                     f"restore or rebuild the index)")
         generation = attrs.get("generation")
         layout = attrs.get("layout")
+        enc = layout.get("encoding") if isinstance(layout, dict) else None
+        codec = CODECS.get(enc) if isinstance(enc, str) else None
+        coded = codec is None or codec.coded  # an unknown encoding is refused when the layout is read
         expected = (_ROOT_KEYS | (_UPDATE_KEYS if type(generation) is int and generation > 1 else frozenset())
-                    | (_CODED_KEYS if isinstance(layout, dict) and layout.get("encoding") != "full" else frozenset()))
+                    | (_CODED_KEYS if coded else frozenset()))
         unknown, missing = sorted(set(attrs) - expected), sorted(expected - set(attrs))
         if unknown or missing:
             what = f"unknown key {unknown[0]!r}" if unknown else f"missing key {missing[0]!r}"
