@@ -36,6 +36,8 @@ from spann.update.apply import add, delete, locate
 
 __all__ = ["Index", "SearchResult", "build", "open_index", "DEFAULT_CACHE_BYTES"]
 
+_new_tuple = tuple.__new__
+
 #: RAM kept for the fetched lists of a zip or object-store index
 DEFAULT_CACHE_BYTES = 256 << 20
 
@@ -467,9 +469,12 @@ class Index:
         thread's direct readers of the posting array and the vector store, sized for ``sizes`` (lists, rows read per
         query at most), and the views of ``snap``'s lists and the rows over their buffers; with
         ``sizes`` None, readers that read nothing and the mapped views."""
+        if sizes is None:  # the mapped views, built once per snapshot
+            mapped = snap.mapped_reads
+            if mapped is None:
+                mapped = snap.mapped_reads = Direct(self._no_direct, self._no_direct, snap.pv, self._vectors_view())
+            return mapped
         vv = self._vectors_view()
-        if sizes is None:
-            return Direct(self._no_direct, self._no_direct, snap.pv, vv)
         n_lists, n_rows = max(int(sizes[0]), 8), max(int(sizes[1]), 8)
         base = self._base
         if base.postings.fetched or (base.vectors is not None and base.vectors.fetched):
@@ -524,8 +529,9 @@ class Index:
         if not (h.dtype == np.float32 and h.flags.c_contiguous and h.flags.writeable):
             h = np.require(h, np.float32, "CW")
         epoch = epoch_now() if p.prefetch and self._preloaded is not snap else NO_ADVICE
-        args = (q, h) + mid + (Scratch(st.visited, np.uint32(st.tag), epoch), self._direct_args(snap, sizes),
-                               Out(top_d, top_i, stats))
+        # the records built as tuple.__new__ does it for a namedtuple, without its Python-level __new__
+        args = (q, h) + mid + (_new_tuple(Scratch, (st.visited, np.uint32(st.tag), epoch)),
+                               self._direct_args(snap, sizes), _new_tuple(Out, (top_d, top_i, stats)))
         kernel(*args)
         return top_d, top_i, stats, args
 

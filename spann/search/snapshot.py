@@ -34,6 +34,7 @@ class Snapshot:
         self.walk = walk_codes(self.heads) if no_groups else no_walk_codes(self.heads.shape[1])
         self.hx = HeadIndex(heads=self.heads, walk=self.walk, neighbors=self.neighbors, groups=self.groups,
                             entries=self.seeds.entries, seed_rows=self.seeds.seed_rows)
+        self.mapped_reads = None  # the Direct record of mapped (not direct) reads, set by the Index
         self.kernels: dict = {}  # compiled entry points of the single-query kernel (Index._search)
         self.single: dict = {}  # (params, k) -> (entry point, arguments): the unfiltered single query
         self.pruner = f.pruner
