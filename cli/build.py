@@ -11,6 +11,7 @@ from spann.builder.dask import connect, local_cluster
 from spann.builder.pipeline import build_index
 from spann.codecs import CODECS
 from spann.cli.common import (check_index_output, check_outputs, common_options, echo_err, emit_json, is_quiet,
+                              json_option,
                               pack_options,
                               metric_option, read_ids_file, read_labels_file, store_options)
 from spann.datasets.formats import FORMATS, metric_from_hdf5, open_vectors
@@ -64,7 +65,7 @@ class ByteSize(click.ParamType):
 @click.argument("input", type=click.Path(dir_okay=False))
 @click.argument("index_dir", metavar="INDEX")
 @store_options
-@metric_option(required=False)
+@metric_option(unless_hdf5=True)
 @click.option("--format", "fmt", type=click.Choice(list(FORMATS)), help="Override the input format.")
 @click.option("--head-ratio", type=click.FloatRange(0, 0.5, min_open=True), default=_DEFAULTS.head_ratio,
               show_default=True, help="Heads / N.")
@@ -101,8 +102,7 @@ class ByteSize(click.ParamType):
               "(needs spann-ann[dask]).")
 @click.option("--scheduler", metavar="ADDRESS", help="Build on the Dask cluster of this scheduler (tcp://host:port); "
               "INPUT and INDEX must be paths every worker can reach.")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True),
-              help="Write the build summary as JSON.")
+@json_option("the build summary")
 @common_options
 @pack_options("cluster", "workers", "scheduler")
 @pack_options("per_vector", "ids_file", "labels_file")

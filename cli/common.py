@@ -22,8 +22,8 @@ from spann.io.sources import parse_storage_options
 from spann.kernels.metrics import ALIASES, METRICS, get_metric
 
 __all__ = ["SpannGroup", "common_options", "emit_json", "echo_err", "is_quiet", "metric_option", "check_writable",
-           "check_outputs", "check_index_output", "pack_options", "enclosing_index", "LabelFilter", "read_ids_file",
-           "read_labels_file", "INT32_MAX"]
+           "check_outputs", "check_index_output", "json_option", "pack_options", "enclosing_index", "LabelFilter",
+           "read_ids_file", "read_labels_file", "INT32_MAX"]
 
 INT32_MAX = 2**31 - 1
 
@@ -73,8 +73,10 @@ def open_index_arg(index: str, storage_option: tuple[str, ...] = ()):
     return spann.open(index, storage_options=parse_storage_options(storage_option) or None)
 
 
-def metric_option(required: bool = False, **kw: Any) -> Callable:
-    """``--metric``: l2, ip, cosine or an alias (euclidean, angular, dot, ...), normalised."""
+def metric_option(required: bool = False, unless_hdf5: bool = False, **kw: Any) -> Callable:
+    """``--metric``: l2, ip, cosine or an alias (euclidean, angular, dot, ...), normalised.
+    ``unless_hdf5``: required unless an ann-benchmarks .hdf5 input names its distance (the
+    command checks; the help says so)."""
 
     def cb(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
         if value is None:
@@ -84,8 +86,9 @@ def metric_option(required: bool = False, **kw: Any) -> Callable:
         except SpannError as e:
             raise click.BadParameter(str(e)) from None
 
+    need = " [required unless an ann-benchmarks .hdf5 input names its distance]" if unless_hdf5 else ""
     return click.option("--metric", required=required, callback=cb, metavar="|".join(METRICS),
-                        help=f"Distance: {', '.join(METRICS)} (aliases: {', '.join(ALIASES)}).", **kw)
+                        help=f"Distance: {', '.join(METRICS)} (aliases: {', '.join(ALIASES)}).{need}", **kw)
 
 
 def check_writable(path: str) -> None:
@@ -156,6 +159,14 @@ def check_index_output(index: str | os.PathLike, inputs: Iterable[str | os.PathL
     if inside is not None:
         raise ParameterError(f"index {index} would lie inside the index (zarr group) {inside}; build it elsewhere")
     check_distinct_paths([index], list(inputs))
+
+
+def json_option(what: str) -> Callable:
+    """``--json [FILE|-]``, the same on every command: ``what`` as JSON into FILE, or on stdout
+    with ``-`` or no value (stdout then carries the JSON alone)."""
+    return click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True), is_flag=False,
+                        flag_value="-", default=None, metavar="[FILE|-]",
+                        help=f"Write {what} as JSON to FILE, or to stdout with '-' or no value.")
 
 
 def pack_options(target: str, *names: str) -> Callable:

@@ -28,6 +28,7 @@ class VectorPath(click.ParamType):
 
 
 @click.group("datasets")
+@common_options
 def datasets_group() -> None:
     """List, prepare and register datasets."""
 
@@ -68,7 +69,7 @@ def prepare_cmd(name: str, directory: str, **opts) -> None:
 @click.option("--queries", type=VectorPath(), help="Query vectors (file.hdf5:test for HDF5).")
 @click.option("--gt", type=VectorPath(), help="Ground-truth ids file (ids in [-1, n_base)).")
 @click.option("--gt-distances", type=VectorPath())
-@metric_option()
+@metric_option(unless_hdf5=True)
 @common_options
 def register_cmd(name: str, base: str, queries: str | None, gt: str | None, gt_distances: str | None,
                  metric: str | None) -> None:

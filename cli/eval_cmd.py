@@ -8,13 +8,24 @@ from typing import Any
 import click
 import numpy as np
 
-from spann.cli.common import (check_outputs, common_options, echo_err, emit_json, is_quiet, open_index_arg,
+from spann.cli.common import (check_outputs, common_options, echo_err, emit_json, is_quiet, json_option,
+                              open_index_arg,
                               pack_options, store_options)
 from spann.datasets import load, read_vectors
 from spann.datasets.groundtruth import distances_path_for
 from spann.errors import ParameterError
 from spann.params import SearchParams
 from spann.tools.eval import evaluate, parse_sweep, plot_recall_qps, write_csv
+
+
+def legend(k: int, cold: bool, threads: int) -> str:
+    """What each column of :func:`format_table` means and how it was measured."""
+    cache = ("cold: the index's pages evicted before every timed query" if cold
+             else "warm: the index's pages cached by a first pass over the queries")
+    return (f"recall: recall@{k} against the exact neighbours. mean/p50/p99 ms: single-query latency, one "
+            f"thread, each query timed alone ({cache}). QPS: batch throughput on {threads} thread(s), best of "
+            f"the runs, so it is not 1000 / latency. lists: posting lists read per query. KiB: the 4 KiB pages "
+            f"those lists and the re-ranked rows span, per query. dists: distance evaluations per query.")
 
 
 def format_table(records) -> str:
@@ -50,7 +61,7 @@ def format_table(records) -> str:
               help="Queries timed one by one for latency percentiles.")
 @click.option("--cold", is_flag=True, help="Evict the index from the page cache before every timed query.")
 @click.option("--prefetch/--no-prefetch", default=None, help="Force prefetching on or off (default: on with --cold).")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True), help="Write records as JSON.")
+@json_option("the records")
 @click.option("--csv", "csv_out", type=click.Path(dir_okay=False), help="Write records as CSV.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write a recall-QPS plot (PNG).")
 @common_options
@@ -91,6 +102,9 @@ def eval_cmd(index: str, queries: str | None, gt: str | None, dataset: str | Non
     t0 = time.perf_counter()
     with open_index_arg(index, storage_option) as idx:
         open_s = time.perf_counter() - t0
+        if dataset and m.metric != idx.metric:
+            echo_err(f"warning: dataset {m.name}'s ground truth is for metric {m.metric}, the index uses "
+                     f"{idx.metric}: recall below measures against the wrong neighbours")
         if dataset and (idx.attrs.get("user_ids") or idx.generation > 1):
             raise ParameterError(f"{index}: holds your own ids or has been updated, but the dataset's ground truth "
                                  f"is over its base rows; give QUERIES and a GT file in the index's ids")
@@ -105,8 +119,8 @@ def eval_cmd(index: str, queries: str | None, gt: str | None, dataset: str | Non
         echo_err(table)
     else:
         click.echo(table)
-    echo_err(f"({len(q)} queries, k={k}, {records[0].threads if records else 0} threads for QPS, "
-             f"{'cold' if cold else 'warm'} cache, index opened in {open_s:.2f}s)")
+    echo_err(f"({len(q)} queries, k={k}, {'cold' if cold else 'warm'} cache, index opened in {open_s:.2f}s)")
+    echo_err(legend(k, cold, records[0].threads if records else 0))
     if json_out:
         emit_json([r.to_dict() for r in records], json_out)
     if csv_out:

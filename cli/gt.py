@@ -6,10 +6,12 @@ import time
 
 import click
 
-from spann.cli.common import check_outputs, common_options, echo_err, emit_json, is_quiet, metric_option
+from spann.cli.common import (check_outputs, common_options, echo_err, emit_json, is_quiet, json_option,
+                              metric_option)
 from spann.cli.datasets_cmd import VectorPath
 from spann.datasets.formats import FORMATS, metric_from_hdf5, open_vectors
 from spann.datasets.groundtruth import check_ids_output, check_k, distances_path_for, ground_truth_files
+from spann.errors import ParameterError
 
 
 @click.command("gt")
@@ -18,21 +20,24 @@ from spann.datasets.groundtruth import check_ids_output, check_k, distances_path
 @click.option("-k", type=click.IntRange(1, 100_000), default=100, show_default=True, help="Neighbours per query.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Ids file (.ibin/.ivecs/.npy); distances go beside it (gt.dist.fbin).")
-@metric_option()
+@metric_option(unless_hdf5=True)
 @click.option("--base-format", type=click.Choice(list(FORMATS)), help="Override the base file's format.")
 @click.option("--queries-format", type=click.Choice(list(FORMATS)), help="Override the queries file's format.")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True), help="Write a JSON summary.")
+@json_option("a summary")
 @common_options
 def gt_cmd(base: str, queries: str, k: int, output: str, metric: str | None, base_format: str | None,
            queries_format: str | None, json_out: str | None) -> None:
     """Exact k-NN of QUERIES in BASE (blocked BLAS, bounded memory).
 
-    --metric defaults to the distance an ann-benchmarks .hdf5 input names, else l2."""
+    --metric is required unless an ann-benchmarks .hdf5 input names its distance (then they must
+    agree): ground truth of the wrong metric would make every recall figure wrong."""
     # every refusal before any work: output paths, metric, k
     check_ids_output(output)
     dist_out = distances_path_for(output)
     check_outputs([output, dist_out, json_out], [base, queries])
-    metric = metric_from_hdf5([base, queries], metric) or "l2"
+    metric = metric_from_hdf5([base, queries], metric)
+    if metric is None:
+        raise ParameterError("--metric is required (l2, ip or cosine): the index's metric, or recall is wrong")
     with open_vectors(base, base_format) as b:
         check_k(k, b.n, base)
     t0 = time.perf_counter()

@@ -5,21 +5,23 @@ from __future__ import annotations
 import click
 
 from spann.cli.build import build_summary
-from spann.cli.common import common_options, emit_json, open_index_arg, store_options
+from spann.cli.common import check_outputs, common_options, emit_json, json_option, open_index_arg, store_options
 
 
 @click.command("info")
 @click.argument("index", metavar="INDEX")
 @store_options
-@click.option("--json", "as_json", is_flag=True, help="Print all attributes as JSON.")
+@json_option("all attributes")
 @common_options
-def info_cmd(index: str, as_json: bool, storage_option: tuple[str, ...]) -> None:
+def info_cmd(index: str, json_out: str | None, storage_option: tuple[str, ...]) -> None:
     """Print INDEX's attributes, build parameters and statistics."""
+    check_outputs([json_out], index_dirs=[index])
     with open_index_arg(index, storage_option) as idx:
         info = idx.info()
-    if as_json:
-        emit_json(info, "-")
-        return
+    if json_out:
+        emit_json(info, json_out)
+        if json_out == "-":
+            return
     click.echo(f"index {info['path']} (format {info['format_version']})")
     try:
         click.echo(build_summary(info))

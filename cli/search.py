@@ -9,7 +9,8 @@ from typing import Any
 import click
 import numpy as np
 
-from spann.cli.common import (INT32_MAX, LabelFilter, check_outputs, common_options, echo_err, emit_json, pack_options,
+from spann.cli.common import (INT32_MAX, LabelFilter, check_outputs, common_options, echo_err, emit_json, json_option,
+                              pack_options,
                               open_index_arg, store_options)
 from spann.cli.datasets_cmd import VectorPath
 from spann.datasets.formats import FORMATS, metric_from_hdf5, read_vectors, write_vectors
@@ -52,7 +53,7 @@ def search_options(f):
               help="Return only vectors carrying one of these labels (index built with --labels), e.g. 7,9; "
               "fewer matches than k leave ids -1.")
 @search_options
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True), help="Write a JSON summary.")
+@json_option("the search summary")
 @common_options
 @pack_options("how", "max_postings", "prune_eps", "ef", "prefetch", "rerank", "pruner", "direct")
 def search_cmd(index: str, queries: str, k: int, output: str, threads: int, queries_format: str | None,

@@ -9,7 +9,8 @@ import click
 import numpy as np
 
 import spann
-from spann.cli.common import common_options, echo_err, emit_json, read_ids_file, read_labels_file
+from spann.cli.common import (check_outputs, common_options, echo_err, emit_json, json_option, read_ids_file,
+                              read_labels_file)
 from spann.cli.datasets_cmd import VectorPath
 from spann.datasets.formats import FORMATS, metric_from_hdf5, read_vectors
 from spann.errors import QueryError
@@ -34,11 +35,12 @@ def _id_span(ids) -> str:
               "[default: the index's next free ids].")
 @click.option("--labels", "labels_file", type=click.Path(exists=True, dir_okay=False),
               help="Their labels: .npy integers (m,) or (m, L), -1 = none.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@json_option("the summary")
 @common_options
 def add_cmd(index: str, vectors: str, fmt: str | None, ids_file: str | None, labels_file: str | None,
-            as_json: bool) -> None:
+            json_out: str | None) -> None:
     """Add every vector of VECTORS (any format build reads) to INDEX."""
+    check_outputs([json_out], [vectors, ids_file, labels_file], index_dirs=[index])
     x = read_vectors(vectors, fmt)
     ids = read_ids_file(ids_file, len(x)) if ids_file else None
     labels = read_labels_file(labels_file, len(x)) if labels_file else None
@@ -50,8 +52,8 @@ def add_cmd(index: str, vectors: str, fmt: str | None, ids_file: str | None, lab
         live = len(idx)
     summary = {"added": int(new.size), "first_id": int(new.min()) if new.size else None,
                "last_id": int(new.max()) if new.size else None, "live": live, "seconds": secs}
-    if as_json:
-        emit_json(summary, "-")
+    if json_out:
+        emit_json(summary, json_out)
     echo_err(f"added {new.size:,} vectors ({_id_span(new)}) to {index}: {live:,} live, {secs:.2f}s")
 
 
@@ -60,10 +62,11 @@ def add_cmd(index: str, vectors: str, fmt: str | None, ids_file: str | None, lab
 @click.option("--ids", "ids_file", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Ids to delete: .npy (integers (m,)), .ibin (int32) or .i8bin (int64).")
 @click.option("--missing-ok", is_flag=True, help="Skip ids that are not in the index instead of failing.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@json_option("the summary")
 @common_options
-def delete_cmd(index: str, ids_file: str, missing_ok: bool, as_json: bool) -> None:
+def delete_cmd(index: str, ids_file: str, missing_ok: bool, json_out: str | None) -> None:
     """Delete the vectors of the ids in --ids from INDEX (all or nothing)."""
+    check_outputs([json_out], [ids_file], index_dirs=[index])
     ids = read_ids_file(ids_file)
     distinct = int(np.unique(ids).size)
     with spann.open(index) as idx:
@@ -75,7 +78,7 @@ def delete_cmd(index: str, ids_file: str, missing_ok: bool, as_json: bool) -> No
         secs = time.perf_counter() - t0
         live = len(idx)
     summary = {"deleted": gone, "not_found": distinct - gone, "live": live, "seconds": secs}
-    if as_json:
-        emit_json(summary, "-")
+    if json_out:
+        emit_json(summary, json_out)
     skipped = f" ({distinct - gone:,} not in the index)" if distinct > gone else ""
     echo_err(f"deleted {gone:,} vectors{skipped} from {index}: {live:,} live, {secs:.2f}s")

@@ -118,3 +118,30 @@ def test_ordinary_outputs_still_work(two_indexes):
     run("search", d / "a.spann", d / "q.fbin", "-o", d / "ok.ibin", "--json", d / "ok.json", "-q")
     assert json.loads((d / "ok.json").read_text())["queries"] == 20
     assert np.fromfile(d / "ok.ibin", dtype="<i4").size > 2
+
+
+def test_json_option_is_the_same_on_every_command(two_indexes, tmp_path):
+    """``--json [FILE|-]``: no value or '-' prints the JSON alone on stdout, FILE writes it."""
+    d, q = two_indexes
+    assert json.loads(run("info", d / "a.spann", "--json").output)["metric"] == "l2"
+    assert json.loads(run("info", d / "a.spann", "--json", "-").output)["metric"] == "l2"
+    run("info", d / "a.spann", "--json", tmp_path / "info.json")
+    assert json.loads((tmp_path / "info.json").read_text())["metric"] == "l2"
+    r = run("verify", d / "a.spann", "--json", "-q")  # a following option is not taken for FILE
+    assert json.loads(r.output)["vectors"] == 3000
+    run("verify", d / "a.spann", "--json", tmp_path / "v.json", "-q")
+    assert json.loads((tmp_path / "v.json").read_text())["vectors"] == 3000
+    r = run("search", d / "a.spann", d / "q.fbin", "-o", tmp_path / "r.ibin", "--json", "-q")
+    assert json.loads(r.output)["queries"] == 20
+    refused(run("info", d / "a.spann", "--json", d / "b.spann" / "zarr.json", ok=False))
+    refused(run("verify", d / "a.spann", "--json", d / "a.spann" / "v.json", ok=False))
+    for cmd in ("build", "search", "eval", "gt", "info", "verify", "add", "delete"):
+        assert "--json [FILE|-]" in run(cmd, "--help").output, cmd
+
+
+def test_verify_of_a_zip_says_what_to_do(two_indexes, tmp_path):
+    d, _ = two_indexes
+    run("export", d / "a.spann", tmp_path / "v.zip", "-q")
+    r = run("verify", tmp_path / "v.zip", ok=False)
+    assert r.exit_code == 1 and "verify reads a local index directory" in r.output
+    assert "is a file" not in r.output and len(r.output.strip().splitlines()) == 1

@@ -83,7 +83,7 @@ def test_gt_refuses_a_nan_base_row(data, tmp_path):
     bad = x.copy()
     bad[1234, 3] = np.nan
     write_vectors(tmp_path / "bn.fbin", bad)
-    r = run("gt", tmp_path / "bn.fbin", d / "q.fbin", "-k", 10, "-o", tmp_path / "g.ibin", "-q")
+    r = run("gt", tmp_path / "bn.fbin", d / "q.fbin", "-k", 10, "-o", tmp_path / "g.ibin", "--metric", "l2", "-q")
     refused(r, "row 1234", "NaN")
     assert not (tmp_path / "g.ibin").exists()
     with pytest.raises(DataError, match="row 7 contains NaN"):
@@ -96,10 +96,10 @@ def test_gt_refuses_a_nan_base_row(data, tmp_path):
 
 def test_gt_refuses_k_above_the_base_size(data, tmp_path):
     d, *_ = data
-    r = run("gt", d / "b.fbin", d / "q.fbin", "-k", 5000, "-o", tmp_path / "g.ibin", "-q")
+    r = run("gt", d / "b.fbin", d / "q.fbin", "-k", 5000, "-o", tmp_path / "g.ibin", "--metric", "l2", "-q")
     refused(r, "k = 5000 exceeds the 3000 vectors")
     assert not (tmp_path / "g.ibin").exists()
-    r = run("gt", d / "b.fbin", d / "q.fbin", "-k", 3000, "-o", tmp_path / "g.ibin", "-q")
+    r = run("gt", d / "b.fbin", d / "q.fbin", "-k", 3000, "-o", tmp_path / "g.ibin", "--metric", "l2", "-q")
     assert r.exit_code == 0, r.output
     assert (read_vectors(tmp_path / "g.ibin", ids=True) >= 0).all()
 
