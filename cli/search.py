@@ -30,7 +30,8 @@ def search_options(f):
                      help="Candidates re-ranked exactly (coded postings; 0 = auto by encoding).")(f)
     f = click.option("--pruner/--no-pruner", default=_DEFAULTS.pruner, show_default=True,
                      help="Let the index's learned pruner choose each query's list count (median = --max-postings).")(f)
-    f = click.option("--threads", type=click.IntRange(0), default=0, help="Search threads (0 = all cores).")(f)
+    f = click.option("--threads", type=click.IntRange(0), default=0,
+                     help="Search threads for a batch (0 = the cores no other process is running on).")(f)
     f = click.option("--direct/--no-direct", default=_DEFAULTS.direct, show_default=True,
                      help="Read lists and re-rank rows with O_DIRECT (Linux AIO), bypassing the page cache: every "
                      "query reads from the device, as DiskANN does.")(f)

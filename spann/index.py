@@ -26,7 +26,7 @@ from spann.io.recent import NO_ADVICE, RECENT, epoch_now, forget
 from spann.io.sources import is_url, open_store
 from spann.io.vector_store import VectorsView, rows_buffer_view
 from spann.kernels.query_space import rotate_query, single_query_space
-from spann.kernels.threads import NumbaThreads
+from spann.kernels.threads import NumbaThreads, batch_threads
 from spann.params import BuildParams, SearchParams
 from spann.search.snapshot import BaseReaders, Snapshot
 from spann.search.views import Direct, Lists, Out, Plan, Scratch
@@ -404,9 +404,10 @@ class Index:
         """k nearest neighbours of ``queries`` (nq, dim) or (dim,).
 
         One query takes a low-overhead single-thread path; a batch runs on ``threads`` cores
-        (default: all). ``filter``: a label or list of labels; only vectors carrying one of them
-        are returned. How to search: ``params`` (a :class:`~spann.SearchParams`), or the index's
-        defaults with keyword overrides of its fields — ``max_postings``, ``prune_eps``, ``ef``,
+        (default: the cores no other process is running on when the batch starts, at least 1).
+        ``filter``: a label or list of labels; only vectors carrying one of them are returned.
+        How to search: ``params`` (a :class:`~spann.SearchParams`), or the index's defaults with
+        keyword overrides of its fields — ``max_postings``, ``prune_eps``, ``ef``,
         ``rerank``, ``rerank_bound``, ``prefetch``, ``pruner``, ``direct`` (None keeps the
         default). Returns a :class:`SearchResult` (unpacks as ``ids, distances``).
         """
@@ -601,7 +602,7 @@ class Index:
             coded = self.layout.coded
             req = np.zeros(nq, np.int64)  # ranged GETs and bytes of a fetched index's lists and pages
             got = np.zeros(nq, np.int64)
-            with NumbaThreads(threads if nq > 1 else 1):
+            with NumbaThreads(batch_threads(threads, nq)):
                 n_threads = numba.get_num_threads()
                 seeds = snap.seeds.for_rows(qh) if snap.groups.centroids.shape[0] == 0 else np.zeros((nq, 0), np.int32)
                 sel_i, _sel_d, kept, evals = select_batch(qh, snap.hx, seeds, plan, max(1, min(nq, n_threads * 8)))
@@ -641,10 +642,11 @@ class Index:
     def _search_direct_batch(self, snap, qs, qh, k, p, threads, filt) -> SearchResult:
         """A batch read directly: its queries one by one on the single-query path (each
         thread with its own direct readers), in ``threads`` interleaved shares on as many
-        threads (0 / None: numba's thread count; filtered batches on one: a label-list search
-        runs parallel kernels, which must not be launched from several threads at once)."""
+        threads (0 / None: the idle cores, see :func:`~spann.kernels.threads.batch_threads`;
+        filtered batches on one: a label-list search runs parallel kernels, which must not be
+        launched from several threads at once)."""
         nq = qs.shape[0]
-        n = 1 if filt is not None else max(1, min(nq, threads or numba.config.NUMBA_NUM_THREADS))
+        n = 1 if filt is not None else max(1, min(nq, batch_threads(threads, nq)))
 
         def chunk(c: int) -> list[SearchResult]:
             return [self._search(snap, qs[i:i + 1], qh[i:i + 1], k, p, 1, filt) for i in range(c, nq, n)]
@@ -677,7 +679,7 @@ class Index:
         ids = np.full((nq, k), -1, np.int64)
         stt = np.zeros((nq, N_STATS), np.int64)
         code = self._metric.scan_code
-        with NumbaThreads(threads if nq > 1 else 1):
+        with NumbaThreads(batch_threads(threads, nq)):
             full_lists_batch(qs, code, snap.lv, sel, kept, self._no_i32, snap.dead_ids, dists, ids, stt)
             full_lists_batch(qs, code, snap.dlv, sel, kept, self._no_i32, snap.delta_dead, dists, ids, stt)
         return SearchResult(ids=ids, distances=self._metric.report(dists), lists_read=stt[:, 0],

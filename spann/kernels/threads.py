@@ -2,10 +2,61 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import numba
 from threadpoolctl import threadpool_limits
 
-__all__ = ["NumbaThreads", "BuildThreads"]
+__all__ = ["NumbaThreads", "BuildThreads", "idle_cores", "batch_threads"]
+
+
+def idle_cores(samples: int = 4, interval: float = 0.00025) -> int | None:
+    """The cores this process may use that no other runnable task holds right now: the CPUs of
+    its affinity mask minus the mean count of runnable tasks of other processes over ``samples``
+    reads of /proc/loadavg less this process's own running threads (numba's workers may still
+    spin after a parallel step), ``interval`` seconds apart; at least 1. None where there is no
+    /proc/loadavg. Measured on a 2-core VM, 10,000 GloVe-50 queries: 2 threads took 0.90 s and
+    1 thread 1.70 s when idle; with one core busy, 2 threads took 1.8-2.3 s and 1 thread 1.7 s."""
+    try:
+        others = 0
+        for i in range(samples):
+            others += _runnable_others()
+            if i + 1 < samples:
+                time.sleep(interval)
+        cpus = len(os.sched_getaffinity(0))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+    return max(1, min(cpus, round(cpus - others / samples)))
+
+
+def _runnable_others() -> int:
+    """Runnable tasks of other processes now: /proc/loadavg's count less this process's own."""
+    with open("/proc/loadavg") as fh:
+        return int(fh.read().split()[3].split("/")[0]) - _own_running()
+
+
+def _own_running() -> int:
+    """Threads of this process in state R (running or runnable), this one included."""
+    n = 0
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as fh:
+                n += fh.read().rpartition(")")[2].split()[0] == "R"
+        except OSError:  # the thread ended
+            pass
+    return max(n, 1)
+
+
+def batch_threads(threads: int | None, nq: int) -> int:
+    """Threads for a batch of ``nq`` queries: ``threads`` when given (> 0), else the idle cores
+    (a batch on a core another process holds waits for it at every parallel step)."""
+    if nq <= 1:
+        return 1
+    if threads:
+        return threads
+    idle = idle_cores(4 if nq >= 256 else 1)
+    return idle if idle is not None else numba.config.NUMBA_NUM_THREADS
 
 
 class NumbaThreads:
