@@ -6,6 +6,8 @@ import functools
 import json
 import os
 import sys
+import threading
+import time
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -22,8 +24,8 @@ from spann.io.sources import parse_storage_options
 from spann.kernels.metrics import ALIASES, METRICS, get_metric
 
 __all__ = ["SpannGroup", "common_options", "emit_json", "echo_err", "is_quiet", "metric_option", "check_writable",
-           "check_outputs", "check_index_output", "json_option", "pack_options", "enclosing_index", "LabelFilter",
-           "read_ids_file", "read_labels_file", "INT32_MAX"]
+           "check_outputs", "check_index_output", "heartbeat", "json_option", "pack_options", "enclosing_index",
+           "LabelFilter", "read_ids_file", "read_labels_file", "INT32_MAX"]
 
 INT32_MAX = 2**31 - 1
 
@@ -180,6 +182,42 @@ def pack_options(target: str, *names: str) -> Callable:
             return f(*args, **kwargs)
         return wrapper
     return deco
+
+
+class heartbeat:
+    """``with heartbeat("compiling search kernels"):`` — on a terminal, after ``delay`` seconds,
+    a line on stderr with the message and the seconds elapsed, rewritten every second until the
+    block ends (then cleared): long silent work (numba compiling kernels on a first run) shows
+    that it is alive. Nothing when stderr is not a terminal or with -q."""
+
+    def __init__(self, message: str, delay: float = 1.0):
+        self.message, self.delay = message, delay
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._shown = False
+
+    def _run(self) -> None:
+        t0 = time.monotonic()
+        if self._stop.wait(self.delay):
+            return
+        while True:
+            self._shown = True
+            click.echo(f"\r{self.message} ... {time.monotonic() - t0:.0f} s", err=True, nl=False)
+            if self._stop.wait(1.0):
+                return
+
+    def __enter__(self) -> "heartbeat":
+        if not is_quiet() and sys.stderr.isatty():
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            if self._shown:
+                click.echo("\r\033[K", err=True, nl=False)
 
 
 def is_quiet() -> bool:

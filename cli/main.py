@@ -18,6 +18,7 @@ from spann.cli.logs import install_log_handler
 from spann.cli.search import search_cmd
 from spann.cli.updates_cmd import add_cmd, delete_cmd
 from spann.cli.verify import verify_cmd
+from spann.cli.warmup import warmup_cmd
 
 
 @click.group(cls=SpannGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -31,7 +32,7 @@ def cli(ctx: click.Context) -> None:
 cli.add_command(datasets_group)
 cli.add_command(gt_cmd)
 for _cmd in (build_cmd, search_cmd, add_cmd, delete_cmd, info_cmd, eval_cmd, demo_cmd, bench_cmd, verify_cmd,
-             export_cmd):
+             export_cmd, warmup_cmd):
     cli.add_command(_cmd)
 
 

@@ -56,3 +56,32 @@ def test_verify_and_info_agree_on_the_live_count_after_updates(tmp_path):
     info = run("info", tmp_path / "i.spann").output
     assert "live vectors 2,050" in info
     assert "OK (2,050 live vectors, 2,000 built; generation 3" in run("verify", tmp_path / "i.spann").output
+
+
+def test_warmup_prepares_the_kinds_asked_and_refuses_unknown_ones():
+    r = run("warmup", "--dtype", "float32", "--encoding", "sq8", "--metric", "l2")
+    assert "float32 l2 sq8: ready" in r.output and "peak RSS" not in r.output
+    r = run("warmup", "--encoding", "pq", ok=False)
+    assert r.exit_code == 2 and "'pq': expected encodings" in r.output
+
+
+def test_warmup_leaves_the_build_loggers_level_alone():
+    import logging
+    before = logging.getLogger("spann.builder").level
+    run("warmup", "--dtype", "float32", "--encoding", "full", "--metric", "l2", "-q")
+    assert logging.getLogger("spann.builder").level == before
+
+
+def test_heartbeat_shows_long_silent_work_on_a_terminal_only(monkeypatch, capsys):
+    import sys
+    import time
+
+    from spann.cli.common import heartbeat
+    with heartbeat("compiling", delay=0):  # stderr is not a terminal here: nothing
+        time.sleep(0.3)
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    with heartbeat("compiling", delay=0):
+        time.sleep(1.3)
+    err = capsys.readouterr().err
+    assert "compiling ... 0 s" in err and "compiling ... 1 s" in err and err.endswith("\r\033[K")
