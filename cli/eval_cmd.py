@@ -56,7 +56,7 @@ def format_table(records) -> str:
               help="name=v1,v2,... (repeatable; the cartesian product is run).")
 @click.option("--prune-eps", help="Comma-separated prune_eps values to add to the sweep (e.g. 0.5,1,inf).")
 @click.option("--threads", type=click.IntRange(0), default=0,
-              help="Threads for batch QPS (0 = the cores no other process is running on).")
+              help="Threads for batch QPS (0 = all cores).")
 @click.option("--runs", type=click.IntRange(1), default=3, show_default=True, help="Batch runs (best is kept).")
 @click.option("--latency-queries", type=click.IntRange(1), default=2000, show_default=True,
               help="Queries timed one by one for latency percentiles.")

@@ -642,11 +642,11 @@ class Index:
     def _search_direct_batch(self, snap, qs, qh, k, p, threads, filt) -> SearchResult:
         """A batch read directly: its queries one by one on the single-query path (each
         thread with its own direct readers), in ``threads`` interleaved shares on as many
-        threads (0 / None: the idle cores, see :func:`~spann.kernels.threads.batch_threads`;
+        threads (0 / None: numba's thread count, one pool of threads per size kept until close;
         filtered batches on one: a label-list search runs parallel kernels, which must not be
         launched from several threads at once)."""
         nq = qs.shape[0]
-        n = 1 if filt is not None else max(1, min(nq, batch_threads(threads, nq)))
+        n = 1 if filt is not None else max(1, min(nq, threads or numba.config.NUMBA_NUM_THREADS))
 
         def chunk(c: int) -> list[SearchResult]:
             return [self._search(snap, qs[i:i + 1], qh[i:i + 1], k, p, 1, filt) for i in range(c, nq, n)]

@@ -1,8 +1,11 @@
 import ast
 import json
 import os
+import shutil
+import site as site_mod
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -45,13 +48,20 @@ def installed_wheel(tmp_path_factory):
     PYTHONPATH, followed by this environment's site-packages for the dependencies, so no .pth file
     (the editable install's finder among them) can hand back the source tree instead."""
     d = tmp_path_factory.mktemp("wheel")
+    src = d / "src"  # the tracked files only: no build/ left over from an earlier build can leak in
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    for rel in filter(None, files.decode().split("\0")):
+        if (REPO / rel).is_file():
+            (src / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, src / rel)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(d),
-                    str(REPO)], check=True, capture_output=True)
+                    str(src)], check=True, capture_output=True)
     (whl,) = d.glob("spann_ann-*.whl")
     site = d / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(whl)],
                    check=True, capture_output=True)
-    deps = [p for p in sys.path if p.endswith("site-packages")]
+    deps = list(dict.fromkeys([*site_mod.getsitepackages(), sysconfig.get_paths()["purelib"],
+                               sysconfig.get_paths()["platlib"], site_mod.getusersitepackages()]))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), *deps])}
     return [sys.executable, "-S"], env, site
 

@@ -16,15 +16,17 @@ def idle_cores(samples: int = 4, interval: float = 0.00025) -> int | None:
     its affinity mask minus the mean count of runnable tasks of other processes over ``samples``
     reads of /proc/loadavg less this process's own running threads (numba's workers may still
     spin after a parallel step), ``interval`` seconds apart; at least 1. None where there is no
-    /proc/loadavg. Measured on a 2-core VM, 10,000 GloVe-50 queries: 2 threads took 0.90 s and
-    1 thread 1.70 s when idle; with one core busy, 2 threads took 1.8-2.3 s and 1 thread 1.7 s."""
+    /proc/loadavg, or where this process may use only some of the machine's CPUs (a cpuset,
+    taskset, a container: /proc/loadavg counts the tasks of every CPU)."""
     try:
+        cpus = len(os.sched_getaffinity(0))
+        if cpus != os.cpu_count():
+            return None
         others = 0
         for i in range(samples):
             others += _runnable_others()
             if i + 1 < samples:
                 time.sleep(interval)
-        cpus = len(os.sched_getaffinity(0))
     except (OSError, ValueError, IndexError, AttributeError):
         return None
     return max(1, min(cpus, round(cpus - others / samples)))
@@ -50,7 +52,8 @@ def _own_running() -> int:
 
 def batch_threads(threads: int | None, nq: int) -> int:
     """Threads for a batch of ``nq`` queries: ``threads`` when given (> 0), else the idle cores
-    (a batch on a core another process holds waits for it at every parallel step)."""
+    (a batch on a core another process holds waits for it at every parallel step), or numba's
+    thread count where the idle cores cannot be told."""
     if nq <= 1:
         return 1
     if threads:
