@@ -1,8 +1,12 @@
-"""The zarr v3 files of an index, written and read without zarr-python's generic path.
+"""The zarr v3 files of an index: written by zarr-python, read by spann's own direct reader.
 
-Every array spann writes is a standard zarr v3 array (any zarr client opens it), in one of two
-exact shapes, and reading accepts only those shapes (so a damaged or hostile ``zarr.json``
-cannot make spann decompress, allocate or index beyond what the files really hold):
+Every array is created and written by zarr-python (so an index is valid zarr by construction),
+in one of two exact shapes; reading goes straight to the files (mapped or ranged reads, no
+zarr-python on the query path) and accepts only those shapes (so a damaged or hostile
+``zarr.json`` cannot make spann decompress, allocate or index beyond what the files really
+hold). The metadata accepted is exactly what zarr-python writes for them, or exactly its
+hand-written equivalent (the same arrays over the same data files, whose ``zarr.json`` has
+``dimension_names: null``, no ``storage_transformers`` and ``endian`` on every ``bytes`` codec):
 
 - **small arrays** (kept in RAM after open): regular chunks along axis 0, codecs
   ``[bytes(little), crc32c]``: each chunk file is the raw little-endian bytes of the chunk
@@ -32,7 +36,7 @@ from spann.errors import IndexCorruptError
 __all__ = ["ABSENT", "write_small_array", "read_small_array", "small_array_meta", "postings_meta",
            "check_postings_meta", "write_shard", "read_shard_index", "check_shard_index", "shard_index_bytes",
            "write_json", "read_json", "crc32c", "canonical_json", "check_exact", "check_group_meta",
-           "group_meta", "MAX_JSON_BYTES"]
+           "group_meta", "MAX_JSON_BYTES", "write_postings_meta"]
 
 ABSENT = 2**64 - 1
 MAX_JSON_BYTES = 1 << 22        #: metadata files larger than this are refused
@@ -180,18 +184,45 @@ def small_chunk_rows(shape: tuple[int, ...], dtype: np.dtype) -> int:
     return max(1, min(rows, SMALL_CHUNK_BYTES // row_bytes)) if rows else 1
 
 
-def small_array_meta(shape: tuple[int, ...], dtype: np.dtype, chunk_rows: int,
-                     attributes: dict[str, Any] | None = None) -> dict[str, Any]:
-    dtype = np.dtype(dtype)
-    fill: Any = 0.0 if dtype.kind == "f" else 0
-    return {
-        "zarr_format": 3, "node_type": "array", "shape": list(shape), "data_type": dtype.name,
-        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [chunk_rows] + list(shape[1:])}},
+def _bytes_codec(dtype: np.dtype, legacy: bool) -> dict[str, Any]:
+    # zarr-python gives single-byte types no endianness; the hand-written form always has one
+    if np.dtype(dtype).itemsize == 1 and not legacy:
+        return {"name": "bytes"}
+    return {"name": "bytes", "configuration": {"endian": "little"}}
+
+
+def _array_meta(shape: list[int], dtype: np.dtype, chunk_shape: list[int], codecs: list[dict[str, Any]],
+                attributes: dict[str, Any] | None, legacy: bool) -> dict[str, Any]:
+    meta = {
+        "zarr_format": 3, "node_type": "array", "shape": shape, "data_type": np.dtype(dtype).name,
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": chunk_shape}},
         "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
-        "fill_value": fill,
-        "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}],
-        "attributes": attributes or {}, "dimension_names": None,
+        "fill_value": 0.0 if np.dtype(dtype).kind == "f" else 0,
+        "codecs": codecs, "attributes": attributes or {},
     }
+    if legacy:
+        meta["dimension_names"] = None
+    else:
+        meta["storage_transformers"] = []
+    return meta
+
+
+def small_array_meta(shape: tuple[int, ...], dtype: np.dtype, chunk_rows: int,
+                     attributes: dict[str, Any] | None = None, *, legacy: bool = False) -> dict[str, Any]:
+    """The ``zarr.json`` of a small array as zarr-python writes it (``legacy``: its
+    hand-written equivalent, also accepted)."""
+    dtype = np.dtype(dtype)
+    return _array_meta(list(shape), dtype, [chunk_rows] + list(shape[1:]),
+                       [_bytes_codec(dtype, legacy), {"name": "crc32c"}], attributes, legacy)
+
+
+def _check_meta(meta: Any, forms: list[Any], where: str, what: str) -> None:
+    """Refuse ``meta`` unless it is exactly one of ``forms`` (the message names the first
+    difference from the first form, the one written now)."""
+    for form in forms[1:]:
+        if _difference(form, meta, "") is None:
+            return
+    check_exact(meta, forms[0], where, what)
 
 
 def _chunk_key(i: int, ndim: int) -> str:
@@ -199,23 +230,21 @@ def _chunk_key(i: int, ndim: int) -> str:
 
 
 def write_small_array(directory: str, data: np.ndarray, attributes: dict[str, Any] | None = None) -> None:
-    """Write ``data`` (any shape, ndim >= 1) as a bytes+crc32c zarr array in ``directory``."""
+    """Write ``data`` (any shape, ndim >= 1) as a bytes+crc32c zarr array in ``directory``
+    (replacing any array there), through zarr-python: every chunk is written, all-zero ones
+    included, so the reader finds each chunk file."""
+    import zarr
+    from zarr.codecs import Crc32cCodec
+
     data = np.ascontiguousarray(data)
-    le = data.astype(data.dtype.newbyteorder("<"), copy=False)
-    row_bytes = max(1, int(np.prod(data.shape[1:], dtype=np.int64)) * data.dtype.itemsize)
-    rows = data.shape[0]
+    data = data.astype(data.dtype.newbyteorder("="), copy=False)
     chunk_rows = small_chunk_rows(data.shape, data.dtype)
-    os.makedirs(directory, exist_ok=True)
-    for i, s in enumerate(range(0, rows, chunk_rows)):
-        buf = le[s:s + chunk_rows].tobytes()
-        buf += bytes(chunk_rows * row_bytes - len(buf))  # zarr stores edge chunks full size
-        f = os.path.join(directory, _chunk_key(i, data.ndim))
-        os.makedirs(os.path.dirname(f), exist_ok=True)
-        with open(f, "wb") as fh:
-            fh.write(buf)
-            fh.write(crc32c(buf).to_bytes(4, "little"))
-    write_json(os.path.join(directory, "zarr.json"),
-               small_array_meta(data.shape, data.dtype, chunk_rows, attributes), fsync=False)
+    z = zarr.create_array(store=directory, shape=data.shape, dtype=data.dtype,
+                          chunks=(chunk_rows,) + data.shape[1:], filters=None, compressors=[Crc32cCodec()],
+                          fill_value=0, attributes=attributes or {}, config={"write_empty_chunks": True},
+                          zarr_format=3, overwrite=True)
+    if data.size:
+        z[...] = data
 
 
 def _codec_names(codecs: Any) -> list[str]:
@@ -266,9 +295,10 @@ def read_small_array(directory: str, *, dtype: np.dtype | str | tuple, shape: tu
         raise IndexCorruptError(f"{where}: array is not in spann's raw layout (chunks {chunk}, codecs "
                                 f"{_codec_names(codecs)})")
     attrs = meta.get("attributes") if attributes is None else attributes
-    check_exact(meta, small_array_meta(tuple(got_shape), dt, small_chunk_rows(tuple(got_shape), dt),
-                                       attrs if isinstance(attrs, dict) else {}),
-                os.path.join(directory, "zarr.json"), "array metadata")
+    attrs = attrs if isinstance(attrs, dict) else {}
+    rows_per_chunk = small_chunk_rows(tuple(got_shape), dt)
+    _check_meta(meta, [small_array_meta(tuple(got_shape), dt, rows_per_chunk, attrs, legacy=legacy)
+                       for legacy in (False, True)], os.path.join(directory, "zarr.json"), "array metadata")
     rows = got_shape[0]
     row_bytes = int(np.prod(got_shape[1:], dtype=np.int64)) * dt.itemsize
     parts = []
@@ -291,19 +321,48 @@ def read_small_array(directory: str, *, dtype: np.dtype | str | tuple, shape: tu
 # -- the posting bytes (sharded) -----------------------------------------------------------------
 
 def postings_meta(total_bytes: int, shard_bytes: int, chunk_bytes: int,
-                  attributes: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "zarr_format": 3, "node_type": "array", "shape": [int(total_bytes)], "data_type": "uint8",
-        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [int(shard_bytes)]}},
-        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
-        "fill_value": 0,
-        "codecs": [{"name": "sharding_indexed", "configuration": {
-            "chunk_shape": [int(chunk_bytes)],
-            "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
-            "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}],
-            "index_location": "end"}}],
-        "attributes": attributes or {}, "dimension_names": None,
-    }
+                  attributes: dict[str, Any] | None = None, *, legacy: bool = False) -> dict[str, Any]:
+    """The ``zarr.json`` of a byte array as zarr-python writes it (``legacy``: its
+    hand-written equivalent, also accepted)."""
+    u8 = np.dtype(np.uint8)
+    return _array_meta([int(total_bytes)], u8, [int(shard_bytes)], [{"name": "sharding_indexed", "configuration": {
+        "chunk_shape": [int(chunk_bytes)],
+        "codecs": [_bytes_codec(u8, legacy)],
+        "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}],
+        "index_location": "end"}}], attributes, legacy)
+
+
+def _byte_array_kwargs(total_bytes: int, shard_bytes: int, chunk_bytes: int) -> dict[str, Any]:
+    return dict(shape=(int(total_bytes),), dtype="uint8", shards=(int(shard_bytes),), chunks=(int(chunk_bytes),),
+                filters=None, compressors=None, fill_value=0, config={"write_empty_chunks": True}, zarr_format=3)
+
+
+def write_postings_meta(directory: str, total_bytes: int, shard_bytes: int, chunk_bytes: int,
+                        attributes: dict[str, Any] | None = None) -> None:
+    """Write (atomically) the ``zarr.json`` zarr-python creates for a byte array, and nothing
+    else: shards already in ``directory`` (a resumed build) stay."""
+    import zarr
+    from zarr.storage import MemoryStore
+
+    files: dict = {}
+    zarr.create_array(store=MemoryStore(files), attributes=attributes or {},
+                      **_byte_array_kwargs(total_bytes, shard_bytes, chunk_bytes))
+    os.makedirs(directory, exist_ok=True)
+    _write_atomic(os.path.join(directory, "zarr.json"), files["zarr.json"].to_bytes())
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def check_postings_meta(meta: dict[str, Any], where: str,
@@ -324,7 +383,7 @@ def check_postings_meta(meta: dict[str, Any], where: str,
                      and _codec_names(cfg["index_codecs"]) == ["bytes", "crc32c"]
                      and kenc.get("name") == "default"
                      and (kenc.get("configuration") or {}).get("separator", "/") == "/")
-    except (KeyError, TypeError, ValueError, AttributeError):
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
         ok = False
     if not ok:
         raise IndexCorruptError(f"{where}: postings are not in spann's raw sharded layout")
@@ -332,7 +391,8 @@ def check_postings_meta(meta: dict[str, Any], where: str,
         raise IndexCorruptError(f"{where}: posting shard geometry is inconsistent (total {total}, shard {shard}, "
                                 f"chunk {inner})")
     attrs = meta.get("attributes") if attributes is None else attributes
-    check_exact(meta, postings_meta(total, shard, inner, attrs if isinstance(attrs, dict) else {}),
+    attrs = attrs if isinstance(attrs, dict) else {}
+    _check_meta(meta, [postings_meta(total, shard, inner, attrs, legacy=legacy) for legacy in (False, True)],
                 f"{where}/zarr.json", "array metadata")
     return total, shard, inner
 
@@ -340,24 +400,34 @@ def check_postings_meta(meta: dict[str, Any], where: str,
 def write_shard(path: str, data: np.ndarray, shard_bytes: int, chunk_bytes: int) -> int:
     """Write one shard file: the used bytes ``data`` (uint8, <= shard_bytes) as raw inner chunks in
     order (the last one zero-padded), absent chunks beyond, then the index and its crc32c.
-    Returns the file size."""
-    n_inner = shard_bytes // chunk_bytes
+    zarr-python encodes the shard (as the one shard of an in-memory array; every inner chunk
+    the data touches is written, all-zero ones included). Returns the file size."""
+    import zarr
+    from zarr.storage import MemoryStore
+
+    data = np.ascontiguousarray(data, dtype=np.uint8).reshape(-1)
     used = int(data.shape[0])
-    present = -(-used // chunk_bytes)
-    index = np.full((n_inner, 2), ABSENT, dtype="<u8")
-    index[:present, 0] = np.arange(present, dtype=np.uint64) * np.uint64(chunk_bytes)
-    index[:present, 1] = chunk_bytes
-    idx = index.tobytes()
+    if used > shard_bytes:
+        raise ValueError(f"{used} bytes do not fit a shard of {shard_bytes}")
+    if used:
+        files: dict = {}
+        z = zarr.create_array(store=MemoryStore(files), **_byte_array_kwargs(shard_bytes, shard_bytes, chunk_bytes))
+        present = -(-used // chunk_bytes) * chunk_bytes
+        if present == used:
+            z[:used] = data
+        else:  # the tail of the last chunk: zeros (the fill value), written explicitly
+            buf = np.zeros(present, np.uint8)
+            buf[:used] = data
+            z[:present] = buf
+        blob = files["c/0"].as_numpy_array()
+    else:  # no chunk at all (zarr-python stores no shard then): the index alone, every chunk absent
+        idx = np.full((shard_bytes // chunk_bytes, 2), ABSENT, dtype="<u8").tobytes()
+        blob = np.frombuffer(idx + crc32c(idx).to_bytes(4, "little"), np.uint8)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "wb") as fh:
-        fh.write(memoryview(np.ascontiguousarray(data, dtype=np.uint8)))
-        pad = present * chunk_bytes - used
-        if pad:
-            fh.write(bytes(pad))
-        fh.write(idx)
-        fh.write(crc32c(idx).to_bytes(4, "little"))
+        fh.write(memoryview(blob))
         fh.flush()
-    return present * chunk_bytes + len(idx) + 4
+    return int(blob.nbytes)
 
 
 def read_shard_index(fd: int, size: int, shard_bytes: int, chunk_bytes: int, where: str) -> int:

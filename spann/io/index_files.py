@@ -58,8 +58,8 @@ from spann.codecs.encodings import CODECS
 from spann.errors import IndexCorruptError, IndexExistsError, IndexNotFoundError, SpannError
 from spann.format.layout import EntryLayout
 from spann.format.zarr_v3 import (canonical_json, check_exact, check_group_meta, check_postings_meta, crc32c,
-                                  group_meta, postings_meta, read_json, read_small_array, write_json, write_shard,
-                                  write_small_array)
+                                  group_meta, read_json, read_small_array, write_json, write_postings_meta,
+                                  write_shard, write_small_array)
 from spann.heads.pruner import N_WEIGHTS
 from spann.io.sources import DirectoryStore
 from spann.io.vector_store import StoreLayout
@@ -356,10 +356,7 @@ class IndexWriter:
     def begin_array(self, name: str, total_bytes: int, shard_bytes: int, chunk_bytes: int) -> None:
         """Start the sharded byte array ``name`` (postings or vectors)."""
         self._arrays[name] = (total_bytes, shard_bytes, chunk_bytes)
-        d = self.tmp / name
-        d.mkdir(exist_ok=True)
-        write_json(str(d / "zarr.json"), postings_meta(total_bytes, shard_bytes, chunk_bytes,
-                                                       {"build_id": self.build_id}), fsync=False)
+        write_postings_meta(str(self.tmp / name), total_bytes, shard_bytes, chunk_bytes, {"build_id": self.build_id})
 
     def write_shard(self, name: str, shard: int, data: np.ndarray) -> int:
         """Shard ``shard`` of byte array ``name``: its used bytes (uint8, from the shard start)."""

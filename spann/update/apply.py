@@ -53,7 +53,8 @@ from spann.errors import DataError, IndexCorruptError, QueryError
 from spann.format.labels import check_labels
 from spann.format.layout import delta_layout, full_entries
 from spann.format.list_writer import pack_entries
-from spann.format.zarr_v3 import crc32c, group_meta, postings_meta, write_json, write_shard, write_small_array
+from spann.format.zarr_v3 import (crc32c, group_meta, write_json, write_postings_meta, write_shard,
+                                  write_small_array)
 from spann.heads.assign import assign_block
 from spann.heads.graph import EntrySeeds, beam_search, no_walk_codes
 from spann.heads.groups import group_of_heads, nearest_group
@@ -454,7 +455,7 @@ def _byte_array(root: Path, name: str, data: np.ndarray, total: int, shard: int,
                 build_id: str, crcs: dict) -> None:
     d = root / name
     d.mkdir(parents=True)
-    write_json(str(d / "zarr.json"), postings_meta(total, shard, chunk, {"build_id": build_id}), fsync=False)
+    write_postings_meta(str(d), total, shard, chunk, {"build_id": build_id})
     rec = {}
     for s in range(-(-data.shape[0] // shard)):
         part = np.ascontiguousarray(data[s * shard:(s + 1) * shard])

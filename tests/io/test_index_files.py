@@ -261,13 +261,16 @@ def test_every_array_zarr_json_is_parsed_strictly(updated, tmp_path):
     zarr.json is refused at open."""
     gen = json.loads((updated / "zarr.json").read_text())["attributes"]["spann"]["generation_path"]
     edits = [("postings", lambda m: m.update(configuration=m.pop("codecs")), "raw sharded layout"),
-             ("postings", lambda m: m.update(storage_transformers=[]), "unknown key 'storage_transformers'"),
+             ("postings", lambda m: m.pop("storage_transformers"), "missing key 'storage_transformers'"),
              ("vectors", lambda m: m["codecs"][0]["configuration"].update(
                  index_location=m["codecs"][0]["configuration"].pop("index_location")[::-1]), "raw sharded layout"),
-             ("vectors", lambda m: m["codecs"][0]["configuration"]["codecs"][0].update(
-                 **{"#onfiguration": m["codecs"][0]["configuration"]["codecs"][0].pop("configuration")}),
-              "unknown key 'codecs.0.configuration.codecs.0.#onfiguration'"),
-             ("idmap", lambda m: m.pop("dimension_names"), "missing key 'dimension_names'"),
+             ("vectors", lambda m: m["codecs"][0]["configuration"]["index_codecs"][0].update(
+                 **{"#onfiguration": m["codecs"][0]["configuration"]["index_codecs"][0].pop("configuration")}),
+              "unknown key 'codecs.0.configuration.index_codecs.0.#onfiguration'"),
+             ("vectors", lambda m: m["codecs"][0]["configuration"]["codecs"][0].update(configuration={}),
+              "unknown key 'codecs.0.configuration.codecs.0.configuration'"),
+             ("idmap", lambda m: m.update(dimension_names=None), "unknown key 'dimension_names'"),
+             (f"{gen}/dead_ids", lambda m: m.update(dimension_names=None), "unknown key 'dimension_names'"),
              ("label_lists", lambda m: m.update(fill_value=7), "fill_value is 7"),
              (f"{gen}/heads", lambda m: m.update(extra=1), "unknown key 'extra'"),
              (f"{gen}/counts", lambda m: m["chunk_grid"].update(**{"#ame": m["chunk_grid"].pop("name")}),
@@ -289,3 +292,108 @@ def test_an_index_directory_named_zip_opens(synth_index, tmp_path):
         assert not idx.read_only and len(idx) == len(synth_index)
         np.testing.assert_array_equal(idx.search(synth_index.heads[:2], 3).ids,
                                       synth_index.search(synth_index.heads[:2], 3).ids)
+
+
+def _array_dirs(root):
+    """The directories of every array in an index (those whose zarr.json says node_type array)."""
+    for d, _, files in os.walk(root):
+        if "zarr.json" in files and json.loads(open(os.path.join(d, "zarr.json")).read())["node_type"] == "array":
+            yield d
+
+
+def test_zarr_python_reads_what_spann_reads_in_a_built_and_an_updated_index(synth_index, updated):
+    """zarr-python writes every array; zarr-python opens the index and reads back what spann's
+    own reader reads (a small array, posting bytes, and the update's delta)."""
+    from spann.format.zarr_v3 import read_small_array
+    for path in (synth_index.path, updated):
+        g = zarr.open_group(str(path), mode="r")
+        a = g.attrs["spann"]
+        gen = a["generation_path"]
+        with spann.open(path) as idx:
+            offsets = read_small_array(str(path / gen / "offsets"), dtype=np.int64, shape=(None,))
+            np.testing.assert_array_equal(g[gen]["offsets"][:], offsets)
+            counts = read_small_array(str(path / gen / "counts"), dtype=np.int32, shape=offsets.shape)
+            np.testing.assert_array_equal(g[gen]["counts"][:], counts)
+            np.testing.assert_array_equal(g[gen]["heads"][:], idx.heads)
+            postings = g[a["postings_path"]]
+            for h in (0, int(np.argmax(counts))):
+                lo, n = int(offsets[h]), idx.layout.list_bytes(int(counts[h]))
+                assert n > 0
+                np.testing.assert_array_equal(postings[lo:lo + n], idx.store.view.u8[lo:lo + n])
+        if path == updated:
+            d = g[gen]["delta"]
+            assert d.shape[0] > 0 and d[:64].dtype == np.uint8
+            np.testing.assert_array_equal(g[gen]["dead_ids"][:], read_small_array(
+                str(path / gen / "dead_ids"), dtype=np.int64, shape=(None,)))
+
+
+def _legacy_meta(meta):
+    """An array's zarr.json in its hand-written equivalent form."""
+    meta = dict(meta)
+    meta.pop("storage_transformers")
+    meta["dimension_names"] = None
+    codecs = meta["codecs"]
+    if codecs[0]["name"] == "sharding_indexed":
+        codecs = codecs[0]["configuration"]["codecs"]
+    codecs[0]["configuration"] = {"endian": "little"}
+    return meta
+
+
+def test_indexes_with_hand_written_array_metadata_open(updated, tmp_path):
+    """Both metadata forms open (zarr-python's, and the hand-written equivalent on every
+    array at once) with identical results; a mix of both forms inside one file does not."""
+    p = _copy(updated, tmp_path / "legacy")
+    n = 0
+    for d in _array_dirs(p):
+        f = os.path.join(d, "zarr.json")
+        m = _legacy_meta(json.loads(open(f).read()))
+        open(f, "w").write(json.dumps(m, indent=2))
+        n += 1
+    assert n >= 10
+    q = np.random.default_rng(3).random((5, 32)).astype(np.float32)
+    with spann.open(updated) as a, spann.open(p) as b:
+        ra, rb = a.search(q[:, :a.dim], 10), b.search(q[:, :b.dim], 10)
+        np.testing.assert_array_equal(ra.ids, rb.ids)
+        np.testing.assert_array_equal(ra.distances, rb.distances)
+    m = json.loads((p / "postings" / "zarr.json").read_text())
+    m["storage_transformers"] = []
+    (p / "postings" / "zarr.json").write_text(json.dumps(m))
+    _refused(p, "unknown key 'dimension_names'")
+
+
+def _hand_written_shard(data, shard_bytes, chunk_bytes):
+    """A shard file by the zarr v3 sharding spec, written by hand: raw chunks in order, the last
+    zero-padded, absent chunks beyond, then the index and its crc32c."""
+    from spann.format.zarr_v3 import ABSENT, crc32c
+    present = -(-data.size // chunk_bytes)
+    index = np.full((shard_bytes // chunk_bytes, 2), ABSENT, dtype="<u8")
+    index[:present, 0] = np.arange(present, dtype=np.uint64) * np.uint64(chunk_bytes)
+    index[:present, 1] = chunk_bytes
+    body = data.tobytes() + bytes(present * chunk_bytes - data.size) + index.tobytes()
+    return body + crc32c(index.tobytes()).to_bytes(4, "little")
+
+
+@pytest.mark.parametrize("used", [0, 1, 4096, 5000, 3 * 4096 + 7, 16 * 4096])
+def test_zarr_python_writes_shards_in_spanns_raw_layout(tmp_path, used):
+    from spann.format.zarr_v3 import check_shard_index, shard_index_bytes, write_shard
+    data = np.random.default_rng(used).integers(0, 256, used, dtype=np.uint8)
+    data[:4096 + 10] = 0  # an all-zero chunk is stored, not left absent
+    f = tmp_path / "c" / "0"
+    size = write_shard(str(f), data, 16 * 4096, 4096)
+    raw = f.read_bytes()
+    assert size == len(raw) and raw == _hand_written_shard(data, 16 * 4096, 4096)
+    n = shard_index_bytes(16 * 4096, 4096)
+    assert check_shard_index(raw[-n:], size, 16 * 4096, 4096, "x") == -(-used // 4096) * 4096
+
+
+def test_the_metadata_spann_accepts_is_what_zarr_python_writes(tmp_path):
+    """The readers' templates are zarr-python's output (a zarr upgrade that changes it fails
+    here, not at a user's open)."""
+    from spann.format.zarr_v3 import postings_meta, small_array_meta, write_postings_meta, write_small_array
+    write_postings_meta(str(tmp_path / "p"), 1 << 22, 1 << 20, 1 << 16, {"build_id": "b"})
+    assert json.loads((tmp_path / "p" / "zarr.json").read_text()) == postings_meta(1 << 22, 1 << 20, 1 << 16,
+                                                                                  {"build_id": "b"})
+    for dt in ("float32", "int64", "int32", "uint8"):
+        write_small_array(str(tmp_path / dt), np.ones((5, 3), dt), {"build_id": "b"})
+        assert json.loads((tmp_path / dt / "zarr.json").read_text()) == small_array_meta((5, 3), np.dtype(dt), 5,
+                                                                                        {"build_id": "b"})
