@@ -174,8 +174,8 @@ class Index:
         self._closed = False
         self._preloaded = None  # the snapshot preload() put in RAM: its searches make no page requests
         self._evictions = 0  # evict() calls, so a preload racing one does not claim its pages
-        self.default_params = SearchParams()
         self._param_cache: dict[tuple, SearchParams] = {}
+        self._default_params = SearchParams()
 
     def _open(self, stamp) -> None:
         f = IndexFiles(self.path, store=self._store)
@@ -331,6 +331,19 @@ class Index:
         return self
 
     # -- search --------------------------------------------------------------------------------
+    @property
+    def default_params(self) -> SearchParams:
+        """The :class:`~spann.SearchParams` a search starts from; keyword overrides change it
+        per call. Settable."""
+        return self._default_params
+
+    @default_params.setter
+    def default_params(self, params: SearchParams) -> None:
+        if not isinstance(params, SearchParams):
+            raise ParameterError(f"default_params must be a spann.SearchParams, got {type(params).__name__}")
+        self._default_params = params
+        self._param_cache.clear()  # cached overrides were resolved against the old defaults
+
     def _params(self, overrides: dict[str, Any]) -> SearchParams:
         """SearchParams for these overrides (None: the default), cached (validation is not free
         on a 0.1 ms path)."""

@@ -299,3 +299,15 @@ def test_search_overrides_are_search_params_fields(synth, synth_index):
     a = synth_index.search(q[:5], 5, params=synth_index.default_params.replace(max_postings=8), threads=1)
     b = synth_index.search(q[:5], 5, max_postings=8, prefetch=None, threads=1)  # None keeps the default
     np.testing.assert_array_equal(a.ids, b.ids)
+
+
+def test_setting_default_params_takes_effect_at_once(synth, tmp_path):
+    x, q, _, _ = synth
+    with spann.build(x[:3000], tmp_path / "d", metric="l2") as idx:
+        assert (idx.search(q[:4], 5, threads=1).lists_read > 2).all()
+        idx.search(q[:4], 5, threads=1, max_postings=None)  # the defaults, cached
+        idx.default_params = idx.default_params.replace(max_postings=2, pruner=False)
+        assert (idx.search(q[:4], 5, threads=1).lists_read == 2).all()
+        assert (idx.search(q[:4], 5, threads=1, max_postings=None).lists_read == 2).all()
+        with pytest.raises(ParameterError, match="must be a spann.SearchParams"):
+            idx.default_params = {"max_postings": 2}
