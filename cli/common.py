@@ -140,8 +140,6 @@ def check_outputs(outputs: Iterable[str | os.PathLike | None], inputs: Iterable[
             if op == d or d in op.parents:
                 raise ParameterError(f"output {o} lies inside the {index_role} index {d}; write it elsewhere")
         inside = enclosing_index(op if directories else op.parent)
-        if inside is None and not directories and op.name == "zarr.json" and op.parent.is_dir():
-            inside = op.parent
         if inside is not None:
             raise ParameterError(f"output {o} lies inside the index (zarr group) {inside}; write it elsewhere")
         if _is_zip_index(op):

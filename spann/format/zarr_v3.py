@@ -101,23 +101,8 @@ def read_json(path: str, dir_fd: int | None = None, store=None) -> dict[str, Any
 
 
 def write_json(path: str, obj: dict[str, Any], fsync: bool = True) -> None:
-    """Write ``obj`` to ``path`` atomically (temporary file + rename; the temporary file is
-    removed if writing fails)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    data = json.dumps(obj, indent=2, allow_nan=False).encode()
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            if fsync:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Write ``obj`` to ``path`` atomically (see :func:`_write_atomic`)."""
+    _write_atomic(path, json.dumps(obj, indent=2, allow_nan=False).encode(), fsync)
 
 
 def canonical_json(obj: Any) -> str:
@@ -351,11 +336,16 @@ def write_postings_meta(directory: str, total_bytes: int, shard_bytes: int, chun
     _write_atomic(os.path.join(directory, "zarr.json"), files["zarr.json"].to_bytes())
 
 
-def _write_atomic(path: str, data: bytes) -> None:
+def _write_atomic(path: str, data: bytes, fsync: bool = False) -> None:
+    """``data`` into ``path`` atomically: a temporary file renamed over it (removed if writing
+    fails); ``fsync`` makes the file durable before the rename."""
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:

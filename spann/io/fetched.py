@@ -22,7 +22,7 @@ from collections import OrderedDict
 import numpy as np
 
 from spann.errors import IndexCorruptError
-from spann.format.zarr_v3 import check_postings_meta, check_shard_index, read_json, shard_index_bytes
+from spann.format.zarr_v3 import check_shard_index, shard_index_bytes
 from spann.io import osio
 
 __all__ = ["FetchCache", "FetchedBytes"]
@@ -88,11 +88,10 @@ class FetchedBytes:
 
     prefetchable = False
 
-    def __init__(self, store, root: str, name: str, need_fn, cache: FetchCache):
+    def __init__(self, store, root: str, name: str, need_fn, cache: FetchCache, geometry: tuple[int, int, int]):
         self.where = f"{root}/{name}"
         self.store, self.name, self.cache = store, name, cache
-        meta = read_json(f"{name}/zarr.json", store=store)
-        self.total, self.shard_bytes, self.chunk_bytes = check_postings_meta(meta, self.where)
+        self.total, self.shard_bytes, self.chunk_bytes = geometry
         need = need_fn(self.total, self.shard_bytes)
         n_shards = self.total // self.shard_bytes
         sizes = store.sizes_of([f"{name}/c/{s}" for s in range(n_shards)])

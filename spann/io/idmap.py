@@ -76,7 +76,7 @@ def lookup_sorted(keys: np.ndarray, vals: np.ndarray, ids: np.ndarray) -> np.nda
 class IdMap(MappedReader):
     """The id map of a local index, mapped (see the module docstring)."""
 
-    def __init__(self, store, root: str, name: str, n: int):
+    def __init__(self, store, root: str, name: str, n: int, geometry: tuple[int, int, int] | None = None):
         self.n = n
 
         def need(total: int, shard: int) -> np.ndarray:
@@ -86,7 +86,7 @@ class IdMap(MappedReader):
             n_sh = total // shard
             return np.maximum(np.minimum(np.arange(1, n_sh + 1) * shard, want) - np.arange(n_sh) * shard, 0)
 
-        self.mapped = open_bytes(store, root, name, need)
+        self.mapped = open_bytes(store, root, name, need, geometry)
         self.view = self.mapped.u8.view(np.int64)
 
     def lookup(self, ids: np.ndarray) -> np.ndarray:

@@ -588,6 +588,9 @@ class IndexFiles:
             if "/" in self.vectors_path or self.vectors_path.startswith("."):
                 raise IndexCorruptError(f"{where}: bad path {self.vectors_path!r} in the metadata")
         self._load_format3(attrs, where, H, n, layout, load)
+        #: (total, shard, inner chunk bytes) of each byte array, as checked here: its reader opens the
+        #: shards without reading the metadata again
+        self.geometry: dict[str, tuple[int, int, int]] = {}
         for rel in (post, self.vectors_path, self.idmap_path, self.label_lists_path, self.delta_path,
                     self.delta_labels_path):
             if rel is not None:  # the byte arrays: exact metadata of this build (their shards are opened later)
@@ -595,7 +598,7 @@ class IndexFiles:
                 a = meta.get("attributes")
                 if not isinstance(a, dict) or a.get("build_id") != build_id:
                     raise IndexCorruptError(f"{where}: index part {rel} belongs to another build (build ids differ)")
-                check_postings_meta(meta, f"{where}/{rel}", {"build_id": build_id})
+                self.geometry[rel] = check_postings_meta(meta, f"{where}/{rel}", {"build_id": build_id})
         self.version = version
         self.attrs = attrs
         self.layout = layout

@@ -36,10 +36,9 @@ class MappedBytes:
     file is missing, damaged, or shorter than needed.
     """
 
-    def __init__(self, store, root: str, name: str, need_fn):
+    def __init__(self, store, root: str, name: str, need_fn, geometry: tuple[int, int, int]):
         self.where = os.path.join(root, name)
-        meta = read_json(f"{name}/zarr.json", store=store)
-        self.total, self.shard_bytes, self.chunk_bytes = check_postings_meta(meta, self.where)
+        self.total, self.shard_bytes, self.chunk_bytes = geometry
         n_shards = self.total // self.shard_bytes
         need = need_fn(self.total, self.shard_bytes)
         self.paths: list[str] = []
@@ -177,13 +176,21 @@ class MappedBytes:
             forget()  # the addresses may be mapped again, to other pages
 
 
-def open_bytes(store, root: str, name: str, need_fn):
+def open_bytes(store, root: str, name: str, need_fn, geometry: tuple[int, int, int] | None = None):
     """Array ``name`` of the index in ``store``: mapped (a local directory; a zip file whose
     members are page-aligned) or fetched on demand (object stores, other zips; see
-    :mod:`spann.io.fetched`, with the store's ``cache``)."""
+    :mod:`spann.io.fetched`, with the store's ``cache``). ``geometry``: its (total, shard, inner
+    chunk bytes) when the opener already checked its metadata (else read and checked here)."""
+    if geometry is None:
+        geometry = array_geometry(store, root, name)
     if store.dir_fd is None and not (isinstance(store, ZipStore) and store.aligned("")):  # all mapped, or none
-        return FetchedBytes(store, root, name, need_fn, store.cache)
-    return MappedBytes(store, root, name, need_fn)
+        return FetchedBytes(store, root, name, need_fn, store.cache, geometry)
+    return MappedBytes(store, root, name, need_fn, geometry)
+
+
+def array_geometry(store, root: str, name: str) -> tuple[int, int, int]:
+    """(total, shard, inner chunk bytes) of byte array ``name``, from its checked metadata."""
+    return check_postings_meta(read_json(f"{name}/zarr.json", store=store), os.path.join(root, name))
 
 
 class MappedReader:

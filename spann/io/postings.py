@@ -63,10 +63,11 @@ class LocalPostings(MappedReader):
     """The posting array of a local index, mapped; ``view`` is its :class:`PostingsView`."""
 
     def __init__(self, store, root: str, name: str, offsets: np.ndarray, counts: np.ndarray,
-                 layout: EntryLayout):
+                 layout: EntryLayout, geometry: tuple[int, int, int] | None = None):
         self.layout = layout
         self.list_nbytes = layout.list_bytes_array(counts)
-        self.mapped = open_bytes(store, root, name, need_for_ranges(offsets, self.list_nbytes, f"{root}/{name}"))
+        self.mapped = open_bytes(store, root, name, need_for_ranges(offsets, self.list_nbytes, f"{root}/{name}"),
+                                 geometry)
         self.view = make_view(self.mapped.u8, offsets, counts, layout, prefetchable=not self.fetched)
 
 

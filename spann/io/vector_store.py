@@ -115,7 +115,7 @@ def rows_buffer_view(vv: VectorsView, buf: np.ndarray) -> VectorsView:
 class LocalVectors(MappedReader):
     """The vector store of a local index, mapped; ``view`` is its :class:`VectorsView`."""
 
-    def __init__(self, store, root: str, name: str, lay: StoreLayout):
+    def __init__(self, store, root: str, name: str, lay: StoreLayout, geometry: tuple[int, int, int] | None = None):
         self.layout = lay
 
         def need(total: int, shard: int) -> np.ndarray:
@@ -126,7 +126,7 @@ class LocalVectors(MappedReader):
             ends = np.minimum(np.arange(1, n_sh + 1) * shard, lay.total_bytes) - np.arange(n_sh) * shard
             return np.maximum(ends, 0)
 
-        self.mapped = open_bytes(store, root, name, need)
+        self.mapped = open_bytes(store, root, name, need, geometry)
         u8 = self.mapped.u8
         self.view = VectorsView(u8=u8, i64=u8.view(np.int64), vec=u8.view(np.dtype(lay.dtype)),
                                 base=np.int64(u8.ctypes.data), n=np.int64(lay.n), dim=np.int64(lay.dim),

@@ -62,7 +62,8 @@ class Snapshot:
         self.delta_ids = np.zeros(0, np.int64)
         self.delta_locs = np.zeros(0, np.int64)
         if f.delta is not None:
-            r = LocalPostings(f.store, root, f.delta_path, f.delta["offsets"], f.delta["counts"], self.delta_layout)
+            r = LocalPostings(f.store, root, f.delta_path, f.delta["offsets"], f.delta["counts"], self.delta_layout,
+                              f.geometry.get(f.delta_path))
             self._readers.append(r)
             self.dv = r.view
             self.delta_ids, self.delta_locs = f.delta["ids"], f.delta["locs"]
@@ -86,7 +87,7 @@ class Snapshot:
                 self.lv = empty_view(V, ll)
             if f.delta_labels_path is not None:
                 r = LocalPostings(f.store, root, f.delta_labels_path, f.labels["delta_offsets"],
-                                  f.labels["delta_counts"], ll)
+                                  f.labels["delta_counts"], ll, f.geometry.get(f.delta_labels_path))
                 self._readers.append(r)
                 self.dlabel_reader = r
                 self.dlv = r.view
@@ -125,16 +126,18 @@ class BaseReaders:
     def __init__(self, f: IndexFiles, root: str):
         self.postings = self.vectors = self.idmap = self.label_lists = None
         try:
-            self.postings = LocalPostings(f.store, root, f.postings_path, f.offsets, f.counts, f.layout)
+            self.postings = LocalPostings(f.store, root, f.postings_path, f.offsets, f.counts, f.layout,
+                                          f.geometry.get(f.postings_path))
             if f.layout.coded:
-                self.vectors = LocalVectors(f.store, root, f.vectors_path, f.store_layout)
+                self.vectors = LocalVectors(f.store, root, f.vectors_path, f.store_layout,
+                                            f.geometry.get(f.vectors_path))
             if not self.postings.fetched and (self.vectors is None or not self.vectors.fetched):
                 # (fetched indexes are read-only: no id lookups)
-                self.idmap = IdMap(f.store, root, f.idmap_path, int(f.attrs["n"]))
+                self.idmap = IdMap(f.store, root, f.idmap_path, int(f.attrs["n"]), f.geometry.get(f.idmap_path))
             if f.label_lists_path is not None:
                 ll = full_entries(f.layout.dim, f.layout.dtype)
                 self.label_lists = LocalPostings(f.store, root, f.label_lists_path, f.labels["offsets"],
-                                                 f.labels["list_counts"], ll)
+                                                 f.labels["list_counts"], ll, f.geometry.get(f.label_lists_path))
         except BaseException:
             self.close()
             raise
