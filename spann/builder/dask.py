@@ -11,7 +11,7 @@ The same stages as the local build (:mod:`spann.builder.pipeline`), placed on a 
 - **encoding, pruner, posting plan**: on the client (small);
 - **write**: the posting shards (and the vector-store shards of coded encodings) cut into
   groups, one task per group; each task reads the bucket runs of its shards and the base rows
-  they hold and writes whole shard files (:func:`spann.io.index_files.put_shard`);
+  they hold and writes whole shard files (:func:`spann.io.index_writer.put_shard`);
 - **id map, label lists, metadata**: on the client, which then commits the index.
 
 So the base must be a vector file every worker can read at the same path, and the index's
@@ -38,7 +38,8 @@ from spann.datasets.formats import check_finite
 from spann.errors import ParameterError
 from spann.heads.assign import assign_block
 from spann.heads.graph import EntrySeeds
-from spann.io.index_files import CHECKPOINTS, POSTINGS, VECTORS, put_shard
+from spann.io.index_files import CHECKPOINTS, POSTINGS, VECTORS
+from spann.io.index_writer import put_shard
 from spann.io.sources import is_url
 from spann.kernels.metrics import get_metric
 from spann.kernels.threads import BuildThreads

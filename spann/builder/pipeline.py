@@ -29,7 +29,8 @@ from spann.errors import IndexExistsError, ParameterError
 from spann.format.labels import check_labels
 from spann.format.zarr_v3 import crc32c
 from spann.io.idmap import check_ids
-from spann.io.index_files import FORMAT_VERSION, IDMAP, LABEL_LISTS, IndexWriter, check_target, directory_bytes
+from spann.io.index_files import FORMAT_VERSION, IDMAP, LABEL_LISTS, directory_bytes
+from spann.io.index_writer import IndexWriter, check_target
 from spann.io.publish import check_export_target, export_index
 from spann.io.sources import is_url
 from spann.kernels.metrics import Metric, get_metric

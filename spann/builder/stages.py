@@ -35,7 +35,8 @@ from spann.heads.graph import EntrySeeds, build_graph, head_search_recall, walk_
 from spann.heads.groups import COVERAGE_MARGIN, default_group_count, group_labels, head_groups, no_head_groups
 from spann.heads.pruner import MIN_HEADS, covered, fit_pruner, training_targets
 from spann.io.idmap import idmap_bytes
-from spann.io.index_files import IDMAP, LABEL_LISTS, POSTINGS, VECTORS, IndexWriter
+from spann.io.index_files import IDMAP, LABEL_LISTS, POSTINGS, VECTORS
+from spann.io.index_writer import IndexWriter
 from spann.io.vector_store import StoreLayout, store_rows_bytes
 from spann.kernels.exact import exact_knn
 from spann.kernels.metrics import Metric
@@ -473,15 +474,6 @@ def to_head_space(rows: np.ndarray, enc: Encoder) -> np.ndarray:
     return enc.layout.codec.to_head_space(rows, enc.layout.dim, enc.arrays.get("rotation"))
 
 
-def write_byte_array(writer: IndexWriter, name: str, data: np.ndarray, total: int, shard: int, chunk: int) -> int:
-    """A sharded byte array from its used bytes ``data`` (uint8) in one go."""
-    writer.begin_array(name, total, shard, chunk)
-    n = 0
-    for s in range(-(-data.shape[0] // shard)):
-        n += writer.write_shard(name, s, data[s * shard:(s + 1) * shard])
-    return n
-
-
 def idmap_stage(enc: Encoder, prim_loc: np.ndarray | None, user_ids: np.ndarray | None, n: int,
                 params: BuildParams, writer: IndexWriter) -> int:
     """Write the id map (see :mod:`spann.io.idmap`): each id's store row (coded) or the byte
@@ -491,8 +483,7 @@ def idmap_stage(enc: Encoder, prim_loc: np.ndarray | None, user_ids: np.ndarray 
     shard = params.shard_bytes
     total = -(-16 * n // shard) * shard
     if user_ids is not None:
-        return write_byte_array(writer, IDMAP, idmap_bytes(user_ids, np.asarray(loc)), total, shard,
-                                params.chunk_bytes)
+        return writer.write_bytes(IDMAP, idmap_bytes(user_ids, np.asarray(loc)), total, shard, params.chunk_bytes)
     writer.begin_array(IDMAP, total, shard, params.chunk_bytes)
     per = shard // 16
     written = 0
@@ -527,7 +518,7 @@ def label_lists_stage(src, metric: Metric, labels: np.ndarray, user_ids: np.ndar
     writer.write_array("label_listed", listed.astype(np.uint8))
     writer.write_array("label_offsets", packed.offsets)
     writer.write_array("label_list_counts", packed.counts)
-    return write_byte_array(writer, LABEL_LISTS, packed.data, packed.total, packed.shard_bytes, params.chunk_bytes)
+    return writer.write_bytes(LABEL_LISTS, packed.data, packed.total, packed.shard_bytes, params.chunk_bytes)
 
 
 def _write_all(src, m: Metric, heads: Heads, graph: HeadGraph, asg: AssignmentRuns, plan: PostingPlan,

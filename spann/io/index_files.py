@@ -35,39 +35,36 @@ Every array and generation group carries ``attributes["build_id"]``; opening che
 the root's, checks the root's checksum, accepts every ``zarr.json`` only in exactly the form
 spann writes it (no unknown or missing key), reads everything relative to one directory handle
 (a concurrent rebuild that swaps the directory cannot mix two builds), verifies every chunk's
-crc32c and every value the kernels index with. A build writes to a hidden sibling directory and
-swaps it into place at the end; an update replaces the root ``zarr.json`` (both through
-:func:`write_root`, which seals it).
+crc32c and every value the kernels index with.
+
+Writing is :mod:`spann.io.index_writer`'s: a build writes to a hidden sibling directory and
+swaps it into place at the end; an update adds a generation and replaces the root
+``zarr.json`` (both through :func:`write_root`, which seals it).
 """
 
 from __future__ import annotations
 
-import ctypes
 import copy
 import logging
 import os
-import shutil
-import socket
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from spann.codecs.encodings import CODECS
-from spann.errors import IndexCorruptError, IndexExistsError, IndexNotFoundError, SpannError
+from spann.errors import IndexCorruptError, IndexNotFoundError, SpannError
 from spann.format.layout import EntryLayout
 from spann.format.zarr_v3 import (canonical_json, check_exact, check_group_meta, check_postings_meta, crc32c,
-                                  group_meta, read_json, read_small_array, write_json, write_postings_meta,
-                                  write_shard, write_small_array)
+                                  group_meta, read_json, read_small_array, write_json)
 from spann.heads.pruner import N_WEIGHTS
 from spann.io.sources import DirectoryStore
 from spann.io.vector_store import StoreLayout
 from spann.kernels.metrics import METRICS
 from spann.params import BuildParams
 
-__all__ = ["FORMAT_VERSION", "IndexWriter", "IndexFiles", "check_target", "directory_bytes", "stale_builds",
-           "swap_directories", "root_checksum", "seal_root", "write_root", "read_root"]
+__all__ = ["FORMAT_VERSION", "IndexFiles", "directory_bytes", "generation_path", "root_checksum", "seal_root",
+           "write_root", "read_root"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,14 +91,6 @@ LABEL_LISTS = "label_lists"
 LOCK = ".spann-lock"  #: lock file of an index's writers (updates)
 BUILD_MARK = ".spann-build"  #: file inside a build's temporary directory: pid, host, target
 CHECKPOINTS = ".checkpoints"  #: completed stages and shards of a build (``--resume``)
-
-
-def _read_mark(p: Path) -> dict:
-    try:
-        m = read_json(str(p / BUILD_MARK))
-        return m if isinstance(m, dict) else {}
-    except (IndexCorruptError, OSError):
-        return {}
 
 
 def generation_path(g: int) -> str:
@@ -191,244 +180,6 @@ def _is_index_entry(name: str) -> bool:
     return name in ("zarr.json", POSTINGS, VECTORS, IDMAP, LABEL_LISTS, LOCK, "heads", "graph") \
         or name.startswith("gen-") or name.startswith("zarr.json.tmp-") \
         or name.startswith("postings-") or name.startswith("vectors-")
-
-
-def check_target(path: Path, overwrite: bool) -> None:
-    """Refuse to build into ``path`` unless it is absent, or ``overwrite`` is set and it is a
-    spann index (metadata present, nothing else inside). Nothing is touched either way."""
-    path = Path(path)
-    if not os.path.lexists(path):
-        return
-    if not overwrite:
-        raise IndexExistsError(f"{path}: already exists (use overwrite=True / --overwrite to replace a spann index)")
-    if path.is_symlink() or not path.is_dir():
-        raise IndexExistsError(f"{path}: is not a spann index directory; refusing to replace it")
-    try:
-        attrs = read_json(str(path / "zarr.json")).get("attributes", {}).get("spann")
-    except (IndexCorruptError, AttributeError, OSError):
-        attrs = None
-    if not isinstance(attrs, dict) or "format_version" not in attrs:
-        raise IndexExistsError(f"{path}: is not a spann index (no spann metadata in zarr.json); refusing to replace it")
-    foreign = sorted(e for e in os.listdir(path) if not _is_index_entry(e))
-    if foreign:
-        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-        raise IndexExistsError(f"{path}: holds files that are not part of a spann index ({shown}); refusing to "
-                               f"replace it")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def stale_builds(final: Path) -> list[tuple[Path, bool]]:
-    """Temporary directories of earlier builds of ``final``: (path, is_ours_and_dead). A
-    directory is ours if it holds our build mark; dead if its process is gone (same host)."""
-    final = Path(final)
-    out = []
-    parent = final.parent if final.parent.exists() else None
-    if parent is None:
-        return out
-    prefix = f".{final.name}.building-"
-    for e in os.listdir(parent):
-        if not e.startswith(prefix):
-            continue
-        p = parent / e
-        try:
-            mark = read_json(str(p / BUILD_MARK))
-            ours = mark.get("target") == str(final.resolve()) and mark.get("host") == socket.gethostname()
-            dead = ours and not _pid_alive(int(mark.get("pid", -1)))
-        except (IndexCorruptError, OSError, ValueError, TypeError):
-            ours = dead = False
-        out.append((p, bool(ours and dead)))
-    return out
-
-
-_RENAME_EXCHANGE = 2
-
-
-def swap_directories(a: Path, b: Path) -> bool:
-    """Atomically exchange two directory entries (Linux renameat2 RENAME_EXCHANGE). Returns
-    False where the system cannot (the caller then falls back to two renames)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        f = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    f.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    f.restype = ctypes.c_int
-    AT_FDCWD = -100
-    r = f(AT_FDCWD, os.fsencode(str(a)), AT_FDCWD, os.fsencode(str(b)), _RENAME_EXCHANGE)
-    return r == 0
-
-
-def put_shard(build_dir: Path, name: str, shard: int, data: np.ndarray, shard_bytes: int,
-              chunk_bytes: int) -> tuple[list[int], int]:
-    """Write shard ``shard`` of byte array ``name`` into a build directory, then its checkpoint
-    record (crc, file size); returns both. Any process that sees the directory may call it."""
-    crc = [int(data.nbytes), crc32c(np.ascontiguousarray(data).tobytes())]
-    final = Path(build_dir) / name / "c" / str(shard)
-    tmp = final.with_name(f".{shard}.tmp-{uuid.uuid4().hex[:12]}")  # a task run twice at once: whole files only
-    try:
-        size = write_shard(str(tmp), data, shard_bytes, chunk_bytes)
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    write_json(str(Path(build_dir) / CHECKPOINTS / f"shard.{name}.{shard}.json"), {"crc": crc, "file_bytes": size},
-               fsync=False)
-    return crc, size
-
-
-class IndexWriter:
-    """Writes an index into a hidden temporary sibling of ``final``; :meth:`commit` swaps it into
-    place; :meth:`abort` removes it (a failed build leaves nothing behind)."""
-
-    def __init__(self, final: Path, overwrite: bool = False, *, resume: bool = False, fingerprint: str = ""):
-        self.final = Path(final)
-        check_target(self.final, overwrite)
-        self.final.parent.mkdir(parents=True, exist_ok=True)
-        self.resumed = False
-        self.shards_reused = 0
-        self._crcs: dict[str, dict[str, list[int]]] = {}
-        for p, dead in stale_builds(self.final):
-            mark = _read_mark(p)
-            if resume and dead and mark.get("fingerprint") == fingerprint and not self.resumed:
-                self.tmp, self.build_id, self.resumed = p, str(mark["build_id"]), True
-                logger.info("resuming the interrupted build in %s", p)
-                continue
-            if dead:
-                shutil.rmtree(p, ignore_errors=True)
-                why = " (different data or parameters)" if resume and mark.get("fingerprint") else ""
-                logger.warning("removed %s: temporary directory of an interrupted build%s", p, why)
-            else:
-                logger.warning("%s looks like the temporary directory of another build; left alone", p)
-        if resume and not self.resumed:
-            logger.info("nothing to resume: building from the start")
-        if not self.resumed:
-            self.build_id = uuid.uuid4().hex
-            self.tmp = self.final.with_name(f".{self.final.name}.building-{self.build_id[:12]}")
-            self.tmp.mkdir()
-        write_json(str(self.tmp / BUILD_MARK), {"pid": os.getpid(), "host": socket.gethostname(),
-                                                "target": str(self.final.resolve()), "build_id": self.build_id,
-                                                "fingerprint": fingerprint})
-        self.generation = 1
-        self.gen_dir = self.tmp / generation_path(self.generation)
-        self.gen_dir.mkdir(exist_ok=True)
-        self.ckpt = self.tmp / CHECKPOINTS
-        self.ckpt.mkdir(exist_ok=True)
-        self._arrays: dict[str, tuple[int, int, int]] = {}
-
-    # -- checkpoints (resume) -------------------------------------------------------------------
-    def stage_done(self, stage: str) -> bool:
-        return (self.ckpt / f"{stage}.done").exists()
-
-    def save_stage(self, stage: str, arrays: dict[str, np.ndarray], meta: dict | None = None) -> None:
-        """Checkpoint a completed stage: its arrays (.npy, no pickle), then its marker."""
-        for k, a in arrays.items():
-            np.save(self.ckpt / f"{stage}.{k}.npy", np.ascontiguousarray(a), allow_pickle=False)
-        write_json(str(self.ckpt / f"{stage}.done"), {"meta": meta or {}, "arrays": sorted(arrays)}, fsync=False)
-
-    def load_stage(self, stage: str) -> tuple[dict[str, np.ndarray], dict]:
-        rec = read_json(str(self.ckpt / f"{stage}.done"))
-        arrays = {k: np.load(self.ckpt / f"{stage}.{k}.npy", allow_pickle=False) for k in rec["arrays"]}
-        return arrays, rec["meta"]
-
-    def shard_done(self, name: str, shard: int) -> int:
-        """Bytes of shard ``shard`` of ``name`` if a resumed build already wrote it (0 if not)."""
-        f = self.ckpt / f"shard.{name}.{shard}.json"
-        if not f.exists():
-            return 0
-        rec = read_json(str(f))
-        self._crcs.setdefault(name, {})[str(shard)] = rec["crc"]
-        self.shards_reused += 1
-        return int(rec["file_bytes"])
-
-    def write_array(self, name: str, data: np.ndarray) -> None:
-        """A small (in-RAM) array of the current generation."""
-        write_small_array(str(self.gen_dir / name), data, {"build_id": self.build_id})
-
-    def begin_array(self, name: str, total_bytes: int, shard_bytes: int, chunk_bytes: int) -> None:
-        """Start the sharded byte array ``name`` (postings or vectors)."""
-        self._arrays[name] = (total_bytes, shard_bytes, chunk_bytes)
-        write_postings_meta(str(self.tmp / name), total_bytes, shard_bytes, chunk_bytes, {"build_id": self.build_id})
-
-    def write_shard(self, name: str, shard: int, data: np.ndarray) -> int:
-        """Shard ``shard`` of byte array ``name``: its used bytes (uint8, from the shard start)."""
-        _, shard_bytes, chunk_bytes = self._arrays[name]
-        crc, size = put_shard(self.tmp, name, shard, data, shard_bytes, chunk_bytes)
-        self._crcs.setdefault(name, {})[str(shard)] = crc
-        return size
-
-    def shard_geometry(self, name: str) -> tuple[int, int]:
-        """(shard bytes, inner chunk bytes) of a begun byte array."""
-        return self._arrays[name][1], self._arrays[name][2]
-
-    def adopt_shard(self, name: str, shard: int) -> int:
-        """Record a shard that another process wrote with :func:`put_shard` (a distributed
-        build); returns its file bytes."""
-        rec = read_json(str(self.ckpt / f"shard.{name}.{shard}.json"))
-        self._crcs.setdefault(name, {})[str(shard)] = rec["crc"]
-        return int(rec["file_bytes"])
-
-    def commit(self, attrs: dict[str, Any], overwrite: bool = False) -> Path:
-        """Write the group metadata (last: its presence marks a complete index), make it durable,
-        and swap the directory into place."""
-        attrs = {**attrs, "format_version": FORMAT_VERSION, "build_id": self.build_id,
-                 "generation": self.generation, "generation_path": generation_path(self.generation),
-                 "postings_path": POSTINGS, "data_crc32c": self._crcs}
-        if VECTORS in self._arrays:
-            attrs["vectors_path"] = VECTORS
-        write_json(str(self.gen_dir / "zarr.json"), group_meta({"build_id": self.build_id}), fsync=False)
-        shutil.rmtree(self.ckpt, ignore_errors=True)
-        _fsync_tree(self.tmp)
-        os.remove(self.tmp / BUILD_MARK)
-        write_root(self.tmp / "zarr.json", attrs)
-        if os.path.lexists(self.final):
-            check_target(self.final, overwrite)  # again: it may have changed during the build
-            if swap_directories(self.tmp, self.final):
-                shutil.rmtree(self.tmp, ignore_errors=True)  # now holds the old index
-            else:
-                old = self.final.with_name(f".{self.final.name}.old-{os.getpid()}")
-                os.replace(self.final, old)
-                os.replace(self.tmp, self.final)
-                shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.tmp, self.final)
-        _fsync_dir(self.final.parent)
-        return self.final
-
-    def abort(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def _fsync_dir(p: Path) -> None:
-    try:
-        fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _dirs, files in os.walk(root):
-        for f in files:
-            fd = os.open(os.path.join(dirpath, f), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(dirpath))
 
 
 def _check_disjoint(offsets: np.ndarray, nbytes: np.ndarray, where: str) -> None:

@@ -23,7 +23,8 @@ not known without a scan).
 
 Durability and atomicity: a batch writes the whole new generation directory, fsyncs it, then
 replaces the root ``zarr.json`` (write + rename + fsync, sealed with its checksum by
-:func:`spann.io.index_files.write_root`): a crash before the rename leaves the previous
+:func:`spann.io.index_files.write_root`, through
+:class:`spann.io.index_writer.GenerationWriter`): a crash before the rename leaves the previous
 generation current (the orphan directory and temporary root file are removed by the next
 update), after it the new one. Writers take an exclusive lock file; readers never block.
 Searches in flight keep the generation they started with; other processes pick up a new one
@@ -38,12 +39,9 @@ rebuild folds it into the base).
 
 from __future__ import annotations
 
-import fcntl
 import os
-import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import numba
 import numpy as np
@@ -53,13 +51,12 @@ from spann.errors import DataError, IndexCorruptError, QueryError
 from spann.format.labels import check_labels
 from spann.format.layout import delta_layout, full_entries
 from spann.format.list_writer import pack_entries
-from spann.format.zarr_v3 import (crc32c, group_meta, write_json, write_postings_meta, write_shard,
-                                  write_small_array)
 from spann.heads.assign import assign_block
 from spann.heads.graph import EntrySeeds, beam_search, no_walk_codes
 from spann.heads.groups import group_of_heads, nearest_group
 from spann.io.idmap import MAX_ID, check_ids, lookup_sorted
-from spann.io.index_files import LOCK, _fsync_dir, _fsync_tree, generation_path, read_root, write_root
+from spann.io.index_files import read_root
+from spann.io.index_writer import GenerationWriter, writer_lock
 from spann.io.postings import codes_offset, labels_start
 
 __all__ = ["add", "delete", "locate"]
@@ -440,30 +437,6 @@ def _two_means(x: np.ndarray, seed: int, iters: int = 8) -> tuple[np.ndarray, np
 
 # -- writing a generation ----------------------------------------------------------------------
 
-@contextmanager
-def _writer_lock(path: Path):
-    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-
-
-def _byte_array(root: Path, name: str, data: np.ndarray, total: int, shard: int, chunk: int,
-                build_id: str, crcs: dict) -> None:
-    d = root / name
-    d.mkdir(parents=True)
-    write_postings_meta(str(d), total, shard, chunk, {"build_id": build_id})
-    rec = {}
-    for s in range(-(-data.shape[0] // shard)):
-        part = np.ascontiguousarray(data[s * shard:(s + 1) * shard])
-        rec[str(s)] = [int(part.nbytes), crc32c(part.tobytes())]
-        write_shard(str(d / "c" / str(s)), part, shard, chunk)
-    crcs[name] = rec
-
-
 def _commit(index, b: _Batch) -> None:
     """Write generation g + 1 of ``index`` from batch ``b`` and switch to it."""
     ix = index
@@ -471,68 +444,46 @@ def _commit(index, b: _Batch) -> None:
     attrs, _ = read_root(str(root), path=str(root / "zarr.json"))  # checked again: it is what we rewrite
     if attrs.get("build_id") != b.snap.build_id or attrs.get("generation", 1) != b.snap.generation:
         raise QueryError(f"{root}: the index was rebuilt or changed under this handle; reopen it to update")
-    g = int(attrs.get("generation", 1)) + 1
-    old_gen = attrs["generation_path"]
-    gname = generation_path(g)
-    gdir = root / gname
-    for e in os.listdir(root):  # orphans of interrupted batches (we hold the writers' lock)
-        if e.startswith("gen-") and e != old_gen:
-            shutil.rmtree(root / e, ignore_errors=True)
-        elif e.startswith("zarr.json.tmp-"):
-            try:
-                os.unlink(root / e)
-            except OSError:
-                pass
-    gdir.mkdir()
-    bid = {"build_id": attrs["build_id"]}
+    w = GenerationWriter(root, attrs)
     H = b.heads.shape[0]
-    crcs: dict = {}
     try:
-        def small(name, arr):
-            write_small_array(str(gdir / name), np.ascontiguousarray(arr), bid)
-
         graph = {"heads": b.heads.astype(np.float32), "neighbors": b.neighbors.astype(np.int32),
                  "entries": b.entries.astype(np.int32), "offsets": b.offsets.astype(np.int64),
                  "counts": b.orig_counts.astype(np.int32), "base_live": b.base_live.astype(np.uint8),
                  "split_floor": b.split_floor.astype(np.int64)}
         for name, arr in graph.items():
-            if b.graph_dirty or name == "split_floor" or not (root / old_gen / name).exists():
-                small(name, arr)
+            if b.graph_dirty or name == "split_floor" or not w.has_previous(name):
+                w.write_array(name, arr)
             else:  # unchanged: the new generation links the old files
-                _link_tree(root / old_gen / name, gdir / name)
-        small("dead_keys", np.unique(b.dead_keys).astype(np.int64))
-        small("dead_ids", np.unique(b.dead_ids).astype(np.int64))
-        small("delta_dead", np.unique(b.delta_dead).astype(np.int64))
+                w.link_previous(name)
+        w.write_array("dead_keys", np.unique(b.dead_keys).astype(np.int64))
+        w.write_array("dead_ids", np.unique(b.dead_ids).astype(np.int64))
+        w.write_array("delta_dead", np.unique(b.delta_dead).astype(np.int64))
         new_attrs = dict(attrs)
-        for e in os.listdir(root / old_gen):
+        for e in os.listdir(w.previous):
             if e == "head_groups" and b.graph_dirty and b.group_labels is not None:
-                small(e, b.group_labels)  # every head's group, those splits moved or added included
+                w.write_array(e, b.group_labels)  # every head's group, those splits moved or added included
                 new_attrs.update(head_groups=int(b.snap.groups.centroids.shape[0]),
                                  head_group_labels=int(b.group_labels.shape[0]))
             elif e.startswith("code_") or e in ("pruner", "head_groups"):
-                _link_tree(root / old_gen / e, gdir / e)
+                w.link_previous(e)
         if b._delta is None:  # unchanged (a batch of base deletes): the new generation links its files
-            _reuse_delta(root, old_gen, gdir, gname, attrs, new_attrs, crcs)
+            _reuse_delta(w, new_attrs)
             if ix.layout.label_width or attrs.get("label_lists_path"):
                 for name in ("label_values", "label_counts", "label_listed", "label_offsets", "label_list_counts"):
-                    _link_tree(root / old_gen / name, gdir / name)
+                    w.link_previous(name)
         else:
-            _write_delta(ix, b, gdir, gname, attrs, new_attrs, crcs, small)
-        write_json(str(gdir / "zarr.json"), group_meta(bid), fsync=False)
-        _fsync_tree(gdir)
-        new_attrs.update(generation=g, generation_path=gname, live=int(b.live), next_id=int(b.next_id),
-                         updates_crc32c=crcs, heads_now=H,
+            _write_delta(ix, b, w, new_attrs)
+        new_attrs.update(live=int(b.live), next_id=int(b.next_id), heads_now=H,
                          splits=int(attrs.get("splits", 0)) + b.splits)
     except BaseException:
-        shutil.rmtree(gdir, ignore_errors=True)
+        w.abort()
         raise
-    write_root(root / "zarr.json", new_attrs)  # the commit point: from here on gdir is the index
-    _fsync_dir(root)
-    shutil.rmtree(root / old_gen, ignore_errors=True)
+    w.commit(new_attrs)  # the commit point: from here on the new generation is the index
 
 
-def _write_delta(ix, b: _Batch, gdir: Path, gname: str, attrs: dict, new_attrs: dict, crcs: dict, small) -> None:
-    """The delta lists (and the delta's label lists) of batch ``b`` into generation ``gdir``."""
+def _write_delta(ix, b: _Batch, w: GenerationWriter, new_attrs: dict) -> None:
+    """The delta lists (and the delta's label lists) of batch ``b`` into the new generation."""
     H = b.heads.shape[0]
     p = ix.build_params
     d = b.delta
@@ -544,28 +495,28 @@ def _write_delta(ix, b: _Batch, gdir: Path, gname: str, attrs: dict, new_attrs: 
         d.keep(order)
         codes = np.ascontiguousarray(d.vecs).view(np.uint8).reshape(d.ids.shape[0], -1)
         pk = pack_entries(dl, d.lists, H, d.ids, d.labels, None, codes, p.shard_bytes, p.chunk_bytes)
-        _byte_array(gdir, "delta", pk.data, pk.total, pk.shard_bytes, p.chunk_bytes, attrs["build_id"], crcs)
+        w.write_bytes("delta", pk.data, pk.total, pk.shard_bytes, p.chunk_bytes)
         uid, first = np.unique(d.ids, return_index=True)
-        small("delta_offsets", pk.offsets)
-        small("delta_counts", pk.counts)
-        small("delta_ids", uid)
-        small("delta_locs", pk.code_pos[first])
-        new_attrs["delta_path"] = f"{gname}/delta"
+        w.write_array("delta_offsets", pk.offsets)
+        w.write_array("delta_counts", pk.counts)
+        w.write_array("delta_ids", uid)
+        w.write_array("delta_locs", pk.code_pos[first])
+        new_attrs["delta_path"] = f"{w.gen_name}/delta"
     else:
         new_attrs["delta_path"] = None
     new_attrs["delta_labels_path"] = None
-    if ix.layout.label_width or attrs.get("label_lists_path"):
+    if ix.layout.label_width or w.attrs.get("label_lists_path"):
         V = b.label_values.shape[0]
         lab = b.snap.labels
-        small("label_values", b.label_values)
-        small("label_counts", np.maximum(b.label_counts, 0))
-        small("label_listed", b.label_listed)
+        w.write_array("label_values", b.label_values)
+        w.write_array("label_counts", np.maximum(b.label_counts, 0))
+        w.write_array("label_listed", b.label_listed)
         lo = np.zeros(V, np.int64)
         lc = np.zeros(V, np.int32)
         pos = np.searchsorted(b.label_values, lab["values"])
         lo[pos], lc[pos] = lab["offsets"], lab["list_counts"]
-        small("label_offsets", lo)
-        small("label_list_counts", lc)
+        w.write_array("label_offsets", lo)
+        w.write_array("label_list_counts", lc)
         # the delta's vectors of labels with label lists, once per vector and label
         uid, first = np.unique(d.ids, return_index=True)
         rows, cols = np.nonzero(d.labels[first] >= 0)
@@ -576,47 +527,31 @@ def _write_delta(ix, b: _Batch, gdir: Path, gname: str, attrs: dict, new_attrs: 
             ll = full_entries(ix.dim, ix.layout.dtype)
             codes = np.ascontiguousarray(d.vecs[rows]).view(np.uint8).reshape(rows.size, -1)
             pk = pack_entries(ll, v, V, d.ids[rows], None, None, codes, p.shard_bytes, p.chunk_bytes)
-            _byte_array(gdir, "delta_labels", pk.data, pk.total, pk.shard_bytes, p.chunk_bytes, attrs["build_id"],
-                        crcs)
-            small("delta_label_offsets", pk.offsets)
-            small("delta_label_counts", pk.counts)
-            new_attrs["delta_labels_path"] = f"{gname}/delta_labels"
+            w.write_bytes("delta_labels", pk.data, pk.total, pk.shard_bytes, p.chunk_bytes)
+            w.write_array("delta_label_offsets", pk.offsets)
+            w.write_array("delta_label_counts", pk.counts)
+            new_attrs["delta_labels_path"] = f"{w.gen_name}/delta_labels"
 
 
-def _link_tree(src: Path, dst: Path) -> None:
-    """Hard-link the files under ``src`` into ``dst`` (copy where a link fails). Generations
-    never modify a file once written, so sharing them is safe."""
-    for dirpath, _dirs, files in os.walk(src):
-        rel = Path(dirpath).relative_to(src)
-        (dst / rel).mkdir(parents=True, exist_ok=True)
-        for f in files:
-            try:
-                os.link(Path(dirpath) / f, dst / rel / f)
-            except OSError:
-                shutil.copy2(Path(dirpath) / f, dst / rel / f)
-
-
-def _reuse_delta(root: Path, old_gen: str, gdir: Path, gname: str, attrs: dict, new_attrs: dict, crcs: dict) -> None:
-    """Hard-link the previous generation's delta arrays into the new one (copy where links fail)."""
+def _reuse_delta(w: GenerationWriter, new_attrs: dict) -> None:
+    """Share the previous generation's delta arrays with the new one."""
     small = {"delta_path": ("delta_offsets", "delta_counts", "delta_ids", "delta_locs"),
              "delta_labels_path": ("delta_label_offsets", "delta_label_counts")}
     for key, arrays in small.items():
-        old = attrs.get(key)
+        old = w.attrs.get(key)
         new_attrs[key] = None
         if not old:
             continue
         name = old.split("/")[-1]
-        _link_tree(root / old, gdir / name)
+        new_attrs[key] = w.reuse_bytes(old, (w.attrs.get("updates_crc32c") or {}).get(name))
         for a in arrays:
-            _link_tree(root / old_gen / a, gdir / a)
-        new_attrs[key] = f"{gname}/{name}"
-        crcs[name] = (attrs.get("updates_crc32c") or {}).get(name)
+            w.link_previous(a)
 
 
 @contextmanager
 def _batch(index):
     """Exclusive update of ``index``: the latest generation loaded, committed at the end."""
-    with index.write_lock, _writer_lock(index.path):
+    with index.write_lock, writer_lock(index.path):
         index.reload()
         snap = index.enter()
         try:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -312,13 +313,17 @@ def test_updates_for_every_metric_and_dtype(tmp_path, metric, enc, dtype):
 
 
 def test_interrupt_right_after_the_commit_point_keeps_the_new_generation(tmp_path, monkeypatch):
-    import spann.update.apply as U
+    import spann.io.index_writer as W
     idx = spann.build(X[:500], tmp_path / "c", metric="l2", progress=False)
 
-    def boom(_p):
-        raise KeyboardInterrupt
+    sync = W._fsync_dir
 
-    monkeypatch.setattr(U, "_fsync_dir", boom)  # a signal arriving just after the root was replaced
+    def boom(p):
+        if Path(p) == tmp_path / "c":  # the index directory: synced once, right after its root was replaced
+            raise KeyboardInterrupt
+        sync(p)
+
+    monkeypatch.setattr(W, "_fsync_dir", boom)  # a signal arriving just after the root was replaced
     with pytest.raises(KeyboardInterrupt):
         idx.add(X[:3] + 1, ids=[10**6, 10**6 + 1, 10**6 + 2])
     monkeypatch.undo()
