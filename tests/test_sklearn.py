@@ -7,6 +7,7 @@ import gc
 import inspect
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -310,3 +311,12 @@ def test_missing_sklearn_says_what_to_install():
     last = p.stderr.strip().splitlines()[-1]
     assert last == 'ImportError: spann.sklearn needs scikit-learn: pip install "spann-ann[sklearn]"', p.stderr
 
+
+def test_readme_example_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Quick start: scikit-learn\n", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"^```python\n(.*?)^```", section, re.M | re.S)
+    ns: dict = {}
+    exec(compile(code, "README scikit-learn quick start", "exec"), ns)
+    assert ns["ind"].shape == (1000, 10) and ns["embedding"].shape == (1000, 2)
