@@ -192,6 +192,7 @@ class Index:
         #: lists (and vector-store pages) are fetched from the store before a search scans them
         self.fetching: bool = any(r.fetched for r in self._readers(self._snap))
         self.codebook = codebook_view(f.layout.encoding, f.codebook)
+        self._scan_codebook = self.codebook if f.layout.coded else None  # what the kernels take: None for full
         self._no_model = np.zeros(0, np.float64)
         self._no_i32 = np.zeros(0, np.int32)
         self._no_i64 = np.zeros(0, np.int64)
@@ -478,16 +479,13 @@ class Index:
         listed = bool(pos.size) and bool(np.all(lab["listed"][pos] > 0))
         return pos, min(share, 1.0), listed
 
-    def _direct_args(self, snap, sizes: tuple[int, int] | None) -> Direct:
+    def _direct_args(self, snap, sizes: tuple[int, int] | None) -> Direct | None:
         """The :class:`~spann.search.views.Direct` of :func:`~spann.search.kernels.search_one`: this
         thread's direct readers of the posting array and the vector store, sized for ``sizes`` (lists, rows read per
         query at most), and the views of ``snap``'s lists and the rows over their buffers; with
-        ``sizes`` None, readers that read nothing and the mapped views."""
-        if sizes is None:  # the mapped views, built once per snapshot
-            mapped = snap.mapped_reads
-            if mapped is None:
-                mapped = snap.mapped_reads = Direct(self._no_direct, self._no_direct, snap.pv, self._vectors_view())
-            return mapped
+        ``sizes`` None, None (read through the page cache)."""
+        if sizes is None:  # reads through the page cache
+            return None
         vv = self._vectors_view()
         n_lists, n_rows = max(int(sizes[0]), 8), max(int(sizes[1]), 8)
         base = self._base
@@ -564,7 +562,7 @@ class Index:
                 return self._search_single(snap, plan, qs, qh, k, p)
         pv = snap.pv
         vv = self._vectors_view()
-        cb = self.codebook
+        cb = self._scan_codebook
         H = snap.heads.shape[0]
         model = snap.pruner if (p.pruner and snap.pruner is not None) else self._no_model
         budget = min(p.max_postings, H)
@@ -597,7 +595,7 @@ class Index:
             # the compiled entry point is called directly, with the arguments this snapshot, these
             # parameters and k fix (see _search_single)
             mid = (f32, snap.hx, plan, Lists(pv, cb, vv, snap.dv, dead, snap.delta_dead))
-            kind = (model is self._no_model, f32 is self._no_i32)  # kinds kept apart for safety only
+            kind = (model is self._no_model, f32 is self._no_i32, p.direct)  # one compiled entry per argument types
             kernel = snap.kernels.get(kind)
             sizes = (m + budget // 2, R + min(k, R)) if p.direct else None  # lists (early + kept), rows
             if kernel is None:
@@ -618,7 +616,8 @@ class Index:
             with NumbaThreads(batch_threads(threads, nq)):
                 n_threads = numba.get_num_threads()
                 seeds = snap.seeds.for_rows(qh) if snap.groups.centroids.shape[0] == 0 else np.zeros((nq, 0), np.int32)
-                sel_i, _sel_d, kept, evals = select_batch(qh, snap.hx, seeds, plan, max(1, min(nq, n_threads * 8)))
+                n_chunks = max(1, min(nq, n_threads * 8))
+                sel_i, _sel_d, kept, evals = select_batch(qh, snap.hx_batch, seeds, plan, n_chunks)
                 dists = np.empty((nq, k), np.float32)
                 ids = np.empty((nq, k), np.int64)
                 stt = np.empty((nq, N_STATS), np.int64)

@@ -53,7 +53,7 @@ def test_single_queries_through_compiled_entry_points_match_batch(synth, synth_i
     synth_index.search(q[0], 10)
     synth_index.search(q[0], 10, pruner=False)
     snap = synth_index._snap
-    assert set(snap.kernels) == {(False, True), (True, True)}
+    assert set(snap.kernels) == {(False, True, False), (True, True, False)}
     assert all(k is not search_one for k in snap.kernels.values())  # the entry points are in use
     compiled = {cres.entry_point: sig for sig, cres in search_one.overloads.items()}
     calls = []
@@ -111,7 +111,7 @@ def test_learned_pruner_adapts_lists_per_query(synth, synth_index):
     from spann.heads.graph import beam_search, walk_codes
     from spann.heads.groups import group_search, no_head_groups
     from spann.search.kernels import select_lists
-    from spann.search.views import HeadIndex, Plan
+    from spann.search.views import Plan, head_index
     qs, qh = synth_index._metric.query_space(q[:50])
     walk = walk_codes(synth_index.heads, min_dim=1)  # the walk on byte codes: its pool is re-scored exactly
     groups = synth_index._snap.groups
@@ -122,8 +122,8 @@ def test_learned_pruner_adapts_lists_per_query(synth, synth_index):
     for i in range(50):
         for hg in (no_head_groups(qh.shape[1]), groups):
             sel, sd = np.empty(32, np.int32), np.empty(32, np.float32)
-            hx = HeadIndex(heads=synth_index.heads, walk=walk, neighbors=synth_index.neighbors, groups=hg,
-                           entries=synth_index.entries, seed_rows=synth_index.heads[:0])
+            hx = head_index(heads=synth_index.heads, walk=walk, neighbors=synth_index.neighbors, groups=hg,
+                            entries=synth_index.entries, seed_rows=synth_index.heads[:0])
             plan = Plan(metric=0, ef=64, m=32, budget=16, model=synth_index.pruner, prune_eps=np.float32(1e18),
                         rerank=0, bound_k=0)
             kept, _ = select_lists(qh[i], hx, synth_index.entries, plan, vis, np.uint32(2 * i + 1), sel, sd)

@@ -256,6 +256,7 @@ def pruner_stage(metric: Metric, sample: Sample, dim: int, heads: Heads, graph: 
     no_model = np.zeros(0, np.float64)
 
     def select(hg, ef, width):  # heads found as searches find them
+        # one kernel for both kinds of selection (empty groups walk the graph)
         hx = HeadIndex(heads=hv, walk=walk_codes(hv), neighbors=graph.neighbors, groups=hg, entries=graph.entries,
                        seed_rows=hv[:0])
         plan = Plan(metric=0, ef=ef, m=width, budget=width, model=no_model, prune_eps=np.float32(1e18), rerank=0,

@@ -45,10 +45,8 @@ FULL, SQ8, RABITQ = 0, 1, 2
 
 CodebookView = namedtuple("CodebookView", ["kind", "lo", "scale", "rotation"])
 CodebookView.__doc__ = """Trained code parameters as numba sees them: kind (FULL/SQ8/RABITQ);
-sq8: lo, scale float32 (D,); rabitq: rotation float32 (D, Dp). Unused fields are empty."""
-
-_EMPTY1 = np.zeros(0, np.float32)
-_EMPTY2 = np.zeros((0, 0), np.float32)
+sq8: lo, scale float32 (D,); rabitq: rotation float32 (D, Dp). Unused fields are None, so
+that each codec is its own numba type and a kernel compiles only the scan of its codec."""
 
 #: ``auto`` encodes float data of at least this many dimensions with rabitq
 RABITQ_MIN_DIM = 384
@@ -111,9 +109,9 @@ class Codec:
         return {}
 
     def view(self, arrays: Mapping[str, np.ndarray]) -> CodebookView:
-        """The codebook as the numba kernels take it (unused fields empty)."""
-        return CodebookView(kind=np.int64(self.kind), lo=arrays.get("lo", _EMPTY1),
-                            scale=arrays.get("scale", _EMPTY1), rotation=arrays.get("rotation", _EMPTY2))
+        """The codebook as the numba kernels take it (unused fields None)."""
+        return CodebookView(kind=np.int64(self.kind), lo=arrays.get("lo"), scale=arrays.get("scale"),
+                            rotation=arrays.get("rotation"))
 
     def encode(self, arrays: Mapping[str, np.ndarray], rows: np.ndarray,
                centers: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

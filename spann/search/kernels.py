@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numba.core import types
+from numba.extending import overload
 
-from spann.codecs.encodings import FULL, SQ8, sq8_distance, sq8_prepare
+from spann.codecs.encodings import sq8_distance, sq8_prepare
 from spann.codecs.rabitq import bound_cut, error_bound, estimate, prepare_list_query
 from spann.format.labels import has_label, is_dead
 from spann.heads.graph import SEEDS, beam_search, nearest_entries
@@ -60,16 +62,24 @@ def compiled_entry(kernel, args: tuple):
 def select_lists(qh, hx, entries, plan, visited, tag, sel_i, sel_d):
     """Nearest heads of head-space query ``qh`` into ``sel_i``/``sel_d`` (ascending): a scan of
     the nearest head groups of ``hx`` (a :class:`~spann.search.views.HeadIndex`; see
-    :mod:`spann.heads.groups`), or when there are none a walk of its graph from ``entries``
-    (int32; ``visited``/``tag``: the walk's marks), then how many of them to read: the pruner's
-    choice for ``plan.budget`` (see :mod:`spann.heads.pruner`; just the budget without a
-    model), cut further by the distance-ratio rule ``plan.prune_eps``.
+    :mod:`spann.heads.groups`), or when it has none (``hx.groups`` None) a walk of its graph
+    from ``entries`` (int32; ``visited``/``tag``: the walk's marks), then how many of them to
+    read: the pruner's choice for ``plan.budget`` (see :mod:`spann.heads.pruner`; just the
+    budget without a model), cut further by the distance-ratio rule ``plan.prune_eps``.
     Returns (kept, distance evaluations)."""
-    if hx.groups.centroids.shape[0] > 0:
-        n_eval = group_search(qh, hx.heads, hx.groups, plan.ef, sel_i, sel_d)
-    else:
-        n_eval = beam_search(qh, hx.heads, hx.neighbors, entries, plan.ef, visited, tag, sel_i, sel_d, hx.walk)
+    n_eval = nearest_heads(qh, hx, hx.groups, entries, plan.ef, visited, tag, sel_i, sel_d)
     return lists_to_read(sel_i, sel_d, plan.model, plan.budget, plan.prune_eps), n_eval
+
+
+@numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
+def nearest_heads(qh, hx, groups, entries, ef, visited, tag, sel_i, sel_d):
+    """The head search of :func:`select_lists`: ``groups`` is ``hx.groups``, an argument so that
+    numba compiles no group search for an index without groups (None: a None-typed argument
+    prunes its branch; empty groups also walk, in a kernel compiled for both, as the build's
+    comparisons of the two are). Returns the distance evaluations."""
+    if groups is not None and groups.centroids.shape[0] > 0:
+        return group_search(qh, hx.heads, groups, ef, sel_i, sel_d)
+    return beam_search(qh, hx.heads, hx.neighbors, entries, ef, visited, tag, sel_i, sel_d, hx.walk)
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
@@ -93,11 +103,11 @@ def select_lists_early(qh, hx, plan, sel_i, sel_d, pv, dl, offs, epoch, early_i)
 
 @numba.njit(cache=True, nogil=True)
 def request_lists(pv, dl, offs, sel, n, epoch):
-    """Start reading lists ``sel[:n]``: with a direct reader ``dl`` (``dl.ctx`` != 0, see
-    :mod:`spann.io.direct`) into its buffer (``offs``: the offsets of its buffer view; returns
-    the bytes requested), else through the page cache (``epoch``: see :func:`union_pages`;
-    returns 0, the caller counts pages)."""
-    if dl.ctx != 0:
+    """Start reading lists ``sel[:n]``: with a direct reader ``dl`` (see :mod:`spann.io.direct`)
+    into its buffer (``offs``: the offsets of its buffer view; returns the bytes requested), or
+    with ``dl`` None through the page cache (``epoch``: see :func:`union_pages`; returns 0, the
+    caller counts pages)."""
+    if dl is not None:
         return direct_lists(pv, dl, sel, n, offs)
     union_pages(pv, sel, n, epoch)
     return 0
@@ -106,9 +116,9 @@ def request_lists(pv, dl, offs, sel, n, epoch):
 @numba.njit(cache=True, nogil=True)
 def request_rows(vv, dr, rows, n, epoch, pos):
     """Start reading vector-store rows ``rows[:n]``: with a direct reader ``dr`` into its buffer
-    (``pos[j]``: where row j lands; returns the bytes requested), else through the page cache
-    (returns 0)."""
-    if dr.ctx != 0:
+    (``pos[j]``: where row j lands; returns the bytes requested), or with ``dr`` None (or a
+    reader that reads nothing, ``ctx`` 0) through the page cache (returns 0)."""
+    if dr is not None and dr.ctx != 0:
         return direct_rows(vv, dr, rows, n, pos)
     union_row_pages(vv, rows, n, epoch)
     return 0
@@ -283,15 +293,48 @@ def scan_rabitq(qh, metric, pv, heads, sel_i, kept, filt, dead, cand_d, cand_r, 
         stats[3] += codes_offset(pv, c) + c * pv.code_bytes
 
 
-@numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
+def _absent(record, field: str) -> bool:
+    """Whether ``field`` of numba namedtuple type ``record`` is None (the codec has no such array)."""
+    return isinstance(record.types[record.fields.index(field)], types.NoneType)
+
+
 def scan_candidates(q, qh, metric, pv, cb, heads, sel_i, kept, filt, dead, cands, stats):
     """Scan the first ``kept`` lists of ``sel_i`` into the :class:`~spann.search.views.Candidates`
-    ``cands`` with the codes of ``cb``: :func:`scan_coded` for sq8, else :func:`scan_rabitq`.
-    Calls may continue one another's candidates."""
-    if cb.kind == SQ8:
-        scan_coded(q, metric, pv, cb, cands.qa, sel_i, kept, filt, dead, cands.d, cands.r, stats)
-    else:
+    ``cands`` with the codes of codebook ``cb``: :func:`scan_coded` for sq8 (no rotation),
+    :func:`scan_rabitq` for rabitq. Calls may continue one another's candidates. Chosen by
+    ``cb``'s type when a kernel is compiled, so only the codec an index uses is compiled;
+    callable from numba kernels only."""
+    raise TypeError("scan_candidates runs inside numba kernels only")
+
+
+@overload(scan_candidates, jit_options={"fastmath": FASTMATH, "nogil": True})
+def _scan_candidates(q, qh, metric, pv, cb, heads, sel_i, kept, filt, dead, cands, stats):
+    if _absent(cb, "rotation"):
+        def sq8(q, qh, metric, pv, cb, heads, sel_i, kept, filt, dead, cands, stats):
+            scan_coded(q, metric, pv, cb, cands.qa, sel_i, kept, filt, dead, cands.d, cands.r, stats)
+        return sq8
+
+    def rabitq(q, qh, metric, pv, cb, heads, sel_i, kept, filt, dead, cands, stats):
         scan_rabitq(qh, metric, pv, heads, sel_i, kept, filt, dead, cands.d, cands.r, cands.e, stats)
+    return rabitq
+
+
+def cut_candidates(cb, cands, bound_k):
+    """Drop the candidates whose error bound keeps them out of the top ``bound_k``
+    (:func:`~spann.codecs.rabitq.bound_cut`; rabitq codes with ``bound_k`` > 0; nothing for
+    sq8, whose estimates carry no bound). Numba kernels only, chosen by ``cb``'s type."""
+    raise TypeError("cut_candidates runs inside numba kernels only")
+
+
+@overload(cut_candidates, jit_options={"nogil": True})
+def _cut_candidates(cb, cands, bound_k):
+    if _absent(cb, "rotation"):
+        return lambda cb, cands, bound_k: None
+
+    def rabitq(cb, cands, bound_k):
+        if bound_k > 0:
+            bound_cut(cands.d, cands.e, cands.r, bound_k)
+    return rabitq
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
@@ -351,14 +394,13 @@ def scan_landed(q, qh, filt, hx, plan, lists, reads, sel, cands, out, half, earl
     """Scan lists ``sel`` read directly (:func:`request_lists` with ``reads.lists``, a
     :class:`~spann.search.views.Direct`) in the order their reads land, nearest first among
     those landed, through ``reads.lists_view``:
-    full lists into ``out``'s top-k, coded ones into ``cands`` (see :func:`scan_candidates`),
+    full lists into ``out``'s top-k, coded ones into ``cands`` (see :func:`scan_part`),
     while the device still reads the others. Once ``half`` (> 0) lists are scanned, the rows of
     the best ``len(early.rows)`` candidates are requested from ``reads.rows`` (rows into
     ``early.rows``, their buffer positions into ``early.pos``). Returns (early rows, bytes
     requested)."""
     metric, cb, dead, heads = plan.metric, lists.codebook, lists.dead, hx.heads
     pvd, dl = reads.lists_view, reads.lists
-    top_d, top_i, stats = out.top_d, out.top_i, out.stats
     cand_r, early_r = cands.r, early.rows
     kept = sel.shape[0]
     todo = sel.copy()
@@ -390,18 +432,25 @@ def scan_landed(q, qh, filt, hx, plan, lists, reads, sel, cands, out, half, earl
             b = nr
             if scanned < half < scanned + nr - a:  # stop at half to request the early rows
                 b = a + half - scanned
-            if cb.kind == FULL:
-                scan_full(q, metric, pvd, ready[a:b], b - a, filt, dead, top_d, top_i, stats)
-            else:
-                scan_candidates(q, qh, metric, pvd, cb, heads, ready[a:b], b - a, filt, dead, cands, stats)
+            scan_part(q, qh, metric, pvd, cb, heads, ready[a:b], b - a, filt, dead, cands, out)
             scanned += b - a
             a = b
-            if half > 0 and scanned == half and cb.kind != FULL:
+            if half > 0 and scanned == half:  # (coded lists only: half is 0 for full ones)
                 while n_early_r < early_r.shape[0] and cand_r[n_early_r] >= 0:
                     early_r[n_early_r] = cand_r[n_early_r]
                     n_early_r += 1
                 got = request_rows(lists.vectors, reads.rows, early_r, n_early_r, -1, early.pos)
     return n_early_r, got
+
+
+@numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
+def scan_part(q, qh, metric, pv, cb, heads, sel_i, kept, filt, dead, cands, out):
+    """Scan lists ``sel_i[:kept]``: full vectors (``cb`` None) into ``out``'s top-k with
+    :func:`scan_full`, codes into ``cands`` with :func:`scan_candidates`."""
+    if cb is None:
+        scan_full(q, metric, pv, sel_i, kept, filt, dead, out.top_d, out.top_i, out.stats)
+    else:
+        scan_candidates(q, qh, metric, pv, cb, heads, sel_i, kept, filt, dead, cands, out.stats)
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
@@ -422,98 +471,128 @@ def search_one(q, qh, filt, hx, plan, lists, scratch, reads, out):
     of the lists is scanned, and the other candidates' rows when the scan is done, except pages
     requested lately (within ~1 s, :mod:`spann.io.recent`; -1: request nothing, let the reads
     fault; ``bytes_read`` counts early rows that end up not re-ranked). ``reads``
-    (:class:`~spann.search.views.Direct`): when ``reads.lists.ctx`` != 0 the base lists and
-    rows are read with O_DIRECT in the same two steps each, into the readers' buffers, and
-    scanned there through ``reads.lists_view`` and ``reads.rows_view``; ``bytes_read`` then
-    counts the pages read."""
-    metric, m, budget, rerank_depth, bound_k = plan.metric, plan.m, plan.budget, plan.rerank, plan.bound_k
-    heads, hg = hx.heads, hx.groups
-    pv, cb, vv, dv, dead, delta_dead = (lists.postings, lists.codebook, lists.vectors, lists.delta, lists.dead,
-                                        lists.delta_dead)
-    dl, dr, pvd, vvd = reads.lists, reads.rows, reads.lists_view, reads.rows_view
+    (:class:`~spann.search.views.Direct`, or None to read through the page cache): the base
+    lists and rows are read with O_DIRECT in the same two steps each, into the readers'
+    buffers, and scanned there through ``reads.lists_view`` and ``reads.rows_view``;
+    ``bytes_read`` then counts the pages read.
+
+    What kind of index and reads a call serves is fixed by its argument types, so numba
+    compiles only the paths it takes: ``hx.groups`` None (walk the graph) or head groups,
+    ``lists.codebook`` None (full vectors) or an sq8 or rabitq codebook, ``reads`` None or
+    direct reads."""
     top_d, top_i, stats = out.top_d, out.top_i, out.stats
-    epoch = scratch.epoch
-    direct = dl.ctx != 0
-    if direct:
-        direct_reset(dl)
-        direct_reset(dr)
-    sel_i = np.empty(m, np.int32)
-    sel_d = np.empty(m, np.float32)
-    walk = hg.centroids.shape[0] == 0
-    if not walk and (direct or (epoch >= 0 and pv.prefetchable)) and budget >= 4:  # from the device: start early
-        early_i = np.empty(budget // 2, np.int32)
-        kept, n_eval, n_early, got = select_lists_early(qh, hx, plan, sel_i, sel_d, pv, dl, pvd.offsets, epoch, early_i)
-        late = np.empty(kept, np.int32)
-        got += request_lists(pv, dl, pvd.offsets, late, heads_not_in(sel_i, kept, early_i, n_early, late, 0), epoch)
-        if direct:
-            stats[1] += got
-        else:
-            read_i = np.empty(kept + n_early, np.int32)  # counted: the kept lists and the early ones not kept
-            read_i[:kept] = sel_i[:kept]
-            stats[1] += 4096 * union_pages(pv, read_i, heads_not_in(early_i, n_early, sel_i, kept, read_i, kept), -1)
+    if reads is not None:
+        direct_reset(reads.lists)
+        direct_reset(reads.rows)
+    sel_i = np.empty(plan.m, np.int32)
+    sel_d = np.empty(plan.m, np.float32)
+    if reads is not None:
+        kept = select_to_read(qh, hx, hx.groups, plan, lists.postings, scratch, reads.lists, reads.lists_view.offsets,
+                              sel_i, sel_d, stats)
     else:
-        seeds = nearest_entries(qh, hx.seed_rows, hx.entries, SEEDS) if walk and hx.seed_rows.shape[0] > 0 \
-            else hx.entries
-        kept, n_eval = select_lists(qh, hx, seeds, plan, scratch.visited, scratch.tag, sel_i, sel_d)
-        if direct:
-            stats[1] += direct_lists(pv, dl, sel_i, kept, pvd.offsets)
-        else:
-            stats[1] += 4096 * union_pages(pv, sel_i, kept, epoch)
-    stats[1] += 4096 * union_pages(dv, sel_i, kept, epoch)
-    stats[2] += n_eval
+        kept = select_to_read(qh, hx, hx.groups, plan, lists.postings, scratch, None, lists.postings.offsets, sel_i,
+                              sel_d, stats)
+    stats[1] += 4096 * union_pages(lists.delta, sel_i, kept, scratch.epoch)
     for j in range(top_d.shape[0]):
         top_d[j] = np.inf
         top_i[j] = -1
-    cand_d = np.full(rerank_depth if cb.kind != FULL else 0, np.inf, np.float32)
-    cand_r = np.full(cand_d.shape[0], -1, np.int64)
-    cand_e = np.zeros(cand_d.shape[0], np.float32)
-    qa = np.empty(q.shape[0], np.float32)
-    cands = Candidates(cand_d, cand_r, cand_e, qa)
-    # coded lists from the device: once the nearest half of the lists is scanned, request the
-    # rows of the best k candidates so far; the device reads them during the rest of the scan
-    coded = cb.kind != FULL
-    half = kept // 2 if coded and (direct or (epoch >= 0 and vv.prefetchable)) and kept >= 2 else 0
-    early_r = np.empty(min(top_d.shape[0], rerank_depth), np.int64)
+    scan_selected(q, qh, filt, hx, plan, lists, lists.codebook, scratch, reads, out, sel_i[:kept])
+    scan_full(q, plan.metric, lists.delta, sel_i, kept, filt, lists.delta_dead, top_d, top_i, stats)
+    if reads is not None:
+        direct_wait(reads.lists)  # lists requested early and not kept: errors surface in this query
+
+
+@numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
+def select_to_read(qh, hx, groups, plan, pv, scratch, dl, offs, sel_i, sel_d, stats):
+    """:func:`search_one`'s lists: select them (:func:`select_lists`; on head groups
+    (``groups`` is ``hx.groups``) with lists from the device, :func:`select_lists_early`) and
+    request them (``dl``, ``offs``: see :func:`request_lists`); adds the bytes and distance
+    evaluations to ``stats``. Returns how many of ``sel_i`` to read."""
+    epoch = scratch.epoch
+    if groups is not None and groups.centroids.shape[0] > 0:
+        if (dl is not None or (epoch >= 0 and pv.prefetchable)) and plan.budget >= 4:  # from the device: start early
+            early_i = np.empty(plan.budget // 2, np.int32)
+            kept, n_eval, n_early, got = select_lists_early(qh, hx, plan, sel_i, sel_d, pv, dl, offs, epoch, early_i)
+            late = np.empty(kept, np.int32)
+            got += request_lists(pv, dl, offs, late, heads_not_in(sel_i, kept, early_i, n_early, late, 0), epoch)
+            if dl is not None:
+                stats[1] += got
+            else:
+                read_i = np.empty(kept + n_early, np.int32)  # counted: the kept lists and the early ones not kept
+                read_i[:kept] = sel_i[:kept]
+                stats[1] += 4096 * union_pages(pv, read_i, heads_not_in(early_i, n_early, sel_i, kept, read_i, kept),
+                                               -1)
+            stats[2] += n_eval
+            return kept
+        seeds = hx.entries
+    else:
+        seeds = nearest_entries(qh, hx.seed_rows, hx.entries, SEEDS) if hx.seed_rows.shape[0] > 0 else hx.entries
+    kept, n_eval = select_lists(qh, hx, seeds, plan, scratch.visited, scratch.tag, sel_i, sel_d)
+    if dl is not None:
+        stats[1] += direct_lists(pv, dl, sel_i, kept, offs)
+    else:
+        stats[1] += 4096 * union_pages(pv, sel_i, kept, epoch)
+    stats[2] += n_eval
+    return kept
+
+
+@numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
+def scan_selected(q, qh, filt, hx, plan, lists, cb, scratch, reads, out, sel):
+    """:func:`search_one`'s scan of the base lists ``sel`` (requested already): full vectors
+    (``cb``, the codebook, None) straight into the top-k; codes into the best ``plan.rerank``
+    candidates, whose rows are then requested and re-ranked exactly (coded lists from the
+    device: the best k candidates' rows once the nearest half of the lists is scanned)."""
+    kept = sel.shape[0]
+    metric, epoch = plan.metric, scratch.epoch
+    top_d, top_i, stats = out.top_d, out.top_i, out.stats
+    pv, vv, dead = lists.postings, lists.vectors, lists.dead
+    R = plan.rerank if cb is not None else 0
+    cands = Candidates(np.full(R, np.inf, np.float32), np.full(R, -1, np.int64), np.zeros(R, np.float32),
+                       np.empty(q.shape[0] if cb is not None else 0, np.float32))
+    cand_r = cands.r
+    early_r = np.empty(min(top_d.shape[0], R), np.int64)
     early_pos = np.empty(early_r.shape[0], np.int64)
     early = Early(early_r, early_pos)
+    if cb is None:
+        if reads is not None:  # scan the lists as they land
+            scan_landed(q, qh, filt, hx, plan, lists, reads, sel, cands, out, 0, early)
+        else:
+            scan_full(q, metric, pv, sel, kept, filt, dead, top_d, top_i, stats)
+        return
+    # coded lists from the device: once the nearest half of the lists is scanned, request the
+    # rows of the best k candidates so far; the device reads them during the rest of the scan
+    half = kept // 2 if (reads is not None or (epoch >= 0 and vv.prefetchable)) and kept >= 2 else 0
     n_early_r = 0
     got = 0
-    if direct:  # scan the lists as they land
-        n_early_r, got = scan_landed(q, qh, filt, hx, plan, lists, reads, sel_i[:kept], cands, out, half, early)
-    elif not coded:
-        scan_full(q, metric, pv, sel_i, kept, filt, dead, top_d, top_i, stats)
+    if reads is not None:
+        n_early_r, got = scan_landed(q, qh, filt, hx, plan, lists, reads, sel, cands, out, half, early)
     else:
         if half > 0:
-            scan_candidates(q, qh, metric, pv, cb, heads, sel_i[:half], half, filt, dead, cands, stats)
+            scan_candidates(q, qh, metric, pv, cb, hx.heads, sel[:half], half, filt, dead, cands, stats)
             while n_early_r < early_r.shape[0] and cand_r[n_early_r] >= 0:
                 early_r[n_early_r] = cand_r[n_early_r]
                 n_early_r += 1
-            request_rows(vv, dr, early_r, n_early_r, epoch, early_pos)
-        scan_candidates(q, qh, metric, pv, cb, heads, sel_i[half:], kept - half, filt, dead, cands, stats)
-    if coded:
-        if cb.kind != SQ8 and bound_k > 0:
-            bound_cut(cand_d, cand_e, cand_r, bound_k)
-        n_c = 0
-        while n_c < rerank_depth and cand_r[n_c] >= 0:
-            n_c += 1
-        rest = np.empty(n_c, np.int64)  # the candidates' rows not requested early
-        rest_pos = np.empty(n_c, np.int64)
-        n_rest = heads_not_in(cand_r, n_c, early_r, n_early_r, rest, 0)
-        got += request_rows(vv, dr, rest, n_rest, epoch, rest_pos)
-        if direct:
-            stats[1] += got
-            pos = positions_of(cand_r, n_c, early_r, early_pos, n_early_r, rest, rest_pos, n_rest)
-            direct_wait(dr)
-            rerank_at(q, metric, vvd, pos, n_c, top_d, top_i, stats)
-        else:
-            read_r = np.empty(n_c + n_early_r, np.int64)  # counted: the candidates and the early rows not among them
-            read_r[:n_c] = cand_r[:n_c]
-            stats[1] += 4096 * union_row_pages(vv, read_r, heads_not_in(early_r, n_early_r, cand_r, n_c, read_r, n_c),
-                                               -1)
-            rerank(q, metric, vv, cand_r, top_d, top_i, stats)
-    scan_full(q, metric, dv, sel_i, kept, filt, delta_dead, top_d, top_i, stats)
-    if direct:
-        direct_wait(dl)  # lists requested early and not kept: errors surface in this query
+            request_rows(vv, None, early_r, n_early_r, epoch, early_pos)
+        scan_candidates(q, qh, metric, pv, cb, hx.heads, sel[half:], kept - half, filt, dead, cands, stats)
+    cut_candidates(cb, cands, plan.bound_k)
+    n_c = 0
+    while n_c < R and cand_r[n_c] >= 0:
+        n_c += 1
+    rest = np.empty(n_c, np.int64)  # the candidates' rows not requested early
+    rest_pos = np.empty(n_c, np.int64)
+    n_rest = heads_not_in(cand_r, n_c, early_r, n_early_r, rest, 0)
+    if reads is not None:
+        got += request_rows(vv, reads.rows, rest, n_rest, epoch, rest_pos)
+        stats[1] += got
+        pos = positions_of(cand_r, n_c, early_r, early_pos, n_early_r, rest, rest_pos, n_rest)
+        direct_wait(reads.rows)
+        rerank_at(q, metric, reads.rows_view, pos, n_c, top_d, top_i, stats)
+    else:
+        request_rows(vv, None, rest, n_rest, epoch, rest_pos)
+        read_r = np.empty(n_c + n_early_r, np.int64)  # counted: the candidates and the early rows not among them
+        read_r[:n_c] = cand_r[:n_c]
+        stats[1] += 4096 * union_row_pages(vv, read_r, heads_not_in(early_r, n_early_r, cand_r, n_c, read_r, n_c), -1)
+        rerank(q, metric, vv, cand_r, top_d, top_i, stats)
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
@@ -551,25 +630,21 @@ def _select_parallel(qh, heads, walk, neighbors, groups, entries, seed_rows, see
 def scan_batch(qs, qh, heads, metric, pv, cb, sel_i, kept, width, filt, dead, bound_k):
     """Batch phase 2: scan the selected lists of every query in parallel (``qs`` scan-space
     queries, ``qh`` head-space queries, ``heads`` the head vectors). Returns (dists
-    (nq, width), ids or rows (nq, width), stats (nq, N_STATS)): the top-k (full encoding,
-    width = k) or the re-rank candidates (coded, width = rerank depth; rabitq candidates cut to
-    those whose error bound lets them reach the top ``bound_k`` when it is > 0)."""
+    (nq, width), ids or rows (nq, width), stats (nq, N_STATS)): the top-k (full encoding, ``cb``
+    None, width = k) or the re-rank candidates (coded, width = rerank depth; rabitq candidates
+    cut to those whose error bound lets them reach the top ``bound_k`` when it is > 0)."""
     nq = qs.shape[0]
     out_d = np.full((nq, width), np.inf, np.float32)
     out_i = np.full((nq, width), -1, np.int64)
     stats = np.zeros((nq, N_STATS), np.int64)
     for i in numba.prange(nq):
         stats[i, 1] = 4096 * union_pages(pv, sel_i[i], kept[i], -1)
-        if cb.kind == FULL:
+        if cb is None:
             scan_full(qs[i], metric, pv, sel_i[i], kept[i], filt, dead, out_d[i], out_i[i], stats[i])
-        elif cb.kind == SQ8:
-            qa = np.empty(qs.shape[1], np.float32)
-            scan_coded(qs[i], metric, pv, cb, qa, sel_i[i], kept[i], filt, dead, out_d[i], out_i[i], stats[i])
         else:
-            cand_e = np.zeros(width, np.float32)
-            scan_rabitq(qh[i], metric, pv, heads, sel_i[i], kept[i], filt, dead, out_d[i], out_i[i], cand_e, stats[i])
-            if bound_k > 0:
-                bound_cut(out_d[i], cand_e, out_i[i], bound_k)
+            cands = Candidates(out_d[i], out_i[i], np.zeros(width, np.float32), np.empty(qs.shape[1], np.float32))
+            scan_candidates(qs[i], qh[i], metric, pv, cb, heads, sel_i[i], kept[i], filt, dead, cands, stats[i])
+            cut_candidates(cb, cands, bound_k)
     return out_d, out_i, stats
 
 

@@ -13,7 +13,7 @@ from spann.io.idmap import IdMap
 from spann.io.index_files import IndexFiles
 from spann.io.postings import LocalPostings, make_view
 from spann.io.vector_store import LocalVectors
-from spann.search.views import HeadIndex
+from spann.search.views import HeadIndex, head_index
 
 __all__ = ["Snapshot", "BaseReaders", "empty_view"]
 
@@ -32,9 +32,12 @@ class Snapshot:
         self.groups = head_groups(self.heads, f.head_groups)  # searches scan these when there are any
         no_groups = self.groups.centroids.shape[0] == 0
         self.walk = walk_codes(self.heads) if no_groups else no_walk_codes(self.heads.shape[1])
-        self.hx = HeadIndex(heads=self.heads, walk=self.walk, neighbors=self.neighbors, groups=self.groups,
-                            entries=self.seeds.entries, seed_rows=self.seeds.seed_rows)
-        self.mapped_reads = None  # the Direct record of mapped (not direct) reads, set by the Index
+        # the single-query kernel compiles only its kind of head search (no groups: None); batches
+        # select with the type the build's pruner training compiled for both kinds
+        self.hx = head_index(heads=self.heads, walk=self.walk, neighbors=self.neighbors, groups=self.groups,
+                             entries=self.seeds.entries, seed_rows=self.seeds.seed_rows)
+        self.hx_batch = HeadIndex(heads=self.heads, walk=self.walk, neighbors=self.neighbors, groups=self.groups,
+                                  entries=self.seeds.entries, seed_rows=self.seeds.seed_rows)
         self.kernels: dict = {}  # compiled entry points of the single-query kernel (Index._search)
         self.single: dict = {}  # (params, k) -> (entry point, arguments): the unfiltered single query
         self.pruner = f.pruner

@@ -10,15 +10,26 @@ from __future__ import annotations
 
 from collections import namedtuple
 
-__all__ = ["HeadIndex", "Plan", "Lists", "Direct", "Scratch", "Out", "Candidates", "Early"]
+__all__ = ["HeadIndex", "head_index", "Plan", "Lists", "Direct", "Scratch", "Out", "Candidates", "Early"]
 
 HeadIndex = namedtuple("HeadIndex", ["heads", "walk", "neighbors", "groups", "entries", "seed_rows"])
 HeadIndex.__doc__ = """The heads as a query searches them: ``heads`` float32 (H, Dh) in head space;
 ``walk`` the heads' :class:`~spann.heads.graph.WalkCodes` (empty: exact walk); ``neighbors`` int32
 (H, R) the head graph (-1 padded); ``groups`` the :class:`~spann.heads.groups.HeadGroups` scanned
-instead of walking the graph when there are any; ``entries`` int32 (E,) where a walk starts;
+instead of walking the graph, None when there are none (build it with :func:`head_index`);
+``entries`` int32 (E,) where a walk starts;
 ``seed_rows`` float32 (E, Dh) the entries' heads, to start from the nearest
 :data:`~spann.heads.graph.SEEDS` of them (empty: start from every entry)."""
+
+
+
+def head_index(heads, walk, neighbors, groups, entries, seed_rows) -> HeadIndex:
+    """A :class:`HeadIndex`; ``groups`` without any group becomes None, so that a kernel
+    compiled for it walks the graph and compiles no group search."""
+    if groups is not None and groups.centroids.shape[0] == 0:
+        groups = None
+    return HeadIndex(heads, walk, neighbors, groups, entries, seed_rows)
+
 
 Plan = namedtuple("Plan", ["metric", "ef", "m", "budget", "model", "prune_eps", "rerank", "bound_k"])
 Plan.__doc__ = """What a query does, fixed by the search parameters and k: ``metric`` the scan
@@ -30,7 +41,7 @@ only the rabitq candidates whose error bound lets them reach the top ``bound_k``
 
 Lists = namedtuple("Lists", ["postings", "codebook", "vectors", "delta", "dead", "delta_dead"])
 Lists.__doc__ = """What a query reads: ``postings`` the base lists' :class:`~spann.io.postings.PostingsView`;
-``codebook`` the encoding's codebook view; ``vectors`` the vector store's
+``codebook`` the encoding's codebook view (None for full vectors); ``vectors`` the vector store's
 :class:`~spann.io.vector_store.VectorsView` (re-rank rows of coded lists); ``delta`` the
 delta lists of an updated index (full vectors; all empty when there is none); ``dead`` int64
 sorted, deleted ids (full) or store rows (coded) of the base lists; ``delta_dead`` int64
@@ -38,9 +49,10 @@ sorted, deleted ids still in the delta lists."""
 
 Direct = namedtuple("Direct", ["lists", "rows", "lists_view", "rows_view"])
 Direct.__doc__ = """Direct (O_DIRECT) reading, :mod:`spann.io.direct`: ``lists`` and ``rows`` the
-:class:`~spann.io.direct.DirectReads` of the posting array and the vector store (``ctx`` 0:
-read nothing, use the page cache); ``lists_view`` / ``rows_view`` the postings' and rows'
-views over those readers' buffers (the mapped views when not reading directly)."""
+:class:`~spann.io.direct.DirectReads` of the posting array and the vector store (``rows``
+reads nothing, ``ctx`` 0, for full lists, which have no vector store); ``lists_view`` /
+``rows_view`` the postings' and rows' views over those readers' buffers. Kernels take None
+instead of a Direct to read through the page cache."""
 
 Scratch = namedtuple("Scratch", ["visited", "tag", "epoch"])
 Scratch.__doc__ = """One call's state: ``visited`` uint32 (H,) marks of the graph walk and this

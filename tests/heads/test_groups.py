@@ -228,7 +228,6 @@ def test_early_requests_leave_the_selection_unchanged(two_indexes):
     """A query from the device requests its best heads' lists after the EARLY_GROUPS nearest
     groups (select_lists_early): the heads it then selects are exactly select_lists' ones, and
     the early heads are the pool's best so far."""
-    from spann.io.direct import no_direct
     from spann.io.recent import epoch_now
     from spann.search.kernels import select_lists, select_lists_early
     from spann.search.views import Plan
@@ -247,7 +246,7 @@ def test_early_requests_leave_the_selection_unchanged(two_indexes):
         kept, ev = select_lists(qh[i], snap.hx, snap.seeds.entries, plan, vis, np.uint32(i + 1), si, sd)
         ei = np.empty(budget // 2, np.int32)
         si2, sd2 = np.empty(m, np.int32), np.empty(m, np.float32)
-        kept2, ev2, n_early, got = select_lists_early(qh[i], snap.hx, plan, si2, sd2, snap.pv, no_direct(),
+        kept2, ev2, n_early, got = select_lists_early(qh[i], snap.hx, plan, si2, sd2, snap.pv, None,
                                                       snap.pv.offsets, epoch_now(), ei)
         assert kept2 == kept and ev2 == ev and got == 0  # through the page cache: nothing read directly
         np.testing.assert_array_equal(si2, si)
