@@ -8,6 +8,7 @@ from spann import __version__
 from spann.cli.bench import bench_cmd
 from spann.cli.build import build_cmd
 from spann.cli.common import SpannGroup
+from spann.cli.compile_notice import start_compile_notice
 from spann.cli.datasets_cmd import datasets_group
 from spann.cli.demo import demo_cmd
 from spann.cli.eval_cmd import eval_cmd
@@ -27,6 +28,7 @@ from spann.cli.warmup import warmup_cmd
 def cli(ctx: click.Context) -> None:
     """spann: SPANN memory-disk approximate nearest-neighbour search."""
     install_log_handler(ctx)  # the library's log lines on stderr (-q: errors only, --debug: all)
+    start_compile_notice(ctx)  # a first run's kernel compiles shown as they happen (on a terminal)
 
 
 cli.add_command(datasets_group)

@@ -9,7 +9,7 @@ from typing import Any
 import click
 import numpy as np
 
-from spann.cli.common import (INT32_MAX, LabelFilter, check_outputs, common_options, echo_err, emit_json, heartbeat,
+from spann.cli.common import (INT32_MAX, LabelFilter, check_outputs, common_options, echo_err, emit_json,
                               json_option, open_index_arg, pack_options, store_options)
 from spann.cli.datasets_cmd import VectorPath
 from spann.datasets.formats import FORMATS, metric_from_hdf5, read_vectors, write_vectors
@@ -71,8 +71,9 @@ def search_cmd(index: str, queries: str, k: int, output: str, threads: int, quer
         if fmt != "npy" and top > INT32_MAX:
             raise DataError(f"{output}: index ids go up to {top}, beyond the int32 .{fmt} format; write .npy")
         t0 = time.perf_counter()
-        with heartbeat("loading search kernels (a first run compiles them, about a minute)"):
-            idx.prepare()
+        # the path this search takes (single query or batch, direct or not, filtered or not), on its
+        # first queries: its kernels load (or, on a first run, compile) before the timed search
+        idx.search(q[:2], k, threads=1, filter=filt, **how)
         t1 = time.perf_counter()
         r = idx.search(q, k, threads=threads or None, filter=filt, **how)
         secs = time.perf_counter() - t1

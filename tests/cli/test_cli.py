@@ -167,3 +167,29 @@ def test_search_reaches_every_search_parameter(files, tmp_path):
     # a deeper re-rank reads more vector-store rows, and evaluates more distances, on the same lists
     assert outs["rerank"]["mean_lists_read"] == outs["no-pruner"]["mean_lists_read"]
     assert outs["rerank"]["mean_distance_evals"] > outs["no-pruner"]["mean_distance_evals"]
+
+
+def test_search_loads_only_the_kernels_of_its_own_path(files, tmp_path, monkeypatch):
+    """A batch search warms up on its first queries through the same path, not through
+    Index.prepare (which would also compile the single-query kernel)."""
+    import spann
+    d, x, q = files
+    run("build", d / "base.fbin", tmp_path / "i", "--metric", "l2", "-q")
+    calls = []
+    real = spann.Index.search
+
+    def search(self, queries, k=10, **kw):
+        calls.append(np.asarray(queries).shape)
+        return real(self, queries, k, **kw)
+
+    def no_prepare(self):
+        raise AssertionError("spann search must not compile every path")
+
+    monkeypatch.setattr(spann.Index, "search", search)
+    monkeypatch.setattr(spann.Index, "prepare", no_prepare)
+    run("search", tmp_path / "i", d / "q.fbin", "-o", tmp_path / "r.ibin", "-q")
+    assert calls == [(2, 16), (50, 16)]  # the warm-up takes the batch path too
+    write_vectors(tmp_path / "one.fbin", q[:1])
+    calls.clear()
+    run("search", tmp_path / "i", tmp_path / "one.fbin", "-o", tmp_path / "r1.ibin", "-q")
+    assert calls == [(1, 16), (1, 16)]
