@@ -64,8 +64,8 @@ def test_build_logs_its_stages_under_spann(tmp_path, caplog):
     debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
     assert any(m.startswith("building 3000 x 16 float32 (l2)") and "'encoding': 'sq8'" in m for m in debug)
     said = [(r.name, r.levelno, r.getMessage()) for r in caplog.records]
-    assert ("spann.io.index_files", logging.INFO, "nothing to resume: building from the start") in said
-    assert ("spann.io.index_files", logging.WARNING, f"{tmp_path / '.i.building-other'} looks like the temporary "
+    assert ("spann.io.index_writer", logging.INFO, "nothing to resume: building from the start") in said
+    assert ("spann.io.index_writer", logging.WARNING, f"{tmp_path / '.i.building-other'} looks like the temporary "
             "directory of another build; left alone") in said
 
 
