@@ -38,7 +38,7 @@ class Snapshot:
                              entries=self.seeds.entries, seed_rows=self.seeds.seed_rows)
         self.hx_batch = HeadIndex(heads=self.heads, walk=self.walk, neighbors=self.neighbors, groups=self.groups,
                                   entries=self.seeds.entries, seed_rows=self.seeds.seed_rows)
-        self.kernels: dict = {}  # compiled entry points of the single-query kernel (Index._search)
+        self.kernels: dict = {}  # compiled entry points of the single-query kernel (SearchPlanner.search)
         self.single: dict = {}  # (params, k) -> (entry point, arguments): the unfiltered single query
         self.pruner = f.pruner
         H = self.heads.shape[0]
@@ -106,6 +106,17 @@ class Snapshot:
         n = min(n, self._direct_pages.shape[0])
         return PAGE * max(int(self._direct_pages[n - 1]) if n else 0, 1)
 
+    def ram_bytes(self) -> int:
+        """Bytes this generation holds in RAM: heads, graph, list directories, tombstones,
+        the delta's id directory and the label directory (nothing per base vector)."""
+        g = self.groups
+        parts = [self.heads, self.walk.u8, self.neighbors, self.entries, g.perm, g.starts, g.centroids, g.u8, g.rows,
+                 g.norms, self.counts, self.offsets, self.dead_keys, self.dead_ids, self.delta_dead, self.delta_ids,
+                 self.delta_locs, self.dv.offsets, self.dv.counts]
+        if self.labels is not None:
+            parts += list(self.labels.values())
+        return int(sum(a.nbytes for a in parts))
+
     def close(self) -> None:
         for r in self._readers:
             r.close()
@@ -113,8 +124,6 @@ class Snapshot:
 
     def __del__(self) -> None:
         self.close()
-
-
 
 
 def empty_view(n_lists: int, layout):
@@ -144,6 +153,11 @@ class BaseReaders:
         except BaseException:
             self.close()
             raise
+
+    def readers(self, snap: Snapshot) -> list:
+        """Every byte-array reader a search of ``snap`` may read: base postings, vector store,
+        label lists and the generation's delta readers."""
+        return [r for r in (self.postings, self.vectors, self.label_lists, *snap._readers) if r is not None]
 
     def close(self) -> None:
         for r in (self.postings, self.vectors, self.idmap, self.label_lists):

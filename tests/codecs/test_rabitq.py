@@ -82,8 +82,8 @@ def test_rabitq_search_is_exact_at_full_depth_and_matches_batch(tmp_path, metric
         np.testing.assert_array_equal(np.sort(r.ids, 1), np.sort(gi, 1))
         true = np.take_along_axis(pairwise_distances(q, x, metric), r.ids, 1)
         np.testing.assert_allclose(r.distances, true, rtol=1e-3, atol=1e-4)
-        qs1, qh1 = idx._check_queries(q[0], 10, idx._snap.live)  # one query: the rotation kernel
-        qs2, qh2 = idx._check_queries(q[:1], 10, idx._snap.live)  # a batch: numpy / BLAS
+        qs1, qh1 = idx._queries.prepare(q[0], 10, idx._snap.live)  # one query: the rotation kernel
+        qs2, qh2 = idx._queries.prepare(q[:1], 10, idx._snap.live)  # a batch: numpy / BLAS
         assert qh1.shape == qh2.shape
         np.testing.assert_allclose(qh1, qh2, rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(qs1, qs2)
@@ -145,7 +145,7 @@ def test_rerank_bound_reranks_fewer_candidates_at_the_same_recall(tmp_path):
         # from the device (one row per page here), a single query requests the rows of its best
         # 10 candidates once half its lists are scanned: the results stay, and with 10
         # candidates in all, early rows that later lists push out are read and counted
-        assert idx._vectors_view().prefetchable and idx.layout.encoding == "rabitq"
+        assert idx._planner.vectors_view().prefetchable and idx.layout.encoding == "rabitq"
         ten = idx.search(q, 10, max_postings=16, rerank=10)
         extra = 0
         for i, v in enumerate(q):
@@ -178,7 +178,7 @@ def test_build_measures_head_search_in_the_index_head_space(tmp_path, monkeypatc
         for qh, heads in seen:
             np.testing.assert_array_equal(heads, idx.heads)  # the stored (rotated) heads
             q = (qh.astype(np.float64) @ rot.T).astype(np.float32)  # back to the data space
-            _, qh2 = idx._check_queries(q, 1, idx._snap.live)  # rotated as a search rotates it
+            _, qh2 = idx._queries.prepare(q, 1, idx._snap.live)  # rotated as a search rotates it
             np.testing.assert_allclose(qh2, qh, atol=1e-4)
 
 

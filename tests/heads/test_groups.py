@@ -234,7 +234,7 @@ def test_early_requests_leave_the_selection_unchanged(two_indexes):
     x, a, _ = two_indexes
     snap = a._snap
     q = synthetic_array(100, 24, seed=8, stream=2, n_hint=12000)
-    _, qh = a._check_queries(q, 10, snap.live)
+    _, qh = a._queries.prepare(q, 10, snap.live)
     H = snap.heads.shape[0]
     vis = np.zeros(H, np.uint32)
     budget, m, ef = 16, 32, 40

@@ -129,9 +129,9 @@ def test_preload_does_not_survive_a_new_generation(tmp_path, synth):
     idx = spann.build(x[:3000], tmp_path / "u.spann", metric="l2", progress=False)
     try:
         idx.preload()
-        assert idx._preloaded is idx._snap
+        assert idx._planner.preloaded is idx._snap
         idx.add(x[3000:3100])
-        assert idx._preloaded is not idx._snap  # its delta lists were never preloaded
+        assert idx._planner.preloaded is not idx._snap  # its delta lists were never preloaded
         recent.forget()
         idx.search(q[0], 10)
         assert np.count_nonzero(recent.RECENT >= 0) > 0  # so pages are requested again
