@@ -25,20 +25,27 @@ def legend(k: int, cold: bool, threads: int) -> str:
     return (f"recall: recall@{k} against the exact neighbours. mean/p50/p99 ms: single-query latency, one "
             f"thread, each query timed alone ({cache}). QPS: batch throughput on {threads} thread(s), best of "
             f"the runs, so it is not 1000 / latency. lists: posting lists read per query. KiB: the 4 KiB pages "
-            f"those lists and the re-ranked rows span, per query. dists: distance evaluations per query.")
+            f"those lists and the re-ranked rows span, per query. dists: distance evaluations per query. "
+            f"in lists / in pool: the share of the true top-{k} that the lists read hold / that reaches the "
+            f"exact re-rank (recall is what the result keeps). runs: device requests per query (runs of "
+            f"adjacent pages of the lists and re-ranked rows). rows: rows re-ranked per query.")
 
 
 def format_table(records) -> str:
     """A readable table of evaluation records."""
     keys = list(dict.fromkeys(k for r in records for k in r.params))
-    head = ["system"] + keys + ["recall", "mean ms", "p50 ms", "p99 ms", "QPS", "lists", "KiB", "dists"]
+    head = ["system"] + keys + ["recall", "mean ms", "p50 ms", "p99 ms", "QPS", "lists", "KiB", "dists", "in lists",
+                                "in pool", "runs", "rows"]
     rows = []
     for r in records:
         rows.append([r.system] + [str(r.params.get(k, "")) for k in keys] + [
             f"{r.recall:.4f}", f"{r.latency_mean_ms:.3f}", f"{r.latency_p50_ms:.3f}", f"{r.latency_p99_ms:.3f}",
             f"{r.qps:,.0f}", "-" if r.lists_read is None else f"{r.lists_read:.1f}",
             "-" if r.kib_read is None else f"{r.kib_read:.1f}",
-            "-" if r.distance_evals is None else f"{r.distance_evals:.0f}"])
+            "-" if r.distance_evals is None else f"{r.distance_evals:.0f}",
+            "-" if r.recall_lists is None else f"{r.recall_lists:.4f}",
+            "-" if r.recall_pool is None else f"{r.recall_pool:.4f}",
+            "-" if r.runs_read is None else f"{r.runs_read:.1f}", "-" if r.rows_read is None else f"{r.rows_read:.1f}"])
     w = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
     lines = ["  ".join(h.rjust(w[i]) for i, h in enumerate(head))]
     lines += ["  ".join(c.rjust(w[i]) for i, c in enumerate(row)) for row in rows]

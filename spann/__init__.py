@@ -18,6 +18,7 @@ from spann.errors import (DataError, IndexCorruptError, IndexNotFoundError, OutO
                           QueryError, SpannError, StoreError, VectorFileError)
 from spann.index import Index, SearchResult, build, open_index
 from spann.params import BuildParams, SearchParams
+from spann.search.breakdown import RecallBreakdown
 
 __version__ = "0.1.0"
 
@@ -25,6 +26,6 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())  # silent unless t
 
 open = open_index  # noqa: A001  (spann.open(path), like zarr.open)
 
-__all__ = ["__version__", "build", "open", "open_index", "Index", "SearchResult", "BuildParams", "SearchParams",
-           "SpannError", "VectorFileError", "ParameterError", "DataError", "IndexNotFoundError",
+__all__ = ["__version__", "build", "open", "open_index", "Index", "SearchResult", "RecallBreakdown", "BuildParams",
+           "SearchParams", "SpannError", "VectorFileError", "ParameterError", "DataError", "IndexNotFoundError",
            "IndexCorruptError", "QueryError", "StoreError", "OutOfMemoryError"]

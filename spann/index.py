@@ -18,6 +18,7 @@ from spann.io.index_files import IndexFiles, directory_bytes
 from spann.io.recent import forget
 from spann.io.sources import is_url, open_store
 from spann.params import BuildParams, SearchParams
+from spann.search.breakdown import RecallBreakdown
 from spann.search.planner import SearchPlanner
 from spann.search.queries import QuerySpace
 from spann.search.result import SearchResult
@@ -307,6 +308,18 @@ class Index:
             self._param_cache[key] = p
         return p
 
+    def _resolve(self, params: SearchParams | None, threads: int | None, overrides: dict[str, Any]) -> SearchParams:
+        """The SearchParams of a call (``params`` or the defaults with ``overrides``), with
+        ``threads`` checked."""
+        if params is not None and not isinstance(params, SearchParams):
+            raise ParameterError(f"params must be a spann.SearchParams, got {type(params).__name__}")
+        if params is not None and any(v is not None for v in overrides.values()):
+            raise ParameterError(f"give params or keyword overrides ({', '.join(overrides)}), not both")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
+                                    or threads < 0):
+            raise ParameterError(f"threads must be an integer >= 0, got {threads!r}")
+        return params if params is not None else self._params(overrides)
+
     def search(self, queries: np.ndarray, k: int = 10, *, params: SearchParams | None = None, filter=None,
                threads: int | None = None, **overrides: Any) -> SearchResult:
         """k nearest neighbours of ``queries`` (nq, dim) or (dim,).
@@ -319,14 +332,7 @@ class Index:
         ``rerank``, ``rerank_bound``, ``prefetch``, ``pruner``, ``direct`` (None keeps the
         default). Returns a :class:`SearchResult` (unpacks as ``ids, distances``).
         """
-        if params is not None and not isinstance(params, SearchParams):
-            raise ParameterError(f"params must be a spann.SearchParams, got {type(params).__name__}")
-        if params is not None and any(v is not None for v in overrides.values()):
-            raise ParameterError(f"give params or keyword overrides ({', '.join(overrides)}), not both")
-        p = params if params is not None else self._params(overrides)
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
-                                    or threads < 0):
-            raise ParameterError(f"threads must be an integer >= 0, got {threads!r}")
+        p = self._resolve(params, threads, overrides)
         if p.direct and self.fetching:
             raise ParameterError(f"{self.path}: direct reads need a local index (a directory or an uncompressed, "
                                  f"page-aligned zip)")
@@ -346,6 +352,31 @@ class Index:
                     finally:
                         self.cache.trim()
             return self._planner.search(snap, qs, qh, int(k), p, threads, filt)
+        finally:
+            self._leave()
+
+    def recall_breakdown(self, queries: np.ndarray, gt_ids: np.ndarray, k: int = 10, *,
+                         params: SearchParams | None = None, threads: int | None = None,
+                         **overrides: Any) -> RecallBreakdown:
+        """Where a batch search of ``queries`` (nq, dim) loses recall against their true
+        neighbours ``gt_ids`` (int (nq, >= k), in the index's ids): per query, how many of the
+        true top-k the selected lists hold, the re-rank pool keeps and the result returns, and
+        the lists, page runs (device requests) and rows it reads; see
+        :mod:`spann.search.breakdown`. Search parameters as for :meth:`search` (read through
+        the page cache on the batch kernels, whatever ``direct`` says). Local indexes only."""
+        p = self._resolve(params, threads, overrides)
+        if self.fetching:
+            raise QueryError(f"{self.path}: the recall breakdown reads lists in place: it needs a local index")
+        gt = np.asarray(gt_ids)
+        if gt.ndim != 2 or gt.dtype.kind not in "iu":
+            raise QueryError(f"ground truth must be integer ids (nq, k), got {gt.dtype} {gt.shape}")
+        self._maybe_refresh()
+        snap = self._enter()
+        try:
+            qs, qh = self._queries.prepare(queries, k, snap.live)
+            if gt.shape[0] != qs.shape[0] or gt.shape[1] < k:
+                raise QueryError(f"ground truth {gt.shape} must have a row per query ({qs.shape[0]}) and >= {k} ids")
+            return self._planner.breakdown(snap, qs, qh, np.ascontiguousarray(gt[:, :k], np.int64), p, threads)
         finally:
             self._leave()
 

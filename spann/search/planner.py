@@ -29,6 +29,7 @@ from spann.io.vector_store import VectorsView, rows_buffer_view
 from spann.kernels.metrics import Metric
 from spann.kernels.threads import NumbaThreads, batch_threads
 from spann.params import SearchParams
+from spann.search.breakdown import RecallBreakdown, mark_in_lists, mark_in_rows, page_runs
 from spann.search.kernels import (N_STATS, compiled_entry, full_lists_batch, prefetch_rows_batch, rerank_batch,
                                   scan_batch, search_one, select_batch)
 from spann.search.result import SearchResult
@@ -184,13 +185,16 @@ class SearchPlanner:
                             bytes_read=stats[1:2], distance_evals=stats[2:3])
 
     def search(self, snap: Snapshot, qs: np.ndarray, qh: np.ndarray, k: int, p: SearchParams, threads: int | None,
-               filt: np.ndarray | None) -> SearchResult:
+               filt: np.ndarray | None, trace: dict | None = None) -> SearchResult:
         """The k nearest neighbours of ``qs`` / ``qh`` (float32 (nq, dim) / (nq, dim''), see
         :class:`~spann.search.queries.QuerySpace`) in ``snap``, searched with ``p`` on ``threads``
-        (batches), among the vectors carrying a label of ``filt`` (int64 (L,) sorted, or None)."""
-        if p.direct and qs.shape[0] > 1:
+        (batches), among the vectors carrying a label of ``filt`` (int64 (L,) sorted, or None).
+        ``trace``: a dict that receives a batch's selected lists (``sel``, ``kept``) and its
+        re-rank pool (``pool``, int64 (nq, R) store rows; (nq, 0) for full lists); with it the
+        batch kernels run even for one query."""
+        if p.direct and qs.shape[0] > 1 and trace is None:
             return self._search_direct_batch(snap, qs, qh, k, p, threads, filt)
-        if filt is None and qs.shape[0] == 1:
+        if filt is None and qs.shape[0] == 1 and trace is None:
             plan = snap.single.get((p, k))
             if plan is not None:
                 return self._search_single(snap, plan, qs, qh, k, p)
@@ -223,7 +227,7 @@ class SearchPlanner:
                     rerank=int(R), bound_k=int(bound_k))
         dead = snap.dead_keys
         fetching = self.fetching
-        if nq == 1 and not fetching:
+        if nq == 1 and not fetching and trace is None:
             # every argument's numba type is fixed by the snapshot (its arrays, the index's views,
             # int and float32 scalars, writable contiguous float32 queries): after the first call,
             # the compiled entry point is called directly, with the arguments this snapshot, these
@@ -252,6 +256,8 @@ class SearchPlanner:
                 seeds = snap.seeds.for_rows(qh) if snap.groups.centroids.shape[0] == 0 else np.zeros((nq, 0), np.int32)
                 n_chunks = max(1, min(nq, n_threads * 8))
                 sel_i, _sel_d, kept, evals = select_batch(qh, snap.hx_batch, seeds, plan, n_chunks)
+                if trace is not None:
+                    trace.update(sel=sel_i, kept=kept, pool=np.full((nq, R if coded else 0), -1, np.int64))
                 dists = np.empty((nq, k), np.float32)
                 ids = np.empty((nq, k), np.int64)
                 stt = np.empty((nq, N_STATS), np.int64)
@@ -270,6 +276,8 @@ class SearchPlanner:
                         _fetch_lists(snap.delta_reader, snap.dv, sel_i[a:b], kept[a:b], req[a:b], got[a:b])
                     d_, i_, s_ = scan_batch(qs[a:b], qh[a:b], snap.heads, code, pv, cb, sel_i[a:b], kept[a:b],
                                             R if coded else k, f32, dead, bound_k)
+                    if trace is not None and coded:
+                        trace["pool"][a:b] = i_
                     if coded and prefetch:
                         prefetch_rows_batch(vv, i_, epoch)
                     if prefetch and b < nq:
@@ -284,6 +292,32 @@ class SearchPlanner:
         dists = self.metric.report(dists)
         return SearchResult(ids=ids, distances=dists, lists_read=stt[:, 0], bytes_read=stt[:, 1],
                             distance_evals=stt[:, 2], requests=req, bytes_fetched=got)
+
+    def breakdown(self, snap: Snapshot, qs: np.ndarray, qh: np.ndarray, gt: np.ndarray, p: SearchParams,
+                  threads: int | None) -> RecallBreakdown:
+        """The :class:`~spann.search.breakdown.RecallBreakdown` of a batch search of ``qs`` / ``qh``
+        with ``p`` (read through the page cache, on the batch kernels) against the true
+        neighbours ``gt`` (int64 (nq, k), C-contiguous)."""
+        trace: dict = {}
+        nq, k = gt.shape
+        res = self.search(snap, qs, qh, k, p.replace(direct=False), threads, None, trace)
+        sel, kept, pool = trace["sel"], trace["kept"], trace["pool"]
+        vv = self.vectors_view()
+        coded = bool(self.layout.coded)
+        held = np.zeros((nq, k), np.bool_)
+        mark_in_lists(snap.pv, vv, coded, sel, kept, gt, held)
+        exact = np.zeros((nq, k), np.bool_)  # delta lists hold full vectors: scored exactly
+        mark_in_lists(snap.dv, vv, False, sel, kept, gt, exact)
+        if coded:
+            mark_in_rows(vv, pool, gt, exact)
+        ids = res.ids
+        returned = ((ids[:, :, None] == gt[:, None, :]) & (ids[:, :, None] >= 0)).any(2)
+        in_pool = (exact if coded else returned).sum(1)
+        runs = np.zeros(nq, np.int64)
+        page_runs(snap.pv, vv, sel, kept, pool, runs)
+        page_runs(snap.dv, vv, sel, kept, pool[:, :0], runs)
+        return RecallBreakdown(k=k, in_lists=(held | exact).sum(1), in_pool=in_pool, in_result=returned.sum(1),
+                               lists=res.lists_read, runs=runs, rows=(pool >= 0).sum(1))
 
     def _search_direct_batch(self, snap, qs, qh, k, p, threads, filt) -> SearchResult:
         """A batch read directly: its queries one by one on the single-query path (each

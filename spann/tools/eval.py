@@ -104,6 +104,13 @@ class EvalRecord:
     lists_read: float | None = None
     kib_read: float | None = None
     distance_evals: float | None = None
+    #: shares of the true top-k the selected lists hold and the re-rank pool keeps (``recall`` is
+    #: what the result returns), device requests (page runs) and rows re-ranked per query; see
+    #: :mod:`spann.search.breakdown`
+    recall_lists: float | None = None
+    recall_pool: float | None = None
+    runs_read: float | None = None
+    rows_read: float | None = None
     index_bytes: int | None = None
     ram_bytes: int | None = None
     cold: bool = False
@@ -154,7 +161,8 @@ def evaluate(index, queries: np.ndarray, gt_ids: np.ndarray, k: int = 10, *, swe
 
     For each point: batch QPS on ``threads`` (best of ``runs`` after ``warmup`` runs), recall
     variants from the batch results, single-query latencies on the first ``latency_queries``
-    queries (one thread, each query timed alone), and I/O per query. ``cold=True`` evicts the
+    queries (one thread, each query timed alone), I/O per query, and where the recall is lost
+    (:meth:`spann.Index.recall_breakdown`, one more untimed batch; local indexes). ``cold=True`` evicts the
     index's posting files from the page cache before every timed single query and before each
     batch run (latencies then include reading from the device). Latency queries are spread
     evenly over the query set (query files are often sorted, e.g. GloVe by word frequency).
@@ -181,6 +189,7 @@ def evaluate(index, queries: np.ndarray, gt_ids: np.ndarray, k: int = 10, *, swe
         sample = np.linspace(0, queries.shape[0] - 1, num=nl).astype(np.int64)  # spread, not the first nl
         index.search(queries[0], k, **point)  # warm the single-query path
         lat = _latencies(index, queries[sample], k, point, cold) * 1e3
+        bd = index.recall_breakdown(queries, gt_ids, k, threads=threads, **point) if not index.fetching else None
         rec = EvalRecord(
             system="spann", params=dict(point), k=k, recall=recall_at_k(res.ids, gt_ids, k),
             tie_recall=tie_aware_recall(res.ids, gt_ids, gt_dists, k) if gt_dists is not None else None,
@@ -189,6 +198,8 @@ def evaluate(index, queries: np.ndarray, gt_ids: np.ndarray, k: int = 10, *, swe
             latency_p95_ms=float(np.percentile(lat, 95)), latency_p99_ms=float(np.percentile(lat, 99)),
             qps=queries.shape[0] / best, threads=threads, lists_read=float(res.lists_read.mean()),
             kib_read=float(res.bytes_read.mean() / 1024), distance_evals=float(res.distance_evals.mean()),
+            recall_lists=bd.shares()["lists"] if bd else None, recall_pool=bd.shares()["pool"] if bd else None,
+            runs_read=float(bd.runs.mean()) if bd else None, rows_read=float(bd.rows.mean()) if bd else None,
             index_bytes=int(info["disk_bytes"]), ram_bytes=int(info["ram_bytes"]), cold=cold)
         records.append(rec)
     return records
