@@ -11,6 +11,7 @@ import numpy as np
 
 from spann.builder.pipeline import build_index
 from spann.codecs.encodings import codebook_view
+from spann.datasets.vector_file import VectorFile
 from spann.errors import IndexCorruptError, OutOfMemoryError, ParameterError, QueryError
 from spann.format.labels import check_filter
 from spann.io.fetched import FetchCache
@@ -489,21 +490,25 @@ class Index:
 
 
 def build(data, index_dir: str | os.PathLike[str], *, metric: str, params: BuildParams | None = None,
-          fmt: str | None = None, overwrite: bool = False, progress: bool = False, ids=None, labels=None,
-          resume: bool = False, storage_options: dict[str, Any] | None = None, client=None,
-          **param_overrides: Any) -> Index:
-    """Build an index from ``data`` (array (n, d) float32/uint8/int8, or a vector file path) and
-    open it. ``ids``: int64 (n,) distinct ids >= 0 (default: row numbers); ``labels``: int
-    (n,) or (n, L) labels for filtered search; ``resume``: continue an interrupted build of the
-    same data and parameters. ``index_dir`` may be a ``.zip`` file or an object-store URL
-    (``storage_options`` for the store). ``client``: a Dask client to build on its cluster
-    (``data`` a vector file path the workers can read; see :mod:`spann.builder.dask`). Keyword
-    overrides are :class:`BuildParams` fields (``head_ratio=0.1`` ...). ``progress``: show
-    progress bars on stderr (off by default: the library prints nothing; its stages are logged
-    to the ``spann.builder.pipeline`` logger)."""
+          overwrite: bool = False, progress: bool = False, ids=None, labels=None, resume: bool = False,
+          storage_options: dict[str, Any] | None = None, client=None, **param_overrides: Any) -> Index:
+    """Build an index from ``data`` and open it. ``data``: an array (n, d) float32/uint8/int8,
+    a vector file path (its format from its extension), or a :class:`~spann.datasets.VectorFile`
+    (``spann.datasets.open_vectors(path, fmt)`` names the format of any file; the build reads
+    it from its path). ``ids``: int64 (n,) distinct ids >= 0 (default: row numbers);
+    ``labels``: int (n,) or (n, L) labels for filtered search; ``resume``: continue an
+    interrupted build of the same data and parameters. ``index_dir`` may be a ``.zip`` file or
+    an object-store URL (``storage_options`` for the store). ``client``: a Dask client to build
+    on its cluster (``data`` a vector file the workers can read; see
+    :mod:`spann.builder.dask`). Keyword overrides are :class:`BuildParams` fields
+    (``head_ratio=0.1`` ...). ``progress``: show progress bars on stderr (off by default: the
+    library prints nothing; its stages are logged to the ``spann.builder.pipeline`` logger)."""
     p = params or BuildParams()
     if param_overrides:
         p = p.replace(**param_overrides)
+    fmt = None
+    if isinstance(data, VectorFile):  # read again from its path, in its format (Dask workers open it too)
+        data, fmt = data.path, data.fmt
     build_index(data, index_dir, metric=metric, params=p, fmt=fmt, overwrite=overwrite, progress=progress, ids=ids,
                 labels=labels, resume=resume, storage_options=storage_options, client=client)
     return Index(index_dir, storage_options=storage_options if is_url(index_dir) else None)

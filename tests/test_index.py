@@ -311,3 +311,19 @@ def test_setting_default_params_takes_effect_at_once(synth, tmp_path):
         assert (idx.search(q[:4], 5, threads=1, max_postings=None).lists_read == 2).all()
         with pytest.raises(ParameterError, match="must be a spann.SearchParams"):
             idx.default_params = {"max_postings": 2}
+
+
+def test_build_from_an_open_vector_file_in_a_named_format(tmp_path):
+    """A file whose extension says nothing builds through open_vectors(path, fmt): the same
+    index as from the array."""
+    x = synthetic_array(3000, 16, seed=11)
+    raw = tmp_path / "base.dat"
+    write_vectors(raw, x, fmt="fbin")
+    with spann.datasets.open_vectors(raw, "fbin") as vf:
+        a = spann.build(vf, tmp_path / "a", metric="l2")
+    b = spann.build(x, tmp_path / "b", metric="l2")
+    with a, b:
+        q = x[:20] + 0.01
+        np.testing.assert_array_equal(a.search(q, 5, threads=1).ids, b.search(q, 5, threads=1).ids)
+    with pytest.raises(ParameterError, match="fmt"):  # the format goes with the file, not with build
+        spann.build(raw, tmp_path / "c", metric="l2", fmt="fbin")

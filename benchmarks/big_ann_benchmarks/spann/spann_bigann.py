@@ -258,8 +258,11 @@ class Spann(_Base):
 
     # -- helpers -----------------------------------------------------------------------------
     def _build(self, data: Any, target: str, fmt: str) -> None:
-        spann.build(data, target, metric=METRICS[self._metric], params=self._build_params, fmt=fmt,
-                    overwrite=True).close()
+        if isinstance(data, (str, os.PathLike)):  # the file in its data-set format, whatever its extension
+            with open_vectors(data, fmt) as vf:
+                spann.build(vf, target, metric=METRICS[self._metric], params=self._build_params, overwrite=True).close()
+            return
+        spann.build(data, target, metric=METRICS[self._metric], params=self._build_params, overwrite=True).close()
 
     def _check_distance(self, ds: Any) -> None:
         if ds.distance() != self._metric:
