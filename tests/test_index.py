@@ -126,7 +126,7 @@ def test_learned_pruner_adapts_lists_per_query(synth, synth_index):
                             entries=synth_index.entries, seed_rows=synth_index.heads[:0])
             plan = Plan(metric=0, ef=64, m=32, budget=16, model=synth_index.pruner, prune_eps=np.float32(1e18),
                         rerank=0, bound_k=0)
-            kept, _ = select_lists(qh[i], hx, synth_index.entries, plan, vis, np.uint32(2 * i + 1), sel, sd)
+            kept, _ = select_lists(qh[i], hx, hx.groups, synth_index.entries, plan, vis, np.uint32(2 * i + 1), sel, sd)
             ref, rd = np.empty(1, np.int32), np.empty(1, np.float32)
             if hg is groups:
                 group_search(qh[i], synth_index.heads, hg, 64, ref, rd)

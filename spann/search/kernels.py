@@ -40,7 +40,7 @@ from spann.kernels.topk import topk_insert, topk_insert_unique, topk_insert_uniq
 from spann.search.views import Candidates, Early, HeadIndex
 
 __all__ = ["N_STATS", "compiled_entry", "select_lists", "scan_full", "scan_coded", "scan_rabitq", "rerank",
-           "search_one", "select_batch", "scan_batch", "full_lists_batch"]
+           "search_one", "select_batch", "select_heads_batch", "scan_batch", "full_lists_batch"]
 
 N_STATS = 4  #: lists read, page bytes, distance evaluations, entry bytes
 
@@ -59,27 +59,22 @@ def compiled_entry(kernel, args: tuple):
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
-def select_lists(qh, hx, entries, plan, visited, tag, sel_i, sel_d):
+def select_lists(qh, hx, groups, entries, plan, visited, tag, sel_i, sel_d):
     """Nearest heads of head-space query ``qh`` into ``sel_i``/``sel_d`` (ascending): a scan of
     the nearest head groups of ``hx`` (a :class:`~spann.search.views.HeadIndex`; see
-    :mod:`spann.heads.groups`), or when it has none (``hx.groups`` None) a walk of its graph
-    from ``entries`` (int32; ``visited``/``tag``: the walk's marks), then how many of them to
-    read: the pruner's choice for ``plan.budget`` (see :mod:`spann.heads.pruner`; just the
-    budget without a model), cut further by the distance-ratio rule ``plan.prune_eps``.
-    Returns (kept, distance evaluations)."""
-    n_eval = nearest_heads(qh, hx, hx.groups, entries, plan.ef, visited, tag, sel_i, sel_d)
-    return lists_to_read(sel_i, sel_d, plan.model, plan.budget, plan.prune_eps), n_eval
-
-
-@numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
-def nearest_heads(qh, hx, groups, entries, ef, visited, tag, sel_i, sel_d):
-    """The head search of :func:`select_lists`: ``groups`` is ``hx.groups``, an argument so that
-    numba compiles no group search for an index without groups (None: a None-typed argument
-    prunes its branch; empty groups also walk, in a kernel compiled for both, as the build's
-    comparisons of the two are). Returns the distance evaluations."""
+    :mod:`spann.heads.groups`), or when it has none a walk of its graph from ``entries``
+    (int32; ``visited``/``tag``: the walk's marks), then how many of them to read: the pruner's
+    choice for ``plan.budget`` (see :mod:`spann.heads.pruner`; just the budget without a
+    model), cut further by the distance-ratio rule ``plan.prune_eps``. ``groups`` is
+    ``hx.groups``, an argument so that numba compiles no group search for an index without
+    groups (None: a None-typed argument prunes its branch; empty groups also walk, in a kernel
+    compiled for both, as the build's comparisons of the two are). Returns (kept, distance
+    evaluations)."""
     if groups is not None and groups.centroids.shape[0] > 0:
-        return group_search(qh, hx.heads, groups, ef, sel_i, sel_d)
-    return beam_search(qh, hx.heads, hx.neighbors, entries, ef, visited, tag, sel_i, sel_d, hx.walk)
+        n_eval = group_search(qh, hx.heads, groups, plan.ef, sel_i, sel_d)
+    else:
+        n_eval = beam_search(qh, hx.heads, hx.neighbors, entries, plan.ef, visited, tag, sel_i, sel_d, hx.walk)
+    return lists_to_read(sel_i, sel_d, plan.model, plan.budget, plan.prune_eps), n_eval
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
@@ -527,7 +522,7 @@ def select_to_read(qh, hx, groups, plan, pv, scratch, dl, offs, sel_i, sel_d, st
         seeds = hx.entries
     else:
         seeds = nearest_entries(qh, hx.seed_rows, hx.entries, SEEDS) if hx.seed_rows.shape[0] > 0 else hx.entries
-    kept, n_eval = select_lists(qh, hx, seeds, plan, scratch.visited, scratch.tag, sel_i, sel_d)
+    kept, n_eval = select_lists(qh, hx, hx.groups, seeds, plan, scratch.visited, scratch.tag, sel_i, sel_d)
     if dl is not None:
         stats[1] += direct_lists(pv, dl, sel_i, kept, offs)
     else:
@@ -595,7 +590,6 @@ def scan_selected(q, qh, filt, hx, plan, lists, cb, scratch, reads, out, sel):
         rerank(q, metric, vv, cand_r, top_d, top_i, stats)
 
 
-@numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
 def select_batch(qh, hx, seeds, plan, n_chunks):
     """Batch phase 1: the pruned nearest heads of every query (see :func:`select_lists`), in
     ``n_chunks`` parallel chunks (one visited array per chunk); query i's walk starts from
@@ -603,12 +597,14 @@ def select_batch(qh, hx, seeds, plan, n_chunks):
     groups). Returns sel_i (nq, plan.m) int32, sel_d (nq, plan.m) float32, kept (nq,), evals
     (nq,)."""
     # numba's parallel loops take records only as parameters, flat: the head index crosses field by field
-    return _select_parallel(qh, hx.heads, hx.walk, hx.neighbors, hx.groups, hx.entries, hx.seed_rows, seeds, plan,
-                            n_chunks)
+    # (a plain Python function: one kernel less to compile on a first run)
+    return select_heads_batch(qh, hx.heads, hx.walk, hx.neighbors, hx.groups, hx.entries, hx.seed_rows, seeds, plan,
+                              n_chunks)
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True, parallel=True)
-def _select_parallel(qh, heads, walk, neighbors, groups, entries, seed_rows, seeds, plan, n_chunks):
+def select_heads_batch(qh, heads, walk, neighbors, groups, entries, seed_rows, seeds, plan, n_chunks):
+    """:func:`select_batch` on the head index's fields."""
     nq = qh.shape[0]
     m = plan.m
     sel_i = np.full((nq, m), -1, np.int32)
@@ -622,7 +618,7 @@ def _select_parallel(qh, heads, walk, neighbors, groups, entries, seed_rows, see
         tag = np.uint32(0)
         for i in range(ch * step, min(nq, (ch + 1) * step)):
             tag += np.uint32(1)
-            kept[i], evals[i] = select_lists(qh[i], hx, seeds[i], plan, visited, tag, sel_i[i], sel_d[i])
+            kept[i], evals[i] = select_lists(qh[i], hx, groups, seeds[i], plan, visited, tag, sel_i[i], sel_d[i])
     return sel_i, sel_d, kept, evals
 
 

@@ -243,7 +243,7 @@ def test_early_requests_leave_the_selection_unchanged(two_indexes):
     for i in range(len(q)):
         si, sd = np.empty(m, np.int32), np.empty(m, np.float32)
         plan = Plan(metric=0, ef=ef, m=m, budget=budget, model=model, prune_eps=np.float32(1e18), rerank=0, bound_k=0)
-        kept, ev = select_lists(qh[i], snap.hx, snap.seeds.entries, plan, vis, np.uint32(i + 1), si, sd)
+        kept, ev = select_lists(qh[i], snap.hx, snap.hx.groups, snap.seeds.entries, plan, vis, np.uint32(i + 1), si, sd)
         ei = np.empty(budget // 2, np.int32)
         si2, sd2 = np.empty(m, np.int32), np.empty(m, np.float32)
         kept2, ev2, n_early, got = select_lists_early(qh[i], snap.hx, plan, si2, sd2, snap.pv, None,
