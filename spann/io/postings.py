@@ -149,14 +149,14 @@ def union_pages(pv, sel, kept, epoch):
     those not requested lately."""
     first = np.empty(max(kept, 1), np.int64)
     last = np.empty(max(kept, 1), np.int64)
-    m = 0
+    m = np.int64(0)  # not the literal 0: numba would compile merge_page_runs once more for it
     for j in range(kept):
         a, b = list_pages(pv, sel[j])
         if b >= a:
             first[m] = a
             last[m] = b
             m += 1
-    return merge_page_runs(first, last, m, pv.recent, epoch if pv.prefetchable else -1)
+    return merge_page_runs(first, last, m, pv.recent, epoch if pv.prefetchable else np.int64(-1))
 
 
 def prefetch_lists(pv: PostingsView, sel: np.ndarray, kept: np.ndarray, epoch: int) -> None:

@@ -158,7 +158,7 @@ def union_row_pages(vv, rows, m, epoch):
     only count) and a prefetchable view, also ask the kernel to read those not requested lately."""
     first = np.empty(max(m, 1), np.int64)
     last = np.empty(max(m, 1), np.int64)
-    k = 0
+    k = np.int64(0)  # not the literal 0 (see spann.io.postings.union_pages)
     for j in range(m):
         r = rows[j]
         if r < 0 or r >= vv.n:
@@ -167,7 +167,7 @@ def union_row_pages(vv, rows, m, epoch):
         first[k] = o // PAGE
         last[k] = (o + vv.row_bytes - 1) // PAGE
         k += 1
-    return merge_page_runs(first, last, k, vv.recent, epoch if vv.prefetchable else -1)
+    return merge_page_runs(first, last, k, vv.recent, epoch if vv.prefetchable else np.int64(-1))
 
 
 @numba.njit(cache=True, nogil=True)

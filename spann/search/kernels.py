@@ -43,6 +43,9 @@ __all__ = ["N_STATS", "compiled_entry", "select_lists", "scan_full", "scan_coded
            "search_one", "select_batch", "select_heads_batch", "scan_batch", "full_lists_batch"]
 
 N_STATS = 4  #: lists read, page bytes, distance evaluations, entry bytes
+# typed int64 constants, not literals: a literal argument makes numba compile its callee once more
+NO_EPOCH = np.int64(-1)  #: count pages, request none (see spann.io.recent)
+FROM_START = np.int64(0)  #: heads_not_in appends from the start of its output
 
 
 def compiled_entry(kernel, args: tuple):
@@ -509,7 +512,8 @@ def select_to_read(qh, hx, groups, plan, pv, scratch, dl, offs, sel_i, sel_d, st
             early_i = np.empty(plan.budget // 2, np.int32)
             kept, n_eval, n_early, got = select_lists_early(qh, hx, plan, sel_i, sel_d, pv, dl, offs, epoch, early_i)
             late = np.empty(kept, np.int32)
-            got += request_lists(pv, dl, offs, late, heads_not_in(sel_i, kept, early_i, n_early, late, 0), epoch)
+            n_late = heads_not_in(sel_i, kept, early_i, n_early, late, FROM_START)
+            got += request_lists(pv, dl, offs, late, n_late, epoch)
             if dl is not None:
                 stats[1] += got
             else:
@@ -575,7 +579,7 @@ def scan_selected(q, qh, filt, hx, plan, lists, cb, scratch, reads, out, sel):
         n_c += 1
     rest = np.empty(n_c, np.int64)  # the candidates' rows not requested early
     rest_pos = np.empty(n_c, np.int64)
-    n_rest = heads_not_in(cand_r, n_c, early_r, n_early_r, rest, 0)
+    n_rest = heads_not_in(cand_r, n_c, early_r, n_early_r, rest, FROM_START)
     if reads is not None:
         got += request_rows(vv, reads.rows, rest, n_rest, epoch, rest_pos)
         stats[1] += got
@@ -586,7 +590,8 @@ def scan_selected(q, qh, filt, hx, plan, lists, cb, scratch, reads, out, sel):
         request_rows(vv, None, rest, n_rest, epoch, rest_pos)
         read_r = np.empty(n_c + n_early_r, np.int64)  # counted: the candidates and the early rows not among them
         read_r[:n_c] = cand_r[:n_c]
-        stats[1] += 4096 * union_row_pages(vv, read_r, heads_not_in(early_r, n_early_r, cand_r, n_c, read_r, n_c), -1)
+        n_read = heads_not_in(early_r, n_early_r, cand_r, n_c, read_r, n_c)
+        stats[1] += 4096 * union_row_pages(vv, read_r, n_read, NO_EPOCH)
         rerank(q, metric, vv, cand_r, top_d, top_i, stats)
 
 
@@ -634,7 +639,7 @@ def scan_batch(qs, qh, heads, metric, pv, cb, sel_i, kept, width, filt, dead, bo
     out_i = np.full((nq, width), -1, np.int64)
     stats = np.zeros((nq, N_STATS), np.int64)
     for i in numba.prange(nq):
-        stats[i, 1] = 4096 * union_pages(pv, sel_i[i], kept[i], -1)
+        stats[i, 1] = 4096 * union_pages(pv, sel_i[i], kept[i], NO_EPOCH)
         if cb is None:
             scan_full(qs[i], metric, pv, sel_i[i], kept[i], filt, dead, out_d[i], out_i[i], stats[i])
         else:
@@ -650,7 +655,7 @@ def full_lists_batch(qs, metric, pv, sel_i, kept, filt, dead, top_d, top_i, stat
     into its existing top-k ``top_d[i]``/``top_i[i]`` (replicas and ids already there are not
     inserted twice)."""
     for i in numba.prange(qs.shape[0]):
-        stats[i, 1] += 4096 * union_pages(pv, sel_i[i], kept[i], -1)
+        stats[i, 1] += 4096 * union_pages(pv, sel_i[i], kept[i], NO_EPOCH)
         scan_full(qs[i], metric, pv, sel_i[i], kept[i], filt, dead, top_d[i], top_i[i], stats[i])
 
 
@@ -675,6 +680,6 @@ def rerank_batch(qs, metric, vv, cand_r, k, stats):
         n = 0
         while n < cand_r.shape[1] and cand_r[i, n] >= 0:
             n += 1
-        stats[i, 1] += 4096 * union_row_pages(vv, cand_r[i], n, -1)
+        stats[i, 1] += 4096 * union_row_pages(vv, cand_r[i], n, NO_EPOCH)
         rerank(qs[i], metric, vv, cand_r[i], out_d[i], out_i[i], stats[i])
     return out_d, out_i
