@@ -56,7 +56,7 @@ def demo_cmd(dataset: str, limit: int, workdir: str, k: int) -> None:
         default = idx.default_params.max_postings
         sweep = sorted({8, 16, default, 64})
         records = evaluate(idx, q, gt_i, k, sweep=[{"max_postings": mp} for mp in sweep], gt_dists=gt_d,
-                           runs=2, latency_queries=500, progress=progress)
+                           runs=2, latency_queries=500, breakdown=False, progress=progress)
         info = idx.info()
     best = next(r for r in records if r.params["max_postings"] == default)
     click.echo(f"recall@{k} = {best.recall:.3f} with the default search (max_postings={default}): "
@@ -67,6 +67,6 @@ def demo_cmd(dataset: str, limit: int, workdir: str, k: int) -> None:
                f"index {info['disk_bytes'] / 2**20:.1f} MiB on disk, {info['ram_bytes'] / 2**20:.1f} MiB in RAM, "
                f"{st['heads']:,} heads, "
                f"{st['replicas_per_vector']:.2f} replicas/vector")
-    click.echo(legend(k, False, records[0].threads if records else 0))
+    click.echo(legend(k, False, records[0].threads if records else 0, breakdown=False))
     if not np.isfinite(best.recall):
         raise click.ClickException("demo produced no results")

@@ -18,34 +18,42 @@ from spann.params import SearchParams
 from spann.tools.eval import evaluate, parse_sweep, plot_recall_qps, write_csv
 
 
-def legend(k: int, cold: bool, threads: int) -> str:
-    """What each column of :func:`format_table` means and how it was measured."""
+def legend(k: int, cold: bool, threads: int, breakdown: bool = True) -> str:
+    """What each column of :func:`format_table` means and how it was measured (``breakdown``:
+    with the recall-breakdown columns)."""
     cache = ("cold: the index's pages evicted before every timed query" if cold
              else "warm: the index's pages cached by a first pass over the queries")
-    return (f"recall: recall@{k} against the exact neighbours. mean/p50/p99 ms: single-query latency, one "
+    text = (f"recall: recall@{k} against the exact neighbours. mean/p50/p99 ms: single-query latency, one "
             f"thread, each query timed alone ({cache}). QPS: batch throughput on {threads} thread(s), best of "
             f"the runs, so it is not 1000 / latency. lists: posting lists read per query. KiB: the 4 KiB pages "
-            f"those lists and the re-ranked rows span, per query. dists: distance evaluations per query. "
-            f"in lists / in pool: the share of the true top-{k} that the lists read hold / that reaches the "
-            f"exact re-rank (recall is what the result keeps). runs: device requests per query (runs of "
-            f"adjacent pages of the lists and re-ranked rows). rows: rows re-ranked per query.")
+            f"those lists and the re-ranked rows span, per query. dists: distance evaluations per query.")
+    if breakdown:
+        text += (f" in lists / in pool: the share of the true top-{k} that the lists read hold / that reaches "
+                 f"the exact re-rank (recall is what the result keeps). runs: device requests per query (runs "
+                 f"of adjacent pages of the lists and re-ranked rows). rows: rows re-ranked per query.")
+    return text
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
 
 
 def format_table(records) -> str:
-    """A readable table of evaluation records."""
+    """A readable table of evaluation records (the recall-breakdown columns when a record has them)."""
     keys = list(dict.fromkeys(k for r in records for k in r.params))
-    head = ["system"] + keys + ["recall", "mean ms", "p50 ms", "p99 ms", "QPS", "lists", "KiB", "dists", "in lists",
-                                "in pool", "runs", "rows"]
+    breakdown = any(r.recall_lists is not None for r in records)
+    head = ["system"] + keys + ["recall", "mean ms", "p50 ms", "p99 ms", "QPS", "lists", "KiB", "dists"]
+    if breakdown:
+        head += ["in lists", "in pool", "runs", "rows"]
     rows = []
     for r in records:
-        rows.append([r.system] + [str(r.params.get(k, "")) for k in keys] + [
+        row = [r.system] + [str(r.params.get(k, "")) for k in keys] + [
             f"{r.recall:.4f}", f"{r.latency_mean_ms:.3f}", f"{r.latency_p50_ms:.3f}", f"{r.latency_p99_ms:.3f}",
-            f"{r.qps:,.0f}", "-" if r.lists_read is None else f"{r.lists_read:.1f}",
-            "-" if r.kib_read is None else f"{r.kib_read:.1f}",
-            "-" if r.distance_evals is None else f"{r.distance_evals:.0f}",
-            "-" if r.recall_lists is None else f"{r.recall_lists:.4f}",
-            "-" if r.recall_pool is None else f"{r.recall_pool:.4f}",
-            "-" if r.runs_read is None else f"{r.runs_read:.1f}", "-" if r.rows_read is None else f"{r.rows_read:.1f}"])
+            f"{r.qps:,.0f}", _fmt(r.lists_read, ".1f"), _fmt(r.kib_read, ".1f"), _fmt(r.distance_evals, ".0f")]
+        if breakdown:
+            row += [_fmt(r.recall_lists, ".4f"), _fmt(r.recall_pool, ".4f"), _fmt(r.runs_read, ".1f"),
+                    _fmt(r.rows_read, ".1f")]
+        rows.append(row)
     w = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
     lines = ["  ".join(h.rjust(w[i]) for i, h in enumerate(head))]
     lines += ["  ".join(c.rjust(w[i]) for i, c in enumerate(row)) for row in rows]
@@ -128,7 +136,8 @@ def eval_cmd(index: str, queries: str | None, gt: str | None, dataset: str | Non
     else:
         click.echo(table)
     echo_err(f"({len(q)} queries, k={k}, {'cold' if cold else 'warm'} cache, index opened in {open_s:.2f}s)")
-    echo_err(legend(k, cold, records[0].threads if records else 0))
+    echo_err(legend(k, cold, records[0].threads if records else 0,
+                    breakdown=any(r.recall_lists is not None for r in records)))
     if json_out:
         emit_json([r.to_dict() for r in records], json_out)
     if csv_out:

@@ -155,15 +155,15 @@ def _latencies(index, queries: np.ndarray, k: int, params: dict[str, Any], cold:
 
 def evaluate(index, queries: np.ndarray, gt_ids: np.ndarray, k: int = 10, *, sweep: Iterable[dict[str, Any]] = ({},),
              gt_dists: np.ndarray | None = None, runs: int = 3, warmup: int = 1, threads: int | None = None,
-             latency_queries: int | None = 2000, cold: bool = False,
+             latency_queries: int | None = 2000, cold: bool = False, breakdown: bool = True,
              progress: bool = False) -> list[EvalRecord]:
     """Measure ``index`` (a :class:`spann.Index`) at every sweep point.
 
     For each point: batch QPS on ``threads`` (best of ``runs`` after ``warmup`` runs), recall
     variants from the batch results, single-query latencies on the first ``latency_queries``
-    queries (one thread, each query timed alone), I/O per query, and where the recall is lost
-    (:meth:`spann.Index.recall_breakdown`, one more untimed batch; local indexes). ``cold=True`` evicts the
-    index's posting files from the page cache before every timed single query and before each
+    queries (one thread, each query timed alone), I/O per query, and with ``breakdown`` where the
+    recall is lost (:meth:`spann.Index.recall_breakdown`, one more untimed batch; local indexes).
+    ``cold=True`` evicts the index's posting files from the page cache before every timed single query and before each
     batch run (latencies then include reading from the device). Latency queries are spread
     evenly over the query set (query files are often sorted, e.g. GloVe by word frequency).
     """
@@ -189,7 +189,9 @@ def evaluate(index, queries: np.ndarray, gt_ids: np.ndarray, k: int = 10, *, swe
         sample = np.linspace(0, queries.shape[0] - 1, num=nl).astype(np.int64)  # spread, not the first nl
         index.search(queries[0], k, **point)  # warm the single-query path
         lat = _latencies(index, queries[sample], k, point, cold) * 1e3
-        bd = index.recall_breakdown(queries, gt_ids, k, threads=threads, **point) if not index.fetching else None
+        bd = None
+        if breakdown and not index.fetching:
+            bd = index.recall_breakdown(queries, gt_ids, k, threads=threads, **point)
         rec = EvalRecord(
             system="spann", params=dict(point), k=k, recall=recall_at_k(res.ids, gt_ids, k),
             tie_recall=tie_aware_recall(res.ids, gt_ids, gt_dists, k) if gt_dists is not None else None,

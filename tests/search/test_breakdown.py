@@ -119,3 +119,13 @@ def test_evaluate_reports_the_breakdown(built):
         assert r.recall_lists >= r.recall_pool >= r.recall
         assert r.runs_read >= 1 and r.rows_read is not None
     assert recs[1].recall_lists >= recs[0].recall_lists
+
+
+def test_tables_show_the_breakdown_columns_only_when_measured(built):
+    from spann.cli.eval_cmd import format_table, legend
+    idx, q, gt = built
+    with_bd = evaluate(idx, q[:50], gt[:50], K, runs=1, latency_queries=5)
+    without = evaluate(idx, q[:50], gt[:50], K, runs=1, latency_queries=5, breakdown=False)
+    assert without[0].recall_lists is None and without[0].runs_read is None
+    assert "in lists" in format_table(with_bd) and "in lists" not in format_table(without)
+    assert "in pool" in legend(K, False, 1) and "in pool" not in legend(K, False, 1, breakdown=False)
