@@ -35,7 +35,8 @@ def test_no_generic_top_level_modules(tmp_path):
 
 def test_import_compiles_nothing():
     code = ("import spann, spann.search.kernels as s, spann.heads.graph as h, spann.heads.assign as a\n"
-            "fs = (s.search_one, s.select_heads_batch, s.scan_batch, h.beam_search, a.assign_block)\n"
+            "fs = (s.search_one, s.select_heads_batch, s.scan_full_batch, s.scan_coded_batch, h.beam_search,\n"
+            "      a.assign_block)\n"
             "print(sum(len(f.signatures) for f in fs))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "0"

@@ -40,7 +40,8 @@ from spann.kernels.topk import topk_insert, topk_insert_unique, topk_insert_uniq
 from spann.search.views import Candidates, Early, HeadIndex
 
 __all__ = ["N_STATS", "compiled_entry", "select_lists", "scan_full", "scan_coded", "scan_rabitq", "rerank",
-           "search_one", "select_batch", "select_heads_batch", "scan_batch", "full_lists_batch"]
+           "search_one", "select_batch", "select_heads_batch", "scan_batch", "scan_full_batch", "scan_coded_batch",
+           "full_lists_batch"]
 
 N_STATS = 4  #: lists read, page bytes, distance evaluations, entry bytes
 # typed int64 constants, not literals: a literal argument makes numba compile its callee once more
@@ -627,25 +628,43 @@ def select_heads_batch(qh, heads, walk, neighbors, groups, entries, seed_rows, s
     return sel_i, sel_d, kept, evals
 
 
-@numba.njit(cache=True, fastmath=FASTMATH, nogil=True, parallel=True)
 def scan_batch(qs, qh, heads, metric, pv, cb, sel_i, kept, width, filt, dead, bound_k):
     """Batch phase 2: scan the selected lists of every query in parallel (``qs`` scan-space
     queries, ``qh`` head-space queries, ``heads`` the head vectors). Returns (dists
     (nq, width), ids or rows (nq, width), stats (nq, N_STATS)): the top-k (full encoding, ``cb``
     None, width = k) or the re-rank candidates (coded, width = rerank depth; rabitq candidates
-    cut to those whose error bound lets them reach the top ``bound_k`` when it is > 0)."""
+    cut to those whose error bound lets them reach the top ``bound_k`` when it is > 0). A plain
+    Python function: of the two kernels, an index compiles only the one its encoding uses."""
+    if cb is None:
+        return scan_full_batch(qs, metric, pv, sel_i, kept, width, filt, dead)
+    return scan_coded_batch(qs, qh, heads, metric, pv, cb, sel_i, kept, width, filt, dead, bound_k)
+
+
+@numba.njit(cache=True, fastmath=FASTMATH, nogil=True, parallel=True)
+def scan_full_batch(qs, metric, pv, sel_i, kept, width, filt, dead):
+    """:func:`scan_batch` of full-vector lists."""
     nq = qs.shape[0]
     out_d = np.full((nq, width), np.inf, np.float32)
     out_i = np.full((nq, width), -1, np.int64)
     stats = np.zeros((nq, N_STATS), np.int64)
     for i in numba.prange(nq):
         stats[i, 1] = 4096 * union_pages(pv, sel_i[i], kept[i], NO_EPOCH)
-        if cb is None:
-            scan_full(qs[i], metric, pv, sel_i[i], kept[i], filt, dead, out_d[i], out_i[i], stats[i])
-        else:
-            cands = Candidates(out_d[i], out_i[i], np.zeros(width, np.float32), np.empty(qs.shape[1], np.float32))
-            scan_candidates(qs[i], qh[i], metric, pv, cb, heads, sel_i[i], kept[i], filt, dead, cands, stats[i])
-            cut_candidates(cb, cands, bound_k)
+        scan_full(qs[i], metric, pv, sel_i[i], kept[i], filt, dead, out_d[i], out_i[i], stats[i])
+    return out_d, out_i, stats
+
+
+@numba.njit(cache=True, fastmath=FASTMATH, nogil=True, parallel=True)
+def scan_coded_batch(qs, qh, heads, metric, pv, cb, sel_i, kept, width, filt, dead, bound_k):
+    """:func:`scan_batch` of coded lists (sq8 or rabitq, by the type of ``cb``)."""
+    nq = qs.shape[0]
+    out_d = np.full((nq, width), np.inf, np.float32)
+    out_i = np.full((nq, width), -1, np.int64)
+    stats = np.zeros((nq, N_STATS), np.int64)
+    for i in numba.prange(nq):
+        stats[i, 1] = 4096 * union_pages(pv, sel_i[i], kept[i], NO_EPOCH)
+        cands = Candidates(out_d[i], out_i[i], np.zeros(width, np.float32), np.empty(qs.shape[1], np.float32))
+        scan_candidates(qs[i], qh[i], metric, pv, cb, heads, sel_i[i], kept[i], filt, dead, cands, stats[i])
+        cut_candidates(cb, cands, bound_k)
     return out_d, out_i, stats
 
 

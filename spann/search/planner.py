@@ -286,7 +286,9 @@ class SearchPlanner:
                         if fetching:
                             _fetch_rows(self.base.vectors, i_, req[a:b], got[a:b])
                         d_, i_ = rerank_batch(qs[a:b], code, vv, i_, k, s_)
-                    full_lists_batch(qs[a:b], code, snap.dv, sel_i[a:b], kept[a:b], f32, snap.delta_dead, d_, i_, s_)
+                    if snap.has_delta:
+                        full_lists_batch(qs[a:b], code, snap.dv, sel_i[a:b], kept[a:b], f32, snap.delta_dead, d_, i_,
+                                         s_)
                     dists[a:b], ids[a:b], stt[a:b] = d_, i_, s_
                 stt[:, 2] += evals
         dists = self.metric.report(dists)

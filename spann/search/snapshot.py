@@ -72,6 +72,8 @@ class Snapshot:
             self.delta_ids, self.delta_locs = f.delta["ids"], f.delta["locs"]
         else:
             self.dv = empty_view(H, self.delta_layout)
+        #: delta lists exist (an update added vectors): batches scan them (without, their kernel is not even compiled)
+        self.has_delta = f.delta is not None
         self.lv = self.dlv = None
         self.delta_reader = self._readers[0] if self._readers else None
         self.dlabel_reader = None
