@@ -26,7 +26,7 @@ from spann.io.postings import merge_page_runs
 from spann.io.recent import RECENT
 
 __all__ = ["StoreLayout", "VectorsView", "LocalVectors", "store_rows_bytes", "row_offset", "row_vector", "row_id",
-           "union_row_pages", "direct_rows", "rows_buffer_view"]
+           "union_row_pages", "row_page_ranges", "direct_rows", "rows_buffer_view"]
 
 
 def _up(x: int, a: int) -> int:
@@ -152,12 +152,10 @@ def row_id(vv, r):
     return vv.i64[(row_offset(vv, r) + vv.id_offset) >> 3]
 
 
-@numba.njit(cache=True, nogil=True)
-def union_row_pages(vv, rows, m, epoch):
-    """Pages rows[:m] lie on, counted once; with ``epoch`` >= 0 (see :mod:`spann.io.recent`; -1:
-    only count) and a prefetchable view, also ask the kernel to read those not requested lately."""
-    first = np.empty(max(m, 1), np.int64)
-    last = np.empty(max(m, 1), np.int64)
+@numba.njit(cache=True, nogil=True, inline="always")
+def row_page_ranges(vv, rows, m, first, last):
+    """The page ranges ``[first[j], last[j]]`` (int64) of the rows of ``rows[:m]`` that exist, in
+    order; returns how many."""
     k = np.int64(0)  # not the literal 0 (see spann.io.postings.union_pages)
     for j in range(m):
         r = rows[j]
@@ -167,6 +165,16 @@ def union_row_pages(vv, rows, m, epoch):
         first[k] = o // PAGE
         last[k] = (o + vv.row_bytes - 1) // PAGE
         k += 1
+    return k
+
+
+@numba.njit(cache=True, nogil=True)
+def union_row_pages(vv, rows, m, epoch):
+    """Pages rows[:m] lie on, counted once; with ``epoch`` >= 0 (see :mod:`spann.io.recent`; -1:
+    only count) and a prefetchable view, also ask the kernel to read those not requested lately."""
+    first = np.empty(max(m, 1), np.int64)
+    last = np.empty(max(m, 1), np.int64)
+    k = row_page_ranges(vv, rows, m, first, last)
     return merge_page_runs(first, last, k, vv.recent, epoch if vv.prefetchable else np.int64(-1))
 
 

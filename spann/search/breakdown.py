@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from spann.format.layout import BRIDGE_PAGES, PAGE
+from spann.format.layout import BRIDGE_PAGES
 from spann.io.postings import entry_id, list_pages
-from spann.io.vector_store import row_id, row_offset
+from spann.io.vector_store import row_id, row_page_ranges
 
 __all__ = ["RecallBreakdown", "mark_in_lists", "mark_in_rows", "page_runs"]
 
@@ -120,13 +120,5 @@ def page_runs(pv, vv, sel, kept, rows, runs):
                 last[m] = b
                 m += 1
         runs[i] += _count_runs(first, last, m)
-        m = 0
-        for j in range(rows.shape[1]):
-            r = rows[i, j]
-            if r < 0 or r >= vv.n:
-                continue
-            o = vv.base + row_offset(vv, r)
-            first[m] = o // PAGE
-            last[m] = (o + vv.row_bytes - 1) // PAGE
-            m += 1
+        m = row_page_ranges(vv, rows[i], rows.shape[1], first, last)
         runs[i] += _count_runs(first, last, m)
