@@ -218,7 +218,7 @@ def write_small_array(directory: str, data: np.ndarray, attributes: dict[str, An
     """Write ``data`` (any shape, ndim >= 1) as a bytes+crc32c zarr array in ``directory``
     (replacing any array there), through zarr-python: every chunk is written, all-zero ones
     included, so the reader finds each chunk file."""
-    import zarr
+    import zarr  # here, not at the top: opening and searching never write, and skip its import (~0.15 s)
     from zarr.codecs import Crc32cCodec
 
     data = np.ascontiguousarray(data)
@@ -326,7 +326,7 @@ def write_postings_meta(directory: str, total_bytes: int, shard_bytes: int, chun
                         attributes: dict[str, Any] | None = None) -> None:
     """Write (atomically) the ``zarr.json`` zarr-python creates for a byte array, and nothing
     else: shards already in ``directory`` (a resumed build) stay."""
-    import zarr
+    import zarr  # here, not at the top: opening and searching never write, and skip its import (~0.15 s)
     from zarr.storage import MemoryStore
 
     files: dict = {}
@@ -392,7 +392,7 @@ def write_shard(path: str, data: np.ndarray, shard_bytes: int, chunk_bytes: int)
     order (the last one zero-padded), absent chunks beyond, then the index and its crc32c.
     zarr-python encodes the shard (as the one shard of an in-memory array; every inner chunk
     the data touches is written, all-zero ones included). Returns the file size."""
-    import zarr
+    import zarr  # here, not at the top: opening and searching never write, and skip its import (~0.15 s)
     from zarr.storage import MemoryStore
 
     data = np.ascontiguousarray(data, dtype=np.uint8).reshape(-1)
