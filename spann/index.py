@@ -269,7 +269,9 @@ class Index:
                 self._state.notify_all()
 
     def prepare(self) -> "Index":
-        """Compile (or load from numba's cache) every search kernel with one dummy query."""
+        """Compile (or load from numba's cache) the search kernels this generation uses, with one
+        dummy query and a batch of two (the delta-list scan of batches compiles with the first
+        batch after an update adds delta lists)."""
         q = np.zeros((1, self.dim), np.float32)
         self.search(q[0], 1)
         self.search(np.repeat(q, 2, axis=0), 1, threads=1)

@@ -51,11 +51,21 @@ class RecallBreakdown:
 
 
 @numba.njit(cache=True, nogil=True)
+def _mark(gs, order, x, found_i):
+    """Mark ``found_i[order[p]]`` where ``gs[p] == x`` (``gs`` sorted, ``order`` its argsort)."""
+    p = np.searchsorted(gs, x)
+    if p < gs.shape[0] and gs[p] == x:
+        found_i[order[p]] = True
+
+
+@numba.njit(cache=True, nogil=True)
 def mark_in_lists(pv, vv, coded, sel, kept, gt, found):
     """Set ``found[i, t]`` (bool (nq, k)) where the true neighbour ``gt[i, t]`` (int64 (nq, k))
     is an entry of one of the lists ``sel[i, :kept[i]]`` of ``pv`` (``coded``: entries are
-    vector-store rows of ``vv``, mapped to their ids)."""
+    vector-store rows of ``vv``, mapped to their ids). One binary search per entry."""
     for i in range(sel.shape[0]):
+        order = np.argsort(gt[i])
+        gs = gt[i][order]
         for j in range(kept[i]):
             h = sel[i, j]
             if h < 0:
@@ -64,10 +74,10 @@ def mark_in_lists(pv, vv, coded, sel, kept, gt, found):
             for e in range(pv.counts[h]):
                 x = entry_id(pv, o, e)
                 if coded:
+                    if x < 0 or x >= vv.n:
+                        continue
                     x = row_id(vv, x)
-                for t in range(gt.shape[1]):
-                    if gt[i, t] == x:
-                        found[i, t] = True
+                _mark(gs, order, x, found[i])
 
 
 @numba.njit(cache=True, nogil=True)

@@ -520,8 +520,8 @@ def select_to_read(qh, hx, groups, plan, pv, scratch, dl, offs, sel_i, sel_d, st
             else:
                 read_i = np.empty(kept + n_early, np.int32)  # counted: the kept lists and the early ones not kept
                 read_i[:kept] = sel_i[:kept]
-                stats[1] += 4096 * union_pages(pv, read_i, heads_not_in(early_i, n_early, sel_i, kept, read_i, kept),
-                                               -1)
+                n_read = heads_not_in(early_i, n_early, sel_i, kept, read_i, kept)
+                stats[1] += 4096 * union_pages(pv, read_i, n_read, NO_EPOCH)
             stats[2] += n_eval
             return kept
         seeds = hx.entries
