@@ -35,7 +35,6 @@ from __future__ import annotations
 import math
 import numbers
 import os
-import pickle
 import shutil
 import tempfile
 import weakref
@@ -58,6 +57,7 @@ except ImportError:  # scikit-learn < 1.6
     def _validate_data(estimator, X, **kwargs):
         return estimator._validate_data(X, **kwargs)
 
+from spann.errors import IndexNotFoundError
 from spann.index import Index, build, open_index
 from spann.params import BuildParams, SearchParams
 
@@ -390,7 +390,7 @@ class SpannNeighbors(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         state.pop("_finalizer", None)
         if index is not None:
             if state.get("_tmpdir") is not None:
-                raise pickle.PicklingError(
+                raise TypeError(  # what pickle raises for an object it cannot pickle
                     "a SpannNeighbors fitted in a temporary directory (index_dir=None) cannot be pickled: its index "
                     "is removed with it; fit it with index_dir=... to pickle it")
             state["_index_path"] = os.path.abspath(index.path)
@@ -406,9 +406,9 @@ class SpannNeighbors(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         try:
             index = open_index(path)
         except (OSError, ValueError) as e:
-            raise pickle.UnpicklingError(f"the index of this SpannNeighbors cannot be reopened: {e}") from e
+            raise IndexNotFoundError(f"the index of this SpannNeighbors cannot be reopened: {e}") from e
         if index.attrs.get("build_id") != build_id:
             index.close()
-            raise pickle.UnpicklingError(f"{path}: holds another index than the one this SpannNeighbors was fitted "
+            raise IndexNotFoundError(f"{path}: holds another index than the one this SpannNeighbors was fitted "
                                          f"with (the directory was rebuilt); fit it again")
         self._set_index(index, None)
