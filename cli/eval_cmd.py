@@ -14,8 +14,7 @@ from spann.cli.common import (check_outputs, common_options, echo_err, emit_json
 from spann.datasets import load, read_vectors
 from spann.datasets.groundtruth import distances_path_for
 from spann.errors import ParameterError
-from spann.params import SearchParams
-from spann.tools.eval import evaluate, parse_sweep, plot_recall_qps, write_csv
+from spann.tools.eval import check_point, evaluate, parse_sweep, plot_recall_qps, write_csv
 
 
 def legend(k: int, cold: bool, threads: int, breakdown: bool = True) -> str:
@@ -68,7 +67,8 @@ def format_table(records) -> str:
 @click.option("--dataset", help="Prepared dataset directory or registered name (gives QUERIES and GT).")
 @click.option("-k", type=click.IntRange(1), default=10, show_default=True)
 @click.option("--sweep", "sweep", multiple=True, default=("max_postings=8,16,32,64,128",), show_default=True,
-              help="name=v1,v2,... (repeatable; the cartesian product is run).")
+              help="name=v1,v2,... (repeatable; the cartesian product is run); recall=0.9,0.95 sweeps the "
+              "index's operating points for those recall@10 targets.")
 @click.option("--prune-eps", help="Comma-separated prune_eps values to add to the sweep (e.g. 0.5,1,inf).")
 @click.option("--threads", type=click.IntRange(0), default=0,
               help="Threads for batch QPS (0 = all cores).")
@@ -95,8 +95,8 @@ def eval_cmd(index: str, queries: str | None, gt: str | None, dataset: str | Non
         raise click.BadParameter(f"{plot}: the plot is a PNG; name it *.png", param_hint="--plot")
     specs = list(sweep) + ([f"prune_eps={prune_eps}"] if prune_eps else [])
     points = parse_sweep(specs)
-    for p in points:  # every point is a valid SearchParams before any work starts
-        SearchParams.from_dict(SearchParams.parse_assignments([f"{n}={v}" for n, v in p.items()]))
+    for p in points:  # every point is valid before any work starts
+        check_point(p)
     gt_d = None
     if dataset:
         m = load(dataset)

@@ -16,6 +16,7 @@ from spann.datasets.formats import FORMATS, metric_from_hdf5, read_vectors, writ
 from spann.datasets.groundtruth import check_ids_output, distances_path_for
 from spann.errors import DataError
 from spann.params import SearchParams
+from spann.search.operating_points import DEFAULT_RECALL
 
 _DEFAULTS = SearchParams()
 
@@ -44,8 +45,12 @@ def search_options(f):
 @click.option("-k", type=click.IntRange(1), default=10, show_default=True)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Ids file (.ibin/.ivecs/.npy); distances go beside it (out.dist.fbin).")
-@click.option("--max-postings", type=click.IntRange(1), default=_DEFAULTS.max_postings, show_default=True,
-              help="Nearest heads (posting lists) considered per query.")
+@click.option("--max-postings", type=click.IntRange(1), default=None,
+              help="Posting lists read per query (the median query, with the pruner). Default: the index's "
+              f"operating point for recall@10 {DEFAULT_RECALL} (see `spann info`), else {_DEFAULTS.max_postings}.")
+@click.option("--recall", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Read the fewest lists whose recall@10, measured on the index's own data at build, reaches "
+              "this target (instead of --max-postings).")
 @click.option("--prune-eps", type=click.FloatRange(0), default=_DEFAULTS.prune_eps, show_default=True,
               help="Read list j only if d(q, c_j) <= (1 + eps) d(q, c_1).")
 @click.option("--queries-format", type=click.Choice(list(FORMATS)), help="Override the queries file's format.")
@@ -55,7 +60,7 @@ def search_options(f):
 @search_options
 @json_option("the search summary")
 @common_options
-@pack_options("how", "max_postings", "prune_eps", "ef", "prefetch", "rerank", "pruner", "direct")
+@pack_options("how", "max_postings", "recall", "prune_eps", "ef", "prefetch", "rerank", "pruner", "direct")
 def search_cmd(index: str, queries: str, k: int, output: str, threads: int, queries_format: str | None,
                json_out: str | None, filt: list[int] | None, storage_option: tuple[str, ...],
                how: dict[str, Any]) -> None:

@@ -19,6 +19,7 @@ from spann.errors import (DataError, IndexCorruptError, IndexNotFoundError, OutO
 from spann.index import Index, SearchResult, build, open_index
 from spann.params import BuildParams, SearchParams
 from spann.search.breakdown import RecallBreakdown
+from spann.search.operating_points import OperatingPoints
 
 __version__ = "0.1.0"
 
@@ -26,6 +27,7 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())  # silent unless t
 
 open = open_index  # noqa: A001  (spann.open(path), like zarr.open)
 
-__all__ = ["__version__", "build", "open", "open_index", "Index", "SearchResult", "RecallBreakdown", "BuildParams",
+__all__ = ["__version__", "build", "open", "open_index", "Index", "SearchResult", "RecallBreakdown", "OperatingPoints",
+           "BuildParams",
            "SearchParams", "SpannError", "VectorFileError", "ParameterError", "DataError", "IndexNotFoundError",
            "IndexCorruptError", "QueryError", "StoreError", "OutOfMemoryError"]

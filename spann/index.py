@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 
 from spann.builder.pipeline import build_index
-from spann.codecs.encodings import codebook_view
 from spann.datasets.vector_file import VectorFile
 from spann.errors import IndexCorruptError, OutOfMemoryError, ParameterError, QueryError
 from spann.format.labels import check_filter
@@ -20,10 +19,10 @@ from spann.io.recent import forget
 from spann.io.sources import is_url, open_store
 from spann.params import BuildParams, SearchParams
 from spann.search.breakdown import RecallBreakdown
-from spann.search.planner import SearchPlanner
-from spann.search.queries import QuerySpace
+from spann.search.reader import IndexReader
+from spann.search.operating_points import DEFAULT_RECALL, OperatingPoints, check_recall, measure_operating_points
 from spann.search.result import SearchResult
-from spann.search.snapshot import BaseReaders, Snapshot
+from spann.search.snapshot import Snapshot
 from spann.update.apply import add, delete, locate
 
 __all__ = ["Index", "SearchResult", "build", "open_index", "DEFAULT_CACHE_BYTES"]
@@ -121,36 +120,30 @@ class Index:
         self._evictions = 0  # evict() calls, so a preload racing one does not claim its pages
         self._param_cache: dict[tuple, SearchParams] = {}
         self._default_params = SearchParams()
+        self._points: OperatingPoints | None = None
+        stored = (self.attrs.get("stats") or {}).get("operating_points")
+        if stored is not None:
+            try:
+                self.operating_points = OperatingPoints.from_dict(stored)
+            except ParameterError as e:
+                self.close()
+                raise IndexCorruptError(f"{self.path}: {e}") from None
 
     def _open(self, stamp) -> None:
-        f = IndexFiles(self.path, store=self._store)
-        try:
-            self._base = BaseReaders(f, str(self.path))
-            try:
-                self._snap = Snapshot(f, self._base, str(self.path))
-            except BaseException:
-                self._base.close()
-                raise
-        finally:
-            f.close()
+        r = IndexReader(self.path, store=self._store)
+        self._base, self._snap, self._planner, self._queries = r.base, r.snap, r.planner, r.queries
         self._stamp = stamp
         #: lists (and vector-store pages) are fetched from the store before a search scans them
-        self.fetching: bool = any(r.fetched for r in self._base.readers(self._snap))
-        self.codebook = codebook_view(f.layout.encoding, f.codebook)
-        self.attrs: dict[str, Any] = f.attrs
-        self._metric = f.metric
-        self.metric: str = f.metric.name
-        self.layout = f.layout
-        self.dim: int = int(f.attrs["dim"])
-        self.n: int = int(f.attrs["n"])
-        self.dtype = np.dtype(f.layout.dtype)
-        self.build_params = BuildParams.from_dict(f.attrs["params"])
-        rotation = self.codebook.rotation if f.layout.codec.rotated_heads else None
-        self._queries = QuerySpace(self.dim, self.dtype, f.metric, rotation,
-                                   float_source=f.attrs.get("source_dtype") == "float32")
-        self._planner = SearchPlanner(self.path, self._base, f.layout, f.metric,
-                                      self.codebook if f.layout.coded else None,  # what the kernels take
-                                      self.fetching)
+        self.fetching: bool = r.fetching
+        self.codebook = r.codebook
+        self.attrs: dict[str, Any] = r.attrs
+        self._metric = r.metric
+        self.metric: str = r.metric.name
+        self.layout = r.layout
+        self.dim: int = r.dim
+        self.n: int = int(r.attrs["n"])
+        self.dtype = r.dtype
+        self.build_params = BuildParams.from_dict(r.attrs["params"])
 
     # the current generation's parts (read-only views for callers and tests)
     heads = property(lambda self: self._snap.heads)
@@ -291,6 +284,57 @@ class Index:
         self._default_params = params
         self._param_cache.clear()  # cached overrides were resolved against the old defaults
 
+    @property
+    def operating_points(self) -> OperatingPoints | None:
+        """The index's measured recall per list budget (:class:`~spann.OperatingPoints`; None
+        for an index built without calibration queries): ``recall=`` picks from them and the
+        default search is their point for recall@10 :data:`~spann.search.operating_points.DEFAULT_RECALL`.
+        Settable (e.g. to the result of :meth:`calibrate`); setting them resets
+        :attr:`default_params` to that point."""
+        return self._points
+
+    @operating_points.setter
+    def operating_points(self, points: OperatingPoints | None) -> None:
+        if points is not None and not isinstance(points, OperatingPoints):
+            raise ParameterError(f"operating_points must be spann.OperatingPoints or None, got {type(points).__name__}")
+        self._points = points
+        self._planner.rerank_factor = points.rerank_factor if points is not None else 0.0
+        self.default_params = SearchParams(max_postings=points.max_postings_for(DEFAULT_RECALL)) \
+            if points is not None else SearchParams()
+
+    def calibrate(self, queries: np.ndarray, gt_ids: np.ndarray, k: int = 10, *,
+                  threads: int | None = None) -> OperatingPoints:
+        """Measure this index's operating points with your own ``queries`` (nq, dim) and their
+        true neighbours ``gt_ids`` (int (nq, >= k), in the index's ids): recall@``k`` at each
+        list budget, and for coded entries the re-rank depth. Use it when your queries differ
+        from the base (the build calibrates with base rows); install the result with
+        ``index.operating_points = points`` (for this handle: keep ``points.to_dict()`` to
+        restore it with :meth:`OperatingPoints.from_dict`). Local indexes only."""
+        if self.fetching:
+            raise QueryError(f"{self.path}: calibration reads lists in place: it needs a local index")
+        k = int(k)
+        gt = np.asarray(gt_ids)
+        q = np.asarray(queries)
+        if gt.ndim != 2 or gt.dtype.kind not in "iu" or gt.shape[1] < k or q.ndim != 2 or gt.shape[0] != q.shape[0]:
+            raise QueryError(f"calibration needs queries (nq, {self.dim}) and integer ground truth (nq, >= {k}); "
+                             f"got {q.shape} and {gt.dtype} {gt.shape}")
+        if q.shape[0] < 20:
+            raise QueryError(f"calibration needs at least 20 queries, got {q.shape[0]}")
+
+        def search(qq, kk, **p):
+            return self.search(qq, kk, threads=threads, **p)
+
+        def breakdown(qq, g, kk, **p):
+            return self.recall_breakdown(qq, g, kk, threads=threads, **p)
+
+        saved = self._planner.rerank_factor
+        self._planner.rerank_factor = 0.0  # measured from the encoding's default
+        try:
+            return measure_operating_points(search, breakdown, q, gt.astype(np.int64), None,
+                                            int(self.heads.shape[0]), bool(self.layout.coded), k=k)
+        finally:
+            self._planner.rerank_factor = saved
+
     def _params(self, overrides: dict[str, Any]) -> SearchParams:
         """SearchParams for these overrides (None: the default), cached (validation is not free
         on a 0.1 ms path)."""
@@ -318,6 +362,16 @@ class Index:
             raise ParameterError(f"params must be a spann.SearchParams, got {type(params).__name__}")
         if params is not None and any(v is not None for v in overrides.values()):
             raise ParameterError(f"give params or keyword overrides ({', '.join(overrides)}), not both")
+        recall = overrides.pop("recall", None)
+        if recall is not None:
+            check_recall(recall)
+            if params is not None or overrides.get("max_postings") is not None:
+                raise ParameterError("give recall or max_postings (or params), not both")
+            if self._points is None:
+                raise ParameterError(f"{self.path}: the index has no operating points to pick a recall from (built "
+                                     f"with calibration_queries=0, or by an older spann): give max_postings, or "
+                                     f"measure them with Index.calibrate")
+            overrides = {**overrides, "max_postings": self._points.max_postings_for(recall)}
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
                                     or threads < 0):
             raise ParameterError(f"threads must be an integer >= 0, got {threads!r}")
@@ -333,7 +387,9 @@ class Index:
         How to search: ``params`` (a :class:`~spann.SearchParams`), or the index's defaults with
         keyword overrides of its fields — ``max_postings``, ``prune_eps``, ``ef``,
         ``rerank``, ``rerank_bound``, ``prefetch``, ``pruner``, ``direct`` (None keeps the
-        default). Returns a :class:`SearchResult` (unpacks as ``ids, distances``).
+        default). ``recall=0.95``: instead of ``max_postings``, the fewest lists whose measured
+        recall@10 reaches that target (see :attr:`operating_points`). Returns a
+        :class:`SearchResult` (unpacks as ``ids, distances``).
         """
         p = self._resolve(params, threads, overrides)
         if p.direct and self.fetching:

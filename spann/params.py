@@ -138,6 +138,11 @@ class BuildParams(_Params):
         them, a transient peak near 1 GiB); 0 = no limit. Sizes the clustering sample, the
         assignment blocks and the spilled assignment buckets; a limit too small for the heads
         fails before any work.
+    calibration_queries: base rows searched as queries, against their exact neighbours, to
+        measure the finished index's recall at each list budget (its operating points, see
+        :mod:`spann.search.operating_points`; fewer above 2 x 10^7 vectors, none under 2,000);
+        0 = none (searches then read ``SearchParams.max_postings`` lists and ``recall=`` is
+        refused).
     """
 
     head_ratio: float = 0.05
@@ -163,12 +168,15 @@ class BuildParams(_Params):
     label_list_fraction: float = 0.02
     split_factor: float = 2.0
     memory_limit: int = 0
+    calibration_queries: int = 1000
 
     def __post_init__(self) -> None:
         _check(_real(self.label_list_fraction) and 0.0 <= self.label_list_fraction <= 1.0,
                f"label_list_fraction must be in [0, 1], got {self.label_list_fraction!r}")
         _check(_int(self.memory_limit) and (self.memory_limit == 0 or self.memory_limit >= 256 << 20),
                f"memory_limit must be 0 (none) or at least 256 MiB, got {self.memory_limit!r}")
+        _check(_int(self.calibration_queries) and 0 <= self.calibration_queries <= 100_000,
+               f"calibration_queries must be in 0..100000, got {self.calibration_queries!r}")
         _check(_real(self.split_factor) and 1.2 <= self.split_factor <= 100,
                f"split_factor must be in [1.2, 100], got {self.split_factor!r}")
         _check(_real(self.head_ratio) and 0.0 < self.head_ratio <= 0.5,
@@ -286,9 +294,12 @@ class SearchParams(_Params):
         m = retrieved or self.max_postings
         return max(self.ef or int(max(m, 32) * 1.25), m)
 
-    def effective_rerank(self, k: int, codec) -> int:
-        """Candidates re-ranked for top ``k``: ``rerank`` (at least k), or when 0 the depth the
-        index's encoding (a :class:`spann.codecs.Codec`) implies."""
+    def effective_rerank(self, k: int, codec, factor: float = 0.0) -> int:
+        """Candidates re-ranked for top ``k``: ``rerank`` (at least k), or when 0 ``factor`` x k
+        (the depth an index measured for its data, see :mod:`spann.search.operating_points`),
+        or without one the depth the index's encoding (a :class:`spann.codecs.Codec`) implies."""
         if self.rerank:
             return max(self.rerank, k)
+        if factor:
+            return max(k, math.ceil(factor * k))
         return codec.default_rerank(k)

@@ -26,8 +26,8 @@ import pytest
 
 from spann.cli.datasets_cmd import VectorPath
 from spann.cli.main import cli
-from spann.params import BuildParams, SearchParams
-from spann.tools.eval import parse_sweep
+from spann.params import BuildParams
+from spann.tools.eval import check_point, parse_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -151,7 +151,7 @@ def test_spann_command_parses(argv, no_file_checks, tmp_path, monkeypatch):
         BuildParams().replace(**BuildParams.parse_assignments(ctx.params["extra"]))
     if ctx.command.name == "eval":
         for point in parse_sweep(list(ctx.params["sweep"])):
-            SearchParams(**point)
+            check_point(point)
 
 
 class _Parsed(Exception):

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from spann.builder.calibration import Truth, operating_points_stage, truth_stage
 from spann.builder.dask import DaskRunner, describe
 from spann.builder.inputs import as_vector_source
 from spann.builder.spill import AssignmentRuns, buckets_for
@@ -92,6 +93,8 @@ _CHECKPOINT = {
                                        covered_walk=float(m["covered_walk"]),
                                        covered_groups=float(m["covered_groups"]))),
     "groups": (lambda o: ({} if o is None else {"labels": o}, {}), lambda a, m: a.get("labels")),
+    "truth": (lambda o: ({"rows": o.rows, "neighbors": o.neighbors}, {}),
+              lambda a, m: Truth(rows=a["rows"], neighbors=a["neighbors"])),
 }
 
 
@@ -247,6 +250,7 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
                 writer.write_array("pruner", model)
             if groups is not None:
                 writer.write_array("head_groups", groups)
+            truth = stage("truth", truth_stage, src, m, params, progress)
             stage("write", _write_all, src, m, heads, graph, asg, plan, enc, params, writer, progress,
                   (user_ids, labels), runner)
         H = heads.vectors.shape[0]
@@ -286,6 +290,16 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
                  "label_lists_path": LABEL_LISTS if labels is not None else None,
                  "live": src.n, "next_id": int(user_ids.max()) + 1 if user_ids is not None else src.n,
                  "max_norm": max_norm, "params": params.to_dict(), "stats": stats}
+        if truth.rows.size:  # measured on the finished index, before it is published
+            t0 = time.perf_counter()
+            points = operating_points_stage(writer.preview(attrs), src, truth, user_ids, params.threads, progress)
+            times["operating_points"] = time.perf_counter() - t0
+            stats["operating_points"] = points.to_dict()
+            stats["seconds"]["operating_points"] = round(times["operating_points"], 3)
+            stats["build_seconds"] = round(sum(times.values()), 3)
+            logger.info("operating points: %.1f s; recall@10 %s at max_postings %s", times["operating_points"],
+                        "/".join(f"{r:.3f}" for r in points.recall[:: max(1, len(points.recall) // 6)]),
+                        "/".join(map(str, points.max_postings[:: max(1, len(points.recall) // 6)])))
         writer.commit(attrs, overwrite=overwrite)
         return attrs
     except BaseException:

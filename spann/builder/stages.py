@@ -22,6 +22,7 @@ import numba
 import numpy as np
 from tqdm.auto import tqdm
 
+from spann.builder.calibration import calibration_rows, other_rows
 from spann.builder.spill import AssignmentRuns
 from spann.codecs.encodings import choose_codec
 from spann.datasets.formats import check_finite
@@ -99,7 +100,8 @@ def _blocks(src, rows: int, desc: str, progress: bool):
 
 def sample_stage(src, metric: Metric, params: BuildParams, progress: bool = False) -> Sample:
     """A seeded random sample of at most ``cluster_sample`` rows in the head space (for inner
-    product after one pass over the base for its largest norm)."""
+    product after one pass over the base for its largest norm), without the calibration
+    queries' rows."""
     max_norm = 0.0
     if metric.mips:
         for s, blk in _blocks(src, params.block_rows, "norms", progress):
@@ -108,8 +110,12 @@ def sample_stage(src, metric: Metric, params: BuildParams, progress: bool = Fals
             max_norm = max(max_norm, float(np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64).max())))
     rng = np.random.default_rng(params.seed)
     n = src.n
-    k = min(n, params.cluster_sample)
-    ids = np.arange(n) if k == n else np.sort(rng.choice(n, k, replace=False))
+    held = calibration_rows(n, params)  # the calibration queries: not in the sample
+    k = min(n - held.size, params.cluster_sample)
+    if held.size:
+        ids = other_rows(n, held, k, rng)
+    else:
+        ids = np.arange(n) if k == n else np.sort(rng.choice(n, k, replace=False))
     raw = src.read() if k == n else src.take(ids)
     check_finite(raw, f"{src.path}")
     return Sample(rows=metric.head_space(raw, max_norm), ids=ids.astype(np.int64), max_norm=max_norm)

@@ -288,14 +288,25 @@ class IndexWriter(GenerationArrays):
         self.crcs.setdefault(name, {})[str(shard)] = rec["crc"]
         return int(rec["file_bytes"])
 
-    def commit(self, attrs: dict[str, Any], overwrite: bool = False) -> Path:
-        """Write the group metadata (last: its presence marks a complete index), make it durable,
-        and swap the directory into place."""
+    def _root_attrs(self, attrs: dict[str, Any]) -> dict[str, Any]:
         attrs = {**attrs, "format_version": FORMAT_VERSION, "build_id": self.build_id,
                  "generation": self.generation, "generation_path": generation_path(self.generation),
                  "postings_path": POSTINGS, "data_crc32c": self.crcs}
         if VECTORS in self._arrays:
             attrs["vectors_path"] = VECTORS
+        return attrs
+
+    def preview(self, attrs: dict[str, Any]) -> Path:
+        """Write the root metadata into the temporary directory (not yet durably) so the
+        finished index can be opened and measured there before :meth:`commit`; returns it."""
+        write_json(str(self.gen_dir / "zarr.json"), group_meta({"build_id": self.build_id}), fsync=False)
+        write_root(self.tmp / "zarr.json", self._root_attrs(attrs))
+        return self.tmp
+
+    def commit(self, attrs: dict[str, Any], overwrite: bool = False) -> Path:
+        """Write the group metadata (last: its presence marks a complete index), make it durable,
+        and swap the directory into place."""
+        attrs = self._root_attrs(attrs)
         shutil.rmtree(self.ckpt, ignore_errors=True)
         self._seal(self.tmp)
         os.remove(self.tmp / BUILD_MARK)

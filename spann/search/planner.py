@@ -67,6 +67,9 @@ class SearchPlanner:
         self.dim = layout.dim
         self.dtype = np.dtype(layout.dtype)
         self.preloaded: Snapshot | None = None
+        #: re-rank depth as a multiple of k when SearchParams.rerank is 0 (0: the encoding's default;
+        #: set from the index's operating points)
+        self.rerank_factor = 0.0
         self._no_model = np.zeros(0, np.float64)
         self._no_i32 = np.zeros(0, np.int32)
         self._no_vectors: VectorsView | None = None
@@ -195,7 +198,7 @@ class SearchPlanner:
         if p.direct and qs.shape[0] > 1 and trace is None:
             return self._search_direct_batch(snap, qs, qh, k, p, threads, filt)
         if filt is None and qs.shape[0] == 1 and trace is None:
-            plan = snap.single.get((p, k))
+            plan = snap.single.get((p, k, self.rerank_factor))
             if plan is not None:
                 return self._search_single(snap, plan, qs, qh, k, p)
         pv = snap.pv
@@ -220,7 +223,7 @@ class SearchPlanner:
         m = min(max(2 * budget if model.size else budget, 32), H)  # heads retrieved
         efv = p.effective_ef(m)
         eps = np.float32(min(p.prune_eps, 1e18))
-        R = p.effective_rerank(k, self.layout.codec)
+        R = p.effective_rerank(k, self.layout.codec, self.rerank_factor)
         bound_k = k if self.layout.codec.bounded and p.rerank_bound else 0
         code = self.metric.scan_code
         plan = Plan(metric=int(code), ef=int(efv), m=int(m), budget=int(budget), model=model, prune_eps=eps,
@@ -244,7 +247,7 @@ class SearchPlanner:
                 if filt is None:
                     if len(snap.single) > 64:
                         snap.single.clear()
-                    snap.single[(p, k)] = (kernel, mid, sizes)
+                    snap.single[(p, k, self.rerank_factor)] = (kernel, mid, sizes)
             dists, ids, stt = top_d[None], top_i[None], stats[None]
             req = got = None
         else:

@@ -39,7 +39,7 @@ class Snapshot:
         self.hx_batch = HeadIndex(heads=self.heads, walk=self.walk, neighbors=self.neighbors, groups=self.groups,
                                   entries=self.seeds.entries, seed_rows=self.seeds.seed_rows)
         self.kernels: dict = {}  # compiled entry points of the single-query kernel (SearchPlanner.search)
-        self.single: dict = {}  # (params, k) -> (entry point, arguments): the unfiltered single query
+        self.single: dict = {}  # (params, k, rerank factor) -> (entry point, arguments): the unfiltered single query
         self.pruner = f.pruner
         H = self.heads.shape[0]
         self.offsets = f.offsets

@@ -24,9 +24,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from spann.errors import DataError, ParameterError
-from spann.params import _parse_value
+from spann.params import SearchParams, _parse_value
+from spann.search.operating_points import check_recall
 
-__all__ = ["recall_at_k", "tie_aware_recall", "distance_recall", "check_no_duplicates", "EvalRecord",
+__all__ = ["check_point", "recall_at_k", "tie_aware_recall", "distance_recall", "check_no_duplicates", "EvalRecord",
            "evaluate", "pareto_front", "operating_point", "write_jsonl", "write_csv", "read_jsonl",
            "plot_recall_qps", "parse_sweep", "rss_bytes"]
 
@@ -142,6 +143,20 @@ def parse_sweep(spec: Sequence[str]) -> list[dict[str, Any]]:
     return [dict(zip([a for a, _ in axes], combo)) for combo in itertools.product(*[v for _, v in axes])]
 
 
+def check_point(point: dict[str, Any]) -> None:
+    """A sweep point is :class:`~spann.SearchParams` fields, or those with a ``recall`` target
+    instead of ``max_postings``; ParameterError otherwise."""
+    known = {*SearchParams.__dataclass_fields__, "recall"}
+    unknown = sorted(set(point) - known)
+    if unknown:
+        raise ParameterError(f"unknown SearchParams parameter {unknown[0]!r}; known: {', '.join(sorted(known))}")
+    if "recall" in point:
+        check_recall(point["recall"])
+        if "max_postings" in point:
+            raise ParameterError("a sweep point gives recall or max_postings, not both")
+    SearchParams.from_dict({n: v for n, v in point.items() if n != "recall"})
+
+
 def _latencies(index, queries: np.ndarray, k: int, params: dict[str, Any], cold: bool) -> np.ndarray:
     out = np.empty(queries.shape[0])
     for i in range(queries.shape[0]):
@@ -150,6 +165,14 @@ def _latencies(index, queries: np.ndarray, k: int, params: dict[str, Any], cold:
         t = time.perf_counter()
         index.search(queries[i], k, **params)
         out[i] = time.perf_counter() - t
+    return out
+
+
+def _resolved(index, point: dict[str, Any]) -> dict[str, Any]:
+    """The sweep point, with the max_postings a recall target picked from the operating points."""
+    out = dict(point)
+    if out.get("recall") is not None and index.operating_points is not None:
+        out["max_postings"] = index.operating_points.max_postings_for(out["recall"])
     return out
 
 
@@ -193,7 +216,7 @@ def evaluate(index, queries: np.ndarray, gt_ids: np.ndarray, k: int = 10, *, swe
         if breakdown and not index.fetching:
             bd = index.recall_breakdown(queries, gt_ids, k, threads=threads, **point)
         rec = EvalRecord(
-            system="spann", params=dict(point), k=k, recall=recall_at_k(res.ids, gt_ids, k),
+            system="spann", params=_resolved(index, point), k=k, recall=recall_at_k(res.ids, gt_ids, k),
             tie_recall=tie_aware_recall(res.ids, gt_ids, gt_dists, k) if gt_dists is not None else None,
             distance_recall=distance_recall(res.distances, gt_dists, k) if gt_dists is not None else None,
             latency_mean_ms=float(lat.mean()), latency_p50_ms=float(np.percentile(lat, 50)),

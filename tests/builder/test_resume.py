@@ -58,10 +58,13 @@ def test_kill_then_resume_gives_the_same_index(data, tmp_path, fault, stages):
     with spann.open(target) as idx:
         res = idx.attrs["stats"]["resumed"]
         if stages is None:  # killed while writing: every stage restored, the written shards kept
-            assert res["stages"] == ["sample", "heads", "graph", "groups", "assign", "pruner"] and res["shards"] >= 1
+            assert res["stages"] == ["sample", "heads", "graph", "groups", "assign", "pruner", "truth"] and \
+                res["shards"] >= 1
         else:
             assert res["stages"] == stages and res["shards"] == 0
         np.testing.assert_array_equal(idx.search(Q, 10).ids, want)
+        with spann.open(d / "ref") as ref:
+            assert idx.operating_points == ref.operating_points is not None
     assert not [e for e in os.listdir(tmp_path) if e.startswith(".idx.building-")]
 
 

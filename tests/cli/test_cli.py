@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+import spann
 from spann import __version__
 from spann.cli.main import cli
 from spann.datasets import read_vectors, synthetic_array, write_vectors
@@ -69,6 +70,36 @@ def test_gt_build_search_info_eval(files):
         assert "max_postings" in r_["params"] and "prune_eps" in r_["params"]
     assert "recall" in r.output and "QPS" in r.output
     assert (d / "e.csv").read_text().startswith("system")
+
+
+def test_recall_targets_from_the_command_line(files, tmp_path):
+    d, x, q = files
+    idx = tmp_path / "idx"
+    run("build", d / "base.fbin", idx, "--metric", "l2", "-q")
+    with spann.open(idx) as ix:
+        points = ix.operating_points
+        want = ix.search(q, 10, recall=0.9).ids
+        default_mp = ix.default_params.max_postings
+    run("search", idx, d / "q.fbin", "-k", 10, "-o", tmp_path / "r.npy", "--recall", 0.9, "--json", tmp_path / "s.json",
+        "-q")
+    np.testing.assert_array_equal(np.load(tmp_path / "r.npy"), want)
+    out = run("info", idx).output
+    assert f"the default search reads max_postings={default_mp}" in out
+    assert f"{points.max_postings[-1]:>12} {points.recall[-1]:>9.4f}" in out  # the stored curve, every point
+    for bad, msg in ((["--recall", 0], "0<x<=1"), (["--recall", 1.5], "0<x<=1"),
+                     (["--recall", 0.9, "--max-postings", 8], "not both")):
+        r = run("search", idx, d / "q.fbin", "-o", tmp_path / "b.npy", *bad, ok=False)
+        assert r.exit_code != 0 and msg in r.output, r.output
+    gt = exact_knn(x, q, 10, "l2")[0]
+    np.save(tmp_path / "gt.npy", gt)
+    run("eval", idx, d / "q.fbin", tmp_path / "gt.npy", "--sweep", "recall=0.8,0.95", "--runs", 1,
+        "--latency-queries", 5, "--json", tmp_path / "e.json", "-q")
+    recs = json.loads((tmp_path / "e.json").read_text())
+    picked = [points.max_postings_for(0.8), points.max_postings_for(0.95)]
+    assert [r_["params"]["max_postings"] for r_ in recs] == picked
+    r = run("eval", idx, d / "q.fbin", tmp_path / "gt.npy", "--sweep", "recall=0.9", "--sweep", "max_postings=4",
+            ok=False)
+    assert r.exit_code != 0 and "not both" in r.output
 
 
 def test_errors_are_one_line(files, tmp_path):
