@@ -41,7 +41,8 @@ def format_table(records) -> str:
     """A readable table of evaluation records (the recall-breakdown columns when a record has them)."""
     keys = list(dict.fromkeys(k for r in records for k in r.params))
     breakdown = any(r.recall_lists is not None for r in records)
-    head = ["system"] + keys + ["recall", "mean ms", "p50 ms", "p99 ms", "QPS", "lists", "KiB", "dists"]
+    columns = ["target" if k == "recall" else k for k in keys]  # a recall target beside the measured recall
+    head = ["system"] + columns + ["recall", "mean ms", "p50 ms", "p99 ms", "QPS", "lists", "KiB", "dists"]
     if breakdown:
         head += ["in lists", "in pool", "runs", "rows"]
     rows = []

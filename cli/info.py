@@ -39,6 +39,8 @@ def info_cmd(index: str, json_out: str | None, storage_option: tuple[str, ...]) 
                    f"search reads max_postings={default_mp}, the point for recall {DEFAULT_RECALL}"
                    + (f"; re-rank depth {points.rerank_factor:g} x k" if points.rerank_factor else "") + "):")
         click.echo(points.table())
+        if info.get("generation", 1) > 1:
+            click.echo("(measured at build: updates since then can need more lists; Index.calibrate measures again)")
     else:
-        click.echo(f"operating points: none (built without calibration queries): searches read "
-                   f"max_postings={default_mp} lists and recall= is refused")
+        click.echo(f"operating points: none (calibration_queries=0, fewer than 2,000 vectors, or an older spann): "
+                   f"searches read max_postings={default_mp} lists and recall= is refused")

@@ -27,7 +27,8 @@ def search_options(f):
     f = click.option("--prefetch/--no-prefetch", default=_DEFAULTS.prefetch, show_default=True,
                      help="Issue all of a query's posting reads at once (helps a cold page cache).")(f)
     f = click.option("--rerank", type=click.IntRange(0, 1 << 16), default=_DEFAULTS.rerank, show_default=True,
-                     help="Candidates re-ranked exactly (coded postings; 0 = auto by encoding).")(f)
+                     help="Candidates re-ranked exactly (coded postings; 0 = the depth measured at build, "
+                     "else by encoding).")(f)
     f = click.option("--pruner/--no-pruner", default=_DEFAULTS.pruner, show_default=True,
                      help="Let the index's learned pruner choose each query's list count (median = --max-postings).")(f)
     f = click.option("--threads", type=click.IntRange(0), default=0,

@@ -121,6 +121,7 @@ class Index:
         self._param_cache: dict[tuple, SearchParams] = {}
         self._default_params = SearchParams()
         self._points: OperatingPoints | None = None
+        self._recall_points: dict[float, int] = {}
         stored = (self.attrs.get("stats") or {}).get("operating_points")
         if stored is not None:
             try:
@@ -298,6 +299,7 @@ class Index:
         if points is not None and not isinstance(points, OperatingPoints):
             raise ParameterError(f"operating_points must be spann.OperatingPoints or None, got {type(points).__name__}")
         self._points = points
+        self._recall_points: dict[float, int] = {}  # target -> max_postings, for these points
         self._planner.rerank_factor = points.rerank_factor if points is not None else 0.0
         self.default_params = SearchParams(max_postings=points.max_postings_for(DEFAULT_RECALL)) \
             if points is not None else SearchParams()
@@ -327,13 +329,9 @@ class Index:
         def breakdown(qq, g, kk, **p):
             return self.recall_breakdown(qq, g, kk, threads=threads, **p)
 
-        saved = self._planner.rerank_factor
-        self._planner.rerank_factor = 0.0  # measured from the encoding's default
-        try:
-            return measure_operating_points(search, breakdown, q, gt.astype(np.int64), None,
-                                            int(self.heads.shape[0]), bool(self.layout.coded), k=k)
-        finally:
-            self._planner.rerank_factor = saved
+        # every search of the measurement that depends on the re-rank depth names it
+        return measure_operating_points(search, breakdown, q, gt.astype(np.int64), None,
+                                        int(self.heads.shape[0]), bool(self.layout.coded), k=k)
 
     def _params(self, overrides: dict[str, Any]) -> SearchParams:
         """SearchParams for these overrides (None: the default), cached (validation is not free
@@ -371,7 +369,10 @@ class Index:
                 raise ParameterError(f"{self.path}: the index has no operating points to pick a recall from (built "
                                      f"with calibration_queries=0, or by an older spann): give max_postings, or "
                                      f"measure them with Index.calibrate")
-            overrides = {**overrides, "max_postings": self._points.max_postings_for(recall)}
+            mp = self._recall_points.get(recall)
+            if mp is None:
+                mp = self._recall_points[recall] = self._points.max_postings_for(recall)
+            overrides = {**overrides, "max_postings": mp}
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
                                     or threads < 0):
             raise ParameterError(f"threads must be an integer >= 0, got {threads!r}")

@@ -246,7 +246,8 @@ class SearchParams(_Params):
     ef: beam width of the head-graph search (0 = automatic: 1.25 x the heads retrieved, at
         least 40).
     rerank: candidates re-ranked exactly from the vector store (coded encodings; at least k):
-        0 = automatic: ``k + k // 2`` (at least 12) for sq8, whose code distances are close to
+        0 = automatic: the depth the index measured at build (its operating points); for an
+        index without one, ``k + k // 2`` (at least 12) for sq8, whose code distances are close to
         the true ones; ``3 k`` (at least 30) for rabitq's coarser one-bit codes, enough for its
         estimator's error at a few hundred dimensions and fewer re-rank rows for a cold query
         to read than a wider margin.
@@ -295,11 +296,12 @@ class SearchParams(_Params):
         return max(self.ef or int(max(m, 32) * 1.25), m)
 
     def effective_rerank(self, k: int, codec, factor: float = 0.0) -> int:
-        """Candidates re-ranked for top ``k``: ``rerank`` (at least k), or when 0 ``factor`` x k
-        (the depth an index measured for its data, see :mod:`spann.search.operating_points`),
-        or without one the depth the index's encoding (a :class:`spann.codecs.Codec`) implies."""
+        """Candidates re-ranked for top ``k``: ``rerank`` (at least k), or when 0 ``factor`` x
+        max(k, 10) (the depth an index measured for its data at k = 10, see
+        :mod:`spann.search.operating_points`), or without one the depth the index's encoding (a
+        :class:`spann.codecs.Codec`) implies."""
         if self.rerank:
             return max(self.rerank, k)
-        if factor:
-            return max(k, math.ceil(factor * k))
+        if factor:  # measured at k = 10: a smaller k keeps the pool of 10
+            return max(k, math.ceil(factor * max(k, 10)))
         return codec.default_rerank(k)

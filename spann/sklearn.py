@@ -127,7 +127,8 @@ class SpannNeighbors(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         sharing a directory (clones in a grid search) replace each other's index: leave it None
         there. Only an estimator fitted with ``index_dir`` can be pickled.
     max_postings : int, default=None
-        Posting lists each query reads (None: the index's default, 32). Raising it raises
+        Posting lists each query reads (None: the index's default, its operating point for
+        recall@10 0.95 measured at build; 32 without one). Raising it raises
         recall; at least the number of lists (``index_.heads.shape[0]``) reads them all.
     build_params : dict, default=None
         :class:`spann.BuildParams` fields for the build, e.g. ``{"encoding": "full"}``.

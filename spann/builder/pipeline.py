@@ -37,6 +37,7 @@ from spann.io.sources import is_url
 from spann.kernels.metrics import Metric, get_metric
 from spann.kernels.threads import BuildThreads
 from spann.params import BuildParams
+from spann.search.operating_points import DEFAULT_RECALL
 
 __all__ = ["build_index", "build_fingerprint", "fit_to_memory"]
 
@@ -297,6 +298,11 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
             stats["operating_points"] = points.to_dict()
             stats["seconds"]["operating_points"] = round(times["operating_points"], 3)
             stats["build_seconds"] = round(sum(times.values()), 3)
+            stats["peak_rss_bytes"] = _peak_rss()
+            if not points.reaches(DEFAULT_RECALL):
+                logger.warning("operating points: recall@10 reaches %.3f at most (at %d lists), below the default "
+                               "search's %.2f: searches read that point's lists", max(points.recall),
+                               points.max_postings[points.best_point()], DEFAULT_RECALL)
             logger.info("operating points: %.1f s; recall@10 %s at max_postings %s", times["operating_points"],
                         "/".join(f"{r:.3f}" for r in points.recall[:: max(1, len(points.recall) // 6)]),
                         "/".join(map(str, points.max_postings[:: max(1, len(points.recall) // 6)])))

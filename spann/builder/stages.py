@@ -110,7 +110,7 @@ def sample_stage(src, metric: Metric, params: BuildParams, progress: bool = Fals
             max_norm = max(max_norm, float(np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64).max())))
     rng = np.random.default_rng(params.seed)
     n = src.n
-    held = calibration_rows(n, params)  # the calibration queries: not in the sample
+    held = calibration_rows(n, src.dim, params)  # the calibration queries: not in the sample
     k = min(n - held.size, params.cluster_sample)
     if held.size:
         ids = other_rows(n, held, k, rng)

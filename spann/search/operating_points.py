@@ -35,13 +35,15 @@ __all__ = ["OperatingPoints", "DEFAULT_RECALL", "measure_operating_points", "cal
 DEFAULT_RECALL = 0.95
 #: the neighbours measured per query
 K = 10
+#: multiply-adds the calibration queries' exact neighbours may cost (see calibration_queries)
+TRUTH_BUDGET = 1000 * 2 * 10**7 * 128
 #: re-rank depths tried for coded entries, as multiples of k
 RERANK_LADDER = (1.2, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0)
 #: the share of the true top-k that the pool may lose against the selected lists
 POOL_LOSS = 0.002
 #: the ladder stops once recall reaches this (no target above it is served more cheaply), or when
 #: its last PLATEAU steps gained less than 0.002 while the lists read grew by half
-TOP_RECALL = 0.998
+TOP_RECALL = 0.995
 PLATEAU = 3
 
 
@@ -88,14 +90,15 @@ class OperatingPoints:
 
     def max_postings_for(self, recall: float) -> int:
         """The fewest lists whose measured recall reaches ``recall`` (in (0, 1]): between two
-        measured points, interpolated linearly and rounded up; past the curve, its best point.
+        measured points, interpolated linearly and rounded up; past the curve, the first point
+        within 0.002 of its best (:meth:`best_point`).
         A measured curve can dip by noise: it counts as reaching a target from the first point
         after which it stays above."""
         check_recall(recall)
         r = np.minimum.accumulate(np.asarray(self.recall)[::-1])[::-1]  # the curve from below
         ok = np.flatnonzero(r >= recall)
-        if ok.size == 0:  # beyond the curve: its best point (reading more can lose, with coarse codes)
-            return self.max_postings[int(np.argmax(self.recall))]
+        if ok.size == 0:  # beyond the curve: where it flattens near its best
+            return self.max_postings[self.best_point()]
         i = int(ok[0])
         if i == 0:
             return self.max_postings[0]
@@ -103,14 +106,21 @@ class OperatingPoints:
         frac = (recall - r[i - 1]) / max(r[i] - r[i - 1], 1e-12)
         return int(min(hi, max(lo + 1, math.ceil(lo + frac * (hi - lo) - 1e-9))))
 
+    def best_point(self) -> int:
+        """Index of the first point within 0.002 of the curve's best recall (with coarse codes a
+        curve flattens, or falls, as more lists bring more candidates)."""
+        r = np.asarray(self.recall)
+        return int(np.flatnonzero(r >= r.max() - 0.002)[0])
+
     def reaches(self, recall: float) -> bool:
         """Whether any measured point reaches ``recall``."""
         check_recall(recall)
         return max(self.recall) >= recall
 
     def rerank_for(self, k: int) -> int:
-        """The learned re-rank depth for top ``k`` (0: the encoding's default)."""
-        return 0 if not self.rerank_factor else max(k, math.ceil(self.rerank_factor * k))
+        """The learned re-rank depth for top ``k`` (0: the encoding's default); measured at
+        :attr:`k`, a smaller k keeps that pool."""
+        return 0 if not self.rerank_factor else max(k, math.ceil(self.rerank_factor * max(k, self.k)))
 
     def table(self) -> str:
         """The curve as a text table (one line per point)."""
@@ -128,13 +138,14 @@ def check_recall(recall: Any) -> float:
     return float(recall)
 
 
-def calibration_queries(n: int, limit: int) -> int:
-    """Calibration queries for a base of ``n`` rows, at most ``limit`` (0: none): 1,000 up to
-    2 x 10^7 rows, then fewer (their exact neighbours cost queries x n distances), at least
-    200; none for a base under 2,000 rows."""
+def calibration_queries(n: int, dim: int, limit: int) -> int:
+    """Calibration queries for a base of ``n`` rows of ``dim`` dimensions, at most ``limit``
+    (0: none) and a tenth of the rows: ``limit`` while their exact neighbours cost at most
+    2.56 x 10^12 multiply-adds (1,000 queries over 2 x 10^7 x 128), fewer above, at least 200;
+    none for a base under 2,000 rows."""
     if limit <= 0 or n < 2000:
         return 0
-    return int(min(limit, n // 10, max(200, min(1000, 2 * 10**10 // n))))
+    return int(min(limit, n // 10, max(200, TRUTH_BUDGET // (n * max(dim, 1)))))
 
 
 def budget_ladder(heads: int, cap: int = 4096) -> list[int]:

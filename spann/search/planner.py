@@ -197,8 +197,9 @@ class SearchPlanner:
         batch kernels run even for one query."""
         if p.direct and qs.shape[0] > 1 and trace is None:
             return self._search_direct_batch(snap, qs, qh, k, p, threads, filt)
+        factor = self.rerank_factor  # read once: an operating-points change may land meanwhile
         if filt is None and qs.shape[0] == 1 and trace is None:
-            plan = snap.single.get((p, k, self.rerank_factor))
+            plan = snap.single.get((p, k, factor))
             if plan is not None:
                 return self._search_single(snap, plan, qs, qh, k, p)
         pv = snap.pv
@@ -223,7 +224,7 @@ class SearchPlanner:
         m = min(max(2 * budget if model.size else budget, 32), H)  # heads retrieved
         efv = p.effective_ef(m)
         eps = np.float32(min(p.prune_eps, 1e18))
-        R = p.effective_rerank(k, self.layout.codec, self.rerank_factor)
+        R = p.effective_rerank(k, self.layout.codec, factor)
         bound_k = k if self.layout.codec.bounded and p.rerank_bound else 0
         code = self.metric.scan_code
         plan = Plan(metric=int(code), ef=int(efv), m=int(m), budget=int(budget), model=model, prune_eps=eps,
@@ -247,7 +248,7 @@ class SearchPlanner:
                 if filt is None:
                     if len(snap.single) > 64:
                         snap.single.clear()
-                    snap.single[(p, k, self.rerank_factor)] = (kernel, mid, sizes)
+                    snap.single[(p, k, factor)] = (kernel, mid, sizes)
             dists, ids, stt = top_d[None], top_i[None], stats[None]
             req = got = None
         else:

@@ -83,6 +83,11 @@ def test_recall_targets_from_the_command_line(files, tmp_path):
     run("search", idx, d / "q.fbin", "-k", 10, "-o", tmp_path / "r.npy", "--recall", 0.9, "--json", tmp_path / "s.json",
         "-q")
     np.testing.assert_array_equal(np.load(tmp_path / "r.npy"), want)
+    run("search", idx, d / "q.fbin", "-k", 10, "-o", tmp_path / "r5.npy", "--recall", 0.5, "--json",
+        tmp_path / "s5.json", "-q")
+    low = json.loads((tmp_path / "s5.json").read_text())["mean_lists_read"]
+    assert points.max_postings_for(0.5) < points.max_postings_for(0.9)
+    assert low < json.loads((tmp_path / "s.json").read_text())["mean_lists_read"]  # the target reached the search
     out = run("info", idx).output
     assert f"the default search reads max_postings={default_mp}" in out
     assert f"{points.max_postings[-1]:>12} {points.recall[-1]:>9.4f}" in out  # the stored curve, every point
@@ -97,6 +102,10 @@ def test_recall_targets_from_the_command_line(files, tmp_path):
     recs = json.loads((tmp_path / "e.json").read_text())
     picked = [points.max_postings_for(0.8), points.max_postings_for(0.95)]
     assert [r_["params"]["max_postings"] for r_ in recs] == picked
+    with spann.open(idx) as ix:  # what each point searched with
+        for r_, mp in zip(recs, picked):
+            res = ix.search(q, 10, max_postings=mp)
+            assert r_["lists_read"] == pytest.approx(res.lists_read.mean())
     r = run("eval", idx, d / "q.fbin", tmp_path / "gt.npy", "--sweep", "recall=0.9", "--sweep", "max_postings=4",
             ok=False)
     assert r.exit_code != 0 and "not both" in r.output
