@@ -87,7 +87,7 @@ def operating_points_stage(index_dir: Path, src, truth: Truth, user_ids: np.ndar
     gt, own = truth.neighbors, truth.rows
     if user_ids is not None:  # searches return the users' ids
         gt, own = user_ids[gt], user_ids[own]
-    with IndexReader(index_dir) as r, tqdm(desc="operating points", unit="point", disable=not progress,
+    with IndexReader(index_dir) as r, tqdm(desc="operating points", unit="step", disable=not progress,
                                            leave=False) as bar:
         def search(q, k, **p):
             return r.search(q, k, threads or None, **p)

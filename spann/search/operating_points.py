@@ -41,6 +41,8 @@ TRUTH_BUDGET = 1000 * 2 * 10**7 * 128
 RERANK_LADDER = (1.2, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0)
 #: the share of the true top-k that the pool may lose against the selected lists
 POOL_LOSS = 0.002
+#: calibration queries the re-rank depth is chosen with
+RERANK_QUERIES = 300
 #: the ladder stops once recall reaches this (no target above it is served more cheaply), or when
 #: its last PLATEAU steps gained less than 0.002 while the lists read grew by half
 TOP_RECALL = 0.995
@@ -90,8 +92,8 @@ class OperatingPoints:
 
     def max_postings_for(self, recall: float) -> int:
         """The fewest lists whose measured recall reaches ``recall`` (in (0, 1]): between two
-        measured points, interpolated linearly and rounded up; past the curve, the first point
-        within 0.002 of its best (:meth:`best_point`).
+        measured points, interpolated linearly in log(max_postings) and rounded up; past the
+        curve, the first point within 0.002 of its best (:meth:`best_point`).
         A measured curve can dip by noise: it counts as reaching a target from the first point
         after which it stays above."""
         check_recall(recall)
@@ -104,7 +106,8 @@ class OperatingPoints:
             return self.max_postings[0]
         lo, hi = self.max_postings[i - 1], self.max_postings[i]
         frac = (recall - r[i - 1]) / max(r[i] - r[i - 1], 1e-12)
-        return int(min(hi, max(lo + 1, math.ceil(lo + frac * (hi - lo) - 1e-9))))
+        # recall grows about linearly in log(lists) between points
+        return int(min(hi, max(lo + 1, math.ceil(lo * (hi / lo) ** frac - 1e-9))))
 
     def best_point(self) -> int:
         """Index of the first point within 0.002 of the curve's best recall (with coarse codes a
@@ -149,13 +152,13 @@ def calibration_queries(n: int, dim: int, limit: int) -> int:
 
 
 def budget_ladder(heads: int, cap: int = 4096) -> list[int]:
-    """The max_postings values measured: every value to 8, then steps of about 25 %, up to the
-    head count (or ``cap``)."""
+    """The max_postings values measured: every value to 8, then steps of about 25 % to 64 and
+    50 % beyond (the deep points cost the most), up to the head count (or ``cap``)."""
     top = min(heads, cap)
     out = list(range(1, min(8, top) + 1))
     m = 8
     while m < top:
-        m = min(top, max(m + 1, int(round(m * 1.25))))
+        m = min(top, max(m + 1, int(round(m * (1.25 if m < 64 else 1.5)))))
         out.append(m)
     return out
 
@@ -196,8 +199,9 @@ def measure_operating_points(search: Callable[..., Any], breakdown: Callable[...
     own = np.full(nq, -1, np.int64) if own is None else np.asarray(own, np.int64)
     truth = np.asarray(truth, np.int64)
     factor = 0.0
-    if coded and breakdown is not None:
-        factor = _learn_rerank(search, breakdown, queries, truth, own, heads, k, extra)
+    if coded and breakdown is not None:  # a pool's losses are paired counts: a few hundred queries tell
+        sub = np.linspace(0, nq - 1, min(nq, RERANK_QUERIES)).astype(np.int64)
+        factor = _learn_rerank(breakdown, queries[sub], truth[sub], own[sub], heads, k, progress)
     rr = 0 if not factor else max(k + extra, math.ceil(factor * (k + extra)))
     mps, rec, lists, kib = [], [], [], []
     for m in budget_ladder(heads):
@@ -216,7 +220,7 @@ def measure_operating_points(search: Callable[..., Any], breakdown: Callable[...
                            lists=tuple(lists), kib=tuple(kib), rerank_factor=factor)
 
 
-def _learn_rerank(search, breakdown, queries, truth, own, heads, k, extra) -> float:
+def _learn_rerank(breakdown, queries, truth, own, heads, k, progress) -> float:
     """The smallest re-rank depth (a multiple of k from :data:`RERANK_LADDER`) whose pool keeps
     all but :data:`POOL_LOSS` of the true neighbours the selected lists hold, at the fewest
     lists (1, 2, 4, ...) that hold :data:`DEFAULT_RECALL` of them (or all lists); the deepest
@@ -228,13 +232,18 @@ def _learn_rerank(search, breakdown, queries, truth, own, heads, k, extra) -> fl
         gt[i, row.size:] = row[-1] if row.size else -1
     m = 1
     for m in sorted({min(heads, 2 ** i) for i in range(13)}):  # what the lists hold: any depth will do
-        if breakdown(queries, gt, k, max_postings=m).in_lists.mean() >= DEFAULT_RECALL * k:
+        held = breakdown(queries, gt, k, max_postings=m).in_lists.mean()
+        if progress is not None:
+            progress(1)
+        if held >= DEFAULT_RECALL * k:
             break
     # the pool keeps more as it deepens: the first depth that keeps enough, by bisection
     lo, hi = 0, len(RERANK_LADDER) - 1
     while lo < hi:
         mid = (lo + hi) // 2
         b = breakdown(queries, gt, k, max_postings=m, rerank=math.ceil(RERANK_LADDER[mid] * k))
+        if progress is not None:
+            progress(1)
         if b.in_pool.mean() >= b.in_lists.mean() - POOL_LOSS * k:
             hi = mid
         else:
