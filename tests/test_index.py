@@ -99,6 +99,22 @@ def test_pruning_reads_fewer_lists_and_never_drops_nearest_head(synth, synth_ind
         assert (tight.lists_read == 1).all()
 
 
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+def test_pruner_reads_about_the_budget_for_the_median_query(tmp_path, metric):
+    """The pruner is trained on sample rows searched the way queries are (inner product: the
+    head space's extra coordinate is a query's 0, not a base row's): the median query of the
+    base's distribution reads about max_postings lists, not the quarter-budget floor."""
+    x = synthetic_array(12000, 24, seed=4)
+    x = x * np.random.default_rng(1).uniform(0.5, 2.0, (len(x), 1)).astype(np.float32)  # varied norms
+    q = synthetic_array(400, 24, seed=4, stream=1, n_hint=12000)
+    with spann.build(x, tmp_path / "p", metric=metric, calibration_queries=0) as idx:
+        assert idx.pruner is not None
+        for budget in (8, 16):
+            lists = idx.search(q, 10, max_postings=budget).lists_read
+            assert 0.6 * budget <= np.median(lists) <= 1.5 * budget, (budget, np.median(lists))
+            assert lists.std() > 0
+
+
 def test_learned_pruner_adapts_lists_per_query(synth, synth_index):
     """The model is part of the index; with it, queries read different numbers of lists around
     the budget (a quarter to twice), and the nearest head's list is always among them."""

@@ -252,7 +252,10 @@ def pruner_stage(metric: Metric, sample: Sample, dim: int, heads: Heads, graph: 
     lists = np.concatenate([e_h[a:b] for a, b in zip(lo, hi)]).astype(np.int32)
     M = min(128, H)
     hv = stored_heads(heads, enc) if enc is not None else heads.vectors
-    qrows = np.ascontiguousarray(sample.rows[qi])
+    # searched as queries are searched (inner product: the extra head coordinate is a query's 0,
+    # not a base row's sqrt(M^2 - |x|^2), or every feature of the pruner is shifted)
+    qrows = np.ascontiguousarray(metric.query_space(np.ascontiguousarray(sample.rows[qi, :dim]))[1]) \
+        if metric.mips else np.ascontiguousarray(sample.rows[qi])
     if enc is not None:  # rabitq: rotated as the index's heads and queries are
         qrows = to_head_space(qrows, enc)
     seeds = EntrySeeds(hv, graph.entries).for_rows(qrows)
