@@ -91,6 +91,16 @@ class _Params:
         return type(self).from_dict(d)
 
 
+#: the k an index's re-rank depth is measured at (see spann.search.operating_points)
+CALIBRATION_K = 10
+
+
+def learned_rerank(factor: float, k: int) -> int:
+    """Candidates re-ranked for top ``k`` at a depth of ``factor`` x k measured at
+    :data:`CALIBRATION_K`: a smaller k keeps the measured pool."""
+    return max(k, math.ceil(factor * max(k, CALIBRATION_K)))
+
+
 @dataclass(frozen=True)
 class BuildParams(_Params):
     """How an index is built.
@@ -302,6 +312,6 @@ class SearchParams(_Params):
         :class:`spann.codecs.Codec`) implies."""
         if self.rerank:
             return max(self.rerank, k)
-        if factor:  # measured at k = 10: a smaller k keeps the pool of 10
-            return max(k, math.ceil(factor * max(k, 10)))
+        if factor:
+            return learned_rerank(factor, k)
         return codec.default_rerank(k)

@@ -635,37 +635,35 @@ def scan_batch(qs, qh, heads, metric, pv, cb, sel_i, kept, width, filt, dead, bo
     None, width = k) or the re-rank candidates (coded, width = rerank depth; rabitq candidates
     cut to those whose error bound lets them reach the top ``bound_k`` when it is > 0). A plain
     Python function: of the two kernels, an index compiles only the one its encoding uses."""
-    if cb is None:
-        return scan_full_batch(qs, metric, pv, sel_i, kept, width, filt, dead)
-    return scan_coded_batch(qs, qh, heads, metric, pv, cb, sel_i, kept, width, filt, dead, bound_k)
-
-
-@numba.njit(cache=True, fastmath=FASTMATH, nogil=True, parallel=True)
-def scan_full_batch(qs, metric, pv, sel_i, kept, width, filt, dead):
-    """:func:`scan_batch` of full-vector lists."""
     nq = qs.shape[0]
     out_d = np.full((nq, width), np.inf, np.float32)
     out_i = np.full((nq, width), -1, np.int64)
     stats = np.zeros((nq, N_STATS), np.int64)
-    for i in numba.prange(nq):
-        stats[i, 1] = 4096 * union_pages(pv, sel_i[i], kept[i], NO_EPOCH)
-        scan_full(qs[i], metric, pv, sel_i[i], kept[i], filt, dead, out_d[i], out_i[i], stats[i])
+    if cb is None:
+        scan_full_batch(qs, metric, pv, sel_i, kept, filt, dead, out_d, out_i, stats)
+    else:
+        scan_coded_batch(qs, qh, heads, metric, pv, cb, sel_i, kept, filt, dead, bound_k, out_d, out_i, stats)
     return out_d, out_i, stats
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True, parallel=True)
-def scan_coded_batch(qs, qh, heads, metric, pv, cb, sel_i, kept, width, filt, dead, bound_k):
-    """:func:`scan_batch` of coded lists (sq8 or rabitq, by the type of ``cb``)."""
-    nq = qs.shape[0]
-    out_d = np.full((nq, width), np.inf, np.float32)
-    out_i = np.full((nq, width), -1, np.int64)
-    stats = np.zeros((nq, N_STATS), np.int64)
-    for i in numba.prange(nq):
+def scan_full_batch(qs, metric, pv, sel_i, kept, filt, dead, out_d, out_i, stats):
+    """:func:`scan_batch` of full-vector lists, into ``out_d``/``out_i``/``stats``."""
+    for i in numba.prange(qs.shape[0]):
+        stats[i, 1] = 4096 * union_pages(pv, sel_i[i], kept[i], NO_EPOCH)
+        scan_full(qs[i], metric, pv, sel_i[i], kept[i], filt, dead, out_d[i], out_i[i], stats[i])
+
+
+@numba.njit(cache=True, fastmath=FASTMATH, nogil=True, parallel=True)
+def scan_coded_batch(qs, qh, heads, metric, pv, cb, sel_i, kept, filt, dead, bound_k, out_d, out_i, stats):
+    """:func:`scan_batch` of coded lists (sq8 or rabitq, by the type of ``cb``), into
+    ``out_d``/``out_i``/``stats``."""
+    width = out_d.shape[1]
+    for i in numba.prange(qs.shape[0]):
         stats[i, 1] = 4096 * union_pages(pv, sel_i[i], kept[i], NO_EPOCH)
         cands = Candidates(out_d[i], out_i[i], np.zeros(width, np.float32), np.empty(qs.shape[1], np.float32))
         scan_candidates(qs[i], qh[i], metric, pv, cb, heads, sel_i[i], kept[i], filt, dead, cands, stats[i])
         cut_candidates(cb, cands, bound_k)
-    return out_d, out_i, stats
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True, parallel=True)

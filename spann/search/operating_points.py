@@ -27,6 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from spann.errors import ParameterError
+from spann.params import CALIBRATION_K, learned_rerank
 
 __all__ = ["OperatingPoints", "DEFAULT_RECALL", "measure_operating_points", "calibration_queries",
            "budget_ladder", "recall_excluding"]
@@ -34,7 +35,7 @@ __all__ = ["OperatingPoints", "DEFAULT_RECALL", "measure_operating_points", "cal
 #: the recall@10 an index's default search is set to reach on its calibration queries
 DEFAULT_RECALL = 0.95
 #: the neighbours measured per query
-K = 10
+K = CALIBRATION_K
 #: multiply-adds the calibration queries' exact neighbours may cost (see calibration_queries)
 TRUTH_BUDGET = 1000 * 2 * 10**7 * 128
 #: re-rank depths tried for coded entries, as multiples of k
@@ -121,9 +122,9 @@ class OperatingPoints:
         return max(self.recall) >= recall
 
     def rerank_for(self, k: int) -> int:
-        """The learned re-rank depth for top ``k`` (0: the encoding's default); measured at
-        :attr:`k`, a smaller k keeps that pool."""
-        return 0 if not self.rerank_factor else max(k, math.ceil(self.rerank_factor * max(k, self.k)))
+        """The learned re-rank depth for top ``k`` (0: the encoding's default; see
+        :func:`spann.params.learned_rerank`)."""
+        return learned_rerank(self.rerank_factor, k) if self.rerank_factor else 0
 
     def table(self) -> str:
         """The curve as a text table (one line per point)."""
@@ -163,20 +164,24 @@ def budget_ladder(heads: int, cap: int = 4096) -> list[int]:
     return out
 
 
+def _first_k(a: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
+    """The first ``k`` ids of each row of ``a`` (int (nq, >= k)) other than the row's ``own``
+    id and -1, padded with -1: int64 (nq, k)."""
+    a = np.asarray(a, np.int64)
+    keep = (a != own[:, None]) & (a >= 0)
+    out = np.full((a.shape[0], k), -1, np.int64)
+    for i in range(a.shape[0]):  # nq <= a few thousand, once per ladder point
+        row = a[i][keep[i]][:k]
+        out[i, :row.size] = row
+    return out
+
+
 def recall_excluding(found: np.ndarray, truth: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
     """Per query, the share of its true top-``k`` found: its own id ``own`` (int64 (nq,); -1
     for a query that is not a row of the base) is dropped from ``found`` (int64 (nq, >= k),
     search order) and from ``truth`` (int64 (nq, >= k), exact order) before their first ``k``
     are compared. float64 (nq,)."""
-    def first_k(a):
-        a = np.asarray(a, np.int64)
-        keep = (a != own[:, None]) & (a >= 0)
-        out = np.full((a.shape[0], k), -1, np.int64)
-        for i in range(a.shape[0]):  # nq <= a few thousand, once per ladder point
-            row = a[i][keep[i]][:k]
-            out[i, :row.size] = row
-        return out
-    f, t = first_k(found), first_k(truth)
+    f, t = _first_k(found, own, k), _first_k(truth, own, k)
     hit = ((f[:, :, None] == t[:, None, :]) & (t[:, None, :] >= 0)).any(1).sum(1)
     return hit / k
 
@@ -202,7 +207,7 @@ def measure_operating_points(search: Callable[..., Any], breakdown: Callable[...
     if coded and breakdown is not None:  # a pool's losses are paired counts: a few hundred queries tell
         sub = np.linspace(0, nq - 1, min(nq, RERANK_QUERIES)).astype(np.int64)
         factor = _learn_rerank(breakdown, queries[sub], truth[sub], own[sub], heads, k, progress)
-    rr = 0 if not factor else max(k + extra, math.ceil(factor * (k + extra)))
+    rr = learned_rerank(factor, k + extra) if factor else 0
     mps, rec, lists, kib = [], [], [], []
     for m in budget_ladder(heads):
         res = search(queries, k + extra, max_postings=m, rerank=rr)
@@ -225,11 +230,7 @@ def _learn_rerank(breakdown, queries, truth, own, heads, k, progress) -> float:
     all but :data:`POOL_LOSS` of the true neighbours the selected lists hold, at the fewest
     lists (1, 2, 4, ...) that hold :data:`DEFAULT_RECALL` of them (or all lists); the deepest
     if none does (codes too coarse for the data: few dimensions for rabitq)."""
-    gt = np.empty((truth.shape[0], k), np.int64)
-    for i in range(truth.shape[0]):
-        row = truth[i][truth[i] != own[i]][:k]
-        gt[i, :row.size] = row
-        gt[i, row.size:] = row[-1] if row.size else -1
+    gt = _first_k(truth, own, k)
     m = 1
     for m in sorted({min(heads, 2 ** i) for i in range(13)}):  # what the lists hold: any depth will do
         held = breakdown(queries, gt, k, max_postings=m).in_lists.mean()
