@@ -28,7 +28,9 @@ def build_summary(attrs: dict) -> str:
     secs = ", ".join(f"{k} {v:.1f}s" for k, v in st["seconds"].items())
     return "\n".join([
         f"vectors {attrs['n']:,} x {attrs['dim']} {attrs['source_dtype']}, metric {attrs['metric']}",
-        f"heads {st['heads']:,} ({st['head_ratio']:.1%}), head graph degree {st['graph_degree_mean']:.1f}, "
+        f"heads {st['heads']:,} ({st['head_ratio']:.1%}"
+        f"{', clustered in %d buckets' % st['head_buckets'] if st.get('head_buckets') else ''}), "
+        f"head graph degree {st['graph_degree_mean']:.1f}, "
         f"head groups {st.get('head_groups') or 'none (graph walk)'}",
         f"posting lists: mean {st['posting_mean']:.1f}, max {st['posting_max']}, empty {st['posting_empty']}, "
         f"replicas/vector {st['replicas_per_vector']:.2f}",

@@ -109,9 +109,12 @@ class BuildParams(_Params):
     posting_size: target vectors per head (N / heads); overrides ``head_ratio``.
     branching: max children per node of the balanced k-means tree.
     balance_slack: a cluster holds at most ``ceil(n/k * (1 + slack))`` points.
-    cluster_sample: points the head selection clusters (in RAM as float32); raised to 8 per
-        head where memory allows (a quarter of the machine's RAM, or ``memory_limit``); where
-        it does not, the build makes fewer heads (8 sample points each, logged).
+    cluster_sample: rows sampled into RAM (float32; fewer where memory does not allow:
+        a quarter of the machine's RAM, or ``memory_limit``) for the top of the clustering tree,
+        the codes and the pruner. When it holds at least 8 rows per head, the heads are
+        clustered from it; otherwise every row is routed to a bucket of the tree's top level
+        and the buckets are clustered one by one (see :mod:`spann.builder.partition`): the head
+        count does not depend on it.
     kmeans_iters: Lloyd iterations per tree node.
     closure_eps: replica j needs ``d(x, c_j) <= (1 + eps) * d(x, c_1)`` (true L2 distances).
         None = by encoding: 2.0 for coded postings (entries are small: more replicas, fewer
@@ -145,9 +148,9 @@ class BuildParams(_Params):
         list length of the build (a new head; SPFresh's split).
     memory_limit: bytes the build may use (peak RSS of the process, interpreter and numba
         included, its kernels loaded from numba's cache: the first build on a machine compiles
-        them, a transient peak near 1 GiB); 0 = no limit. Sizes the clustering sample, the
-        assignment blocks and the spilled assignment buckets; a limit too small for the heads
-        fails before any work.
+        them, a transient peak near 1 GiB); 0 = no limit. Sizes the clustering sample, the rows
+        one clustering bucket holds, the assignment blocks and the spilled assignment buckets;
+        a limit too small for the heads fails before any work.
     calibration_queries: base rows searched as queries, against their exact neighbours, to
         measure the finished index's recall at each list budget (its operating points, see
         :mod:`spann.search.operating_points`; fewer above 2 x 10^7 vectors, none under 2,000);

@@ -3,6 +3,8 @@
 The same stages as the local build (:mod:`spann.builder.pipeline`), placed on a cluster:
 
 - **sample, heads, head graph**: one task each, on one worker (they need the sample in RAM);
+  where the heads are clustered out of core (:mod:`spann.builder.partition`), the routing is
+  one task per row range and the clustering one task per bucket;
 - **assignment**: the base cut into row ranges, one task per range. The heads and the graph
   are broadcast to every worker once; each task reads its rows from the base itself, assigns
   them and spills its records into its own files of the build directory, grouped by head
@@ -23,6 +25,7 @@ same seed gives the same index as :func:`spann.build` without a client.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 from dataclasses import replace
 from pathlib import Path
@@ -32,6 +35,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from spann.builder.inputs import as_vector_source
+from spann.builder.partition import (Buckets, bucket_heads, bucket_rows, bucket_targets, route_part, route_parts,
+                                     top_level)
 from spann.builder.spill import AssignmentRuns
 from spann.builder.stages import Heads, Sample, graph_stage, heads_stage, shard_lists, shard_postings, store_shard
 from spann.datasets.formats import check_finite
@@ -127,6 +132,26 @@ def _heads_task(shared, max_norm, n, params, threads):
     with BuildThreads(threads):
         return heads_stage(Sample(rows=np.ascontiguousarray(a["rows"]), ids=np.asarray(a["ids"]), max_norm=max_norm),
                            n, params)
+
+
+def _route_task(spec, part, metric_name, max_norm, shared, directory):
+    """Route rows part[1]..part[2] of the base to their top-level buckets (see
+    :func:`spann.builder.partition.route_part`)."""
+    arr = _load_shared(shared)
+    src = _open_source(spec)
+    try:
+        with BuildThreads(1):
+            return route_part(src, get_metric(metric_name), max_norm, np.ascontiguousarray(arr["centers"]),
+                              np.asarray(arr["held"]), part, Path(directory))
+    finally:
+        src.close()
+
+
+def _bucket_task(directory, b, target, metric_name, max_norm, dtype, dim, cap, params):
+    """The heads of bucket ``b`` (see :func:`spann.builder.partition.bucket_heads`)."""
+    with BuildThreads(1):
+        return bucket_heads(bucket_rows(Path(directory), b, np.dtype(dtype), dim), get_metric(metric_name), max_norm,
+                            target, cap, params, b)
 
 
 def _graph_task(shared, params, threads):
@@ -276,6 +301,34 @@ class DaskRunner:
         """:func:`spann.builder.stages.heads_stage` on one worker (numba on all its cores)."""
         shared = _save_shared(self.work, {"rows": sample.rows, "ids": sample.ids})
         return self.client.submit(_heads_task, shared, sample.max_norm, n, params, 0, pure=False).result()
+
+    def route(self, metric_name: str, sample, n: int, cap: int, held: np.ndarray, params, directory: Path,
+              progress: bool = False):
+        """:func:`spann.builder.partition.route_stage` with the rows routed by the workers, one
+        part per task (the top level is clustered here, as a local build clusters it)."""
+        directory = Path(directory)
+        if directory.exists():  # an interrupted attempt's parts
+            shutil.rmtree(directory)
+        directory.mkdir(parents=True)
+        centers = top_level(sample.rows, n, cap, params)
+        shared = _save_shared(directory, {"centers": centers, "held": held})
+        parts = route_parts(n, max(params.block_rows, -(-n // (4 * self.workers))))
+        futures = [self.client.submit(_route_task, self.spec, p, metric_name, sample.max_norm, shared, str(directory),
+                                      pure=False) for p in parts]
+        counts = self._gather(futures, n, "route to buckets", "vec", progress, [b - a for _, a, b in parts])
+        return Buckets(centers=centers, counts=np.sum(counts, axis=0).astype(np.int64), dir=directory)
+
+    def bucket_heads(self, buckets, metric, max_norm: float, dtype, dim: int, wanted: int, cap: int, params,
+                     threads: int = 1, progress=None) -> np.ndarray:
+        """:func:`spann.builder.partition.bucket_heads_stage` with one task per bucket."""
+        targets = bucket_targets(wanted, buckets.counts)
+        futures = [self.client.submit(_bucket_task, str(buckets.dir), b, int(targets[b]), metric.name, max_norm,
+                                      np.dtype(dtype).name, dim, cap, params, pure=False)
+                   for b in range(buckets.centers.shape[0])]
+        out = self._gather(futures, len(futures), "cluster buckets", "bucket", False)
+        if progress is not None:
+            progress(sum(h.shape[0] for h in out))
+        return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
 
     def graph(self, heads, params):
         """:func:`spann.builder.stages.graph_stage` on one worker."""

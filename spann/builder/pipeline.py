@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from spann.builder.calibration import Truth, operating_points_stage, truth_stage
+from spann.builder.calibration import Truth, calibration_rows, operating_points_stage, truth_stage
 from spann.builder.dask import DaskRunner, describe
 from spann.builder.inputs import as_vector_source
+from spann.builder.partition import Buckets, bucket_heads_stage, cluster_cap, partitioned, route_stage
 from spann.builder.spill import AssignmentRuns, buckets_for
 from spann.builder.stages import (MIN_SAMPLE_PER_HEAD, HeadGraph, Heads, HeadSearch, Sample, _fault, _write_all,
                                   assign_stage, encoding_stage, graph_check, graph_stage, groups_stage,
@@ -102,19 +104,21 @@ _CHECKPOINT = {
 BASELINE_RSS = 320 << 20  #: the interpreter, numpy, numba and its compiled kernels (measured ~250-300 MiB)
 
 
-def fit_to_memory(params: BuildParams, n: int, dim: int, head_dim: int) -> tuple[BuildParams, int]:
-    """Parameters and assignment buckets that keep the build under ``params.memory_limit``
-    (see :class:`BuildParams`); raises ParameterError when the heads alone would not fit."""
+def fit_to_memory(params: BuildParams, n: int, dim: int, head_dim: int) -> tuple[BuildParams, int, int]:
+    """Parameters, assignment buckets and the rows one clustering bucket may hold (see
+    :func:`~spann.builder.partition.cluster_cap`) that keep the build under
+    ``params.memory_limit`` (see :class:`BuildParams`); raises ParameterError when the heads
+    alone would not fit. The head count never depends on the limit: where the sample holds
+    fewer than MIN_SAMPLE_PER_HEAD rows per head, the heads are clustered out of core."""
     R = int(params.replica_count)
     lim = params.memory_limit
     n_heads = wanted_heads(n, params)
-    # the sample: at least MIN_SAMPLE_PER_HEAD rows per head (heads_stage lowers the head count
-    # where memory holds fewer)
-    want_sample = min(n, max(params.cluster_sample, MIN_SAMPLE_PER_HEAD * n_heads))
+    want_sample = min(n, params.cluster_sample)
     if not lim:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         fit = max(1000, ram // 4 // (head_dim * 4 * 3))  # a quarter of the machine's memory at most
-        return params.replace(cluster_sample=int(max(1000, min(want_sample, fit)))), buckets_for(n, R, 2 << 30)
+        return (params.replace(cluster_sample=int(max(1000, min(want_sample, fit)))), buckets_for(n, R, 2 << 30),
+                cluster_cap(0, 0, head_dim))
     work = lim - BASELINE_RSS
     heads_need = n_heads * (head_dim * 4 * 4 + (params.graph_degree + params.graph_candidates) * 10)
     if work < 64 << 20 or heads_need > work * 0.75:
@@ -125,7 +129,17 @@ def fit_to_memory(params: BuildParams, n: int, dim: int, head_dim: int) -> tuple
     block = int(min(params.block_rows, max(256, work // 8 // (dim * 8 + head_dim * 8 + R * 48))))
     per_vector_ids = 0  # users' ids and labels are the caller's arrays (memory-mapped from the CLI)
     nb = buckets_for(n, R, max(16 << 20, (work - heads_need) // 3 - per_vector_ids))
-    return params.replace(cluster_sample=max(1000, sample), block_rows=block), nb
+    return (params.replace(cluster_sample=max(1000, sample), block_rows=block), nb,
+            cluster_cap(lim, work - heads_need - sample * head_dim * 4, head_dim))
+
+
+def _heads_of_buckets(fn, buckets: Buckets, m: Metric, max_norm: float, dtype: np.dtype, dim: int, wanted: int,
+                      cap: int, params: BuildParams, threads: int, progress: bool) -> Heads:
+    """The heads stage of an out-of-core build: ``fn`` (local or on a cluster) clusters the
+    buckets."""
+    with tqdm(total=wanted, desc=f"heads ({buckets.centers.shape[0]} buckets)", disable=not progress,
+              leave=False) as bar:
+        return Heads(vectors=fn(buckets, m, max_norm, dtype, dim, wanted, cap, params, threads, bar.update))
 
 
 def _peak_rss() -> int:
@@ -177,12 +191,15 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
         raise
     params = params.resolved(choose_codec(params.encoding, m.stored_dtype(src.dtype), src.dim))
     times: dict[str, float] = {}
-    params, n_buckets = fit_to_memory(params, src.n, src.dim, m.head_dim(src.dim))
+    params, n_buckets, cap = fit_to_memory(params, src.n, src.dim, m.head_dim(src.dim))
     logger.debug("building %s x %s %s (%s) into %s; parameters %s; %d assignment bucket(s)", src.n, src.dim,
               src.dtype.name, m.name, index_dir, params.to_dict(), n_buckets)
     fp = build_fingerprint(src, data, m, params, user_ids, labels, "local" if client is None else "dask")
     restored: list[str] = []
     checkpoints = dict(_CHECKPOINT)
+    checkpoints["partition"] = (lambda o: ({"centers": o.centers, "counts": o.counts}, {}),
+                                lambda a, meta: Buckets(centers=a["centers"], counts=a["counts"],
+                                                        dir=writer.ckpt / "partition"))
     checkpoints["assign"] = (lambda o: ({}, {"n_buckets": o.n_buckets}),
                              lambda a, meta: AssignmentRuns.open(writer.ckpt / "assign", src.n, heads.vectors.shape[0],
                                                                  int(meta["n_buckets"]), int(params.replica_count)))
@@ -219,19 +236,37 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
                                     writer.ckpt / "dask")
                 logger.info("building on a Dask cluster: %s", describe(client))
                 sample = stage("sample", runner.on_source, sample_stage, m, params)
-                heads = stage("heads", runner.heads, sample, src.n, params)
-                graph = stage("graph", runner.graph, heads, params)
             else:
                 sample = stage("sample", sample_stage, src, m, params, progress)
+            held = calibration_rows(src.n, src.dim, params)
+            wanted = wanted_heads(src.n, params)
+            part_dir = writer.ckpt / "partition"
+            out_of_core = partitioned(src.n - held.size, sample.rows.shape[0], wanted)
+            if out_of_core:  # the heads from every row, bucket by bucket (see spann.builder.partition)
+                if runner is not None:
+                    buckets = stage("partition", runner.route, m.name, sample, src.n, cap, held, params, part_dir,
+                                    progress)
+                else:
+                    buckets = stage("partition", route_stage, src, m, sample, cap, held, params, part_dir, progress)
+                cluster = runner.bucket_heads if runner is not None else bucket_heads_stage
+                heads = stage("heads", _heads_of_buckets, cluster, buckets, m, sample.max_norm, src.dtype, src.dim,
+                              wanted, cap, params, threads, progress)
+                shutil.rmtree(part_dir, ignore_errors=True)  # the spilled rows: done with
+            elif runner is not None:
+                heads = stage("heads", runner.heads, sample, src.n, params)
+            else:
                 heads = stage("heads", heads_stage, sample, src.n, params, progress)
+            if runner is not None:
+                graph = stage("graph", runner.graph, heads, params)
+            else:
                 graph = stage("graph", graph_stage, heads, params, progress)
             max_norm = sample.max_norm
             sample_rows = int(sample.rows.shape[0])
-            if heads.vectors.shape[0] < wanted_heads(src.n, params):
-                logger.warning("heads: %s of the %s asked for: the clustering sample holds %s rows and a head "
-                               "averages at least %d (a larger memory limit allows more)",
-                               f"{heads.vectors.shape[0]:,}", f"{wanted_heads(src.n, params):,}", f"{sample_rows:,}",
-                               MIN_SAMPLE_PER_HEAD)
+            if heads.vectors.shape[0] < 0.99 * wanted:
+                logger.warning("heads: %s of the %s asked for: a head averages at least %d clustered rows, and %s "
+                               "(a larger memory limit allows more)", f"{heads.vectors.shape[0]:,}", f"{wanted:,}",
+                               MIN_SAMPLE_PER_HEAD, "the largest buckets were clustered on a subsample" if out_of_core
+                               else f"the clustering sample holds {sample_rows:,} rows")
             graph_recall = graph_check(sample, heads, graph, params)
             groups = stage("groups", groups_stage, heads, params)
             if runner is not None:
@@ -258,8 +293,9 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
         counts = asg.counts
         stats = {
             "heads": H,
-            "heads_wanted": wanted_heads(src.n, params),
+            "heads_wanted": wanted,
             "sample_rows": sample_rows,
+            "head_buckets": int(buckets.centers.shape[0]) if out_of_core else 0,
             "head_ratio": H / src.n,
             "posting_mean": float(counts.mean()),
             "posting_max": int(counts.max()),

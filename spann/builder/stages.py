@@ -1,4 +1,5 @@
-"""The build's stages: sample -> heads -> head graph -> assignment -> encoding -> posting
+"""The build's stages: sample -> heads (from the sample, or out of core:
+:mod:`spann.builder.partition`) -> head graph -> assignment -> encoding -> posting
 plan -> write (postings, then the vector store for coded encodings).
 
 Each stage is a function with typed inputs and outputs, so a build that runs elsewhere (out of
@@ -31,7 +32,7 @@ from spann.format.layout import EntryLayout, full_entries, pack_lists
 from spann.format.list_writer import entry_positions as _positions
 from spann.format.list_writer import fill_entries, pack_entries
 from spann.heads.assign import assign_block
-from spann.heads.clustering import select_heads
+from spann.heads.clustering import MIN_SAMPLE_PER_HEAD, select_heads
 from spann.heads.graph import EntrySeeds, build_graph, head_search_recall, walk_codes
 from spann.heads.groups import COVERAGE_MARGIN, default_group_count, group_labels, head_groups, no_head_groups
 from spann.heads.pruner import MIN_HEADS, covered, fit_pruner, training_targets
@@ -121,11 +122,6 @@ def sample_stage(src, metric: Metric, params: BuildParams, progress: bool = Fals
     return Sample(rows=metric.head_space(raw, max_norm), ids=ids.astype(np.int64), max_norm=max_norm)
 
 
-#: a head must average at least this many sample rows: heads that are single sample points sit as
-#: close to each other as points do, the replica rules then accept nearly every candidate
-#: (measured at 2M x 128 uint8, 100k heads: 6.7 replicas per vector from a 500k sample, 1.00
-#: from a 1M sample)
-MIN_SAMPLE_PER_HEAD = 8
 ENTRY_CHUNK = 1 << 16  #: entries encoded at a time while a posting shard is filled
 
 
@@ -137,7 +133,8 @@ def wanted_heads(n: int, params: BuildParams) -> int:
 def heads_stage(sample: Sample, n: int, params: BuildParams, progress: bool = False) -> Heads:
     """Centroids of a hierarchical balanced k-means of the sample; about ``n * head_ratio``
     (or ``n / posting_size``) of them, but no more than the sample holds MIN_SAMPLE_PER_HEAD
-    rows for when it is a true subsample (see :func:`fit_to_memory`)."""
+    rows for when it is a true subsample (a build clusters such heads out of core instead:
+    :mod:`spann.builder.partition`)."""
     rows = sample.rows.shape[0]
     n_heads = min(wanted_heads(n, params), rows)
     if rows < n:

@@ -16,7 +16,14 @@ from typing import Callable
 import numba
 import numpy as np
 
-__all__ = ["capacity_assign", "kmeans_plusplus", "balanced_kmeans", "select_heads", "sq_dists"]
+__all__ = ["MIN_SAMPLE_PER_HEAD", "capacity_assign", "kmeans_plusplus", "balanced_kmeans", "select_heads",
+           "split_targets", "sq_dists"]
+
+#: a head must average at least this many clustered rows: heads that are single sample points sit as
+#: close to each other as points do, the replica rules then accept nearly every candidate
+#: (measured at 2M x 128 uint8, 100k heads: 6.7 replicas per vector from a 500k sample, 1.00
+#: from a 1M sample)
+MIN_SAMPLE_PER_HEAD = 8
 
 
 def sq_dists(x: np.ndarray, c: np.ndarray, cn: np.ndarray | None = None) -> np.ndarray:
@@ -192,7 +199,7 @@ def _assign_blocked(x: np.ndarray, centers: np.ndarray, cap: int, block: int = 1
     return capacity_assign(dist, cap)
 
 
-def _split_targets(t: int, sizes: np.ndarray) -> np.ndarray:
+def split_targets(t: int, sizes: np.ndarray) -> np.ndarray:
     """Split ``t`` heads over children proportionally to ``sizes`` (largest remainder, each
     non-empty child >= 1, never more than its size)."""
     n = sizes.sum()
@@ -247,7 +254,7 @@ def select_heads(x: np.ndarray, n_heads: int, *, branching: int = 32, slack: flo
             if progress:
                 progress(int((sizes > 0).sum()))
             continue
-        targets = _split_targets(t, sizes)
+        targets = split_targets(t, sizes)
         order = np.argsort(labels, kind="stable")
         bounds = np.concatenate([[0], np.cumsum(sizes)])
         for c in reversed(range(k)):  # pushed in reverse: popped (depth first) in child order

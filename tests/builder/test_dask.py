@@ -66,6 +66,21 @@ def test_local_cluster_build_equals_the_local_build(base, client, tmp_path, enco
     assert not list((tmp_path).glob(".dist.building-*"))  # no temporary directory left
 
 
+def test_out_of_core_heads_on_a_local_cluster_equal_the_local_build(base, client, tmp_path, monkeypatch):
+    """The heads clustered bucket by bucket (see spann.builder.partition): rows routed by two
+    tasks, each bucket clustered by its own task, the same index as the local build."""
+    from spann.builder import partition
+    monkeypatch.setattr(partition, "BUCKET_ROWS", 5000)  # the top level is clustered on the client
+    f, x, q = base
+    kw = {"cluster_sample": 1000, "block_rows": 4096, "progress": False}  # two routing parts
+    local = spann.build(f, tmp_path / "local", metric="l2", **kw)
+    client.wait_for_workers(2, timeout=120)
+    dist = spann.build(f, tmp_path / "dist", metric="l2", client=client, **kw)
+    assert local.attrs["stats"]["head_buckets"] >= 4
+    assert local.attrs["stats"]["heads"] == dist.attrs["stats"]["heads"] == 1200
+    _equal_indexes(local, dist, q)
+
+
 @pytest.mark.parametrize("point", ["assign:0", "write:0"])
 def test_worker_killed_during_a_stage(base, client, tmp_path, point):
     from spann.builder.dask import arm_task_fault
