@@ -33,7 +33,7 @@ from spann.format.list_writer import entry_positions as _positions
 from spann.format.list_writer import fill_entries, pack_entries
 from spann.heads.assign import assign_block
 from spann.heads.clustering import MIN_SAMPLE_PER_HEAD, select_heads
-from spann.heads.graph import EntrySeeds, build_graph, head_search_recall, walk_codes
+from spann.heads.graph import EntrySeeds, assignment_seeds, build_graph, head_search_recall, walk_codes
 from spann.heads.groups import COVERAGE_MARGIN, default_group_count, group_labels, head_groups, no_head_groups
 from spann.heads.pruner import MIN_HEADS, covered, fit_pruner, training_targets
 from spann.io.idmap import idmap_bytes
@@ -183,7 +183,7 @@ def assign_stage(src, metric: Metric, max_norm: float, heads: Heads, graph: Head
     if runs_dir is None:
         runs_dir = Path(tempfile.mkdtemp(prefix="spann-assign-"))
     runs = AssignmentRuns(runs_dir, src.n, heads.vectors.shape[0], n_buckets, R)
-    entry_seeds = EntrySeeds(heads.vectors, graph.entries)
+    entry_seeds = assignment_seeds(heads.vectors, graph.entries)
     with tqdm(total=src.n, desc="assign replicas", unit="vec", unit_scale=True, disable=not progress,
               leave=False) as bar:
         for s, blk in src.iter_blocks(params.block_rows):

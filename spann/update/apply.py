@@ -52,7 +52,7 @@ from spann.format.labels import check_labels
 from spann.format.layout import delta_layout, full_entries
 from spann.format.list_writer import pack_entries
 from spann.heads.assign import assign_block
-from spann.heads.graph import EntrySeeds, beam_search, no_walk_codes
+from spann.heads.graph import assignment_seeds, beam_search, no_walk_codes
 from spann.heads.groups import group_of_heads, nearest_group
 from spann.io.idmap import MAX_ID, check_ids, lookup_sorted
 from spann.io.index_files import read_root
@@ -246,9 +246,8 @@ class _Batch:
         ``xh`` int64 (a,), heads int64 (a,), squared distances float32 (a,))."""
         p = self.index.build_params
         R = int(p.replica_count)
-        rep_i, rep_d, _ = assign_block(xh, self.heads, self.neighbors, EntrySeeds(self.heads,
-                                                                                  self.entries).for_rows(xh),
-                                       max(p.assign_candidates, 32),
+        seeds = assignment_seeds(self.heads, self.entries).for_rows(xh)
+        rep_i, rep_d, _ = assign_block(xh, self.heads, self.neighbors, seeds, max(p.assign_candidates, 32),
                                        p.assign_candidates, R, np.float32(p.closure_eps), np.float32(p.rng_factor),
                                        max(1, min(xh.shape[0], 16)))
         ok = rep_i >= 0

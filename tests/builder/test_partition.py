@@ -160,3 +160,19 @@ def test_killed_while_clustering_then_resumed_gives_the_same_index(small_buckets
         assert idx.attrs["stats"]["resumed"]["stages"] == stages
         np.testing.assert_array_equal(np.array(idx.heads), want_heads)
         np.testing.assert_array_equal(idx.search(Q, 10).ids, want)
+
+
+def test_assignment_seeded_by_the_entry_tree_places_every_vector_as_well(tmp_path, monkeypatch):
+    """Above ENTRY_TREE_MIN entries (10^5+ heads) the assignment seeds its walks from an entry
+    tree; forced here at 48 entries, the index is as good as the one seeded from every entry."""
+    from spann.heads import graph
+    kw = {"metric": "l2", "progress": False, "calibration_queries": 400}
+    with spann.build(X, tmp_path / "all", **kw) as ref:
+        want = np.array(ref.operating_points.recall)
+        assert ref.entries.size < graph.ENTRY_TREE_MIN
+    monkeypatch.setattr(graph, "ENTRY_TREE_MIN", 8)
+    with spann.build(X, tmp_path / "tree", **kw) as idx:
+        got = np.array(idx.operating_points.recall)
+    assert verify_index(tmp_path / "tree")["ok"]
+    k = min(want.size, got.size, 8)
+    assert np.all(np.abs(got[:k] - want[:k]) <= 0.02), (got[:k], want[:k])

@@ -163,3 +163,29 @@ def test_entry_seeds_are_the_nearest_entries():
     for i in range(5):  # one row takes the kernel path: the same entries
         one = seeds.for_rows(np.ascontiguousarray(q[i:i + 1], dtype=np.float32))
         assert one.shape == (1, SEEDS) and set(one[0]) == set(got[i])
+
+
+def test_entry_tree_seeds_are_near_entries_and_start_walks_as_well():
+    from spann.heads.assign import assign_block
+    from spann.heads.graph import ENTRY_TREE_MIN, SEEDS, EntrySeeds, EntryTree, assignment_seeds, spread_entries
+    x = synthetic_array(30000, 16, seed=6)
+    nb, _ = build_graph(x, degree=24, candidates=48)
+    entries = spread_entries(30000, 1500)
+    q = synthetic_array(2000, 16, seed=6, stream=1, n_hint=30000)
+    tree = EntryTree(x, entries)
+    got = tree.for_rows(q)
+    assert got.shape == (2000, SEEDS) and np.isin(got, entries).all()
+    np.testing.assert_array_equal(got, EntryTree(x, entries).for_rows(q))  # deterministic
+    d = ((q[:, None, :] - x[got]) ** 2).sum(-1)
+    assert np.all(np.diff(d, axis=1) >= -1e-3)  # nearest first
+    best, _ = exact_knn(x[entries], q, 1, "l2")
+    assert np.mean(got[:, 0] == entries[best[:, 0]]) > 0.9  # the exact nearest entry, mostly
+    assert isinstance(assignment_seeds(x, entries), EntryTree) and entries.size >= ENTRY_TREE_MIN
+    assert isinstance(assignment_seeds(x, entries[:ENTRY_TREE_MIN - 1]), EntrySeeds)
+    # an assignment walk from the tree's seeds finds the nearest head as often as from every entry's
+    nearest, _ = exact_knn(x, q, 1, "l2")
+    found = []
+    for seeds in (tree.for_rows(q), EntrySeeds(x, entries).for_rows(q)):
+        rep, _, _ = assign_block(q, x, nb, seeds, 32, 32, 4, np.float32(0.5), np.float32(1.3), 4)
+        found.append(np.mean(rep[:, 0] == nearest[:, 0]))
+    assert found[0] >= found[1] - 0.01 and found[1] > 0.95, found
