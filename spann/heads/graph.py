@@ -565,13 +565,22 @@ def nearest_entries(x, rows, entries, m):
     """The ``m`` entries (int32 (m,)) whose ``rows`` (float32 (E, Dh)) are nearest to the one
     row ``x`` (float32 (Dh,)); all E if E <= m."""
     m = min(m, rows.shape[0])
-    d = np.empty(rows.shape[0], np.float32)
-    for e in range(rows.shape[0]):
-        d[e] = sq_l2(x, rows[e])
-    o = np.argsort(d)
+    bd = np.full(m, np.inf, np.float32)
     out = np.empty(m, np.int32)
-    for j in range(m):
-        out[j] = entries[o[j]]
+    size = 0
+    for e in range(rows.shape[0]):  # the m best by insertion: no sort of all E distances
+        d = sq_l2(x, rows[e])
+        if size == m and d >= bd[m - 1]:
+            continue
+        j = size if size < m else m - 1
+        while j > 0 and bd[j - 1] > d:
+            bd[j] = bd[j - 1]
+            out[j] = out[j - 1]
+            j -= 1
+        bd[j] = d
+        out[j] = entries[e]
+        if size < m:
+            size += 1
     return out
 
 

@@ -1,0 +1,82 @@
+"""Head search at growing head counts: recall of the in-RAM head index against the exact
+nearest heads, and its time per query.
+
+For each index given: queries (a float32 .npy, or the scale benchmark's held-out queries) are
+searched as a single-query search finds its heads when it walks the graph: the SEEDS entries
+nearest the query, then a beam search of the head graph on the heads' byte codes (exact
+float32 rows below 32 dimensions) with pool ``ef``, its pool re-scored on the float32 heads.
+Reported per ef: recall@8 and recall@32 against the exact nearest heads (BLAS over all heads)
+and the median microseconds per query (one thread, the Python call included).
+
+Usage:
+    python benchmarks/bench_head_search.py /work/scratch/scale/idx-1000000.spann /work/scratch/scale/idx-10000000.spann
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def measure(path: str, q: np.ndarray, efs: list[int]) -> dict:
+    import spann
+    from spann.heads.graph import SEEDS, beam_search, nearest_entries, rescore_pool, walk_codes
+    from spann.kernels.exact import exact_knn
+    with spann.open(path) as idx:
+        heads = np.ascontiguousarray(np.asarray(idx.heads, np.float32))
+        nb = np.ascontiguousarray(np.asarray(idx.neighbors))
+        entries = np.ascontiguousarray(np.asarray(idx.entries))
+    H = heads.shape[0]
+    qh = np.ascontiguousarray(q[:, :heads.shape[1]], dtype=np.float32)
+    truth, _ = exact_knn(heads, qh, 32, "l2", base_block=8192, query_block=256)
+    wc = walk_codes(heads)
+    rows = np.ascontiguousarray(heads[entries])
+    vis = np.zeros(H, np.uint32)
+    out: dict = {"index": path, "heads": H, "entries": int(entries.size), "points": []}
+    tag = 0
+    for ef in efs:
+        oi, od = np.empty(ef, np.int32), np.empty(ef, np.float32)
+        hits8 = hits32 = 0
+        times = []
+        for i in range(qh.shape[0]):
+            tag += 1
+            t0 = time.perf_counter()
+            seeds = nearest_entries(qh[i], rows, entries, SEEDS)
+            beam_search(qh[i], heads, nb, seeds, ef, vis, np.uint32(tag), oi, od, wc)
+            if wc.u8.shape[0]:
+                rescore_pool(qh[i], heads, od, oi, ef)
+            times.append(time.perf_counter() - t0)
+            hits8 += np.intersect1d(oi[:8], truth[i, :8]).size
+            hits32 += np.intersect1d(oi[:32], truth[i, :32]).size if ef >= 32 else 0
+        out["points"].append({"ef": ef, "recall@8": hits8 / (8 * qh.shape[0]),
+                              "recall@32": hits32 / (32 * qh.shape[0]) if ef >= 32 else None,
+                              "us_per_query": 1e6 * statistics.median(times)})
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("indexes", nargs="+")
+    ap.add_argument("--queries", help="float32 .npy of queries (default: the scale benchmark's)")
+    ap.add_argument("--ef", default="32,64,128,256")
+    a = ap.parse_args()
+    if a.queries:
+        q = np.load(a.queries).astype(np.float32)
+    else:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from bench_scale import Mixture
+        q = Mixture(10**7).rows(0, 1000, stream=1).astype(np.float32)
+    from spann.kernels.threads import NumbaThreads
+    with NumbaThreads(1):
+        for p in a.indexes:
+            print(json.dumps(measure(p, q, [int(v) for v in a.ef.split(",")]), indent=1), flush=True)
+
+
+if __name__ == "__main__":
+    main()
