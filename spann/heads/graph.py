@@ -560,6 +560,23 @@ SEEDS = 16
 ALL_ENTRIES_MAX = SEEDS
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _keep_best(bd, bi, size, d, who):
+    """Insert (d, who) into the ascending best list ``bd``/``bi`` (capacity ``len(bd)``,
+    ``size`` filled) if it belongs there; returns the new size."""
+    m = bd.shape[0]
+    if size == m and d >= bd[m - 1]:
+        return size
+    j = size if size < m else m - 1
+    while j > 0 and bd[j - 1] > d:
+        bd[j] = bd[j - 1]
+        bi[j] = bi[j - 1]
+        j -= 1
+    bd[j] = d
+    bi[j] = who
+    return size + 1 if size < m else size
+
+
 @numba.njit(cache=True, fastmath=_FM, nogil=True)
 def nearest_entries(x, rows, entries, m):
     """The ``m`` entries (int32 (m,)) whose ``rows`` (float32 (E, Dh)) are nearest to the one
@@ -569,18 +586,7 @@ def nearest_entries(x, rows, entries, m):
     out = np.empty(m, np.int32)
     size = 0
     for e in range(rows.shape[0]):  # the m best by insertion: no sort of all E distances
-        d = sq_l2(x, rows[e])
-        if size == m and d >= bd[m - 1]:
-            continue
-        j = size if size < m else m - 1
-        while j > 0 and bd[j - 1] > d:
-            bd[j] = bd[j - 1]
-            out[j] = out[j - 1]
-            j -= 1
-        bd[j] = d
-        out[j] = entries[e]
-        if size < m:
-            size += 1
+        size = _keep_best(bd, out, size, sq_l2(x, rows[e]), entries[e])
     return out
 
 
@@ -636,18 +642,7 @@ def _group_seeds(x, rows, entries, starts, near, m, out):
         size = 0
         for g in near[i]:
             for e in range(starts[g], starts[g + 1]):
-                d = sq_l2(x[i], rows[e])
-                if size == m and d >= bd[m - 1]:
-                    continue
-                j = size if size < m else m - 1
-                while j > 0 and bd[j - 1] > d:
-                    bd[j] = bd[j - 1]
-                    bi[j] = bi[j - 1]
-                    j -= 1
-                bd[j] = d
-                bi[j] = entries[e]
-                if size < m:
-                    size += 1
+                size = _keep_best(bd, bi, size, sq_l2(x[i], rows[e]), entries[e])
         for j in range(m):
             out[i, j] = bi[j] if j < size else bi[0]
 
