@@ -29,6 +29,7 @@ from spann.kernels.distances import FASTMATH as _FM
 from spann.kernels.distances import sq_l2
 from spann.kernels.exact import exact_knn
 from spann.kernels.prefetch import prefetch_element
+from spann.kernels.topk import topk_insert
 
 __all__ = ["EXACT_KNN_MAX", "SEEDS", "nearest_entries", "WALK_CODES_MIN_DIM", "WalkCodes", "walk_codes",
            "no_walk_codes", "build_graph", "default_entry_count", "spread_entries", "EntrySeeds", "refine_graph",
@@ -560,33 +561,15 @@ SEEDS = 16
 ALL_ENTRIES_MAX = SEEDS
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
-def _keep_best(bd, bi, size, d, who):
-    """Insert (d, who) into the ascending best list ``bd``/``bi`` (capacity ``len(bd)``,
-    ``size`` filled) if it belongs there; returns the new size."""
-    m = bd.shape[0]
-    if size == m and d >= bd[m - 1]:
-        return size
-    j = size if size < m else m - 1
-    while j > 0 and bd[j - 1] > d:
-        bd[j] = bd[j - 1]
-        bi[j] = bi[j - 1]
-        j -= 1
-    bd[j] = d
-    bi[j] = who
-    return size + 1 if size < m else size
-
-
 @numba.njit(cache=True, fastmath=_FM, nogil=True)
 def nearest_entries(x, rows, entries, m):
     """The ``m`` entries (int32 (m,)) whose ``rows`` (float32 (E, Dh)) are nearest to the one
     row ``x`` (float32 (Dh,)); all E if E <= m."""
     m = min(m, rows.shape[0])
     bd = np.full(m, np.inf, np.float32)
-    out = np.empty(m, np.int32)
-    size = 0
+    out = np.full(m, -1, np.int32)
     for e in range(rows.shape[0]):  # the m best by insertion: no sort of all E distances
-        size = _keep_best(bd, out, size, sq_l2(x, rows[e]), entries[e])
+        topk_insert(bd, out, sq_l2(x, rows[e]), entries[e])
     return out
 
 
@@ -639,12 +622,11 @@ def _group_seeds(x, rows, entries, starts, near, m, out):
     for i in numba.prange(x.shape[0]):
         bd = np.full(m, np.inf, np.float32)
         bi = np.full(m, -1, np.int32)
-        size = 0
         for g in near[i]:
             for e in range(starts[g], starts[g + 1]):
-                size = _keep_best(bd, bi, size, sq_l2(x[i], rows[e]), entries[e])
+                topk_insert(bd, bi, sq_l2(x[i], rows[e]), entries[e])
         for j in range(m):
-            out[i, j] = bi[j] if j < size else bi[0]
+            out[i, j] = bi[j] if bi[j] >= 0 else bi[0]
 
 
 class EntryTree:
