@@ -25,7 +25,6 @@ same seed gives the same index as :func:`spann.build` without a client.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 from dataclasses import replace
 from pathlib import Path
@@ -35,8 +34,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from spann.builder.inputs import as_vector_source
-from spann.builder.partition import (Buckets, bucket_heads, bucket_rows, bucket_targets, route_part, route_parts,
-                                     top_level)
+from spann.builder.partition import (Buckets, bucket_heads, bucket_rows, bucket_targets, fresh_dir, route_part,
+                                     route_parts, top_level)
 from spann.builder.spill import AssignmentRuns
 from spann.builder.stages import Heads, Sample, graph_stage, heads_stage, shard_lists, shard_postings, store_shard
 from spann.datasets.formats import check_finite
@@ -306,10 +305,7 @@ class DaskRunner:
               progress: bool = False):
         """:func:`spann.builder.partition.route_stage` with the rows routed by the workers, one
         part per task (the top level is clustered here, as a local build clusters it)."""
-        directory = Path(directory)
-        if directory.exists():  # an interrupted attempt's parts
-            shutil.rmtree(directory)
-        directory.mkdir(parents=True)
+        directory = fresh_dir(directory)
         centers = top_level(sample.rows, n, cap, params)
         shared = _save_shared(directory, {"centers": centers, "held": held})
         parts = route_parts(n, max(params.block_rows, -(-n // (4 * self.workers))))

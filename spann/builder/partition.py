@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from spann.params import BuildParams
 
 __all__ = ["BUCKET_ROWS", "ROUTE_BLOCK", "Buckets", "bucket_count", "partitioned", "top_level", "route_part",
            "bucket_targets", "bucket_rows", "bucket_heads", "route_parts", "route_stage",
-           "bucket_heads_stage", "cluster_cap", "CLUSTER_BYTES_PER_DIM"]
+           "bucket_heads_stage", "cluster_cap", "fresh_dir", "CLUSTER_BYTES_PER_DIM"]
 
 #: rows per top-level bucket aimed at (a bucket of 2^18 rows x 128 dims clusters in ~2-3 s)
 BUCKET_ROWS = 1 << 18
@@ -163,16 +164,20 @@ def bucket_heads(rows: np.ndarray, metric: Metric, max_norm: float, target: int,
                         seed=seed)
 
 
+def fresh_dir(directory: Path) -> Path:
+    """``directory`` emptied (an interrupted routing's parts removed) or created."""
+    directory = Path(directory)
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    return directory
+
+
 def route_stage(src, metric: Metric, sample, n_rows_cap: int, held: np.ndarray, params: BuildParams,
                 directory: Path, progress: bool = False) -> Buckets:
     """The top level of the tree on the sample, then every row but ``held`` routed to its
     bucket in one streamed pass (locally: one part). ``n_rows_cap``: the rows one bucket may
     cluster (see :func:`bucket_count`)."""
-    directory = Path(directory)
-    if directory.exists():  # an interrupted routing: start it over
-        for f in directory.iterdir():
-            f.unlink()
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = fresh_dir(directory)
     centers = top_level(sample.rows, src.n, n_rows_cap, params)
     with tqdm(total=src.n, desc="route to buckets", unit="vec", unit_scale=True, disable=not progress,
               leave=False) as bar:
@@ -183,8 +188,8 @@ def route_stage(src, metric: Metric, sample, n_rows_cap: int, held: np.ndarray, 
 def bucket_heads_stage(buckets: Buckets, metric: Metric, max_norm: float, dtype: np.dtype, dim: int, wanted: int,
                        cap: int, params: BuildParams, threads: int = 1, progress=None) -> np.ndarray:
     """Heads of every bucket, in bucket order (float32 (H, Dh)); up to ``threads`` buckets at
-    once while their rows fit ``threads * cap`` (the build holds BLAS to one thread, so each
-    bucket's k-means runs on one core). ``progress(k)``: called with each bucket's head count."""
+    once while that many of the largest bucket fit ``cap`` rows together (the build holds BLAS
+    to one thread, so each bucket's k-means runs on one core). ``progress(k)``: called with each bucket's head count."""
     targets = bucket_targets(wanted, buckets.counts)
     fit = int(max(1, min(threads, cap // max(1, int(min(buckets.counts.max(), cap))))))
 

@@ -14,6 +14,7 @@ import pytest
 
 import spann
 from spann.builder import partition
+from spann.builder.inputs import array_source
 from spann.builder.calibration import calibration_rows
 from spann.builder.partition import ROUTE_BLOCK, bucket_heads, bucket_rows, route_part, route_parts
 from spann.datasets import synthetic_array
@@ -35,16 +36,6 @@ def small_buckets(monkeypatch):
     monkeypatch.setattr(partition, "BUCKET_ROWS", 4000)
 
 
-class _Rows:
-    """The vector-source interface over an array (read, path, n)."""
-
-    def __init__(self, x):
-        self.x, self.n, self.path = x, x.shape[0], "<rows>"
-
-    def read(self, a, b):
-        return np.array(self.x[a:b])
-
-
 def test_route_parts_spill_every_row_but_the_held_once_in_row_order(tmp_path):
     n = 2 * ROUTE_BLOCK + 5000
     x = synthetic_array(n, 8, seed=2)
@@ -54,10 +45,10 @@ def test_route_parts_spill_every_row_but_the_held_once_in_row_order(tmp_path):
     one, many = tmp_path / "one", tmp_path / "many"
     one.mkdir()
     many.mkdir()
-    c1 = route_part(_Rows(x), m, 0.0, centers, held, (0, 0, n), one)
+    c1 = route_part(array_source(x), m, 0.0, centers, held, (0, 0, n), one)
     parts = route_parts(n, ROUTE_BLOCK)
     assert len(parts) == 3 and all(a % ROUTE_BLOCK == 0 for _, a, _ in parts) and parts[-1][2] == n
-    c2 = np.sum([route_part(_Rows(x), m, 0.0, centers, held, p, many) for p in parts], axis=0)
+    c2 = np.sum([route_part(array_source(x), m, 0.0, centers, held, p, many) for p in parts], axis=0)
     np.testing.assert_array_equal(c1, c2)
     assert c1.sum() == n - held.size
     keep = np.setdiff1d(np.arange(n), held)
