@@ -27,10 +27,11 @@ from spann.builder.spill import AssignmentRuns, buckets_for
 from spann.builder.stages import (MIN_SAMPLE_PER_HEAD, HeadGraph, Heads, HeadSearch, Sample, _fault, _write_all,
                                   assign_stage, encoding_stage, graph_check, graph_stage, groups_stage,
                                   heads_stage, plan_stage, pruner_stage, sample_stage, wanted_heads)
-from spann.codecs import choose_codec
+from spann.codecs import choose_codec, get_codec
 from spann.errors import IndexExistsError, ParameterError
 from spann.format.labels import check_labels
 from spann.format.zarr_v3 import crc32c
+from spann.heads.compact import head_dtype, to_grid
 from spann.io.idmap import check_ids
 from spann.io.index_files import FORMAT_VERSION, IDMAP, LABEL_LISTS, directory_bytes
 from spann.io.index_writer import IndexWriter, check_target
@@ -256,6 +257,9 @@ def build_index(data, index_dir: str | os.PathLike[str], *, metric: str, params:
                 heads = stage("heads", runner.heads, sample, src.n, params)
             else:
                 heads = stage("heads", heads_stage, sample, src.n, params, progress)
+            # 8-bit data under l2: heads on the data's grid, kept in its dtype (spann.heads.compact)
+            heads = Heads(vectors=to_grid(heads.vectors, head_dtype(m, m.stored_dtype(src.dtype),
+                                                                    get_codec(params.encoding).rotated_heads)))
             if runner is not None:
                 graph = stage("graph", runner.graph, heads, params)
             else:

@@ -33,6 +33,7 @@ from spann.format.list_writer import entry_positions as _positions
 from spann.format.list_writer import fill_entries, pack_entries
 from spann.heads.assign import assign_block
 from spann.heads.clustering import MIN_SAMPLE_PER_HEAD, select_heads
+from spann.heads.compact import as_head_dtype, head_dtype
 from spann.heads.graph import EntrySeeds, assignment_seeds, build_graph, head_search_recall, walk_codes
 from spann.heads.groups import COVERAGE_MARGIN, default_group_count, group_labels, head_groups, no_head_groups
 from spann.heads.pruner import MIN_HEADS, covered, fit_pruner, training_targets
@@ -248,7 +249,7 @@ def pruner_stage(metric: Metric, sample: Sample, dim: int, heads: Heads, graph: 
     ptr = np.concatenate([[0], np.cumsum(hi - lo)]).astype(np.int64)
     lists = np.concatenate([e_h[a:b] for a, b in zip(lo, hi)]).astype(np.int32)
     M = min(128, H)
-    hv = stored_heads(heads, enc) if enc is not None else heads.vectors
+    hv = stored_heads(heads, enc, metric) if enc is not None else heads.vectors
     # searched as queries are searched (inner product: the extra head coordinate is a query's 0,
     # not a base row's sqrt(M^2 - |x|^2), or every feature of the pruner is shifted)
     qrows = np.ascontiguousarray(metric.query_space(np.ascontiguousarray(sample.rows[qi, :dim]))[1]) \
@@ -264,7 +265,7 @@ def pruner_stage(metric: Metric, sample: Sample, dim: int, heads: Heads, graph: 
     def select(hg, ef, width):  # heads found as searches find them
         # one kernel for both kinds of selection (empty groups walk the graph)
         hx = HeadIndex(heads=hv, walk=walk_codes(hv), neighbors=graph.neighbors, groups=hg, entries=graph.entries,
-                       seed_rows=hv[:0])
+                       seed_rows=np.zeros((0, dh), np.float32))
         plan = Plan(metric=0, ef=ef, m=width, budget=width, model=no_model, prune_eps=np.float32(1e18), rerank=0,
                     bound_k=0)
         return select_batch(qrows, hx, seeds, plan, 16)[:2]
@@ -469,10 +470,12 @@ def store_stage(src, metric: Metric, enc: Encoder, params: BuildParams, writer: 
     return written
 
 
-def stored_heads(heads: Heads, enc: Encoder) -> np.ndarray:
+def stored_heads(heads: Heads, enc: Encoder, metric: Metric) -> np.ndarray:
     """Head vectors as the index keeps them: rabitq indexes keep them rotated (first D columns
-    times the rotation, the inner-product column after), so a query is rotated once."""
-    return to_head_space(heads.vectors, enc)
+    times the rotation, the inner-product column after), so a query is rotated once; 8-bit
+    data under l2 in its own dtype (:mod:`spann.heads.compact`; the build rounded them)."""
+    dt = head_dtype(metric, enc.layout.dtype, enc.layout.codec.rotated_heads)
+    return as_head_dtype(to_head_space(heads.vectors, enc), dt)
 
 
 def to_head_space(rows: np.ndarray, enc: Encoder) -> np.ndarray:
@@ -534,7 +537,7 @@ def _write_all(src, m: Metric, heads: Heads, graph: HeadGraph, asg: AssignmentRu
     """Every array of the index: heads, graph, directory, codebook, postings (locally or on the
     ``runner``'s workers), vector store, id map, label lists. ``user``: the user's (ids, labels)."""
     user_ids, labels = user
-    writer.write_array("heads", stored_heads(heads, enc))
+    writer.write_array("heads", stored_heads(heads, enc, m))
     writer.write_array("neighbors", graph.neighbors.astype(np.int32))
     writer.write_array("entries", graph.entries.astype(np.int32))
     writer.write_array("offsets", plan.offsets.astype(np.int64))

@@ -1,6 +1,7 @@
 """In-memory index over the heads: an RNG-pruned neighbour graph searched by beam search.
 
-Head space: squared L2 between float32 rows of ``heads`` (H, Dh); for inner product the rows
+Head space: squared L2 between rows of ``heads`` (H, Dh), float32 or the data's 8-bit dtype
+(:mod:`spann.heads.compact`); for inner product the rows
 carry one extra coordinate (the MIPS-to-L2 transform, see :mod:`spann.kernels.metrics`) and queries a 0
 there, so every kernel here is plain squared L2.
 
@@ -64,9 +65,10 @@ def no_walk_codes(dim: int) -> WalkCodes:
 
 
 def walk_codes(heads: np.ndarray, min_dim: int = WALK_CODES_MIN_DIM) -> WalkCodes:
-    """Byte codes of ``heads`` (float32 (H, Dh)) when Dh >= ``min_dim``, else empty."""
+    """Byte codes of ``heads`` (float32 (H, Dh)) when Dh >= ``min_dim``, else empty; empty for
+    8-bit heads too (:mod:`spann.heads.compact`): the walk reads them as they are, exactly."""
     H, dim = heads.shape
-    if dim < min_dim or H == 0:
+    if dim < min_dim or H == 0 or heads.dtype.itemsize == 1:
         return no_walk_codes(dim)
     lo = heads.min(axis=0).astype(np.float32)
     step = np.maximum((heads.max(axis=0) - lo) / np.float32(255.0), np.float32(1e-30)).astype(np.float32)

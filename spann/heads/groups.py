@@ -100,7 +100,7 @@ def no_head_groups(dim: int) -> HeadGroups:
 
 
 def head_groups(heads: np.ndarray, labels: np.ndarray | None, code_min_dim: int = 32) -> HeadGroups:
-    """:class:`HeadGroups` of ``heads`` (float32 (H, Dh)) from the stored ``labels`` (int32
+    """:class:`HeadGroups` of ``heads`` (float32 or 8-bit (H, Dh)) from the stored ``labels`` (int32
     (H0,), H0 <= H; None or empty: no groups). Heads past H0 join their nearest centroid's group.
     Byte codes from ``code_min_dim`` head dimensions on (see
     :data:`spann.heads.graph.WALK_CODES_MIN_DIM`)."""
@@ -116,7 +116,7 @@ def head_groups(heads: np.ndarray, labels: np.ndarray | None, code_min_dim: int 
     cent = np.ascontiguousarray(sums / cnt[full, None], dtype=np.float32)
     labels = (np.cumsum(full) - 1)[labels]
     if H > h0:  # heads added by updates
-        extra = np.argmin(sq_dists(np.ascontiguousarray(heads[h0:]), cent), axis=1)
+        extra = np.argmin(sq_dists(np.ascontiguousarray(heads[h0:], dtype=np.float32), cent), axis=1)
         labels = np.concatenate([labels, extra])
     C = cent.shape[0]
     perm = np.argsort(labels, kind="stable").astype(np.int32)

@@ -1,6 +1,6 @@
 """The on-disk index: one zarr v3 group, written atomically, opened with everything validated.
 
-Layout (``FORMAT_VERSION`` 5; see :data:`READABLE_FORMATS` for the older ones read)::
+Layout (``FORMAT_VERSION`` 6; see :data:`READABLE_FORMATS` for the older ones read)::
 
     <index>/zarr.json              group; attributes["spann"]: format version, build id, metric,
                                    dims, entry layout, build parameters and statistics, the
@@ -11,7 +11,8 @@ Layout (``FORMAT_VERSION`` 5; see :data:`READABLE_FORMATS` for the older ones re
     <index>/postings/              uint8 (B,): every posting list, contiguous (see spann.format.layout),
                                    sharded by bytes, raw; one file per shard
     <index>/gen-000001/            the in-RAM parts of this generation of the index:
-        heads      (H, Dh) float32 head-space centroids (Dh = dim, +1 for inner product)
+        heads      (H, Dh) float32 head-space centroids (Dh = dim, +1 for inner product); from
+                           format 6 uint8 / int8 for 8-bit data under l2 (spann.heads.compact)
         neighbors  (H, R)  int32   head graph, -1 padded
         entries    (E,)    int32   graph entry heads
         head_groups (H1,)  int32   group of each head (when attributes["head_groups"] > 0; H1 =
@@ -57,6 +58,7 @@ from spann.errors import IndexCorruptError, IndexNotFoundError, SpannError
 from spann.format.layout import EntryLayout
 from spann.format.zarr_v3 import (canonical_json, check_exact, check_group_meta, check_postings_meta, crc32c,
                                   group_meta, read_json, read_small_array, write_json)
+from spann.heads.compact import head_dtype
 from spann.heads.pruner import N_WEIGHTS
 from spann.io.sources import DirectoryStore
 from spann.io.vector_store import StoreLayout
@@ -68,14 +70,15 @@ __all__ = ["FORMAT_VERSION", "IndexFiles", "directory_bytes", "generation_path",
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 5
-#: formats this spann opens. 5: the root metadata is checksummed (``metadata_crc32c``) and its
+FORMAT_VERSION = 6
+#: formats this spann opens. 6: the heads of 8-bit data under l2 are kept in its dtype
+#: (:mod:`spann.heads.compact`; float32 before). 5: the root metadata is checksummed (``metadata_crc32c``) and its
 #: keys are exactly known. 4 and 3 (3 is 4 without the ``head_group_labels`` attribute) are
 #: opened and updated as they are, without a root checksum (they never had one) and without
 #: the root key check; ``spann verify`` says so. Every other file's metadata is checked
-#: strictly in all three (spann has always written them the same way). An older spann refuses
-#: 5 by its version.
-READABLE_FORMATS = (3, 4, 5)
+#: strictly in all of them (spann has always written them the same way). An older spann refuses
+#: a newer format by its version.
+READABLE_FORMATS = (3, 4, 5, 6)
 ROOT_CHECKSUM = "metadata_crc32c"
 #: keys of a format-5 root's spann attributes: always; after updates (generation > 1); coded
 _ROOT_KEYS = frozenset({
@@ -129,7 +132,7 @@ def write_root(path: str | os.PathLike[str], attrs: dict[str, Any]) -> None:
 def read_root(where: str, store=None, path: str | None = None) -> tuple[dict, int]:
     """The spann attributes of an index's root ``zarr.json`` (read from ``store``, or the file
     ``path``) and its format version, checked: a group exactly as spann writes it, a readable
-    format, and (format 5) the checksum and the exact set of keys. ``where`` names the index in
+    format, and (format 5 on) the checksum and the exact set of keys. ``where`` names the index in
     messages. IndexNotFoundError when there is no root metadata or no spann attributes."""
     file = f"{where}/zarr.json"
     try:
@@ -280,7 +283,8 @@ class IndexFiles:
             return read_small_array(rel, dtype=dtype, shape=shape, store=self.store,
                                     attributes={"build_id": build_id})
 
-        self.heads = load("heads", np.float32, (None, dh))
+        hdt = head_dtype(m, layout.dtype, layout.codec.rotated_heads) if version >= 6 else np.dtype(np.float32)
+        self.heads = load("heads", hdt, (None, dh))
         H = self.heads.shape[0]
         if H < 1:
             raise IndexCorruptError(f"{where}: index has no heads")

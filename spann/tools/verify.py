@@ -13,7 +13,7 @@ search time. :func:`verify_index` reads all of it once:
 - an updated index: the current generation's delta lists (checksums, every entry's id one of
   the delta's ids and every delta id in a list, vectors finite);
 - the commit record against the data: the live count is the number of ids stored and not
-  deleted, and ``next_id`` lies above every stored id (format 5 indexes also carry a checksum of
+  deleted, and ``next_id`` lies above every stored id (format 5 and later indexes also carry a checksum of
   the root metadata, checked at open; formats 3 and 4 have none: the summary says so).
 """
 

@@ -52,6 +52,7 @@ from spann.format.labels import check_labels
 from spann.format.layout import delta_layout, full_entries
 from spann.format.list_writer import pack_entries
 from spann.heads.assign import assign_block
+from spann.heads.compact import as_head_dtype, to_grid
 from spann.heads.graph import assignment_seeds, beam_search, no_walk_codes
 from spann.heads.groups import group_of_heads, nearest_group
 from spann.io.idmap import MAX_ID, check_ids, lookup_sorted
@@ -183,7 +184,8 @@ class _Batch:
     def __init__(self, index, snap):
         self.index = index
         self.snap = snap
-        self.heads = snap.heads.copy()
+        self.head_dtype = snap.heads.dtype  # 8-bit heads (spann.heads.compact): updated as float32, stored back
+        self.heads = snap.heads.astype(np.float32)
         self.neighbors = snap.neighbors.copy()
         self.entries = snap.entries
         self.offsets = snap.offsets.copy()
@@ -301,7 +303,8 @@ class _Batch:
         ids, first = np.unique(ids, return_index=True)
         lab, vec = lab[first], vec[first]
         xh = self.head_space(vec)
-        c1, c2 = _two_means(xh, seed=self.index.build_params.seed + self.splits)
+        c1, c2 = (to_grid(c[None], self.head_dtype)[0]
+                  for c in _two_means(xh, seed=self.index.build_params.seed + self.splits))
         side = ((xh - c2) ** 2).sum(1) < ((xh - c1) ** 2).sum(1)
         if min(int(side.sum()), int((~side).sum())) < max(2, ids.shape[0] // 10):
             return False
@@ -446,7 +449,7 @@ def _commit(index, b: _Batch) -> None:
     w = GenerationWriter(root, attrs)
     H = b.heads.shape[0]
     try:
-        graph = {"heads": b.heads.astype(np.float32), "neighbors": b.neighbors.astype(np.int32),
+        graph = {"heads": as_head_dtype(b.heads, b.head_dtype), "neighbors": b.neighbors.astype(np.int32),
                  "entries": b.entries.astype(np.int32), "offsets": b.offsets.astype(np.int64),
                  "counts": b.orig_counts.astype(np.int32), "base_live": b.base_live.astype(np.uint8),
                  "split_floor": b.split_floor.astype(np.int64)}

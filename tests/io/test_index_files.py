@@ -10,6 +10,7 @@ import zarr
 
 import spann
 from spann.errors import IndexCorruptError, IndexNotFoundError
+from spann.io.index_files import FORMAT_VERSION
 
 
 def _copy(src, dst):
@@ -60,7 +61,7 @@ def test_plain_zarr_reads_what_search_scans(synth, which, read_list, request):
     gen = g[a["generation_path"]]
     np.testing.assert_array_equal(gen["heads"][:], idx.heads)
     np.testing.assert_array_equal(gen["neighbors"][:], idx.neighbors)
-    assert a["metric"] == "l2" and a["format_version"] == 5
+    assert a["metric"] == "l2" and a["format_version"] == FORMAT_VERSION
     assert g[a["postings_path"]].metadata.codecs[0].__class__.__name__ == "ShardingCodec"
 
 
@@ -169,7 +170,7 @@ def test_root_checksum_covers_the_commit_record(updated, tmp_path):
     from spann.io.index_files import ROOT_CHECKSUM, root_checksum
     meta = json.loads((updated / "zarr.json").read_text())
     a = meta["attributes"]["spann"]
-    assert a["format_version"] == 5 and a["generation"] == 3 and a[ROOT_CHECKSUM] == root_checksum(meta)
+    assert a["format_version"] == FORMAT_VERSION and a["generation"] == 3 and a[ROOT_CHECKSUM] == root_checksum(meta)
     for change in ({"generation": 1, "generation_path": "gen-000001"}, {"live": a["live"] + 1},
                    {"next_id": 1000}, {"metric": "cosine"}, {"layout": {**a["layout"], "label_width": 2}},
                    {"postings_path": "vectors"}, {"params": {**a["params"], "split_factor": 9.0}},
