@@ -3,10 +3,12 @@ nearest heads, and its time per query.
 
 For each index given: queries (a float32 .npy, or the scale benchmark's held-out queries) are
 searched as a single-query search finds its heads when it walks the graph: the SEEDS entries
-nearest the query, then a beam search of the head graph on the heads' byte codes (exact
-float32 rows below 32 dimensions) with pool ``ef``, its pool re-scored on the float32 heads.
+nearest the query, then a beam search of the head graph with pool ``ef`` on the heads as the
+index holds them (8-bit data: its own dtype, exact; float heads: their byte codes from 32
+dimensions on, the pool then re-scored on the float32 heads).
 Reported per ef: recall@8 and recall@32 against the exact nearest heads (BLAS over all heads)
-and the median microseconds per query (one thread, the Python call included).
+and the median microseconds per query (one thread, the Python calls included), and of them
+the seeding's (the comparison with every entry).
 
 Usage:
     python benchmarks/bench_head_search.py /work/scratch/scale/idx-1000000.spann /work/scratch/scale/idx-10000000.spann
@@ -26,37 +28,39 @@ import numpy as np
 
 def measure(path: str, q: np.ndarray, efs: list[int]) -> dict:
     import spann
-    from spann.heads.graph import SEEDS, beam_search, nearest_entries, rescore_pool, walk_codes
+    from spann.heads.graph import SEEDS, adjacency, beam_search, nearest_entries, walk_codes
     from spann.kernels.exact import exact_knn
-    with spann.open(path) as idx:
-        heads = np.ascontiguousarray(np.asarray(idx.heads, np.float32))
-        nb = np.ascontiguousarray(np.asarray(idx.neighbors))
+    with spann.open(path) as idx:  # the heads as the index holds them (8-bit data: its dtype)
+        heads = np.ascontiguousarray(idx.heads)
+        graph = adjacency(np.asarray(idx.neighbors))
         entries = np.ascontiguousarray(np.asarray(idx.entries))
     H = heads.shape[0]
     qh = np.ascontiguousarray(q[:, :heads.shape[1]], dtype=np.float32)
-    truth, _ = exact_knn(heads, qh, 32, "l2", base_block=8192, query_block=256)
+    truth, _ = exact_knn(np.ascontiguousarray(heads, dtype=np.float32), qh, 32, "l2", base_block=8192,
+                         query_block=256)
     wc = walk_codes(heads)
-    rows = np.ascontiguousarray(heads[entries])
+    rows = np.ascontiguousarray(heads[entries], dtype=np.float32)
     vis = np.zeros(H, np.uint32)
     out: dict = {"index": path, "heads": H, "entries": int(entries.size), "points": []}
     tag = 0
     for ef in efs:
         oi, od = np.empty(ef, np.int32), np.empty(ef, np.float32)
         hits8 = hits32 = 0
-        times = []
+        times, seed_times = [], []
         for i in range(qh.shape[0]):
             tag += 1
             t0 = time.perf_counter()
             seeds = nearest_entries(qh[i], rows, entries, SEEDS)
-            beam_search(qh[i], heads, nb, seeds, ef, vis, np.uint32(tag), oi, od, wc)
-            if wc.u8.shape[0]:
-                rescore_pool(qh[i], heads, od, oi, ef)
+            t1 = time.perf_counter()
+            beam_search(qh[i], heads, graph, seeds, ef, vis, np.uint32(tag), oi, od, wc)
             times.append(time.perf_counter() - t0)
+            seed_times.append(t1 - t0)
             hits8 += np.intersect1d(oi[:8], truth[i, :8]).size
             hits32 += np.intersect1d(oi[:32], truth[i, :32]).size if ef >= 32 else 0
         out["points"].append({"ef": ef, "recall@8": hits8 / (8 * qh.shape[0]),
                               "recall@32": hits32 / (32 * qh.shape[0]) if ef >= 32 else None,
-                              "us_per_query": 1e6 * statistics.median(times)})
+                              "us_per_query": 1e6 * statistics.median(times),
+                              "seed_us": 1e6 * statistics.median(seed_times)})
     return out
 
 

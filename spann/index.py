@@ -148,7 +148,8 @@ class Index:
 
     # the current generation's parts (read-only views for callers and tests)
     heads = property(lambda self: self._snap.heads)
-    neighbors = property(lambda self: self._snap.neighbors)
+    neighbors = property(lambda self: self._snap.neighbors, doc="The head graph, int32 (H, R), -1 padded (a copy; "
+                         "the index holds it unpadded)")
     entries = property(lambda self: self._snap.entries)
     pruner = property(lambda self: self._snap.pruner)
     counts = property(lambda self: self._snap.counts)

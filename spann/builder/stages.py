@@ -34,7 +34,8 @@ from spann.format.list_writer import fill_entries, pack_entries
 from spann.heads.assign import assign_block
 from spann.heads.clustering import MIN_SAMPLE_PER_HEAD, select_heads
 from spann.heads.compact import as_head_dtype, head_dtype
-from spann.heads.graph import EntrySeeds, assignment_seeds, build_graph, head_search_recall, walk_codes
+from spann.heads.graph import (EntrySeeds, adjacency, assignment_seeds, build_graph, head_search_recall,
+                               walk_codes)
 from spann.heads.groups import COVERAGE_MARGIN, default_group_count, group_labels, head_groups, no_head_groups
 from spann.heads.pruner import MIN_HEADS, covered, fit_pruner, training_targets
 from spann.io.idmap import idmap_bytes
@@ -262,9 +263,11 @@ def pruner_stage(metric: Metric, sample: Sample, dim: int, heads: Heads, graph: 
     m = min(2 * budget, H)
     no_model = np.zeros(0, np.float64)
 
+    adj = adjacency(graph.neighbors)  # as an open index holds it: one compiled selection for both
+
     def select(hg, ef, width):  # heads found as searches find them
         # one kernel for both kinds of selection (empty groups walk the graph)
-        hx = HeadIndex(heads=hv, walk=walk_codes(hv), neighbors=graph.neighbors, groups=hg, entries=graph.entries,
+        hx = HeadIndex(heads=hv, walk=walk_codes(hv), neighbors=adj, groups=hg, entries=graph.entries,
                        seed_rows=np.zeros((0, dh), np.float32))
         plan = Plan(metric=0, ef=ef, m=width, budget=width, model=no_model, prune_eps=np.float32(1e18), rerank=0,
                     bound_k=0)

@@ -24,6 +24,8 @@ from typing import Callable, NamedTuple
 
 import numba
 import numpy as np
+from numba import types
+from numba.extending import overload
 
 from spann.heads.clustering import balanced_kmeans, sq_dists
 from spann.kernels.distances import FASTMATH as _FM
@@ -35,7 +37,7 @@ from spann.kernels.topk import topk_insert
 __all__ = ["EXACT_KNN_MAX", "SEEDS", "nearest_entries", "WALK_CODES_MIN_DIM", "WalkCodes", "walk_codes",
            "no_walk_codes", "build_graph", "default_entry_count", "spread_entries", "EntrySeeds", "refine_graph",
            "beam_search", "head_distance", "rescore_pool", "write_pool", "knn_candidates", "head_search_recall",
-           "EntryTree", "assignment_seeds", "ENTRY_TREE_MIN"]
+           "EntryTree", "assignment_seeds", "ENTRY_TREE_MIN", "Adjacency", "adjacency", "neighbor_row"]
 
 #: up to this many heads the candidate kNN is exact (O(H^2 d) BLAS work); above, partitioned.
 EXACT_KNN_MAX = 30_000
@@ -76,6 +78,46 @@ def walk_codes(heads: np.ndarray, min_dim: int = WALK_CODES_MIN_DIM) -> WalkCode
     for s in range(0, H, 65536):  # blocks: no float copy of every head at once
         u8[s:s + 65536] = np.clip(np.rint((heads[s:s + 65536] - lo) / step), 0, 255)
     return WalkCodes(u8, lo, step)
+
+
+class Adjacency(NamedTuple):
+    """The head graph without its padding, as an open index holds it (numba-passable): head h's
+    neighbours are ``ids[ptr[h]:ptr[h + 1]]``; ``ptr`` int64 (H + 1,), ``ids`` int32 (edges,).
+    The graph is stored padded (int32 (H, R), -1 after a head's last neighbour); RNG pruning
+    leaves most heads short of R (a mean degree of 21 of 32 on 50k heads of a 10^6 SIFT-like
+    set), so this holds about two thirds of the padded bytes."""
+    ptr: np.ndarray
+    ids: np.ndarray
+
+    def padded(self, width: int) -> np.ndarray:
+        """The padded form, int32 (H, ``width``), -1 after each head's neighbours (a new array)."""
+        H = self.ptr.shape[0] - 1
+        deg = np.diff(self.ptr)
+        out = np.full((H, width), -1, np.int32)
+        out[np.repeat(np.arange(H), deg), np.arange(self.ids.shape[0]) - np.repeat(self.ptr[:-1], deg)] = self.ids
+        return out
+
+
+def adjacency(neighbors: np.ndarray) -> Adjacency:
+    """:class:`Adjacency` of a padded graph (int32 (H, R), each row's neighbours first, then -1)."""
+    deg = (neighbors >= 0).sum(axis=1)
+    ptr = np.zeros(neighbors.shape[0] + 1, np.int64)
+    np.cumsum(deg, out=ptr[1:])
+    return Adjacency(ptr, np.ascontiguousarray(neighbors[neighbors >= 0], dtype=np.int32))
+
+
+def neighbor_row(graph, node):
+    """Head ``node``'s neighbours in ``graph`` (int32 (H, R) padded with -1, or an
+    :class:`Adjacency`): a 1-D int32 view (a padded row may end in -1s). Numba kernels only,
+    chosen by ``graph``'s type."""
+    raise TypeError("neighbor_row runs inside numba kernels only")
+
+
+@overload(neighbor_row, jit_options={"nogil": True}, inline="always")
+def _neighbor_row(graph, node):
+    if isinstance(graph, types.Array):
+        return lambda graph, node: graph[node]
+    return lambda graph, node: graph.ids[graph.ptr[node]:graph.ptr[node + 1]]
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -132,7 +174,6 @@ def _beam(q, heads, neighbors, entries, visited, tag, pd, pi, done, trail_i, tra
     build's candidates; pass empty arrays to skip). ``wc``: :class:`WalkCodes` (empty: exact
     distances; else the pool holds code distances). Returns (pool size, distance evaluations,
     trail length)."""
-    deg = neighbors.shape[1]
     ef = pd.shape[0]
     codes = wc.u8
     coded = codes.shape[0] > 0
@@ -159,15 +200,16 @@ def _beam(q, heads, neighbors, entries, visited, tag, pd, pi, done, trail_i, tra
             trail_i[n_trail] = node
             trail_d[n_trail] = pd[cur]
             n_trail += 1
-        for t in range(deg):  # issue every unvisited neighbour's loads first: misses overlap
-            nb = neighbors[node, t]
+        row = neighbor_row(neighbors, node)
+        for t in range(row.shape[0]):  # issue every unvisited neighbour's loads first: misses overlap
+            nb = row[t]
             if nb < 0:
                 break
             if visited[nb] != tag:
                 _prefetch_head(heads, codes, coded, nb)
         nxt = cur + 1
-        for t in range(deg):
-            nb = neighbors[node, t]
+        for t in range(row.shape[0]):
+            nb = row[t]
             if nb < 0:
                 break
             if visited[nb] == tag:
@@ -189,7 +231,8 @@ def beam_search(q, heads, neighbors, entries, ef, visited, tag, out_i, out_d, wc
 
     The pool holds the ``ef`` nearest heads seen so far, sorted, each marked once expanded
     (DiskANN's search list): expand the nearest unexpanded head, offer its neighbours, stop
-    when every head in the pool is expanded. ``visited`` (uint32 (H,)) marks heads seen in this
+    when every head in the pool is expanded. ``neighbors``: the graph, padded int32 (H, R) or
+    an :class:`Adjacency`. ``visited`` (uint32 (H,)) marks heads seen in this
     query with ``tag`` (callers change it per query). ``wc``: :class:`WalkCodes` (empty: the
     walk reads the float32 heads; else it walks on the codes and re-scores its pool exactly).
     Writes the ``len(out_i)`` nearest heads into ``out_i`` (int32) / ``out_d`` (float32, exact),

@@ -383,7 +383,7 @@ class IndexFiles:
         self.dead_keys = np.zeros(0, np.int64)
         self.dead_ids = np.zeros(0, np.int64)
         self.delta_dead = np.zeros(0, np.int64)
-        self.split_floor = np.zeros(H, np.int64)
+        self.split_floor = np.zeros(H, np.int32)  # no split has failed (loaded below after updates)
         if int(attrs.get("generation", 1)) > 1:
             self.split_floor = load("split_floor", np.int64, (H,))
             self.base_live = load("base_live", np.uint8, (H,))

@@ -7,7 +7,7 @@ import numpy as np
 
 from spann.errors import IndexCorruptError
 from spann.format.layout import BRIDGE_PAGES, PAGE, delta_layout, full_entries
-from spann.heads.graph import EntrySeeds, no_walk_codes, walk_codes
+from spann.heads.graph import EntrySeeds, adjacency, no_walk_codes, walk_codes
 from spann.heads.groups import head_groups
 from spann.io.idmap import IdMap
 from spann.io.index_files import IndexFiles
@@ -27,16 +27,18 @@ class Snapshot:
     def __init__(self, f: IndexFiles, base: "BaseReaders", root: str):
         self.generation = int(f.attrs.get("generation", 1))
         self.build_id = f.build_id
-        self.heads, self.neighbors, self.entries = f.heads, f.neighbors, f.entries
+        self.heads, self.entries = f.heads, f.entries
+        self.graph = adjacency(f.neighbors)  # searches walk it unpadded
+        self.degree = int(f.neighbors.shape[1])
         self.seeds = EntrySeeds(self.heads, self.entries)
         self.groups = head_groups(self.heads, f.head_groups)  # searches scan these when there are any
         no_groups = self.groups.centroids.shape[0] == 0
         self.walk = walk_codes(self.heads) if no_groups else no_walk_codes(self.heads.shape[1])
         # the single-query kernel compiles only its kind of head search (no groups: None); batches
         # select with the type the build's pruner training compiled for both kinds
-        self.hx = head_index(heads=self.heads, walk=self.walk, neighbors=self.neighbors, groups=self.groups,
+        self.hx = head_index(heads=self.heads, walk=self.walk, neighbors=self.graph, groups=self.groups,
                              entries=self.seeds.entries, seed_rows=self.seeds.seed_rows)
-        self.hx_batch = HeadIndex(heads=self.heads, walk=self.walk, neighbors=self.neighbors, groups=self.groups,
+        self.hx_batch = HeadIndex(heads=self.heads, walk=self.walk, neighbors=self.graph, groups=self.groups,
                                   entries=self.seeds.entries, seed_rows=self.seeds.seed_rows)
         self.kernels: dict = {}  # compiled entry points of the single-query kernel (SearchPlanner.search)
         self.single: dict = {}  # (params, k, rerank factor) -> (entry point, arguments): the unfiltered single query
@@ -99,6 +101,11 @@ class Snapshot:
             else:
                 self.dlv = empty_view(V, ll)
 
+    @property
+    def neighbors(self) -> np.ndarray:
+        """The head graph padded, int32 (H, R), -1 after each head's neighbours (a new array)."""
+        return self.graph.padded(self.degree)
+
     def direct_list_bytes(self, n: int) -> int:
         """Buffer bytes a direct reader needs for any n lists (the n largest, in whole pages,
         with one more for a list straddling a page and BRIDGE_PAGES for a bridged gap)."""
@@ -109,15 +116,18 @@ class Snapshot:
         return PAGE * max(int(self._direct_pages[n - 1]) if n else 0, 1)
 
     def ram_bytes(self) -> int:
-        """Bytes this generation holds in RAM: heads, graph, list directories, tombstones,
-        the delta's id directory and the label directory (nothing per base vector)."""
+        """Bytes this generation holds in RAM: heads, graph, entry rows, head groups, list
+        directories, tombstones, the delta's id directory and the label directory (nothing per
+        base vector), each array once."""
         g = self.groups
-        parts = [self.heads, self.walk.u8, self.neighbors, self.entries, g.perm, g.starts, g.centroids, g.u8, g.rows,
-                 g.norms, self.counts, self.offsets, self.dead_keys, self.dead_ids, self.delta_dead, self.delta_ids,
-                 self.delta_locs, self.dv.offsets, self.dv.counts]
+        parts = [self.heads, self.walk.u8, self.graph.ptr, self.graph.ids, self.entries, self.seeds.seed_rows,
+                 getattr(self.seeds, "norms", self.entries[:0]), g.perm, g.starts, g.centroids, g.u8, g.rows,
+                 g.norms, self.counts, self.orig_counts, self.base_live, self.split_floor, self.offsets,
+                 self._list_nbytes, self.pv.offsets, self.pv.counts, self.dead_keys, self.dead_ids, self.delta_dead,
+                 self.delta_ids, self.delta_locs, self.dv.offsets, self.dv.counts]
         if self.labels is not None:
             parts += list(self.labels.values())
-        return int(sum(a.nbytes for a in parts))
+        return int(sum(a.nbytes for a in {id(a): a for a in parts}.values()))
 
     def close(self) -> None:
         for r in self._readers:

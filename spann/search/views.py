@@ -13,9 +13,10 @@ from collections import namedtuple
 __all__ = ["HeadIndex", "head_index", "Plan", "Lists", "Direct", "Scratch", "Out", "Candidates", "Early"]
 
 HeadIndex = namedtuple("HeadIndex", ["heads", "walk", "neighbors", "groups", "entries", "seed_rows"])
-HeadIndex.__doc__ = """The heads as a query searches them: ``heads`` float32 (H, Dh) in head space;
-``walk`` the heads' :class:`~spann.heads.graph.WalkCodes` (empty: exact walk); ``neighbors`` int32
-(H, R) the head graph (-1 padded); ``groups`` the :class:`~spann.heads.groups.HeadGroups` scanned
+HeadIndex.__doc__ = """The heads as a query searches them: ``heads`` float32 or 8-bit (H, Dh) in head space;
+``walk`` the heads' :class:`~spann.heads.graph.WalkCodes` (empty: exact walk); ``neighbors`` the
+head graph, an :class:`~spann.heads.graph.Adjacency` (or padded int32 (H, R)); ``groups`` the
+:class:`~spann.heads.groups.HeadGroups` scanned
 instead of walking the graph, None when there are none (build it with :func:`head_index`);
 ``entries`` int32 (E,) where a walk starts;
 ``seed_rows`` float32 (E, Dh) the entries' heads, to start from the nearest

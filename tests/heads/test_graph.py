@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from spann.datasets import synthetic_array
-from spann.heads.graph import beam_search, build_graph, knn_candidates, no_walk_codes, walk_codes
+from spann.heads.graph import adjacency, beam_search, build_graph, knn_candidates, no_walk_codes, walk_codes
 from spann.kernels.exact import exact_knn
 
 
@@ -24,6 +24,24 @@ def test_graph_search_finds_nearest_heads():
         first += oi[0] == gi[i, 0]
     assert hits / (32 * len(q)) > 0.97
     assert first / len(q) > 0.98
+
+
+def test_the_unpadded_graph_holds_the_same_edges_and_walks_the_same():
+    x = synthetic_array(3000, 16, seed=8)
+    nb, entries = build_graph(x, degree=24, candidates=48)
+    adj = adjacency(nb)
+    deg = (nb >= 0).sum(1)
+    assert adj.ptr.dtype == np.int64 and adj.ids.dtype == np.int32 and adj.ids.size == deg.sum() < nb.size
+    assert np.array_equal(np.diff(adj.ptr), deg) and (adj.ids >= 0).all()
+    assert np.array_equal(adj.padded(24), nb)  # each row's neighbours in order, then -1
+    q = synthetic_array(100, 16, seed=8, stream=1, n_hint=3000)
+    vis = np.zeros(3000, np.uint32)
+    a = [np.empty(16, np.int32), np.empty(16, np.float32)]
+    b = [np.empty(16, np.int32), np.empty(16, np.float32)]
+    for i in range(len(q)):
+        ea = beam_search(q[i], x, nb, entries, 32, vis, np.uint32(2 * i + 1), a[0], a[1], no_walk_codes(16))
+        eb = beam_search(q[i], x, adj, entries, 32, vis, np.uint32(2 * i + 2), b[0], b[1], no_walk_codes(16))
+        assert ea == eb and np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
 
 
 def test_walk_on_byte_codes_returns_the_nearest_heads_with_exact_distances():
