@@ -8,7 +8,8 @@ index holds them (8-bit data: its own dtype, exact; float heads: their byte code
 dimensions on, the pool then re-scored on the float32 heads).
 Reported per ef: recall@8 and recall@32 against the exact nearest heads (BLAS over all heads)
 and the median microseconds per query (one thread, the Python calls included), and of them
-the seeding's (the comparison with every entry).
+the seeding's (the entries of the nearest ``probe`` entry groups compared with the query; with
+fewer than 1,024 entries one group of them all).
 
 Usage:
     python benchmarks/bench_head_search.py /work/scratch/scale/idx-1000000.spann /work/scratch/scale/idx-10000000.spann
@@ -26,9 +27,9 @@ from pathlib import Path
 import numpy as np
 
 
-def measure(path: str, q: np.ndarray, efs: list[int]) -> dict:
+def measure(path: str, q: np.ndarray, efs: list[int], probe: int = 0) -> dict:
     import spann
-    from spann.heads.graph import SEEDS, adjacency, beam_search, nearest_entries, walk_codes
+    from spann.heads.graph import SEEDS, adjacency, beam_search, entry_seeds, seed_entries, walk_codes
     from spann.kernels.exact import exact_knn
     with spann.open(path) as idx:  # the heads as the index holds them (8-bit data: its dtype)
         heads = np.ascontiguousarray(idx.heads)
@@ -39,9 +40,12 @@ def measure(path: str, q: np.ndarray, efs: list[int]) -> dict:
     truth, _ = exact_knn(np.ascontiguousarray(heads, dtype=np.float32), qh, 32, "l2", base_block=8192,
                          query_block=256)
     wc = walk_codes(heads)
-    rows = np.ascontiguousarray(heads[entries], dtype=np.float32)
+    groups = entry_seeds(heads, entries).groups  # as the open index seeds a single query
+    if probe:
+        groups = groups._replace(probe=min(probe, groups.centers.shape[0]))
     vis = np.zeros(H, np.uint32)
-    out: dict = {"index": path, "heads": H, "entries": int(entries.size), "points": []}
+    out: dict = {"index": path, "heads": H, "entries": int(entries.size), "entry_groups": groups.centers.shape[0],
+                 "probe": groups.probe, "points": []}
     tag = 0
     for ef in efs:
         oi, od = np.empty(ef, np.int32), np.empty(ef, np.float32)
@@ -50,7 +54,7 @@ def measure(path: str, q: np.ndarray, efs: list[int]) -> dict:
         for i in range(qh.shape[0]):
             tag += 1
             t0 = time.perf_counter()
-            seeds = nearest_entries(qh[i], rows, entries, SEEDS)
+            seeds = seed_entries(qh[i], groups, entries, SEEDS)
             t1 = time.perf_counter()
             beam_search(qh[i], heads, graph, seeds, ef, vis, np.uint32(tag), oi, od, wc)
             times.append(time.perf_counter() - t0)
@@ -69,6 +73,8 @@ def main() -> None:
     ap.add_argument("indexes", nargs="+")
     ap.add_argument("--queries", help="float32 .npy of queries (default: the scale benchmark's)")
     ap.add_argument("--ef", default="32,64,128,256")
+    ap.add_argument("--probes", default="0", help="entry groups a query's seeds come from (0: the index's own; "
+                    "as many as there are groups: every entry)")
     a = ap.parse_args()
     if a.queries:
         q = np.load(a.queries).astype(np.float32)
@@ -79,7 +85,8 @@ def main() -> None:
     from spann.kernels.threads import NumbaThreads
     with NumbaThreads(1):
         for p in a.indexes:
-            print(json.dumps(measure(p, q, [int(v) for v in a.ef.split(",")]), indent=1), flush=True)
+            for probe in (int(v) for v in a.probes.split(",")):
+                print(json.dumps(measure(p, q, [int(v) for v in a.ef.split(",")], probe), indent=1), flush=True)
 
 
 if __name__ == "__main__":

@@ -124,7 +124,7 @@ def test_learned_pruner_adapts_lists_per_query(synth, synth_index):
     assert r.lists_read.min() >= 4 and r.lists_read.max() <= 32 and r.lists_read.std() > 0
     off = synth_index.search(q, 10, max_postings=16, pruner=False)
     assert (off.lists_read == 16).all()
-    from spann.heads.graph import beam_search, walk_codes
+    from spann.heads.graph import beam_search, no_entry_groups, walk_codes
     from spann.heads.groups import group_search, no_head_groups
     from spann.search.kernels import select_lists
     from spann.search.views import Plan, head_index
@@ -139,7 +139,7 @@ def test_learned_pruner_adapts_lists_per_query(synth, synth_index):
         for hg in (no_head_groups(qh.shape[1]), groups):
             sel, sd = np.empty(32, np.int32), np.empty(32, np.float32)
             hx = head_index(heads=synth_index.heads, walk=walk, neighbors=synth_index.neighbors, groups=hg,
-                            entries=synth_index.entries, seed_rows=synth_index.heads[:0])
+                            entries=synth_index.entries, seeding=no_entry_groups(synth_index.heads.shape[1]))
             plan = Plan(metric=0, ef=64, m=32, budget=16, model=synth_index.pruner, prune_eps=np.float32(1e18),
                         rerank=0, bound_k=0)
             kept, _ = select_lists(qh[i], hx, hx.groups, synth_index.entries, plan, vis, np.uint32(2 * i + 1), sel, sd)

@@ -41,7 +41,7 @@ from spann.builder.stages import Heads, Sample, graph_stage, heads_stage, shard_
 from spann.datasets.formats import check_finite
 from spann.errors import ParameterError
 from spann.heads.assign import assign_block
-from spann.heads.graph import assignment_seeds
+from spann.heads.graph import entry_seeds
 from spann.io.index_files import CHECKPOINTS, POSTINGS, VECTORS
 from spann.io.index_writer import put_shard
 from spann.io.sources import is_url
@@ -190,7 +190,7 @@ def _assign_task(spec, part, metric_name, max_norm, shared, params, runs_dir, n_
     try:
         runs = AssignmentRuns(Path(runs_dir), src.n, heads_vectors.shape[0], n_buckets, params.replica_count,
                               part=part)
-        seeds_of = assignment_seeds(heads_vectors, entries)
+        seeds_of = entry_seeds(heads_vectors, entries)
         ef = max(params.assign_candidates, 32)
         with BuildThreads(threads):
             for s in range(a, b, params.block_rows):

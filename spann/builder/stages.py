@@ -34,8 +34,8 @@ from spann.format.list_writer import fill_entries, pack_entries
 from spann.heads.assign import assign_block
 from spann.heads.clustering import MIN_SAMPLE_PER_HEAD, select_heads
 from spann.heads.compact import as_head_dtype, head_dtype
-from spann.heads.graph import (EntrySeeds, adjacency, assignment_seeds, build_graph, head_search_recall,
-                               walk_codes)
+from spann.heads.graph import (EntrySeeds, adjacency, build_graph, entry_seeds, head_search_recall,
+                               no_entry_groups, walk_codes)
 from spann.heads.groups import COVERAGE_MARGIN, default_group_count, group_labels, head_groups, no_head_groups
 from spann.heads.pruner import MIN_HEADS, covered, fit_pruner, training_targets
 from spann.io.idmap import idmap_bytes
@@ -64,7 +64,8 @@ class Sample:
 
 @dataclass(frozen=True)
 class Heads:
-    """Head-space centroids, float32 (H, Dh), in depth-first cluster order."""
+    """Head-space centroids, float32 (H, Dh), in depth-first cluster order (for 8-bit data
+    under l2 rounded to the data's grid once clustered, see :mod:`spann.heads.compact`)."""
 
     vectors: np.ndarray
 
@@ -185,13 +186,13 @@ def assign_stage(src, metric: Metric, max_norm: float, heads: Heads, graph: Head
     if runs_dir is None:
         runs_dir = Path(tempfile.mkdtemp(prefix="spann-assign-"))
     runs = AssignmentRuns(runs_dir, src.n, heads.vectors.shape[0], n_buckets, R)
-    entry_seeds = assignment_seeds(heads.vectors, graph.entries)
+    seeder = entry_seeds(heads.vectors, graph.entries)
     with tqdm(total=src.n, desc="assign replicas", unit="vec", unit_scale=True, disable=not progress,
               leave=False) as bar:
         for s, blk in src.iter_blocks(params.block_rows):
             check_finite(blk, f"{src.path}", s)
             x = metric.head_space(blk, max_norm)
-            seeds = entry_seeds.for_rows(x)
+            seeds = seeder.for_rows(x)
             rep_i, rep_d, cnt = assign_block(x, heads.vectors, graph.neighbors, seeds, ef,
                                              params.assign_candidates, R, np.float32(params.closure_eps),
                                              np.float32(params.rng_factor), threads * 8)
@@ -268,7 +269,7 @@ def pruner_stage(metric: Metric, sample: Sample, dim: int, heads: Heads, graph: 
     def select(hg, ef, width):  # heads found as searches find them
         # one kernel for both kinds of selection (empty groups walk the graph)
         hx = HeadIndex(heads=hv, walk=walk_codes(hv), neighbors=adj, groups=hg, entries=graph.entries,
-                       seed_rows=np.zeros((0, dh), np.float32))
+                       seeding=no_entry_groups(dh))
         plan = Plan(metric=0, ef=ef, m=width, budget=width, model=no_model, prune_eps=np.float32(1e18), rerank=0,
                     bound_k=0)
         return select_batch(qrows, hx, seeds, plan, 16)[:2]

@@ -11,6 +11,10 @@ Rounding moves a head by at most 0.5 per coordinate, about ``Dh / 12`` in square
 average (~11 at 128 dimensions, against squared neighbour distances of 10^4 and more on 8-bit
 embeddings such as SIFT): the lists and the search are unchanged in any way a query sees.
 
+Head groups (searches scan them instead of walking the graph, up to 32,768 heads) keep their
+own copy of the heads in group order, byte codes from 32 dimensions on (float32 rows below),
+as for float heads.
+
 Float heads stay float32: cosine rows are unit-normalised floats, inner product's head space
 has an extra real coordinate, and rabitq keeps rotated heads.
 """

@@ -27,7 +27,7 @@ from numba.extending import overload
 from spann.codecs.encodings import sq8_distance, sq8_prepare
 from spann.codecs.rabitq import bound_cut, error_bound, estimate, prepare_list_query
 from spann.format.labels import has_label, is_dead
-from spann.heads.graph import SEEDS, beam_search, nearest_entries
+from spann.heads.graph import SEEDS, beam_search, seed_entries
 from spann.heads.groups import (EARLY_GROUPS, group_search, group_search_finish, group_search_start, pool_heads,
                                 scan_groups)
 from spann.heads.pruner import lists_for
@@ -458,10 +458,10 @@ def search_one(q, qh, filt, hx, plan, lists, scratch, reads, out):
     and the statistics). ``q`` float32 (dim,) the query in scan space, ``qh`` float32 (Dh,) in
     head space; ``filt`` sorted int32 labels (empty: no filter). ``hx``
     (:class:`~spann.search.views.HeadIndex`): the heads; a walk of the graph starts from the
-    :data:`~spann.heads.graph.SEEDS` entries nearest ``qh`` (all entries when ``hx.seed_rows``
-    is empty); head groups, when there are any, are scanned instead (see
-    :func:`select_lists`). ``plan`` (:class:`~spann.search.views.Plan`): how many heads and
-    lists, the pruner, the re-rank depth and bound. ``lists``
+    :data:`~spann.heads.graph.SEEDS` entries nearest ``qh`` (see
+    :func:`~spann.heads.graph.seed_entries`; all entries when ``hx.seeding`` has no rows);
+    head groups, when there are any, are scanned instead (see :func:`select_lists`). ``plan``
+    (:class:`~spann.search.views.Plan`): how many heads and lists, the pruner, the re-rank depth and bound. ``lists``
     (:class:`~spann.search.views.Lists`): the base and delta lists, the codebook, the vector
     store, the tombstones. ``scratch`` (:class:`~spann.search.views.Scratch`): the walk's marks,
     and ``epoch`` >= 0 to request the lists' pages (on head groups in two steps: the best
@@ -526,7 +526,7 @@ def select_to_read(qh, hx, groups, plan, pv, scratch, dl, offs, sel_i, sel_d, st
             return kept
         seeds = hx.entries
     else:
-        seeds = nearest_entries(qh, hx.seed_rows, hx.entries, SEEDS) if hx.seed_rows.shape[0] > 0 else hx.entries
+        seeds = seed_entries(qh, hx.seeding, hx.entries, SEEDS)
     kept, n_eval = select_lists(qh, hx, hx.groups, seeds, plan, scratch.visited, scratch.tag, sel_i, sel_d)
     if dl is not None:
         stats[1] += direct_lists(pv, dl, sel_i, kept, offs)
@@ -604,12 +604,12 @@ def select_batch(qh, hx, seeds, plan, n_chunks):
     (nq,)."""
     # numba's parallel loops take records only as parameters, flat: the head index crosses field by field
     # (a plain Python function: one kernel less to compile on a first run)
-    return select_heads_batch(qh, hx.heads, hx.walk, hx.neighbors, hx.groups, hx.entries, hx.seed_rows, seeds, plan,
+    return select_heads_batch(qh, hx.heads, hx.walk, hx.neighbors, hx.groups, hx.entries, hx.seeding, seeds, plan,
                               n_chunks)
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, nogil=True, parallel=True)
-def select_heads_batch(qh, heads, walk, neighbors, groups, entries, seed_rows, seeds, plan, n_chunks):
+def select_heads_batch(qh, heads, walk, neighbors, groups, entries, seeding, seeds, plan, n_chunks):
     """:func:`select_batch` on the head index's fields."""
     nq = qh.shape[0]
     m = plan.m
@@ -619,7 +619,7 @@ def select_heads_batch(qh, heads, walk, neighbors, groups, entries, seed_rows, s
     evals = np.zeros(nq, np.int64)
     step = (nq + n_chunks - 1) // n_chunks
     for ch in numba.prange(n_chunks):
-        hx = HeadIndex(heads, walk, neighbors, groups, entries, seed_rows)
+        hx = HeadIndex(heads, walk, neighbors, groups, entries, seeding)
         visited = np.zeros(heads.shape[0], np.uint32)
         tag = np.uint32(0)
         for i in range(ch * step, min(nq, (ch + 1) * step)):

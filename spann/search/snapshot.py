@@ -7,7 +7,7 @@ import numpy as np
 
 from spann.errors import IndexCorruptError
 from spann.format.layout import BRIDGE_PAGES, PAGE, delta_layout, full_entries
-from spann.heads.graph import EntrySeeds, adjacency, no_walk_codes, walk_codes
+from spann.heads.graph import adjacency, entry_seeds, no_walk_codes, walk_codes
 from spann.heads.groups import head_groups
 from spann.io.idmap import IdMap
 from spann.io.index_files import IndexFiles
@@ -30,16 +30,16 @@ class Snapshot:
         self.heads, self.entries = f.heads, f.entries
         self.graph = adjacency(f.neighbors)  # searches walk it unpadded
         self.degree = int(f.neighbors.shape[1])
-        self.seeds = EntrySeeds(self.heads, self.entries)
+        self.seeds = entry_seeds(self.heads, self.entries)  # many entries: a tree of them
         self.groups = head_groups(self.heads, f.head_groups)  # searches scan these when there are any
         no_groups = self.groups.centroids.shape[0] == 0
         self.walk = walk_codes(self.heads) if no_groups else no_walk_codes(self.heads.shape[1])
         # the single-query kernel compiles only its kind of head search (no groups: None); batches
         # select with the type the build's pruner training compiled for both kinds
         self.hx = head_index(heads=self.heads, walk=self.walk, neighbors=self.graph, groups=self.groups,
-                             entries=self.seeds.entries, seed_rows=self.seeds.seed_rows)
+                             entries=self.seeds.entries, seeding=self.seeds.groups)
         self.hx_batch = HeadIndex(heads=self.heads, walk=self.walk, neighbors=self.graph, groups=self.groups,
-                                  entries=self.seeds.entries, seed_rows=self.seeds.seed_rows)
+                                  entries=self.seeds.entries, seeding=self.seeds.groups)
         self.kernels: dict = {}  # compiled entry points of the single-query kernel (SearchPlanner.search)
         self.single: dict = {}  # (params, k, rerank factor) -> (entry point, arguments): the unfiltered single query
         self.pruner = f.pruner
@@ -50,9 +50,10 @@ class Snapshot:
         hb = min(built.shape[0], f.counts.shape[0])
         if not np.array_equal(f.counts[:hb], built[:hb]) or np.any(f.counts[hb:] != 0):
             raise IndexCorruptError(f"{root}: the generation's base list counts differ from the posting array's")
-        self.counts = (f.counts * (f.base_live > 0)).astype(np.int32)
-        nb = f.layout.list_bytes_array(self.counts)
-        self._list_nbytes = nb
+        # lists retired by a split read as empty (an index without splits shares the stored counts)
+        self.counts = f.counts if f.base_live.all() else (f.counts * (f.base_live > 0)).astype(np.int32)
+        self._layout = f.layout
+        nb = f.layout.list_bytes_array(self.counts)  # checked here, recomputed where needed: 8 bytes per head
         self._direct_pages = None  # see direct_list_bytes
         if np.any((self.counts > 0) & ((f.offsets < 0) | (f.offsets + nb > base.postings.mapped.total))) or \
                 np.any(f.base_live > 1):
@@ -110,7 +111,8 @@ class Snapshot:
         """Buffer bytes a direct reader needs for any n lists (the n largest, in whole pages,
         with one more for a list straddling a page and BRIDGE_PAGES for a bridged gap)."""
         if self._direct_pages is None:
-            pages = np.where(self._list_nbytes > 0, -(-self._list_nbytes // PAGE) + 1 + BRIDGE_PAGES, 0)
+            nb = self._layout.list_bytes_array(self.counts)
+            pages = np.where(nb > 0, -(-nb // PAGE) + 1 + BRIDGE_PAGES, 0)
             self._direct_pages = np.cumsum(np.sort(pages)[::-1])
         n = min(n, self._direct_pages.shape[0])
         return PAGE * max(int(self._direct_pages[n - 1]) if n else 0, 1)
@@ -120,13 +122,17 @@ class Snapshot:
         directories, tombstones, the delta's id directory and the label directory (nothing per
         base vector), each array once."""
         g = self.groups
-        parts = [self.heads, self.walk.u8, self.graph.ptr, self.graph.ids, self.entries, self.seeds.seed_rows,
-                 getattr(self.seeds, "norms", self.entries[:0]), g.perm, g.starts, g.centroids, g.u8, g.rows,
+        eg = self.seeds.groups
+        parts = [self.heads, self.walk.u8, self.graph.ptr, self.graph.ids, self.entries, eg.rows, eg.centers, eg.starts,
+                 eg.entries, getattr(self.seeds, "norms", self.entries[:0]), getattr(self.seeds, "cnorms", eg.starts),
+                 g.perm, g.starts, g.centroids, g.u8, g.rows,
                  g.norms, self.counts, self.orig_counts, self.base_live, self.split_floor, self.offsets,
-                 self._list_nbytes, self.pv.offsets, self.pv.counts, self.dead_keys, self.dead_ids, self.delta_dead,
+                 self.pv.offsets, self.pv.counts, self.dead_keys, self.dead_ids, self.delta_dead,
                  self.delta_ids, self.delta_locs, self.dv.offsets, self.dv.counts]
         if self.labels is not None:
             parts += list(self.labels.values())
+        if self._direct_pages is not None:  # direct reads' buffer sizes (made by the first direct search)
+            parts.append(self._direct_pages)
         return int(sum(a.nbytes for a in {id(a): a for a in parts}.values()))
 
     def close(self) -> None:

@@ -12,24 +12,24 @@ from collections import namedtuple
 
 __all__ = ["HeadIndex", "head_index", "Plan", "Lists", "Direct", "Scratch", "Out", "Candidates", "Early"]
 
-HeadIndex = namedtuple("HeadIndex", ["heads", "walk", "neighbors", "groups", "entries", "seed_rows"])
+HeadIndex = namedtuple("HeadIndex", ["heads", "walk", "neighbors", "groups", "entries", "seeding"])
 HeadIndex.__doc__ = """The heads as a query searches them: ``heads`` float32 or 8-bit (H, Dh) in head space;
 ``walk`` the heads' :class:`~spann.heads.graph.WalkCodes` (empty: exact walk); ``neighbors`` the
 head graph, an :class:`~spann.heads.graph.Adjacency` (or padded int32 (H, R)); ``groups`` the
 :class:`~spann.heads.groups.HeadGroups` scanned
 instead of walking the graph, None when there are none (build it with :func:`head_index`);
 ``entries`` int32 (E,) where a walk starts;
-``seed_rows`` float32 (E, Dh) the entries' heads, to start from the nearest
-:data:`~spann.heads.graph.SEEDS` of them (empty: start from every entry)."""
+``seeding`` the :class:`~spann.heads.graph.EntryGroups` a single query finds the
+:data:`~spann.heads.graph.SEEDS` entries nearest it in (no rows: start from every entry)."""
 
 
 
-def head_index(heads, walk, neighbors, groups, entries, seed_rows) -> HeadIndex:
+def head_index(heads, walk, neighbors, groups, entries, seeding) -> HeadIndex:
     """A :class:`HeadIndex`; ``groups`` without any group becomes None, so that a kernel
     compiled for it walks the graph and compiles no group search."""
     if groups is not None and groups.centroids.shape[0] == 0:
         groups = None
-    return HeadIndex(heads, walk, neighbors, groups, entries, seed_rows)
+    return HeadIndex(heads, walk, neighbors, groups, entries, seeding)
 
 
 Plan = namedtuple("Plan", ["metric", "ef", "m", "budget", "model", "prune_eps", "rerank", "bound_k"])

@@ -53,7 +53,7 @@ from spann.format.layout import delta_layout, full_entries
 from spann.format.list_writer import pack_entries
 from spann.heads.assign import assign_block
 from spann.heads.compact import as_head_dtype, to_grid
-from spann.heads.graph import assignment_seeds, beam_search, no_walk_codes
+from spann.heads.graph import beam_search, entry_seeds, no_walk_codes
 from spann.heads.groups import group_of_heads, nearest_group
 from spann.io.idmap import MAX_ID, check_ids, lookup_sorted
 from spann.io.index_files import read_root
@@ -186,7 +186,7 @@ class _Batch:
         self.snap = snap
         self.head_dtype = snap.heads.dtype  # 8-bit heads (spann.heads.compact): updated as float32, stored back
         self.heads = snap.heads.astype(np.float32)
-        self.neighbors = snap.neighbors.copy()
+        self.neighbors = snap.neighbors  # padded: a new array
         self.entries = snap.entries
         self.offsets = snap.offsets.copy()
         self.orig_counts = snap.orig_counts.astype(np.int32).copy()  # base lists as built (padded)
@@ -248,7 +248,7 @@ class _Batch:
         ``xh`` int64 (a,), heads int64 (a,), squared distances float32 (a,))."""
         p = self.index.build_params
         R = int(p.replica_count)
-        seeds = assignment_seeds(self.heads, self.entries).for_rows(xh)
+        seeds = entry_seeds(self.heads, self.entries).for_rows(xh)
         rep_i, rep_d, _ = assign_block(xh, self.heads, self.neighbors, seeds, max(p.assign_candidates, 32),
                                        p.assign_candidates, R, np.float32(p.closure_eps), np.float32(p.rng_factor),
                                        max(1, min(xh.shape[0], 16)))

@@ -59,14 +59,15 @@ def test_a_uint8_index_keeps_byte_heads_and_walks_them_exactly(u8_index):
     assert walk_codes(idx.heads, min_dim=1).u8.shape[0] == 0  # no separate codes: the walk reads the heads
     # the walk on the byte heads finds what a walk on the same heads as float32 finds, at the same distances
     f32 = idx.heads.astype(np.float32)
+    graph = idx._snap.graph  # the unpadded graph searches walk
     q = x[:200].astype(np.float32) + np.random.default_rng(1).normal(0, 2, (200, D)).astype(np.float32)
     same, n = 0, 0
     for i in range(q.shape[0]):
         got = [np.full(16, -1, np.int32), np.zeros(16, np.float32)]
         want = [np.full(16, -1, np.int32), np.zeros(16, np.float32)]
         for heads, out in ((idx.heads, got), (f32, want)):
-            beam_search(q[i], heads, idx.neighbors, idx.entries, 48, np.zeros(H, np.uint32), np.uint32(1), out[0],
-                        out[1], no_walk_codes(D))
+            beam_search(q[i], heads, graph, idx.entries, 48, np.zeros(H, np.uint32), np.uint32(1), out[0], out[1],
+                        no_walk_codes(D))
         np.testing.assert_allclose(got[1], want[1], rtol=1e-5)
         exact = ((q[i][None].astype(np.float64) - f32[got[0]]) ** 2).sum(1)  # no code: exact distances
         np.testing.assert_allclose(got[1], exact, rtol=1e-5)
@@ -95,19 +96,40 @@ def test_byte_heads_search_verify_and_cost_a_byte_per_coordinate(u8_index, tmp_p
         w.close()
 
 
-def test_heads_are_the_rounded_centroids_of_an_int8_build(tmp_path):
+def test_an_int8_build_rounds_its_heads_before_the_graph_and_the_assignment(tmp_path, monkeypatch):
+    import spann.builder.pipeline as pipeline
+    seen = []
+    graph_stage = pipeline.graph_stage
+
+    def spy(heads, *a, **kw):  # the heads every later stage sees
+        seen.append(heads.vectors.copy())
+        return graph_stage(heads, *a, **kw)
+
+    monkeypatch.setattr(pipeline, "graph_stage", spy)
     x = _u8_base(dtype=np.int8, seed=3)
     with spann.build(x, tmp_path / "i8.spann", metric="l2", progress=False) as idx:
         assert idx.heads.dtype == np.int8
-        # every head lies near the mean of its list's vectors (a rounded centroid, not a fixed row)
-        assert idx.heads.min() >= -128 and idx.heads.max() <= 127
+        v = seen[0]
+        assert v.dtype == np.float32 and np.array_equal(v, np.rint(v)) and v.min() >= -128 and v.max() <= 127
+        np.testing.assert_array_equal(idx.heads, v)  # stored as the graph and the assignment saw them
+        assert not np.isin(v.view(np.dtype((np.void, 4 * D))).ravel(),
+                           x.astype(np.float32).view(np.dtype((np.void, 4 * D))).ravel()).all()  # centroids, not rows
         r = idx.search(x[:100].astype(np.float32), 1)
         assert np.mean(r.ids[:, 0] == np.arange(100)) > 0.95
     with spann.build(x, tmp_path / "i8ip.spann", metric="ip", progress=False) as idx:
         assert idx.heads.dtype == np.float32  # the inner-product head space is not the data's grid
 
 
-def test_splits_keep_heads_on_the_grid(tmp_path):
+def test_splits_keep_heads_on_the_grid(tmp_path, monkeypatch):
+    import spann.update.apply as apply
+    commits = []
+    commit = apply._commit
+
+    def spy(index, b):  # the heads an update searches and reassigns with, before they are stored
+        commits.append(b.heads.copy())
+        return commit(index, b)
+
+    monkeypatch.setattr(apply, "_commit", spy)
     x = _u8_base(n=3000, d=16, seed=5)
     idx = spann.build(x, tmp_path / "s.spann", metric="l2", progress=False, head_ratio=0.02)
     h0 = idx.heads.shape[0]
@@ -117,6 +139,7 @@ def test_splits_keep_heads_on_the_grid(tmp_path):
         idx.add(part)
     assert idx.attrs["splits"] > 0 and idx.heads.shape[0] > h0
     assert idx.heads.dtype == np.uint8
+    assert all(np.array_equal(h, np.rint(h)) for h in commits) and commits[-1].shape[0] > h0
     r = idx.search(blob[:50].astype(np.float32), 1, max_postings=idx.heads.shape[0], pruner=False)
     d = ((blob[:50, None].astype(np.float64) - np.concatenate([x, blob])[None].astype(np.float64)) ** 2).sum(-1)
     np.testing.assert_allclose(r.distances[:, 0], d.min(1), rtol=1e-5)

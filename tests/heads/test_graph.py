@@ -32,7 +32,7 @@ def test_the_unpadded_graph_holds_the_same_edges_and_walks_the_same():
     adj = adjacency(nb)
     deg = (nb >= 0).sum(1)
     assert adj.ptr.dtype == np.int64 and adj.ids.dtype == np.int32 and adj.ids.size == deg.sum() < nb.size
-    assert np.array_equal(np.diff(adj.ptr), deg) and (adj.ids >= 0).all()
+    assert np.array_equal(np.diff(adj.ptr), deg)
     assert np.array_equal(adj.padded(24), nb)  # each row's neighbours in order, then -1
     q = synthetic_array(100, 16, seed=8, stream=1, n_hint=3000)
     vis = np.zeros(3000, np.uint32)
@@ -185,7 +185,7 @@ def test_entry_seeds_are_the_nearest_entries():
 
 def test_entry_tree_seeds_are_near_entries_and_start_walks_as_well():
     from spann.heads.assign import assign_block
-    from spann.heads.graph import ENTRY_TREE_MIN, SEEDS, EntrySeeds, EntryTree, assignment_seeds, spread_entries
+    from spann.heads.graph import ENTRY_TREE_MIN, SEEDS, EntrySeeds, EntryTree, entry_seeds, spread_entries
     x = synthetic_array(30000, 16, seed=6)
     nb, _ = build_graph(x, degree=24, candidates=48)
     entries = spread_entries(30000, 1500)
@@ -198,8 +198,8 @@ def test_entry_tree_seeds_are_near_entries_and_start_walks_as_well():
     assert np.all(np.diff(d, axis=1) >= -1e-3)  # nearest first
     best, _ = exact_knn(x[entries], q, 1, "l2")
     assert np.mean(got[:, 0] == entries[best[:, 0]]) > 0.9  # the exact nearest entry, mostly
-    assert isinstance(assignment_seeds(x, entries), EntryTree) and entries.size >= ENTRY_TREE_MIN
-    assert isinstance(assignment_seeds(x, entries[:ENTRY_TREE_MIN - 1]), EntrySeeds)
+    assert isinstance(entry_seeds(x, entries), EntryTree) and entries.size >= ENTRY_TREE_MIN
+    assert isinstance(entry_seeds(x, entries[:ENTRY_TREE_MIN - 1]), EntrySeeds)
     # an assignment walk from the tree's seeds finds the nearest head as often as from every entry's
     nearest, _ = exact_knn(x, q, 1, "l2")
     found = []
@@ -207,3 +207,39 @@ def test_entry_tree_seeds_are_near_entries_and_start_walks_as_well():
         rep, _, _ = assign_block(q, x, nb, seeds, 32, 32, 4, np.float32(0.5), np.float32(1.3), 4)
         found.append(np.mean(rep[:, 0] == nearest[:, 0]))
     assert found[0] >= found[1] - 0.01 and found[1] > 0.95, found
+
+
+def test_a_single_query_seeded_from_its_nearest_entry_groups_walks_as_well():
+    from spann.heads.graph import (ENTRY_SEARCH_PROBE, SEEDS, EntrySeeds, EntryTree, entry_seeds, nearest_entries,
+                                   no_entry_groups, seed_entries, spread_entries)
+    x = synthetic_array(30000, 16, seed=6)
+    nb, _ = build_graph(x, degree=24, candidates=48)
+    entries = spread_entries(30000, 1500)
+    q = synthetic_array(500, 16, seed=6, stream=1, n_hint=30000)
+    tree = entry_seeds(x, entries)
+    eg = tree.groups
+    G = eg.centers.shape[0]
+    assert isinstance(tree, EntryTree) and eg.probe == ENTRY_SEARCH_PROBE < G
+    assert np.array_equal(np.sort(eg.entries), np.sort(entries)) and eg.starts[-1] == entries.size
+    everyone = eg._replace(probe=G)  # every group: the nearest entries of all
+    nearest, _ = exact_knn(x, q, 1, "l2")
+    vis = np.zeros(30000, np.uint32)
+    oi, od = np.empty(8, np.int32), np.empty(8, np.float32)
+    found = np.zeros(2)
+    for i in range(len(q)):
+        got = seed_entries(q[i], eg, entries, SEEDS)
+        assert got.shape == (SEEDS,) and np.isin(got, entries).all()
+        d = ((x[got] - q[i]) ** 2).sum(1)
+        assert np.all(np.diff(d) >= -1e-3)  # nearest first
+        full = seed_entries(q[i], everyone, entries, SEEDS)
+        assert np.array_equal(full, nearest_entries(q[i], tree.rows, tree.sorted_entries, SEEDS))
+        for j, seeds in enumerate((got, full)):
+            beam_search(q[i], x, nb, seeds, 32, vis, np.uint32(2 * i + j + 1), oi, od, no_walk_codes(16))
+            found[j] += oi[0] == nearest[i, 0]
+    assert found[0] >= found[1] - 0.01 * len(q) and found[1] > 0.95 * len(q), found
+    # few entries: one group of all of them; very few: no rows, every entry is a seed
+    small = EntrySeeds(x, entries[:500])
+    assert small.groups.centers.shape[0] == 1 and small.groups.probe == 1
+    assert np.array_equal(seed_entries(q[0], small.groups, small.entries, SEEDS),
+                          nearest_entries(q[0], small.rows, small.entries, SEEDS))
+    assert np.array_equal(seed_entries(q[0], no_entry_groups(16), entries[:5], SEEDS), entries[:5])
