@@ -15,6 +15,7 @@ from spann.errors import IndexCorruptError, OutOfMemoryError, ParameterError, Qu
 from spann.format.labels import check_filter
 from spann.io.fetched import FetchCache
 from spann.io.index_files import IndexFiles, directory_bytes
+from spann.io.osio import release_free_heap
 from spann.io.recent import forget
 from spann.io.sources import is_url, open_store
 from spann.params import BuildParams, SearchParams
@@ -238,6 +239,7 @@ class Index:
             return False  # its generation was replaced while we read it: the next call retries
         finally:
             f.close()
+        release_free_heap()  # the new generation's temporaries
         self._install(snap, f.attrs, stamp)
         return True
 

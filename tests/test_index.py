@@ -158,7 +158,7 @@ def test_statistics(synth, synth_index):
     assert (r.lists_read == 8).all()
     # bytes read are whole 4 KiB pages, at least one per list read, never more than the lists span
     assert (r.bytes_read % 4096 == 0).all() and (r.bytes_read >= 4096).all()
-    nb = synth_index.store.list_nbytes
+    nb = synth_index.layout.list_bytes_array(synth_index.counts)
     assert (r.bytes_read <= r.lists_read * (nb.max() + 8192)).all()
     assert (r.distance_evals > 0).all()
     st = synth_index.attrs["stats"]

@@ -20,7 +20,7 @@ from numba.extending import intrinsic
 
 __all__ = ["PAGE", "MADV_NORMAL", "MADV_RANDOM", "MADV_WILLNEED", "MADV_DONTNEED", "reserve", "map_file_fixed",
            "unmap", "reserve_writable", "madvise", "madvise_nb", "evict_files", "populate", "touch_pages",
-           "MADV_SEQUENTIAL", "MADV_POPULATE_READ", "syscall_nb", "errno_nb"]
+           "MADV_SEQUENTIAL", "MADV_POPULATE_READ", "syscall_nb", "errno_nb", "release_free_heap"]
 
 PAGE = mmap.PAGESIZE
 MADV_NORMAL, MADV_RANDOM, MADV_SEQUENTIAL, MADV_WILLNEED, MADV_DONTNEED = 0, 1, 2, 3, 4
@@ -156,6 +156,19 @@ def populate(addr: int, nbytes: int, u8=None) -> None:
         raise _fail("madvise(MADV_POPULATE_READ)")
     at = addr - u8.ctypes.data  # the range lies inside u8's map
     touch_pages(u8, at, at + nbytes)
+
+
+def release_free_heap() -> None:
+    """Give the heap's free memory back to the system (glibc's ``malloc_trim``; nothing
+    elsewhere). Opening an index reads and converts its arrays through temporaries several
+    times the size of what it keeps; glibc keeps freed blocks below its (adaptive) mmap
+    threshold in the heap, where they count as the process's memory (on a 10^6-vector index:
+    25 MiB resident for 12 MiB of arrays before the trim, 16 MiB after)."""
+    try:
+        trim = _c().malloc_trim
+    except AttributeError:  # not glibc
+        return
+    trim(ctypes.c_size_t(0))
 
 
 def evict_files(paths) -> None:

@@ -65,9 +65,8 @@ class LocalPostings(MappedReader):
     def __init__(self, store, root: str, name: str, offsets: np.ndarray, counts: np.ndarray,
                  layout: EntryLayout, geometry: tuple[int, int, int] | None = None):
         self.layout = layout
-        self.list_nbytes = layout.list_bytes_array(counts)
-        self.mapped = open_bytes(store, root, name, need_for_ranges(offsets, self.list_nbytes, f"{root}/{name}"),
-                                 geometry)
+        nbytes = layout.list_bytes_array(counts)  # not kept: 8 bytes per list
+        self.mapped = open_bytes(store, root, name, need_for_ranges(offsets, nbytes, f"{root}/{name}"), geometry)
         self.view = make_view(self.mapped.u8, offsets, counts, layout, prefetchable=not self.fetched)
 
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from spann.codecs.encodings import codebook_view
 from spann.io.index_files import IndexFiles
+from spann.io.osio import release_free_heap
 from spann.params import SearchParams
 from spann.search.breakdown import RecallBreakdown
 from spann.search.planner import SearchPlanner
@@ -50,6 +51,7 @@ class IndexReader:
         self.planner = SearchPlanner(path, self.base, f.layout, f.metric,
                                      self.codebook if f.layout.coded else None,  # what the kernels take
                                      self.fetching)
+        release_free_heap()  # the open's temporaries
 
     def search(self, queries: np.ndarray, k: int, threads: int | None = None, **params: Any) -> SearchResult:
         """A search of ``queries`` (nq, dim) in the opened generation with the default
