@@ -120,15 +120,20 @@ class Snapshot:
     def ram_bytes(self) -> int:
         """Bytes this generation holds in RAM: heads, graph, entry rows, head groups, list
         directories, tombstones, the delta's id directory and the label directory (nothing per
-        base vector), each array once."""
+        base vector), each array once. Not counted: the zero-filled arrays of an index no update
+        has touched (the empty delta's directory, the split sizes), which no search reads, so
+        their pages are never made resident."""
         g = self.groups
         eg = self.seeds.groups
         parts = [self.heads, self.walk.u8, self.graph.ptr, self.graph.ids, self.entries, eg.rows, eg.centers, eg.starts,
                  eg.entries, getattr(self.seeds, "norms", self.entries[:0]), getattr(self.seeds, "cnorms", eg.starts),
-                 g.perm, g.starts, g.centroids, g.u8, g.rows,
-                 g.norms, self.counts, self.orig_counts, self.base_live, self.split_floor, self.offsets,
-                 self.pv.offsets, self.pv.counts, self.dead_keys, self.dead_ids, self.delta_dead,
-                 self.delta_ids, self.delta_locs, self.dv.offsets, self.dv.counts]
+                 g.perm, g.starts, g.centroids, g.u8, g.rows, g.norms, self.counts, self.orig_counts, self.base_live,
+                 self.offsets, self.pv.offsets, self.pv.counts, self.dead_keys, self.dead_ids, self.delta_dead,
+                 self.delta_ids, self.delta_locs]
+        if self.has_delta:
+            parts += [self.dv.offsets, self.dv.counts]
+        if self.generation > 1:
+            parts.append(self.split_floor)
         if self.labels is not None:
             parts += list(self.labels.values())
         if self._direct_pages is not None:  # direct reads' buffer sizes (made by the first direct search)
