@@ -13,6 +13,8 @@ fewer than 1,024 entries one group of them all).
 
 Usage:
     python benchmarks/bench_head_search.py /work/scratch/scale/idx-1000000.spann /work/scratch/scale/idx-10000000.spann
+    python benchmarks/bench_head_search.py --rows-of /work/scratch/scale/base-10000000.u8bin \
+        --row-heads 100000,1000000 --probes 0,1000000
 """
 
 from __future__ import annotations
@@ -27,14 +29,36 @@ from pathlib import Path
 import numpy as np
 
 
-def measure(path: str, q: np.ndarray, efs: list[int], probe: int = 0) -> dict:
+def rows_as_heads(base: str, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A stand-in head set beyond the indexes at hand: the first ``n`` rows of the uint8 vector
+    file ``base`` as heads, with a head graph built as a build builds it (default parameters).
+    Rows are not centroids (they lie closer together), so this measures the graph and the
+    seeding at that head count, not a real index's heads. Returns (heads, neighbors, entries)."""
+    from spann.datasets.formats import open_vectors
+    from spann.heads.graph import build_graph
+    from spann.params import BuildParams
+    with open_vectors(base) as vf:
+        heads = np.ascontiguousarray(vf.take(np.arange(n)))
+    p = BuildParams()
+    t = time.perf_counter()
+    nb, entries = build_graph(heads.astype(np.float32), degree=p.graph_degree, candidates=p.graph_candidates,
+                              alpha=p.graph_alpha)
+    print(f"graph over {n:,} rows: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+    return heads, nb, entries
+
+
+def measure(path: str, q: np.ndarray, efs: list[int], probe: int = 0, rows: tuple | None = None) -> dict:
     import spann
     from spann.heads.graph import SEEDS, adjacency, beam_search, entry_seeds, seed_entries, walk_codes
     from spann.kernels.exact import exact_knn
-    with spann.open(path) as idx:  # the heads as the index holds them (8-bit data: its dtype)
-        heads = np.ascontiguousarray(idx.heads)
-        graph = adjacency(np.asarray(idx.neighbors))
-        entries = np.ascontiguousarray(np.asarray(idx.entries))
+    if rows is not None:
+        heads, nb, entries = rows
+        graph = adjacency(nb)
+    else:
+        with spann.open(path) as idx:  # the heads as the index holds them (8-bit data: its dtype)
+            heads = np.ascontiguousarray(idx.heads)
+            graph = adjacency(np.asarray(idx.neighbors))
+            entries = np.ascontiguousarray(np.asarray(idx.entries))
     H = heads.shape[0]
     qh = np.ascontiguousarray(q[:, :heads.shape[1]], dtype=np.float32)
     truth, _ = exact_knn(np.ascontiguousarray(heads, dtype=np.float32), qh, 32, "l2", base_block=8192,
@@ -70,7 +94,9 @@ def measure(path: str, q: np.ndarray, efs: list[int], probe: int = 0) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("indexes", nargs="+")
+    ap.add_argument("indexes", nargs="*")
+    ap.add_argument("--rows-of", help="a uint8 vector file whose first rows stand in for heads (see rows_as_heads)")
+    ap.add_argument("--row-heads", default="", help="head counts to take from --rows-of, e.g. 100000,1000000")
     ap.add_argument("--queries", help="float32 .npy of queries (default: the scale benchmark's)")
     ap.add_argument("--ef", default="32,64,128,256")
     ap.add_argument("--probes", default="0", help="entry groups a query's seeds come from (0: the index's own; "
@@ -84,9 +110,15 @@ def main() -> None:
         q = Mixture(10**7).rows(0, 1000, stream=1).astype(np.float32)
     from spann.kernels.threads import NumbaThreads
     with NumbaThreads(1):
+        efs = [int(v) for v in a.ef.split(",")]
         for p in a.indexes:
             for probe in (int(v) for v in a.probes.split(",")):
-                print(json.dumps(measure(p, q, [int(v) for v in a.ef.split(",")], probe), indent=1), flush=True)
+                print(json.dumps(measure(p, q, efs, probe), indent=1), flush=True)
+    for n in (int(v) for v in a.row_heads.split(",") if v):
+        rows = rows_as_heads(a.rows_of, n)  # the graph build on every core
+        with NumbaThreads(1):
+            for probe in (int(v) for v in a.probes.split(",")):
+                print(json.dumps(measure(f"{a.rows_of}[:{n}]", q, efs, probe, rows), indent=1), flush=True)
 
 
 if __name__ == "__main__":
