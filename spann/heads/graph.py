@@ -640,6 +640,15 @@ def no_entry_groups(dim: int) -> EntryGroups:
                        np.zeros(0, np.int32), 0)
 
 
+@numba.njit(cache=True, fastmath=_FM, nogil=True, inline="always")
+def _nearest_in_groups(x, rows, entries, starts, groups, bd, bi):
+    """The entries of ``groups`` (rows and entries in group order, group g at
+    ``starts[g]:starts[g + 1]``) nearest ``x``, kept by insertion in ``bd``/``bi``."""
+    for g in groups:
+        for e in range(starts[g], starts[g + 1]):
+            topk_insert(bd, bi, sq_l2(x, rows[e]), entries[e])
+
+
 @numba.njit(cache=True, fastmath=_FM, nogil=True)
 def seed_entries(x, eg, all_entries, m):
     """The entries a walk for head-space row ``x`` (float32 (Dh,)) starts from: int32, the
@@ -656,10 +665,7 @@ def seed_entries(x, eg, all_entries, m):
         topk_insert(gd, gi, sq_l2(x, eg.centers[g]), g)
     bd = np.full(m, np.inf, np.float32)
     out = np.full(m, -1, np.int32)
-    for j in range(eg.probe):
-        g = gi[j]
-        for e in range(eg.starts[g], eg.starts[g + 1]):
-            topk_insert(bd, out, sq_l2(x, eg.rows[e]), eg.entries[e])
+    _nearest_in_groups(x, eg.rows, eg.entries, eg.starts, gi, bd, out)
     n = 0
     while n < m and out[n] >= 0:
         n += 1
@@ -724,9 +730,7 @@ def _group_seeds(x, rows, entries, starts, near, m, out):
     for i in numba.prange(x.shape[0]):
         bd = np.full(m, np.inf, np.float32)
         bi = np.full(m, -1, np.int32)
-        for g in near[i]:
-            for e in range(starts[g], starts[g + 1]):
-                topk_insert(bd, bi, sq_l2(x[i], rows[e]), entries[e])
+        _nearest_in_groups(x[i], rows, entries, starts, near[i], bd, bi)
         for j in range(m):
             out[i, j] = bi[j] if bi[j] >= 0 else bi[0]
 

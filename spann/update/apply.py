@@ -195,6 +195,7 @@ class _Batch:
         self.dead_ids = snap.dead_ids
         self.delta_dead = snap.delta_dead  # deleted ids still in the delta's files
         self.graph_dirty = False  # heads/graph/base directory changed (a split)
+        self._seeder = snap.seeds  # where assignment walks start; rebuilt after a split moves heads
         groups = snap.groups  # every head's group (the searches' head groups), kept for the heads a split moves
         self.group_labels = group_of_heads(groups) if groups.centroids.shape[0] else None
         self.split_floor = snap.split_floor.astype(np.int64).copy()  # sizes at which splits failed
@@ -248,7 +249,9 @@ class _Batch:
         ``xh`` int64 (a,), heads int64 (a,), squared distances float32 (a,))."""
         p = self.index.build_params
         R = int(p.replica_count)
-        seeds = entry_seeds(self.heads, self.entries).for_rows(xh)
+        if self._seeder is None:
+            self._seeder = entry_seeds(self.heads, self.entries)
+        seeds = self._seeder.for_rows(xh)
         rep_i, rep_d, _ = assign_block(xh, self.heads, self.neighbors, seeds, max(p.assign_candidates, 32),
                                        p.assign_candidates, R, np.float32(p.closure_eps), np.float32(p.rng_factor),
                                        max(1, min(xh.shape[0], 16)))
@@ -310,6 +313,7 @@ class _Batch:
             return False
         self.splits += 1
         self.graph_dirty = True
+        self._seeder = None  # head h moves (it may be an entry)
         # list h's entries leave (its base list retires); the vectors' other lists keep theirs
         d.keep(~in_h)
         self.base_live[h] = False
