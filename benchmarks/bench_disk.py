@@ -72,6 +72,8 @@ def main() -> None:
     ap.add_argument("--index", required=True)
     ap.add_argument("--build-params", default="{}", help="JSON build parameters (if the index is built here)")
     ap.add_argument("--rebuild", action="store_true")
+    ap.add_argument("--baseline-index", help="a second spann index of the same data, timed in the same turns "
+                    "(row label spann-baseline)")
     ap.add_argument("--sweep", default="8,12,16,24,32,48,64", help="max_postings values, or max_postings/rerank")
     ap.add_argument("--no-pruner-sweep", default="", help="max_postings values measured with the pruner off")
     ap.add_argument("--no-bound-sweep", default="",
@@ -120,14 +122,18 @@ def main() -> None:
                                                                      "pq_bytes_per_vector", "params")}
     if a.rebuild or not (Path(a.index) / "zarr.json").exists():
         report["build"] = _build(str(m.path("base")), a.index, m.metric, json.loads(a.build_params))
-    idx = spann.open(a.index)
-    idx.prepare()
-    info = idx.info()
-    st = info["stats"]
-    report["spann_index"] = {"encoding": idx.layout.encoding, "heads": st["heads"],
-                             "replicas_per_vector": st["replicas_per_vector"], "disk_bytes": info["disk_bytes"],
-                             "raw_bytes": st["raw_bytes"], "ram_bytes": info["ram_bytes"],
-                             "pruner": idx.pruner is not None}
+    indexes = {"spann": spann.open(a.index)}
+    if a.baseline_index:
+        indexes["spann-baseline"] = spann.open(a.baseline_index)
+    for sysname, idx in indexes.items():
+        idx.prepare()
+        info = idx.info()
+        st = info["stats"]
+        report[f"{sysname.replace('-', '_')}_index"] = {
+            "path": str(a.index if sysname == "spann" else a.baseline_index), "encoding": idx.layout.encoding,
+            "heads": st["heads"], "replicas_per_vector": st["replicas_per_vector"],
+            "soar_lambda": idx.build_params.soar_lambda, "disk_bytes": info["disk_bytes"],
+            "raw_bytes": st["raw_bytes"], "ram_bytes": info["ram_bytes"], "pruner": idx.pruner is not None}
     def point(v: str, **kw) -> dict:  # "24" or "24/12" (max_postings / rerank)
         mp, _, rr = v.partition("/")
         return {"max_postings": int(mp), **({"rerank": int(rr)} if rr else {}), **kw}
@@ -166,17 +172,20 @@ def main() -> None:
 
     # recall and I/O on the sample (batch), then warm latencies interleaved with faiss
     rec = {}
-    for p in points + direct_points:
-        r = idx.search(qs, 10, **p)
-        rec[json.dumps(p)] = (recall_at_k(r.ids, gs, 10), float(r.lists_read.mean()), float(r.bytes_read.mean()) / 1024)
+    for sysname, idx in indexes.items():
+        for p in points + direct_points:
+            r = idx.search(qs, 10, **p)
+            rec[(sysname, json.dumps(p))] = (recall_at_k(r.ids, gs, 10), float(r.lists_read.mean()),
+                                             float(r.bytes_read.mean()) / 1024)
     frec = {}
     for name, p, ivf in faiss_cfg:
         ivf.nprobe = p["nprobe"]
         frec[(name, p["nprobe"])] = recall_at_k(ivf.search(xq, 10)[1], gs, 10)
-    idx.preload()  # warm: every page in RAM and mapped, as in a process that has served a while
-    lat = {json.dumps(p): [] for p in points}
+    for idx in indexes.values():
+        idx.preload()  # warm: every page in RAM and mapped, as in a process that has served a while
+    lat = {(sysname, json.dumps(p)): [] for sysname in indexes for p in points}
     flat = {(name, p["nprobe"]): [] for name, p, _ in faiss_cfg}
-    runs = [("spann", p) for p in points] + [("faiss", c) for c in faiss_cfg]
+    runs = [(sysname, p) for sysname in indexes for p in points] + [("faiss", c) for c in faiss_cfg]
     # configurations take turns on blocks of queries: each block runs back to back in one
     # configuration (its heads, centroids and graph stay in the CPU caches, as when a service
     # runs one configuration), in an order drawn anew per block, so a shared machine's load and
@@ -184,10 +193,10 @@ def main() -> None:
     for s, e, order in block_turns(len(sample), a.block, len(runs), seed=1):
         for kind, c in (runs[i] for i in order):
             for j in range(s, e):
-                if kind == "spann":
+                if kind in indexes:
                     t = time.perf_counter()
-                    idx.search(qs[j], 10, **c)
-                    lat[json.dumps(c)].append(time.perf_counter() - t)
+                    indexes[kind].search(qs[j], 10, **c)
+                    lat[(kind, json.dumps(c))].append(time.perf_counter() - t)
                 else:
                     name, p, ivf = c
                     ivf.nprobe = p["nprobe"]
@@ -199,10 +208,11 @@ def main() -> None:
     # queries, in an order drawn anew per block: a shared disk's drift (1.7x within 40 minutes
     # seen here) falls on both alike, so their ratio is taken at one time, not an hour apart
     dk_sweep = list(dict.fromkeys(max(int(v), 10) for v in a.diskann_sweep.split(","))) if server else []
-    cold = {json.dumps(p): [] for p in points + direct_points}
+    cold = {(sysname, json.dumps(p)): [] for sysname in indexes for p in points + direct_points}
     dk_lat = {L: [] for L in dk_sweep}
     dk_ids = {L: [] for L in dk_sweep}
-    cold_runs = [("spann", p) for p in points + direct_points] + [("diskann", L) for L in dk_sweep]
+    cold_runs = [(sysname, p) for sysname in indexes for p in points + direct_points]
+    cold_runs += [("diskann", L) for L in dk_sweep]
     try:
         for s, e, order in block_turns(len(sample), a.cold_block, len(cold_runs), seed=2):
             for kind, c in (cold_runs[i] for i in order):
@@ -219,23 +229,24 @@ def main() -> None:
                     dk_lat[c].extend(lat_ms.tolist())
                     dk_ids[c].append(ids)
                     continue
+                idx = indexes[kind]
                 for j in range(s, e):
                     idx.evict()
                     t = time.perf_counter()
                     idx.search(qs[j], 10, **c)
-                    cold[json.dumps(c)].append(time.perf_counter() - t)
+                    cold[(kind, json.dumps(c))].append(time.perf_counter() - t)
     finally:
         if server is not None:
             server.close()
     rows = []
-    for p in points + direct_points:
-        key = json.dumps(p)
+    for sysname, p in ((sysname, p) for sysname in indexes for p in points + direct_points):
+        key = (sysname, json.dumps(p))
         r, lists, kib = rec[key]
         c = np.array(cold[key]) * 1e3
         label = "" if p.get("pruner", True) else " (pruner off)"
         label += "" if p.get("rerank_bound", True) else " (bound off)"
         label += " direct" if p.get("direct") else ""
-        row = {"system": "spann" + label, "params": p, "recall": r, "lists": lists, "kib": kib,
+        row = {"system": sysname + label, "params": p, "recall": r, "lists": lists, "kib": kib,
                "cold_median_ms": float(np.median(c)), "cold_mean_ms": float(c.mean()),
                "cold_p99_ms": float(np.percentile(c, 99))}
         if key in lat:
@@ -246,7 +257,8 @@ def main() -> None:
         w = np.array(flat[(name, p["nprobe"])]) * 1e3
         rows.append({"system": name, "params": p, "recall": frec[(name, p["nprobe"])],
                      "warm_median_ms": float(np.median(w)), "warm_mean_ms": float(w.mean())})
-    idx.close()
+    for idx in indexes.values():
+        idx.close()
     (out / "rows_spann_faiss.json").write_text(json.dumps(rows, indent=2))
 
     for L in dk_sweep:

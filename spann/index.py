@@ -145,7 +145,7 @@ class Index:
         self.dim: int = r.dim
         self.n: int = int(r.attrs["n"])
         self.dtype = r.dtype
-        self.build_params = BuildParams.from_dict(r.attrs["params"])
+        self.build_params = BuildParams.stored(r.attrs["params"])
 
     # the current generation's parts (read-only views for callers and tests)
     heads = property(lambda self: self._snap.heads)

@@ -123,6 +123,11 @@ class BuildParams(_Params):
         (squared distances); above 1 keeps more boundary replicas. None = by encoding: 2.0
         coded, 1.3 full.
     replica_count: max posting lists per vector. None = by encoding: 6 coded, 8 full.
+    soar_lambda: how replicas are chosen among the heads the closure rule admits: 0 = the RNG
+        rule (``rng_factor``); above 0 = the SOAR rule with this weight on the orthogonality
+        penalty (see :mod:`spann.heads.assign`). None = by encoding: 1.0 coded (a replica costs
+        a few bytes; SOAR's replicas reach a recall with fewer lists), 0 full (each replica is a
+        whole vector: the RNG rule keeps few).
     assign_candidates: nearest heads examined per vector when choosing replicas.
     graph_degree: out-degree of the head graph.
     graph_candidates: kNN candidates per head before RNG pruning.
@@ -167,6 +172,7 @@ class BuildParams(_Params):
     replica_count: int | None = None
     closure_eps: float | None = None
     rng_factor: float | None = None
+    soar_lambda: float | None = None
     assign_candidates: int = 64
     graph_degree: int = 32
     graph_candidates: int = 64
@@ -210,6 +216,8 @@ class BuildParams(_Params):
                f"closure_eps must be in [0, 1e6] (or None: by encoding), got {self.closure_eps!r}")
         _check(self.rng_factor is None or _real(self.rng_factor) and 0 < self.rng_factor <= 1e6,
                f"rng_factor must be in (0, 1e6] (or None: by encoding), got {self.rng_factor!r}")
+        _check(self.soar_lambda is None or _real(self.soar_lambda) and 0 <= self.soar_lambda <= 1e6,
+               f"soar_lambda must be in [0, 1e6] (or None: by encoding), got {self.soar_lambda!r}")
         _check(_int(self.assign_candidates) and (self.replica_count or 8) <= self.assign_candidates <= 1024,
                f"assign_candidates must be in replica_count..1024, got {self.assign_candidates!r}")
         _check(_int(self.graph_degree) and 4 <= self.graph_degree <= 256,
@@ -236,12 +244,20 @@ class BuildParams(_Params):
 
     def resolved(self, codec) -> "BuildParams":
         """These parameters with the encoding chosen: ``codec`` (a :class:`spann.codecs.Codec`)
-        gives its name and the replica rules (replica_count, closure_eps, rng_factor) left None."""
+        gives its name and the replica rules (replica_count, closure_eps, rng_factor, soar_lambda)
+        left None."""
         return self.replace(
             encoding=codec.name,
             replica_count=self.replica_count if self.replica_count is not None else codec.replica_count,
             closure_eps=self.closure_eps if self.closure_eps is not None else codec.closure_eps,
-            rng_factor=self.rng_factor if self.rng_factor is not None else codec.rng_factor)
+            rng_factor=self.rng_factor if self.rng_factor is not None else codec.rng_factor,
+            soar_lambda=self.soar_lambda if self.soar_lambda is not None else codec.soar_lambda)
+
+    @classmethod
+    def stored(cls, d: dict[str, Any]) -> "BuildParams":
+        """The parameters an index's metadata records; an index written before the SOAR rule
+        existed chose its replicas by the RNG rule (``soar_lambda`` 0)."""
+        return cls.from_dict({"soar_lambda": 0.0, **d})
 
 
 @dataclass(frozen=True)

@@ -200,7 +200,7 @@ def _assign_task(spec, part, metric_name, max_norm, shared, params, runs_dir, n_
                 rep_i, rep_d, cnt = assign_block(x, heads_vectors, neighbors, seeds_of.for_rows(x), ef,
                                                  params.assign_candidates, params.replica_count,
                                                  np.float32(params.closure_eps), np.float32(params.rng_factor),
-                                                 threads * 8)
+                                                 np.float32(params.soar_lambda), threads * 8)
                 if cnt.min() < 1:
                     raise RuntimeError("a vector found no head during assignment")
                 runs.add_block(s, rep_i, rep_d, cnt)

@@ -179,7 +179,7 @@ def graph_check(sample: Sample, heads: Heads, graph: HeadGraph, params: BuildPar
 def assign_stage(src, metric: Metric, max_norm: float, heads: Heads, graph: HeadGraph, params: BuildParams,
                  threads: int, progress: bool = False, runs_dir: Path | None = None,
                  n_buckets: int = 1) -> AssignmentRuns:
-    """Nearest head + boundary replicas of every vector (closure and RNG rules), streamed in
+    """Nearest head + boundary replicas of every vector (closure and RNG or SOAR rules), streamed in
     blocks and spilled to ``runs_dir`` in ``n_buckets`` head buckets (see :mod:`spann.builder.spill`)."""
     R = params.replica_count
     ef = max(params.assign_candidates, 32)
@@ -195,7 +195,8 @@ def assign_stage(src, metric: Metric, max_norm: float, heads: Heads, graph: Head
             seeds = seeder.for_rows(x)
             rep_i, rep_d, cnt = assign_block(x, heads.vectors, graph.neighbors, seeds, ef,
                                              params.assign_candidates, R, np.float32(params.closure_eps),
-                                             np.float32(params.rng_factor), threads * 8)
+                                             np.float32(params.rng_factor), np.float32(params.soar_lambda),
+                                             threads * 8)
             if cnt.min() < 1:  # the graph search always finds a head; anything else is a bug
                 raise RuntimeError("a vector found no head during assignment")
             runs.add_block(s, rep_i, rep_d, cnt)

@@ -72,7 +72,7 @@ class Codec:
         that cannot reach the top k (``SearchParams.rerank_bound``).
     verify_factors: ``spann verify`` checks every entry's factors (finite ``|x - c| >= 0``,
         ``0 < <o_bar, u> <= 1``).
-    replica_count, closure_eps, rng_factor: the build's replica rules when
+    replica_count, closure_eps, rng_factor, soar_lambda: the build's replica rules when
         :class:`~spann.params.BuildParams` leaves them None.
     """
 
@@ -88,6 +88,7 @@ class Codec:
     replica_count: int = 6
     closure_eps: float = 2.0
     rng_factor: float = 2.0
+    soar_lambda: float = 1.0
 
     # -- layout -------------------------------------------------------------------------------
     def code_bytes(self, dim: int, dtype: str) -> int:
@@ -153,6 +154,7 @@ class FullCodec(Codec):
     replica_count = 8
     closure_eps = 0.5
     rng_factor = 1.3
+    soar_lambda = 0.0
 
     def code_bytes(self, dim: int, dtype: str) -> int:
         return dim * np.dtype(dtype).itemsize

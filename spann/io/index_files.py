@@ -261,7 +261,9 @@ class IndexFiles:
         if version >= 5:  # nested records exactly as written (the checksum already covers their values)
             check_exact(attrs["layout"], layout.to_dict(), f"{where}/zarr.json", "the posting layout")
             try:
-                full_params = BuildParams.from_dict(params).to_dict()
+                full_params = BuildParams.stored(params).to_dict()
+                if "soar_lambda" not in params:  # written before the rule existed
+                    del full_params["soar_lambda"]
             except (TypeError, ValueError, SpannError) as e:
                 raise IndexCorruptError(f"{where}/zarr.json: unreadable build parameters ({str(e).splitlines()[0]})") \
                     from None

@@ -8,7 +8,7 @@ State of a generation (``gen-NNNNNN/`` inside the index, named by the root ``zar
 - tombstones: ``dead_keys`` (what the base lists store: ids for full vectors, vector-store rows
   for coded postings) and ``dead_ids``, both sorted; searches skip them;
 - the *delta*: every vector added since the build (or moved by a split), full precision, in
-  variable-length lists per head with the same replica rules as the build (closure + RNG),
+  variable-length lists per head under the build's closure and RNG rules (whole vectors: no SOAR),
   plus the label lists of its rare labels.
 
 An insert goes to its nearest heads' delta lists. A list (base + delta) grown past
@@ -245,8 +245,9 @@ class _Batch:
         return np.ascontiguousarray(x, dtype=np.float32)
 
     def assign(self, xh: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Replica heads (closure + RNG rules, as the build) of head-space rows: (rows into
-        ``xh`` int64 (a,), heads int64 (a,), squared distances float32 (a,))."""
+        """Replica heads of head-space rows under the build's closure and RNG rules (delta lists
+        hold whole vectors, so inserts take the RNG rule even where the build took SOAR's): (rows
+        into ``xh`` int64 (a,), heads int64 (a,), squared distances float32 (a,))."""
         p = self.index.build_params
         R = int(p.replica_count)
         if self._seeder is None:
@@ -254,7 +255,7 @@ class _Batch:
         seeds = self._seeder.for_rows(xh)
         rep_i, rep_d, _ = assign_block(xh, self.heads, self.neighbors, seeds, max(p.assign_candidates, 32),
                                        p.assign_candidates, R, np.float32(p.closure_eps), np.float32(p.rng_factor),
-                                       max(1, min(xh.shape[0], 16)))
+                                       np.float32(0.0), max(1, min(xh.shape[0], 16)))
         ok = rep_i >= 0
         rows = np.broadcast_to(np.arange(xh.shape[0])[:, None], rep_i.shape)[ok]
         return rows.astype(np.int64), rep_i[ok].astype(np.int64), rep_d[ok]

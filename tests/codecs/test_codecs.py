@@ -58,10 +58,11 @@ def test_layout_facts(name):
 @pytest.mark.parametrize("name", list(FACTS))
 def test_replica_rules_and_rerank_depth(name):
     c = get_codec(name)
-    want = (6, 2.0, 2.0) if c.coded else (8, 0.5, 1.3)
+    want = (6, 2.0, 2.0, 1.0) if c.coded else (8, 0.5, 1.3, 0.0)
     p = BuildParams().resolved(c)
-    assert (p.encoding, p.replica_count, p.closure_eps, p.rng_factor) == (name, *want)
+    assert (p.encoding, p.replica_count, p.closure_eps, p.rng_factor, p.soar_lambda) == (name, *want)
     assert BuildParams(replica_count=3, closure_eps=1.0, rng_factor=1.5).resolved(c).replica_count == 3
+    assert BuildParams(soar_lambda=0.0).resolved(c).soar_lambda == 0.0
     sp = SearchParams()
     assert sp.effective_rerank(10, c) == (15 if name == "sq8" else 30)
     assert sp.effective_rerank(40, c) == (60 if name == "sq8" else 120)

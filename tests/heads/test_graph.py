@@ -204,7 +204,7 @@ def test_entry_tree_seeds_are_near_entries_and_start_walks_as_well():
     nearest, _ = exact_knn(x, q, 1, "l2")
     found = []
     for seeds in (tree.for_rows(q), EntrySeeds(x, entries).for_rows(q)):
-        rep, _, _ = assign_block(q, x, nb, seeds, 32, 32, 4, np.float32(0.5), np.float32(1.3), 4)
+        rep, _, _ = assign_block(q, x, nb, seeds, 32, 32, 4, np.float32(0.5), np.float32(1.3), np.float32(0.0), 4)
         found.append(np.mean(rep[:, 0] == nearest[:, 0]))
     assert found[0] >= found[1] - 0.01 and found[1] > 0.95, found
 
