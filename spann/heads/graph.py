@@ -84,7 +84,8 @@ def walk_codes(heads: np.ndarray, min_dim: int = WALK_CODES_MIN_DIM) -> WalkCode
 
 class Adjacency(NamedTuple):
     """The head graph without its padding, as an open index holds it (numba-passable): head h's
-    neighbours are ``ids[ptr[h]:ptr[h + 1]]``; ``ptr`` int64 (H + 1,), ``ids`` int32 (edges,).
+    neighbours are ``ids[ptr[h]:ptr[h + 1]]``; ``ptr`` (H + 1,) int32 (int64 from 2^31 padded
+    slots on: ~67M heads of degree 32), ``ids`` int32 (edges,).
     The graph is stored padded (int32 (H, R), -1 after a head's last neighbour); RNG pruning
     leaves most heads short of R (a mean degree of 21 of 32 on 50k heads of a 10^6 SIFT-like
     set), so this holds about two thirds of the padded bytes."""
@@ -103,7 +104,7 @@ class Adjacency(NamedTuple):
 def adjacency(neighbors: np.ndarray) -> Adjacency:
     """:class:`Adjacency` of a padded graph (int32 (H, R), each row's neighbours first, then -1)."""
     deg = (neighbors >= 0).sum(axis=1)
-    ptr = np.zeros(neighbors.shape[0] + 1, np.int64)
+    ptr = np.zeros(neighbors.shape[0] + 1, np.int32 if neighbors.size < 2**31 else np.int64)
     np.cumsum(deg, out=ptr[1:])
     return Adjacency(ptr, np.ascontiguousarray(neighbors[neighbors >= 0], dtype=np.int32))
 

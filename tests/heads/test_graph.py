@@ -31,7 +31,7 @@ def test_the_unpadded_graph_holds_the_same_edges_and_walks_the_same():
     nb, entries = build_graph(x, degree=24, candidates=48)
     adj = adjacency(nb)
     deg = (nb >= 0).sum(1)
-    assert adj.ptr.dtype == np.int64 and adj.ids.dtype == np.int32 and adj.ids.size == deg.sum() < nb.size
+    assert adj.ptr.dtype == np.int32 and adj.ids.dtype == np.int32 and adj.ids.size == deg.sum() < nb.size
     assert np.array_equal(np.diff(adj.ptr), deg)
     assert np.array_equal(adj.padded(24), nb)  # each row's neighbours in order, then -1
     q = synthetic_array(100, 16, seed=8, stream=1, n_hint=3000)
