@@ -624,7 +624,7 @@ def nearest_entries(x, rows, entries, m):
 
 class EntryGroups(NamedTuple):
     """How a kernel seeds a single query's walk (numba-passable): the entry heads' rows
-    ``rows`` float32 (E, Dh) and ids ``entries`` int32 (E,) in group order, group g at
+    ``rows`` (E, Dh, the heads' dtype) and ids ``entries`` int32 (E,) in group order, group g at
     ``starts[g]:starts[g + 1]`` (int64 (G + 1,)) with centre ``centers[g]`` (float32 (G, Dh));
     the query's SEEDS nearest entries are sought among the ``probe`` groups whose centres are
     nearest it (all G: every entry). ``rows`` empty: every entry is a seed."""
@@ -635,9 +635,10 @@ class EntryGroups(NamedTuple):
     probe: int
 
 
-def no_entry_groups(dim: int) -> EntryGroups:
-    """Empty :class:`EntryGroups`: a kernel starts from every entry it is given."""
-    return EntryGroups(np.zeros((0, dim), np.float32), np.zeros(1, np.int64), np.zeros((0, dim), np.float32),
+def no_entry_groups(dim: int, dtype=np.float32) -> EntryGroups:
+    """Empty :class:`EntryGroups` (rows of ``dtype``, the heads' dtype: one compiled kernel for
+    indexes with and without groups): a kernel starts from every entry it is given."""
+    return EntryGroups(np.zeros((0, dim), np.float32), np.zeros(1, np.int64), np.zeros((0, dim), dtype),
                        np.zeros(0, np.int32), 0)
 
 
@@ -688,12 +689,13 @@ class EntrySeeds:
         self.all = self.entries.size <= ALL_ENTRIES_MAX
         self._one = self.entries[None, :]  # one query's seeds when all entries are compared: no copy
         if self.all:
-            self.groups = no_entry_groups(heads.shape[1])
+            self.groups = no_entry_groups(heads.shape[1], heads.dtype)
         else:
             self.rows = np.ascontiguousarray(heads[self.entries], dtype=np.float32)
             self.norms = np.einsum("ij,ij->i", self.rows, self.rows)
+            own = self.rows if heads.dtype == np.float32 else np.ascontiguousarray(heads[self.entries])
             self.groups = EntryGroups(self.rows.mean(axis=0, keepdims=True), np.array([0, self.entries.size], np.int64),
-                                      self.rows, self.entries, 1)
+                                      own, self.entries, 1)
 
     def for_rows(self, x: np.ndarray) -> np.ndarray:
         e = self.entries
@@ -752,7 +754,7 @@ class EntryTree:
         G = int(math.ceil(math.sqrt(E)))
         labels, centers = balanced_kmeans(rows, G, rng=np.random.default_rng([seed, 29]))
         order = np.argsort(labels, kind="stable")
-        self.rows = np.ascontiguousarray(rows[order])
+        self.rows = np.ascontiguousarray(heads[self.entries[order]])  # the heads' dtype: 8-bit heads keep 8-bit rows
         self.sorted_entries = np.ascontiguousarray(self.entries[order])
         self.starts = np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=G))]).astype(np.int64)
         self.centers = np.ascontiguousarray(centers, dtype=np.float32)

@@ -243,3 +243,22 @@ def test_a_single_query_seeded_from_its_nearest_entry_groups_walks_as_well():
     assert np.array_equal(seed_entries(q[0], small.groups, small.entries, SEEDS),
                           nearest_entries(q[0], small.rows, small.entries, SEEDS))
     assert np.array_equal(seed_entries(q[0], no_entry_groups(16), entries[:5], SEEDS), entries[:5])
+
+
+def test_entry_rows_keep_the_heads_dtype():
+    """8-bit heads keep 8-bit entry rows (a quarter of the float32 bytes) and seed as the same
+    heads in float32 do."""
+    from spann.heads.graph import EntrySeeds, EntryTree, seed_entries, spread_entries
+    x8 = synthetic_array(20000, 16, seed=7, dtype="uint8")
+    xf = x8.astype(np.float32)
+    q = synthetic_array(300, 16, seed=7, stream=1, n_hint=20000, dtype="uint8").astype(np.float32)
+    for entries in (spread_entries(20000, 1200), spread_entries(20000, 300), spread_entries(20000, 40)):
+        for kind in (EntryTree, EntrySeeds):
+            if kind is EntryTree and entries.size < 64:
+                continue
+            s8, sf = kind(x8, entries), kind(xf, entries)
+            assert s8.groups.rows.dtype == np.uint8 and sf.groups.rows.dtype == np.float32
+            np.testing.assert_array_equal(s8.for_rows(q), sf.for_rows(q))
+            for i in range(0, 300, 37):
+                np.testing.assert_array_equal(seed_entries(q[i], s8.groups, entries, 16),
+                                              seed_entries(q[i], sf.groups, entries, 16))
