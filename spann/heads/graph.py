@@ -675,7 +675,7 @@ def seed_entries(x, eg, all_entries, m):
 
 
 class EntrySeeds:
-    """Where walks start: the entry heads (int32 (E,)) and their rows, kept for BLAS.
+    """Where walks start: the entry heads (int32 (E,)) and their rows (the heads' dtype).
 
     ``for_rows(x)`` gives int32 (b, m) seeds for head-space rows ``x`` (float32 (b, Dh)): all E
     entries when E <= ALL_ENTRIES_MAX, else each row's SEEDS nearest entries (one row: one
@@ -691,11 +691,11 @@ class EntrySeeds:
         if self.all:
             self.groups = no_entry_groups(heads.shape[1], heads.dtype)
         else:
-            self.rows = np.ascontiguousarray(heads[self.entries], dtype=np.float32)
-            self.norms = np.einsum("ij,ij->i", self.rows, self.rows)
-            own = self.rows if heads.dtype == np.float32 else np.ascontiguousarray(heads[self.entries])
-            self.groups = EntryGroups(self.rows.mean(axis=0, keepdims=True), np.array([0, self.entries.size], np.int64),
-                                      own, self.entries, 1)
+            self.rows = np.ascontiguousarray(heads[self.entries])  # the heads' dtype (8-bit heads: 8-bit rows)
+            rows = self.rows.astype(np.float32, copy=False)
+            self.norms = np.einsum("ij,ij->i", rows, rows)
+            self.groups = EntryGroups(rows.mean(axis=0, keepdims=True), np.array([0, self.entries.size], np.int64),
+                                      self.rows, self.entries, 1)
 
     def for_rows(self, x: np.ndarray) -> np.ndarray:
         e = self.entries
@@ -706,8 +706,9 @@ class EntrySeeds:
             return nearest_entries(x[0], self.rows, e, m)[None]
         out = np.empty((x.shape[0], m), np.int32)
         block = max(64, (32 << 20) // (4 * e.size))
+        rows = self.rows.astype(np.float32, copy=False)  # BLAS: float32 (E x Dh, made per batch for 8-bit rows)
         for s in range(0, x.shape[0], block):
-            d = sq_dists(np.asarray(x[s:s + block], dtype=np.float32), self.rows, self.norms)
+            d = sq_dists(np.asarray(x[s:s + block], dtype=np.float32), rows, self.norms)
             out[s:s + block] = e[np.argpartition(d, m - 1, axis=1)[:, :m]]
         return out
 
